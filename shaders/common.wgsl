@@ -1,0 +1,57 @@
+// Prelude shared by every ponder shader (prepended before compilation).
+// 1-D kernels run 256 threads per workgroup; grids are split over x and y so that neither
+// exceeds 65535 workgroups, and `linear_id` rebuilds the flat thread index.
+
+const WG: u32 = 256u;
+
+fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.y * nwg.x * WG + gid.x;
+}
+
+// Flat workgroup index for row kernels (one workgroup per row).
+fn group_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+// Most negative finite f32: the identity of max (kernels avoid infinities).
+const NEG_BIG: f32 = -3.4028235e38;
+
+var<workgroup> red_f: array<f32, 256>;
+
+// Sum of one value per thread over a 256-thread workgroup (tree in workgroup memory).
+fn wg_sum(v: f32, lid: u32) -> f32 {
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            red_f[lid] = red_f[lid] + red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red_f[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Max of one value per thread over a 256-thread workgroup.
+fn wg_max(v: f32, lid: u32) -> f32 {
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            red_f[lid] = max(red_f[lid], red_f[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red_f[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn sigmoid(x: f32) -> f32 {
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}

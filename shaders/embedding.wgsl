@@ -1,0 +1,54 @@
+// Embedding gather out[n, j] = W[ids[n], j], and its backward, a scatter-add
+// dW[ids[n], j] += g[n, j]. WGSL has no float atomics, so the add is a compare-exchange
+// loop on the f32 bits; repeated ids may sum in any order.
+
+struct Params {
+    n: u32,
+    c: u32,
+    v: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> W: array<f32>;
+@group(0) @binding(2) var<storage, read> IDS: array<u32>;
+@group(0) @binding(3) var<storage, read_write> OUT: array<f32>;
+@group(0) @binding(4) var<storage, read_write> DW: array<atomic<u32>>;
+
+@compute @workgroup_size(256)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P.n * P.c) {
+        return;
+    }
+    let id = IDS[i / P.c];
+    var v = 0.0;
+    if (id < P.v) {
+        v = W[id * P.c + i % P.c];
+    }
+    OUT[i] = v;
+}
+
+// W holds g here.
+@compute @workgroup_size(256)
+fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P.n * P.c) {
+        return;
+    }
+    let id = IDS[i / P.c];
+    if (id >= P.v) {
+        return;
+    }
+    let dst = id * P.c + i % P.c;
+    let g = W[i];
+    var old = atomicLoad(&DW[dst]);
+    loop {
+        let next = bitcast<u32>(bitcast<f32>(old) + g);
+        let r = atomicCompareExchangeWeak(&DW[dst], old, next);
+        if (r.exchanged) {
+            break;
+        }
+        old = r.old_value;
+    }
+}

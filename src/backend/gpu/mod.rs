@@ -1,0 +1,617 @@
+//! The wgpu backend: one process-wide context (adapter, device, queue), a pipeline cache
+//! keyed by (shader, entry point, specialisation), a size-bucketed buffer pool, and one
+//! pending command encoder that ops record into. Nothing waits on the GPU except an
+//! explicit readback ([`GpuContext::read`]) or [`GpuContext::sync`].
+
+pub mod kernels;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// Submit the pending encoder after this many recorded dispatches.
+const MAX_PENDING_DISPATCHES: usize = 256;
+
+/// Shader sources, embedded at compile time. The prelude is prepended to each.
+const PRELUDE: &str = include_str!("../../../shaders/common.wgsl");
+
+pub(crate) fn shader_source(name: &str) -> &'static str {
+    match name {
+        "elementwise" => include_str!("../../../shaders/elementwise.wgsl"),
+        "copy" => include_str!("../../../shaders/copy.wgsl"),
+        "cast" => include_str!("../../../shaders/cast.wgsl"),
+        "reduce" => include_str!("../../../shaders/reduce.wgsl"),
+        "matmul" => include_str!("../../../shaders/matmul.wgsl"),
+        "softmax" => include_str!("../../../shaders/softmax.wgsl"),
+        "rmsnorm" => include_str!("../../../shaders/rmsnorm.wgsl"),
+        "rope" => include_str!("../../../shaders/rope.wgsl"),
+        "swiglu" => include_str!("../../../shaders/swiglu.wgsl"),
+        "embedding" => include_str!("../../../shaders/embedding.wgsl"),
+        "attention" => include_str!("../../../shaders/attention.wgsl"),
+        "logprob" => include_str!("../../../shaders/logprob.wgsl"),
+        "adamw" => include_str!("../../../shaders/adamw.wgsl"),
+        other => panic!("unknown shader {other}"),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    entry: &'static str,
+    spec: Vec<(&'static str, u32)>,
+}
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    dispatches: usize,
+}
+
+/// The process-wide GPU context.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Why this adapter was chosen, for `ponder info`.
+    pub reason: String,
+    /// Other adapters that were seen.
+    pub others: Vec<String>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    pending: Mutex<Pending>,
+    error: Arc<Mutex<Option<String>>>,
+    stats: Mutex<Stats>,
+}
+
+/// Counters for tests and benches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub dispatches: u64,
+    pub submits: u64,
+    pub readbacks: u64,
+    pub pool_hits: u64,
+    pub pool_misses: u64,
+}
+
+/// A pooled storage buffer. Dropping it returns the buffer to its size bucket.
+pub struct GpuBuffer {
+    buf: Option<wgpu::Buffer>,
+    /// Bytes requested (the buffer itself may be larger: its bucket size).
+    pub len: u64,
+}
+
+impl GpuBuffer {
+    pub fn raw(&self) -> &wgpu::Buffer {
+        self.buf.as_ref().unwrap()
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(Ok(ctx))) = (self.buf.take(), CONTEXT.get()) {
+            ctx.pool
+                .lock()
+                .unwrap()
+                .entry(buf.size())
+                .or_default()
+                .push(buf);
+        }
+    }
+}
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Fill every fresh kernel output with NaN before the kernel runs (tests turn this on, as
+/// does `PONDER_POISON=1`), so an element a kernel forgets to write cannot pass a check.
+pub fn set_poison(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+pub fn poison_enabled() -> bool {
+    POISON.load(Ordering::Relaxed) || std::env::var("PONDER_POISON").is_ok_and(|v| v == "1")
+}
+
+static CONTEXT: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
+
+/// The GPU context, created on first use. Fails with the reason when there is no adapter.
+pub fn context() -> Result<&'static GpuContext> {
+    CONTEXT
+        .get_or_init(|| GpuContext::new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::NoAdapter(e.clone()))
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// Round a byte size up to its pool bucket: powers of two below 1 MiB, then steps of an
+/// eighth of the enclosing power of two (at most 12.5% waste).
+fn bucket(size: u64) -> u64 {
+    let size = size.max(256);
+    let p = size.next_power_of_two();
+    if p <= 1 << 20 {
+        return p;
+    }
+    let step = p / 8;
+    size.div_ceil(step) * step
+}
+
+impl GpuContext {
+    fn new() -> Result<GpuContext> {
+        // Builds backends/flags from the environment, so WGPU_BACKEND=vulkan etc. work.
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(
+                "wgpu found no adapter (install a Vulkan/Metal/DX12 driver, e.g. mesa-vulkan-drivers for lavapipe)".into(),
+            ));
+        }
+        let wanted = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .map(|s| s.to_lowercase());
+        let describe = |a: &wgpu::Adapter| {
+            let i = a.get_info();
+            format!(
+                "{} ({:?}, {:?}, driver {} {})",
+                i.name, i.device_type, i.backend, i.driver, i.driver_info
+            )
+        };
+        let others: Vec<String> = adapters.iter().map(describe).collect();
+        let mut ranked: Vec<&wgpu::Adapter> = adapters.iter().collect();
+        ranked.sort_by_key(|a| device_type_rank(a.get_info().device_type));
+        let (adapter, reason) = match &wanted {
+            Some(w) => match ranked.iter().find(|a| a.get_info().name.to_lowercase().contains(w)) {
+                Some(a) => (*a, format!("WGPU_ADAPTER_NAME matches '{w}'")),
+                None => {
+                    return Err(Error::NoAdapter(format!(
+                        "WGPU_ADAPTER_NAME='{w}' matches none of: {}",
+                        others.join("; ")
+                    )))
+                }
+            },
+            None => (
+                ranked[0],
+                format!(
+                    "best device type among {} adapter(s) (discrete > integrated > virtual > other > cpu)",
+                    adapters.len()
+                ),
+            ),
+        };
+        let info = adapter.get_info();
+        let offered = adapter.features();
+        let features = offered & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ponder"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("request_device on {}: {e}", info.name)))?;
+        let error = Arc::new(Mutex::new(None::<String>));
+        let sink = error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = sink.lock().unwrap();
+            if s.is_none() {
+                *s = Some(e.to_string());
+            }
+        }));
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            reason,
+            others,
+            pipelines: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                dispatches: 0,
+            }),
+            error,
+            stats: Mutex::new(Stats::default()),
+        })
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
+    }
+    pub fn stats(&self) -> Stats {
+        *self.stats.lock().unwrap()
+    }
+    /// One line describing the adapter.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?} backend, driver {} {})",
+            self.info.name,
+            self.info.device_type,
+            self.info.backend,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    fn check_error(&self) -> Result<()> {
+        match self.error.lock().unwrap().take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Check a buffer request against the device limits.
+    pub fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
+        let lim = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bucket(bytes) > lim {
+            let name = if self.limits.max_storage_buffer_binding_size <= self.limits.max_buffer_size
+            {
+                "max_storage_buffer_binding_size"
+            } else {
+                "max_buffer_size"
+            };
+            return Err(Error::DeviceLimit {
+                what: what.to_string(),
+                requested: bytes,
+                limit: lim,
+                limit_name: name,
+            });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of at least `bytes` bytes from the pool (contents undefined).
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<GpuBuffer> {
+        let bytes = bytes as u64;
+        self.check_size(bytes, what)?;
+        let size = bucket(bytes);
+        let reused = self
+            .pool
+            .lock()
+            .unwrap()
+            .get_mut(&size)
+            .and_then(|v| v.pop());
+        let mut st = self.stats.lock().unwrap();
+        let buf = match reused {
+            Some(b) => {
+                st.pool_hits += 1;
+                b
+            }
+            None => {
+                st.pool_misses += 1;
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(what),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        Ok(GpuBuffer {
+            buf: Some(buf),
+            len: bytes,
+        })
+    }
+
+    /// A buffer for a kernel's output: from the pool, filled with NaN when poisoning is on.
+    pub fn alloc_out(&self, bytes: usize, what: &str) -> Result<GpuBuffer> {
+        let buf = self.alloc(bytes, what)?;
+        if poison_enabled() && bytes >= 4 {
+            kernels::fill_words(&buf, 0, bytes / 4, 0x7fc0_0000)?;
+        }
+        Ok(buf)
+    }
+
+    /// Drop every pooled (currently unused) buffer.
+    pub fn trim_pool(&self) {
+        self.pool.lock().unwrap().clear();
+    }
+
+    /// Upload bytes into a fresh pooled buffer. The pending encoder is submitted first so
+    /// that the write cannot overtake earlier recorded work on a recycled buffer.
+    pub fn upload(&self, bytes: &[u8], what: &str) -> Result<GpuBuffer> {
+        let buf = self.alloc(bytes.len(), what)?;
+        // Recorded work that still uses a recycled buffer must reach the queue before the
+        // write, which executes ahead of the next submission.
+        let mut p = self.pending.lock().unwrap();
+        self.flush_locked(&mut p);
+        let padded = bytes.len() & !3;
+        if padded > 0 {
+            self.queue.write_buffer(buf.raw(), 0, &bytes[..padded]);
+        }
+        if padded < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - padded].copy_from_slice(&bytes[padded..]);
+            self.queue.write_buffer(buf.raw(), padded as u64, &tail);
+        }
+        Ok(buf)
+    }
+
+    /// Overwrite a buffer's first bytes (flushes pending work first, as `upload`).
+    pub fn write(&self, buf: &GpuBuffer, bytes: &[u8]) {
+        let mut p = self.pending.lock().unwrap();
+        self.flush_locked(&mut p);
+        self.queue.write_buffer(buf.raw(), 0, bytes);
+    }
+
+    /// Record a zero fill of the whole buffer.
+    pub fn clear(&self, buf: &GpuBuffer) {
+        self.with_encoder(|enc| enc.clear_buffer(buf.raw(), 0, None));
+    }
+
+    /// Record a buffer-to-buffer copy (byte offsets and size multiples of 4).
+    pub fn copy(&self, src: &GpuBuffer, src_off: u64, dst: &GpuBuffer, dst_off: u64, size: u64) {
+        if size > 0 {
+            self.with_encoder(|enc| {
+                enc.copy_buffer_to_buffer(src.raw(), src_off, dst.raw(), dst_off, size)
+            });
+        }
+    }
+
+    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut p = self.pending.lock().unwrap();
+        let enc = p.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("ponder ops"),
+                })
+        });
+        f(enc)
+    }
+
+    /// Submit whatever has been recorded. Does not wait.
+    pub fn flush(&self) {
+        let mut p = self.pending.lock().unwrap();
+        self.flush_locked(&mut p);
+    }
+
+    /// Submit under the pending lock, so that no thread can observe "nothing pending"
+    /// while another thread's taken encoder is not yet on the queue.
+    fn flush_locked(&self, p: &mut Pending) {
+        p.dispatches = 0;
+        if let Some(enc) = p.encoder.take() {
+            self.queue.submit(Some(enc.finish()));
+            self.stats.lock().unwrap().submits += 1;
+        }
+    }
+
+    /// Submit and wait until the GPU is idle; report any validation error.
+    pub fn sync(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        self.check_error()
+    }
+
+    /// Explicit readback of `len` bytes starting at byte `offset`.
+    pub fn read(&self, buf: &GpuBuffer, offset: usize, len: usize) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let start = (offset & !3) as u64;
+        let end = ((offset + len + 3) & !3) as u64;
+        let size = end - start;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(buf.raw(), start, &staging, 0, size));
+        self.flush();
+        self.stats.lock().unwrap().readbacks += 1;
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        self.check_error()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("readback callback never ran".into()))?
+            .map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("map range: {e}")))?;
+        let s = offset - start as usize;
+        let out = data[s..s + len].to_vec();
+        drop(data);
+        staging.unmap();
+        Ok(out)
+    }
+
+    fn pipeline(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        spec: &[(&'static str, u32)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = PipelineKey {
+            shader,
+            entry,
+            spec: spec.to_vec(),
+        };
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        // Specialisations are compile-time constants substituted into the source
+        // (`{{NAME}}` markers), so they may size private and workgroup arrays.
+        let mut src = format!("{PRELUDE}\n{}", shader_source(shader));
+        for (name, v) in spec {
+            src = src.replace(&format!("{{{{{name}}}}}"), &v.to_string());
+        }
+        if let Some(at) = src.find("{{") {
+            let end = src[at..]
+                .find("}}")
+                .map(|e| at + e + 2)
+                .unwrap_or(src.len());
+            panic!(
+                "{shader}.wgsl:{entry}: specialisation {} was not given",
+                &src[at..end]
+            );
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "compiling {shader}.wgsl:{entry} {spec:?}: {e}"
+            )));
+        }
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Record one compute dispatch. `uniform` goes to binding 0; `bindings` are
+    /// (binding number, buffer) pairs for the storage buffers the entry point uses.
+    pub fn dispatch(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        spec: &[(&'static str, u32)],
+        uniform: &[u32],
+        bindings: &[(u32, &GpuBuffer)],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Gpu(format!(
+                "{shader}:{entry}: grid {groups:?} exceeds {max} workgroups per dimension"
+            )));
+        }
+        let pipeline = self.pipeline(shader, entry, spec)?;
+        // Every uniform is padded to 256 bytes, at least as large as any shader's Params.
+        let mut u = uniform.to_vec();
+        u.resize(uniform.len().div_ceil(64).max(1) * 64, 0);
+        let ubuf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("uniform"),
+                contents: bytemuck::cast_slice(&u),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: ubuf.as_entire_binding(),
+        }];
+        for (b, buf) in bindings {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *b,
+                resource: buf.raw().as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let submit = {
+            let mut p = self.pending.lock().unwrap();
+            let enc = p.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("ponder ops"),
+                    })
+            });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(entry),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            }
+            p.dispatches += 1;
+            p.dispatches >= MAX_PENDING_DISPATCHES
+        };
+        self.stats.lock().unwrap().dispatches += 1;
+        if submit {
+            self.flush();
+        }
+        Ok(())
+    }
+}
+
+/// Workgroups for `n` threads of `wg` per group, split over x and y so that neither
+/// exceeds 65535 (kernels rebuild the linear index from `num_workgroups`).
+pub fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
+    let groups = n.div_ceil(wg);
+    if groups == 0 {
+        return [0, 1, 1];
+    }
+    let x = groups.min(65535);
+    [x as u32, groups.div_ceil(x) as u32, 1]
+}
+
+/// Uniform builder: u32 words; f32 go in as bits. Vectors of 8 start on 16-byte bounds.
+#[derive(Default)]
+pub struct Uniform(pub Vec<u32>);
+
+impl Uniform {
+    pub fn new() -> Self {
+        Uniform(Vec::new())
+    }
+    pub fn u(mut self, v: usize) -> Self {
+        self.0
+            .push(u32::try_from(v).expect("uniform value fits u32"));
+        self
+    }
+    pub fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+    /// Eight u32 (two vec4<u32>), padded with `fill`.
+    pub fn v8(mut self, vals: &[usize], fill: usize) -> Self {
+        assert!(self.0.len() % 4 == 0, "v8 must start 16-byte aligned");
+        assert!(vals.len() <= 8);
+        for i in 0..8 {
+            self = self.u(*vals.get(i).unwrap_or(&fill));
+        }
+        self
+    }
+}

@@ -1,0 +1,136 @@
+//! The two backends. `cpu` holds the readable reference loops; `gpu` holds the wgpu
+//! context and the dispatch code for the WGSL kernels in `shaders/`. Both implement the
+//! op codes defined here, so a test can hold one to the other.
+
+pub mod cpu;
+pub mod gpu;
+
+/// Elementwise unary ops. `Powf(p)` is `x^p`; `Affine(a, b)` is `a*x + b`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Silu,
+    Sigmoid,
+    LogSigmoid,
+    Relu,
+    Abs,
+    Powf(f32),
+    Affine(f32, f32),
+}
+
+impl UnaryOp {
+    /// The code the shaders switch on (`OP` specialisation).
+    pub fn code(self) -> u32 {
+        match self {
+            UnaryOp::Neg => 0,
+            UnaryOp::Exp => 1,
+            UnaryOp::Log => 2,
+            UnaryOp::Sqrt => 3,
+            UnaryOp::Rsqrt => 4,
+            UnaryOp::Silu => 5,
+            UnaryOp::Sigmoid => 6,
+            UnaryOp::LogSigmoid => 7,
+            UnaryOp::Relu => 8,
+            UnaryOp::Abs => 9,
+            UnaryOp::Powf(_) => 10,
+            UnaryOp::Affine(..) => 11,
+        }
+    }
+    /// The two scalar parameters passed in the uniform.
+    pub fn params(self) -> (f32, f32) {
+        match self {
+            UnaryOp::Powf(p) => (p, 0.0),
+            UnaryOp::Affine(a, b) => (a, b),
+            _ => (0.0, 0.0),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::LogSigmoid => "log_sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Affine(..) => "affine",
+        }
+    }
+}
+
+/// Elementwise binary ops with broadcasting. Comparisons return 1.0 or 0.0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+}
+
+impl BinaryOp {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "maximum",
+            BinaryOp::Min => "minimum",
+            BinaryOp::Gt => "gt",
+            BinaryOp::Ge => "ge",
+            BinaryOp::Lt => "lt",
+            BinaryOp::Le => "le",
+            BinaryOp::Eq => "eq",
+        }
+    }
+}
+
+/// Reductions along one dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// The sizes and strides of one causal/grouped-query attention call. Queries are
+/// `(B, T, NH, HD)`, keys and values `(B, S, NKV, HD)`; heads and the head dim are dense,
+/// batch and sequence strides are free (so a KV cache can be viewed without a copy).
+/// Query `t` sits at absolute position `t + S - T`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDims {
+    pub b: usize,
+    pub t: usize,
+    pub s: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    pub scale: f32,
+    pub causal: bool,
+    /// (batch stride, sequence stride, element offset) of q, k and v.
+    pub q_str: (usize, usize, usize),
+    pub k_str: (usize, usize, usize),
+    pub v_str: (usize, usize, usize),
+}
+
+/// Log-sum-exp stored for rows that see no key at all: large, so that exp(s - lse) = 0.
+pub const LSE_MASKED: f32 = 1.0e30;
+
+pub use cpu::matmul::{Gemm, Operand};

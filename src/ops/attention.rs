@@ -1,0 +1,165 @@
+//! Causal self-attention with grouped-query heads, fused. The forward returns the output
+//! and saves the log-sum-exp of each query row; the backward recomputes probabilities from
+//! it (flash-attention style), so no T x S matrix is ever stored.
+
+use super::{check, cpu_tensor, with_real};
+use crate::autograd::record;
+use crate::backend::{cpu, gpu::kernels, AttnDims};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
+
+/// Options of one attention call.
+#[derive(Clone, Debug, Default)]
+pub struct AttnOpts {
+    /// Query t (absolute position t + S - T) sees keys at positions <= its own.
+    pub causal: bool,
+    /// Score scale; default 1/sqrt(HD).
+    pub scale: Option<f32>,
+    /// Per-sequence valid key range `(B, 2)` u32 `[start, end)`: padding on either side.
+    pub kv_ranges: Option<Tensor>,
+}
+
+/// Dims of q (B,T,NH,HD) against k,v (B,S,NKV,HD); batch/seq strides come from the views.
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttnOpts) -> Result<AttnDims> {
+    let bad = |msg: &str| {
+        Err(Error::shape(
+            "attention",
+            msg.to_string(),
+            q.shape(),
+            k.shape(),
+        ))
+    };
+    if q.rank() != 4 || k.rank() != 4 || v.shape() != k.shape() {
+        return bad("q must be (B, T, NH, HD) and k, v (B, S, NKV, HD)");
+    }
+    let (b, t, nh, hd) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    let (bk, s, nkv, hdk) = (k.shape()[0], k.shape()[1], k.shape()[2], k.shape()[3]);
+    if bk != b || hdk != hd {
+        return bad("batch or head dim differ");
+    }
+    if nkv == 0 || nh % nkv != 0 {
+        return bad("NKV must divide NH");
+    }
+    if o.causal && s < t {
+        return bad("causal attention needs S >= T");
+    }
+    let strides = |x: &Tensor| -> Option<(usize, usize, usize)> {
+        let l = x.layout();
+        let (h, d) = (l.shape[2], l.shape[3]);
+        let dense = (l.strides[3] == 1 || d == 1) && (l.strides[2] == d || h == 1);
+        dense.then_some((l.strides[0], l.strides[1], l.offset))
+    };
+    let (Some(qs), Some(ks), Some(vs)) = (strides(q), strides(k), strides(v)) else {
+        return Err(Error::invalid(
+            "attention",
+            "heads and head dim must be dense (call contiguous)",
+        ));
+    };
+    Ok(AttnDims {
+        b,
+        t,
+        s,
+        nh,
+        nkv,
+        hd,
+        scale: o.scale.unwrap_or(1.0 / (hd as f32).sqrt()),
+        causal: o.causal,
+        q_str: qs,
+        k_str: ks,
+        v_str: vs,
+    })
+}
+
+/// Make the head and head-dim axes dense if they are not.
+fn dense_heads(x: &Tensor) -> Result<Tensor> {
+    let l = x.layout();
+    if l.rank() == 4
+        && (l.strides[3] == 1 || l.shape[3] == 1)
+        && (l.strides[2] == l.shape[3] || l.shape[2] == 1)
+    {
+        Ok(x.clone())
+    } else {
+        x.contiguous()
+    }
+}
+
+impl Tensor {
+    /// Fused attention: q `(B, T, NH, HD)`, k and v `(B, S, NKV, HD)` -> `(B, T, NH, HD)`.
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts) -> Result<Tensor> {
+        Ok(Tensor::attention_with_lse(q, k, v, opts)?.0)
+    }
+
+    /// As [`Tensor::attention`], also returning the saved log-sum-exp `(B, NH, T)`.
+    pub fn attention_with_lse(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttnOpts,
+    ) -> Result<(Tensor, Tensor)> {
+        let (dev, dt) = check("attention", &[q, k, v])?;
+        if q.rank() != 4 || k.rank() != 4 {
+            return Err(Error::shape(
+                "attention",
+                "q must be (B, T, NH, HD) and k, v (B, S, NKV, HD)",
+                q.shape(),
+                k.shape(),
+            ));
+        }
+        let (qd, kd, vd) = (dense_heads(q)?, dense_heads(k)?, dense_heads(v)?);
+        let d = dims(&qd, &kd, &vd, opts)?;
+        let ranges = match &opts.kv_ranges {
+            None => None,
+            Some(r) => {
+                super::same_device("attention", &[q, r])?;
+                if r.shape() != [d.b, 2] || r.dtype() != DType::U32 {
+                    return Err(Error::bad_shape(
+                        "attention",
+                        "kv_ranges must be (B, 2) u32",
+                        r.shape(),
+                    ));
+                }
+                Some(r.contiguous()?)
+            }
+        };
+        let (out, lse) = match dev {
+            Device::Cpu => with_real!("attention", dt, T => {
+                let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
+                let (o, l) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {
+                    cpu::attention(&d, qs, ks, vs, rv.as_deref())
+                })))???;
+                (cpu_tensor(o, q.shape())?, cpu_tensor(l, &[d.b, d.nh, d.t])?)
+            }),
+            Device::Gpu => kernels::attention(&d, &qd, &kd, &vd, ranges.as_ref())?,
+        };
+        let (o_saved, lse_saved) = (out.detach(), lse.clone());
+        let (kshape, qshape) = (k.shape().to_vec(), q.shape().to_vec());
+        let out = record(out, "attention", &[q, k, v], move |g| {
+            // backward (see cpu::attention_bwd): recompute p from lse, then dq, dk, dv
+            let g = g.contiguous()?;
+            let (dq, dk, dv) = match g.device() {
+                Device::Cpu => with_real!("attention", g.dtype(), T => {
+                    let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
+                    let (dq, dk, dv) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {
+                        o_saved.cpu_read("attention", |os: &[T]| lse_saved.cpu_read("attention", |ls: &[T]| g.cpu_read("attention", |gs: &[T]| {
+                            cpu::attention_bwd(&d, qs, ks, vs, os, ls, gs, rv.as_deref())
+                        })))
+                    })))??????;
+                    (cpu_tensor(dq, &qshape)?, cpu_tensor(dk, &kshape)?, cpu_tensor(dv, &kshape)?)
+                }),
+                Device::Gpu => kernels::attention_bwd(
+                    &d,
+                    &qd,
+                    &kd,
+                    &vd,
+                    &o_saved,
+                    &lse_saved,
+                    &g,
+                    ranges.as_ref(),
+                )?,
+            };
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        });
+        Ok((out, lse))
+    }
+}

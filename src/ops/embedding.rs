@@ -1,0 +1,63 @@
+//! Embedding lookup; its backward is a scatter-add into the table.
+
+use super::{check, cpu_tensor, with_real};
+use crate::autograd::record;
+use crate::backend::{cpu, gpu::kernels};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
+
+impl Tensor {
+    /// Rows of the table `self` (V, C) picked by `ids` (u32, any shape): out (..ids, C).
+    pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let (dev, dt) = check("embedding", &[self])?;
+        super::same_device("embedding", &[self, ids])?;
+        if self.rank() != 2 {
+            return Err(Error::bad_shape(
+                "embedding",
+                "table must be (V, C)",
+                self.shape(),
+            ));
+        }
+        if !matches!(ids.dtype(), DType::U32 | DType::I32) {
+            return Err(Error::DTypeMismatch {
+                op: "embedding",
+                expected: DType::U32,
+                got: ids.dtype(),
+            });
+        }
+        let (v, c) = (self.shape()[0], self.shape()[1]);
+        let mut shape = ids.shape().to_vec();
+        shape.push(c);
+        let ids = ids.contiguous()?;
+        let w = self.contiguous()?;
+        let out = match dev {
+            Device::Cpu => {
+                let idv = ids.cpu_ids("embedding")?;
+                if let Some(bad) = idv.iter().find(|&&i| i as usize >= v) {
+                    return Err(Error::invalid(
+                        "embedding",
+                        format!(
+                            "token id {} is out of range for a vocabulary of {v}",
+                            *bad as i32
+                        ),
+                    ));
+                }
+                with_real!("embedding", dt, T => cpu_tensor(w.cpu_read("embedding", |ws: &[T]| cpu::embedding(ws, &idv, c))?, &shape)?)
+            }
+            Device::Gpu => kernels::embedding(&w, &ids, c)?.reshape(&shape)?,
+        };
+        Ok(record(out, "embedding", &[self], move |g| {
+            // backward: dW[ids[n], :] += g[n, :]
+            let g = g.contiguous()?;
+            let dw = match g.device() {
+                Device::Cpu => with_real!("embedding", g.dtype(), T => {
+                    let idv = ids.cpu_ids("embedding")?;
+                    cpu_tensor(g.cpu_read("embedding", |gs: &[T]| cpu::embedding_bwd(gs, &idv, v, c))?, &[v, c])?
+                }),
+                Device::Gpu => kernels::embedding_bwd(&g, &ids, v, c)?,
+            };
+            Ok(vec![Some(dw)])
+        }))
+    }
+}

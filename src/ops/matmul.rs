@@ -1,0 +1,164 @@
+//! Batched matrix multiply. Transposed operands are strided views, never copies: the
+//! kernels take (batch, row, col) strides, so `a.matmul(&w.t())` reads `w` in place.
+
+use super::{check, cpu_tensor, with_real};
+use crate::autograd::record;
+use crate::backend::{gpu::kernels, Gemm, Operand};
+use crate::error::{Error, Result};
+use crate::tensor::{Device, Tensor};
+
+/// If dims (shape, strides) can be walked with one stride, (count, stride).
+fn fold(shape: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
+    let dims: Vec<(usize, usize)> = shape
+        .iter()
+        .zip(strides)
+        .map(|(&s, &t)| (s, t))
+        .filter(|&(s, _)| s != 1)
+        .collect();
+    let count = shape.iter().product();
+    match dims.last() {
+        None => Some((count, 0)),
+        Some(&(_, inner)) => {
+            for w in dims.windows(2) {
+                if w[0].1 != w[1].0 * w[1].1 {
+                    return None;
+                }
+            }
+            Some((count, inner))
+        }
+    }
+}
+
+impl Tensor {
+    /// `(..., M, K) @ (..., K, N)`. The right side may be 2-D (shared by every batch), the
+    /// left side may be 2-D against a batched right side; otherwise batch dims must match.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (dev, dt) = check("matmul", &[self, rhs])?;
+        let (ra, rb) = (self.rank(), rhs.rank());
+        if ra < 2 || rb < 2 {
+            return Err(Error::shape(
+                "matmul",
+                "both operands need rank >= 2",
+                self.shape(),
+                rhs.shape(),
+            ));
+        }
+        let (m, k) = (self.shape()[ra - 2], self.shape()[ra - 1]);
+        let (k2, n) = (rhs.shape()[rb - 2], rhs.shape()[rb - 1]);
+        if k != k2 {
+            return Err(Error::shape(
+                "matmul",
+                format!("inner dimensions differ ({k} vs {k2})"),
+                self.shape(),
+                rhs.shape(),
+            ));
+        }
+        let (abatch, bbatch) = (&self.shape()[..ra - 2], &rhs.shape()[..rb - 2]);
+        if ra > 2 && rb > 2 && abatch != bbatch {
+            return Err(Error::shape(
+                "matmul",
+                "batch dimensions differ",
+                self.shape(),
+                rhs.shape(),
+            ));
+        }
+        let batch_shape = if ra > 2 {
+            abatch.to_vec()
+        } else {
+            bbatch.to_vec()
+        };
+        let mut out_shape = batch_shape.clone();
+        out_shape.extend([m, n]);
+
+        // Build strided operands; copy only a view whose batch dims cannot be folded.
+        let mut a = self.clone();
+        let mut b = rhs.clone();
+        let gemm = loop {
+            let (la, lb) = (a.layout(), b.layout());
+            let (sa, sb) = (&la.strides, &lb.strides);
+            let a_rows = (sa[ra - 2], sa[ra - 1]);
+            let b_rows = (sb[rb - 2], sb[rb - 1]);
+            // A batched left side against a shared right side folds batch into M.
+            if rb == 2 {
+                if let Some((mm, sr)) = fold(&la.shape[..ra - 1], &sa[..ra - 1]) {
+                    let sr = if mm <= 1 { a_rows.0 } else { sr };
+                    break Gemm {
+                        batch: 1,
+                        m: mm,
+                        n,
+                        k,
+                        a: Operand {
+                            off: la.offset,
+                            sb: 0,
+                            sr,
+                            sc: a_rows.1,
+                        },
+                        b: Operand {
+                            off: lb.offset,
+                            sb: 0,
+                            sr: b_rows.0,
+                            sc: b_rows.1,
+                        },
+                    };
+                }
+                a = a.contiguous()?;
+                continue;
+            }
+            let fa = if ra == 2 {
+                Some((1, 0))
+            } else {
+                fold(&la.shape[..ra - 2], &sa[..ra - 2])
+            };
+            let fb = fold(&lb.shape[..rb - 2], &sb[..rb - 2]);
+            match (fa, fb) {
+                (Some((_, sba)), Some((nb, sbb))) => {
+                    break Gemm {
+                        batch: nb,
+                        m,
+                        n,
+                        k,
+                        a: Operand {
+                            off: la.offset,
+                            sb: sba,
+                            sr: a_rows.0,
+                            sc: a_rows.1,
+                        },
+                        b: Operand {
+                            off: lb.offset,
+                            sb: sbb,
+                            sr: b_rows.0,
+                            sc: b_rows.1,
+                        },
+                    }
+                }
+                (None, _) => a = a.contiguous()?,
+                (_, None) => b = b.contiguous()?,
+            }
+        };
+        let out = match dev {
+            Device::Cpu => with_real!("matmul", dt, T => {
+                let v = a.cpu_strided("matmul", |xa: &[T], _| {
+                    b.cpu_strided("matmul", |xb: &[T], _| T::gemm(&gemm, xa, xb))
+                })??;
+                cpu_tensor(v, &out_shape)?
+            }),
+            Device::Gpu => kernels::gemm(&gemm, &a, &b)?.reshape(&out_shape)?,
+        };
+        let (x, w) = (self.clone(), rhs.clone());
+        Ok(record(out, "matmul", &[self, rhs], move |g| {
+            // backward of C = A B:  dA = dC B^T,  dB = A^T dC
+            let da = g.matmul(&w.t()?)?.sum_to(x.shape())?;
+            let db = if w.rank() == 2 && x.rank() > 2 {
+                // shared right side: fold the batch into rows so dB is one product
+                let kk = x.shape()[x.rank() - 1];
+                let nn = g.shape()[g.rank() - 1];
+                let x2 = x.reshape(&[x.numel() / kk.max(1), kk])?;
+                let g2 = g.reshape(&[g.numel() / nn.max(1), nn])?;
+                x2.t()?.matmul(&g2)?
+            } else {
+                x.t()?.matmul(g)?.sum_to(w.shape())?
+            };
+            Ok(vec![Some(da), Some(db)])
+        }))
+    }
+}

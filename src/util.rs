@@ -1,0 +1,42 @@
+//! Small helpers: seeded random numbers for tests, benches and initialisation.
+
+use rand::{Rng, SeedableRng};
+
+/// A seeded generator (ChaCha12: the same stream on every platform).
+pub fn rng(seed: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// `n` normal samples with standard deviation `std` (Box-Muller).
+pub fn randn_vec(n: usize, std: f32, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = r.random::<f64>().max(1e-300);
+        let u2: f64 = r.random::<f64>();
+        let rad = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        out.push((rad * th.cos()) as f32 * std);
+        out.push((rad * th.sin()) as f32 * std);
+    }
+    out.truncate(n);
+    out
+}
+
+/// `n` uniform samples in `[lo, hi)`.
+pub fn uniform_vec(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    (0..n).map(|_| lo + (hi - lo) * r.random::<f32>()).collect()
+}
+
+/// A seed that differs on every call (tests draw fresh inputs each run and print it).
+pub fn fresh_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (t as u64) ^ (c.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (std::process::id() as u64) << 32
+}

@@ -1,0 +1,202 @@
+//! Helpers shared by the integration tests: GPU availability (skip or fail), closeness
+//! checks that print where and by how much, random inputs with a printed seed, and the
+//! two checkers every op goes through (finite differences in f64; GPU against CPU).
+#![allow(dead_code)]
+
+use ponder::{Device, Result, Tensor};
+
+/// True when a GPU adapter exists. Without one, prints why and returns false, unless
+/// PONDER_REQUIRE_GPU=1, in which case the test fails.
+pub fn gpu_ok(test: &str) -> bool {
+    match ponder::backend::gpu::context() {
+        Ok(ctx) => {
+            ponder::backend::gpu::set_poison(true);
+            eprintln!("[{test}] gpu: {}", ctx.describe());
+            true
+        }
+        Err(e) => {
+            if std::env::var("PONDER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("[{test}] PONDER_REQUIRE_GPU=1 but no gpu adapter: {e}");
+            }
+            eprintln!("[{test}] SKIPPED: no gpu adapter ({e})");
+            false
+        }
+    }
+}
+
+/// A fresh seed per call, printed so a failure can be replayed (PONDER_SEED fixes it).
+pub fn seed(what: &str) -> u64 {
+    let s = std::env::var("PONDER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(ponder::util::fresh_seed);
+    eprintln!("[{what}] seed {s}");
+    s
+}
+
+pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(shape, 1.0, seed, Device::Cpu).unwrap()
+}
+
+pub fn uniform(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
+    Tensor::rand_uniform(shape, lo, hi, seed, Device::Cpu).unwrap()
+}
+
+pub fn to_f64(t: &Tensor) -> Tensor {
+    Tensor::from_vec_f64(t.to_vec_f64().unwrap(), t.shape()).unwrap()
+}
+
+/// |got - want| <= atol + rtol * |want| everywhere; on failure prints the max difference,
+/// where it is, and the first few values.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = (0.0f64, 0usize);
+    let mut bad = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        if !(d <= atol + rtol * w.abs()) && bad.is_none() {
+            bad = Some(i);
+        }
+        if d > worst.0 || d.is_nan() {
+            worst = (if d.is_nan() { f64::INFINITY } else { d }, i);
+        }
+    }
+    if let Some(i) = bad {
+        let head: Vec<String> = got
+            .iter()
+            .zip(want)
+            .take(6)
+            .map(|(g, w)| format!("{g:.6}/{w:.6}"))
+            .collect();
+        panic!(
+            "{what}: mismatch at index {i} (got {}, want {}); max |diff| {:.3e} at {}; first got/want: {}",
+            got[i],
+            want[i],
+            worst.0,
+            worst.1,
+            head.join(" ")
+        );
+    }
+}
+
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Finite-difference check of `f` at `inputs` (CPU, f64). The loss is sum(f(x) * R) with a
+/// random R, so every output element's gradient matters. Checks up to `per_input`
+/// elements per input (all when small).
+pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    let s = seed(name);
+    let leaves: Vec<Tensor> = inputs.iter().map(|t| to_f64(t).requires_grad_()).collect();
+    let y = f(&leaves).unwrap();
+    let r = to_f64(&randn(y.shape(), s ^ 77));
+    let loss = |xs: &[Tensor]| -> f64 {
+        ponder::no_grad(|| {
+            f(xs)
+                .unwrap()
+                .mul(&r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_vec_f64()
+                .unwrap()[0]
+        })
+    };
+    y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let eps = 1e-6;
+    for (k, leaf) in leaves.iter().enumerate() {
+        let analytic = leaf
+            .grad()
+            .map(|g| g.to_vec_f64().unwrap())
+            .unwrap_or_else(|| vec![0.0; leaf.numel()]);
+        let base = leaf.to_vec_f64().unwrap();
+        let n = base.len();
+        let picks: Vec<usize> = if n <= 64 {
+            (0..n).collect()
+        } else {
+            (0..64).map(|i| (i * 7919 + s as usize % 13) % n).collect()
+        };
+        let mut num = Vec::new();
+        let mut ana = Vec::new();
+        for &i in &picks {
+            let mut eval = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let mut xs: Vec<Tensor> = leaves.iter().map(|t| t.detach()).collect();
+                xs[k] = Tensor::from_vec_f64(v, leaf.shape()).unwrap();
+                loss(&xs)
+            };
+            num.push((eval(eps) - eval(-eps)) / (2.0 * eps));
+            ana.push(analytic[i]);
+        }
+        assert_close(&format!("{name}: d/dinput{k}"), &ana, &num, 1e-6, 1e-5);
+    }
+}
+
+/// Run `f` on the CPU and on the GPU with the same f32 inputs; compare the outputs, then
+/// backpropagate the same random upstream gradient and compare every input gradient.
+/// GPU outputs are poisoned with NaN before each kernel (see `gpu_ok`).
+pub fn gpu_vs_cpu(
+    name: &str,
+    inputs: &[Tensor],
+    grad: bool,
+    tol: f64,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let s = seed(name);
+    let mk = |dev: Device| -> Vec<Tensor> {
+        inputs
+            .iter()
+            .map(|t| {
+                let t = t.to_device(dev).unwrap();
+                if grad && t.dtype() == ponder::DType::F32 {
+                    t.requires_grad_()
+                } else {
+                    t
+                }
+            })
+            .collect()
+    };
+    let (xc, xg) = (mk(Device::Cpu), mk(Device::Gpu));
+    let (yc, yg) = (f(&xc).unwrap(), f(&xg).unwrap());
+    assert_eq!(yc.shape(), yg.shape(), "{name}: shapes differ");
+    assert_eq!(yg.device(), Device::Gpu, "{name}: output left the gpu");
+    let (vc, vg) = (yc.to_vec_f64().unwrap(), yg.to_vec_f64().unwrap());
+    assert_close(&format!("{name} forward"), &vg, &vc, tol, tol);
+    if !grad {
+        return;
+    }
+    let r = randn(yc.shape(), s ^ 99);
+    yc.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    yg.mul(&r.to_device(Device::Gpu).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (k, (a, b)) in xc.iter().zip(&xg).enumerate() {
+        if !a.requires_grad() {
+            continue;
+        }
+        // inputs that take no gradient (rope tables) have none on either device
+        let (ga, gb) = match (a.grad(), b.grad()) {
+            (None, None) => continue,
+            (Some(ga), Some(gb)) => (ga.to_vec_f64().unwrap(), gb),
+            _ => panic!("{name}: input {k} has a gradient on one device only"),
+        };
+        assert_eq!(gb.device(), Device::Gpu);
+        let gb = gb.to_vec_f64().unwrap();
+        let scale = ga.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!("{name} grad of input {k}"),
+            &gb,
+            &ga,
+            tol * scale,
+            tol,
+        );
+    }
+}

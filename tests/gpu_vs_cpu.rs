@@ -1,0 +1,352 @@
+//! Every op on the GPU against the CPU reference: awkward shapes (1, 7, 33, 129, not tile
+//! multiples), fresh random inputs each run (seed printed), outputs poisoned with NaN
+//! before each kernel, forward and backward. Tolerance: 1e-4 absolute + relative (scaled
+//! by the largest gradient for gradients); 1e-3 for long reductions and attention.
+
+mod common;
+use common::*;
+use ponder::backend::UnaryOp;
+use ponder::{AttnOpts, DType, Device, Tensor};
+
+const TOL: f64 = 1e-4;
+
+#[test]
+fn unary_ops() {
+    if !gpu_ok("unary_ops") {
+        return;
+    }
+    let s = seed("unary_ops");
+    for op in [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Silu,
+        UnaryOp::Sigmoid,
+        UnaryOp::LogSigmoid,
+        UnaryOp::Relu,
+        UnaryOp::Abs,
+        UnaryOp::Affine(1.5, -0.25),
+        UnaryOp::Powf(3.0),
+    ] {
+        let x = randn(&[7, 33], s);
+        gpu_vs_cpu(op.name(), &[x], true, TOL, |t| t[0].unary(op));
+    }
+    for op in [
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Powf(0.7),
+    ] {
+        let x = uniform(&[129], 0.2, 3.0, s);
+        gpu_vs_cpu(op.name(), &[x], true, TOL, |t| t[0].unary(op));
+    }
+    // a strided (transposed) input
+    gpu_vs_cpu("exp of transpose", &[randn(&[33, 7], s)], true, TOL, |t| {
+        t[0].t()?.exp()
+    });
+}
+
+#[test]
+fn binary_ops_with_broadcasting() {
+    if !gpu_ok("binary_ops") {
+        return;
+    }
+    let s = seed("binary_ops");
+    let shapes: [(&[usize], &[usize]); 4] = [
+        (&[7, 33], &[7, 33]),
+        (&[3, 1, 129], &[7, 1]),
+        (&[1], &[33, 7]),
+        (&[2, 3, 5], &[5]),
+    ];
+    for (sa, sb) in shapes {
+        let (a, b) = (randn(sa, s), uniform(sb, 0.5, 2.0, s + 1));
+        gpu_vs_cpu("add", &[a.clone(), b.clone()], true, TOL, |t| {
+            t[0].add(&t[1])
+        });
+        gpu_vs_cpu("sub", &[a.clone(), b.clone()], true, TOL, |t| {
+            t[0].sub(&t[1])
+        });
+        gpu_vs_cpu("mul", &[a.clone(), b.clone()], true, TOL, |t| {
+            t[0].mul(&t[1])
+        });
+        gpu_vs_cpu("div", &[a.clone(), b.clone()], true, TOL, |t| {
+            t[0].div(&t[1])
+        });
+        gpu_vs_cpu("maximum", &[a.clone(), b.clone()], true, TOL, |t| {
+            t[0].maximum(&t[1])
+        });
+        gpu_vs_cpu("minimum", &[a.clone(), b.clone()], true, TOL, |t| {
+            t[0].minimum(&t[1])
+        });
+        gpu_vs_cpu("gt", &[a.clone(), b.clone()], false, 0.0, |t| {
+            t[0].gt(&t[1])
+        });
+        gpu_vs_cpu("le", &[a.clone(), b.clone()], false, 0.0, |t| {
+            t[0].le(&t[1])
+        });
+    }
+    let c = randn(&[7, 33], s + 2)
+        .gt(&Tensor::scalar(0.0, Device::Cpu).unwrap())
+        .unwrap();
+    gpu_vs_cpu(
+        "where",
+        &[c, randn(&[7, 33], s + 3), randn(&[33], s + 4)],
+        true,
+        TOL,
+        |t| Tensor::where_cond(&t[0], &t[1], &t[2]),
+    );
+}
+
+#[test]
+fn reductions() {
+    if !gpu_ok("reductions") {
+        return;
+    }
+    let s = seed("reductions");
+    for shape in [&[1usize][..], &[7, 33], &[3, 129, 5], &[2, 1000]] {
+        let x = randn(shape, s);
+        for d in 0..shape.len() as isize {
+            gpu_vs_cpu("sum", &[x.clone()], true, 1e-3, |t| t[0].sum(d, false));
+            gpu_vs_cpu("mean", &[x.clone()], true, 1e-3, |t| t[0].mean(d, true));
+            gpu_vs_cpu("max", &[x.clone()], true, TOL, |t| t[0].max(d, false));
+        }
+    }
+}
+
+#[test]
+fn matmul_shapes() {
+    if !gpu_ok("matmul") {
+        return;
+    }
+    let s = seed("matmul");
+    for &(b, m, n, k) in &[
+        (1, 1, 1, 1),
+        (1, 7, 33, 129),
+        (2, 33, 7, 65),
+        (3, 129, 130, 17),
+        (1, 600, 520, 40),
+        (1, 5, 300, 70),
+    ] {
+        let x = randn(&[b, m, k], s);
+        let y = randn(&[b, k, n], s + 1);
+        gpu_vs_cpu("matmul batched", &[x.clone(), y.clone()], true, 1e-3, |t| {
+            t[0].matmul(&t[1])
+        });
+        let w = randn(&[n, k], s + 2);
+        gpu_vs_cpu("matmul x @ w^T", &[x.clone(), w], true, 1e-3, |t| {
+            t[0].matmul(&t[1].t()?)
+        });
+        let xt = randn(&[b, k, m], s + 3);
+        gpu_vs_cpu("matmul x^T @ y", &[xt, y], true, 1e-3, |t| {
+            t[0].t()?.matmul(&t[1])
+        });
+    }
+}
+
+#[test]
+fn softmax_family() {
+    if !gpu_ok("softmax") {
+        return;
+    }
+    let s = seed("softmax");
+    for shape in [&[1usize][..], &[7, 33], &[3, 1000]] {
+        let x = randn(shape, s).scale(3.0).unwrap();
+        gpu_vs_cpu("softmax", &[x.clone()], true, TOL, |t| t[0].softmax());
+        gpu_vs_cpu("log_softmax", &[x.clone()], true, TOL, |t| {
+            t[0].log_softmax()
+        });
+    }
+}
+
+#[test]
+fn rmsnorm_rope_swiglu() {
+    if !gpu_ok("norm_rope_swiglu") {
+        return;
+    }
+    let s = seed("norm_rope_swiglu");
+    for (rows, c) in [(1, 7), (7, 33), (33, 300)] {
+        gpu_vs_cpu(
+            "rms_norm",
+            &[randn(&[rows, c], s), randn(&[c], s + 1)],
+            true,
+            1e-3,
+            |t| t[0].rms_norm(&t[1], 1e-5),
+        );
+    }
+    for (b, t, h, hd, tb) in [(1, 1, 1, 2, 1), (2, 7, 3, 8, 1), (2, 33, 2, 16, 2)] {
+        let x = randn(&[b, t, h, hd], s);
+        let cos = uniform(&[tb, t, hd], -1.0, 1.0, s + 1);
+        let sin = uniform(&[tb, t, hd], -1.0, 1.0, s + 2);
+        gpu_vs_cpu("rope", &[x, cos, sin], true, TOL, |t| {
+            t[0].rope(&t[1], &t[2])
+        });
+    }
+    gpu_vs_cpu(
+        "swiglu",
+        &[randn(&[7, 129], s), randn(&[7, 129], s + 1)],
+        true,
+        TOL,
+        |t| t[0].swiglu(&t[1]),
+    );
+}
+
+#[test]
+fn embedding_and_logprobs() {
+    if !gpu_ok("embedding_logprobs") {
+        return;
+    }
+    let s = seed("embedding_logprobs");
+    let ids = Tensor::from_u32(vec![3, 0, 6, 3, 3, 1, 6], &[7], Device::Cpu).unwrap();
+    gpu_vs_cpu("embedding", &[randn(&[7, 33], s), ids], true, TOL, |t| {
+        t[0].embedding(&t[1])
+    });
+    let tg = Tensor::from_cpu_data(
+        ponder::tensor::CpuData::I32(vec![5, -100, 0, 128, 64, -100, 1]),
+        &[7],
+    )
+    .unwrap();
+    gpu_vs_cpu(
+        "token_logprobs",
+        &[randn(&[7, 129], s).scale(2.0).unwrap(), tg.clone()],
+        true,
+        TOL,
+        |t| t[0].token_logprobs(&t[1]),
+    );
+    gpu_vs_cpu(
+        "cross_entropy",
+        &[randn(&[7, 129], s), tg],
+        true,
+        TOL,
+        |t| t[0].cross_entropy(&t[1], -100),
+    );
+}
+
+#[test]
+fn attention_fused() {
+    if !gpu_ok("attention") {
+        return;
+    }
+    let s = seed("attention");
+    // (B, T, S, NH, NKV, HD, causal)
+    for &(b, t, sl, nh, nkv, hd, causal) in &[
+        (1, 1, 1, 1, 1, 4, true),
+        (2, 7, 7, 4, 2, 8, true),
+        (1, 33, 33, 3, 1, 16, true),
+        (2, 5, 70, 2, 2, 8, true),
+        (1, 9, 13, 2, 1, 8, false),
+        (1, 70, 70, 2, 1, 32, true),
+    ] {
+        let q = randn(&[b, t, nh, hd], s);
+        let k = randn(&[b, sl, nkv, hd], s + 1);
+        let v = randn(&[b, sl, nkv, hd], s + 2);
+        let opts = AttnOpts {
+            causal,
+            ..Default::default()
+        };
+        gpu_vs_cpu("attention", &[q, k, v], true, 1e-3, |x| {
+            Tensor::attention(&x[0], &x[1], &x[2], &opts)
+        });
+    }
+    // padding ranges: batch 0 sees keys [2, 9), batch 1 keys [0, 5)
+    let (q, k, v) = (
+        randn(&[2, 9, 2, 8], s),
+        randn(&[2, 9, 1, 8], s + 1),
+        randn(&[2, 9, 1, 8], s + 2),
+    );
+    let r = Tensor::from_u32(vec![2, 9, 0, 5], &[2, 2], Device::Cpu).unwrap();
+    gpu_vs_cpu("attention with ranges", &[q, k, v, r], true, 1e-3, |x| {
+        let opts = AttnOpts {
+            causal: true,
+            kv_ranges: Some(x[3].clone()),
+            ..Default::default()
+        };
+        Tensor::attention(&x[0], &x[1], &x[2], &opts)
+    });
+}
+
+#[test]
+fn movement_and_casts() {
+    if !gpu_ok("movement_casts") {
+        return;
+    }
+    let s = seed("movement_casts");
+    let x = randn(&[3, 7, 5], s);
+    gpu_vs_cpu("permute+contiguous", &[x.clone()], true, 0.0, |t| {
+        t[0].permute(&[2, 0, 1])?.contiguous()
+    });
+    gpu_vs_cpu("narrow", &[x.clone()], true, 0.0, |t| {
+        t[0].narrow(1, 2, 4)?.contiguous()
+    });
+    gpu_vs_cpu(
+        "cat",
+        &[x.clone(), randn(&[3, 2, 5], s + 1)],
+        true,
+        0.0,
+        |t| Tensor::cat(&[&t[0], &t[1]], 1),
+    );
+    gpu_vs_cpu("broadcast", &[randn(&[7, 1], s)], true, TOL, |t| {
+        t[0].broadcast_to(&[3, 7, 5])?.contiguous()
+    });
+    for dt in [DType::F16, DType::BF16] {
+        let h = randn(&[7, 33], s).to_dtype(dt).unwrap();
+        gpu_vs_cpu("cast to f32", &[h], false, 0.0, |t| {
+            t[0].to_dtype(DType::F32)
+        });
+        gpu_vs_cpu("cast from f32", &[randn(&[129], s)], false, 0.0, |t| {
+            t[0].to_dtype(dt)?.to_dtype(DType::F32)
+        });
+    }
+}
+
+#[test]
+fn adamw_update() {
+    if !gpu_ok("adamw") {
+        return;
+    }
+    let s = seed("adamw");
+    let h = ponder::AdamW {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 0,
+    };
+    let p = randn(&[7, 33], s);
+    let (pc, pg) = (
+        p.to_device(Device::Cpu).unwrap().contiguous().unwrap(),
+        p.to_device(Device::Gpu).unwrap(),
+    );
+    let pc = Tensor::from_vec(pc.to_vec_f32().unwrap(), pc.shape(), Device::Cpu).unwrap();
+    let (mc, vc) = (pc.zeros_like().unwrap(), pc.zeros_like().unwrap());
+    let (mg, vg) = (
+        Tensor::zeros(&[7, 33], Device::Gpu).unwrap(),
+        Tensor::zeros(&[7, 33], Device::Gpu).unwrap(),
+    );
+    for step in 1..=3 {
+        let g = randn(&[7, 33], s + step as u64);
+        let h = ponder::AdamW { step, ..h };
+        ponder::adamw_step(&pc, &g, &mc, &vc, &h).unwrap();
+        ponder::adamw_step(&pg, &g.to_device(Device::Gpu).unwrap(), &mg, &vg, &h).unwrap();
+    }
+    assert_close(
+        "adamw params",
+        &pg.to_vec_f64().unwrap(),
+        &pc.to_vec_f64().unwrap(),
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        "adamw m",
+        &mg.to_vec_f64().unwrap(),
+        &mc.to_vec_f64().unwrap(),
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "adamw v",
+        &vg.to_vec_f64().unwrap(),
+        &vc.to_vec_f64().unwrap(),
+        1e-6,
+        1e-5,
+    );
+}
