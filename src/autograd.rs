@@ -118,7 +118,7 @@ impl Tensor {
                 self.shape()
             )));
         }
-        let seed = Tensor::ones(self.shape(), self.device())?;
+        let seed = self.full_like(1.0)?;
         self.backward_with(seed)
     }
 

@@ -1,1 +1,116 @@
-pub fn placeholder() {}
+//! Benchmarks shared by `ponder bench` and `benches/`: warm up, repeat, report the median
+//! and the achieved GFLOP/s. Inputs are random (never zeros). GPU timings include the
+//! submit and a wait for completion (`sync`), so they are wall-clock per call.
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::ops::attention::AttnOpts;
+use crate::tensor::{Device, Tensor};
+
+/// One benchmark's outcome.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub name: String,
+    pub device: Device,
+    /// Median seconds per call.
+    pub median_s: f64,
+    /// Fastest and slowest call, to show the noise.
+    pub min_s: f64,
+    pub max_s: f64,
+    pub flops: f64,
+    pub reps: usize,
+}
+
+impl BenchResult {
+    pub fn gflops(&self) -> f64 {
+        self.flops / self.median_s / 1e9
+    }
+}
+
+impl std::fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} on {}: median {:.3} ms (min {:.3}, max {:.3}, {} reps) = {:.1} GFLOP/s",
+            self.name,
+            self.device,
+            self.median_s * 1e3,
+            self.min_s * 1e3,
+            self.max_s * 1e3,
+            self.reps,
+            self.gflops()
+        )
+    }
+}
+
+fn wait(dev: Device) -> Result<()> {
+    if dev == Device::Gpu {
+        crate::backend::gpu::context()?.sync()?;
+    }
+    Ok(())
+}
+
+/// Time `f` (`warmup` untimed calls, then `reps` timed ones).
+pub fn time(name: &str, dev: Device, flops: f64, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<BenchResult> {
+    for _ in 0..warmup {
+        f()?;
+        wait(dev)?;
+    }
+    let mut ts = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        wait(dev)?;
+        ts.push(t0.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(BenchResult {
+        name: name.to_string(),
+        device: dev,
+        median_s: ts[ts.len() / 2],
+        min_s: ts[0],
+        max_s: ts[ts.len() - 1],
+        flops,
+        reps: ts.len(),
+    })
+}
+
+/// C (M x N) = A (M x K) @ B (K x N), f32.
+pub fn matmul(dev: Device, m: usize, n: usize, k: usize, warmup: usize, reps: usize) -> Result<BenchResult> {
+    let a = Tensor::randn(&[m, k], 1.0, 1, dev)?;
+    let b = Tensor::randn(&[k, n], 1.0, 2, dev)?;
+    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    time(&format!("matmul {m}x{n}x{k}"), dev, flops, warmup, reps, || {
+        a.matmul(&b)?;
+        Ok(())
+    })
+}
+
+/// Causal attention forward (and backward when asked) at B x T with NH/NKV heads of HD.
+/// FLOPs count the useful work: forward 4*B*NH*T*T*HD/2 (QK^T and PV under a causal mask),
+/// backward 2.5x that (five products).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(dev: Device, b: usize, t: usize, nh: usize, nkv: usize, hd: usize, backward: bool, warmup: usize, reps: usize) -> Result<BenchResult> {
+    let q = Tensor::randn(&[b, t, nh, hd], 1.0, 1, dev)?;
+    let k = Tensor::randn(&[b, t, nkv, hd], 1.0, 2, dev)?;
+    let v = Tensor::randn(&[b, t, nkv, hd], 1.0, 3, dev)?;
+    let opts = AttnOpts { causal: true, ..Default::default() };
+    let fwd = 4.0 * (b * nh) as f64 * (t * t) as f64 * hd as f64 / 2.0;
+    if !backward {
+        return time(&format!("attention fwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"), dev, fwd, warmup, reps, || {
+            Tensor::attention(&q, &k, &v, &opts)?;
+            Ok(())
+        });
+    }
+    let (q, k, v) = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_());
+    let g = Tensor::randn(&[b, t, nh, hd], 1.0, 4, dev)?;
+    let y = Tensor::attention(&q, &k, &v, &opts)?;
+    time(&format!("attention bwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"), dev, fwd * 2.5, warmup, reps, || {
+        y.backward_with(g.clone())?;
+        for p in [&q, &k, &v] {
+            p.zero_grad();
+        }
+        Ok(())
+    })
+}

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod dtype;
 pub mod error;
 pub mod ops;
+pub mod selfcheck;
 pub mod shape;
 pub mod tensor;
 pub mod util;

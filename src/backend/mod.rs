@@ -18,8 +18,8 @@ pub enum UnaryOp {
     LogSigmoid,
     Relu,
     Abs,
-    Powf(f32),
-    Affine(f32, f32),
+    Powf(f64),
+    Affine(f64, f64),
 }
 
 impl UnaryOp {
@@ -40,8 +40,9 @@ impl UnaryOp {
             UnaryOp::Affine(..) => 11,
         }
     }
-    /// The two scalar parameters passed in the uniform.
-    pub fn params(self) -> (f32, f32) {
+    /// The two scalar parameters (f64 so that the f64 reference stays exact; the GPU
+    /// uniform carries them as f32).
+    pub fn params(self) -> (f64, f64) {
         match self {
             UnaryOp::Powf(p) => (p, 0.0),
             UnaryOp::Affine(a, b) => (a, b),
@@ -122,7 +123,7 @@ pub struct AttnDims {
     pub nh: usize,
     pub nkv: usize,
     pub hd: usize,
-    pub scale: f32,
+    pub scale: f64,
     pub causal: bool,
     /// (batch stride, sequence stride, element offset) of q, k and v.
     pub q_str: (usize, usize, usize),

@@ -15,7 +15,7 @@ pub struct AttnOpts {
     /// Query t (absolute position t + S - T) sees keys at positions <= its own.
     pub causal: bool,
     /// Score scale; default 1/sqrt(HD).
-    pub scale: Option<f32>,
+    pub scale: Option<f64>,
     /// Per-sequence valid key range `(B, 2)` u32 `[start, end)`: padding on either side.
     pub kv_ranges: Option<Tensor>,
 }
@@ -63,7 +63,7 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttnOpts) -> Result<AttnDims> {
         nh,
         nkv,
         hd,
-        scale: o.scale.unwrap_or(1.0 / (hd as f32).sqrt()),
+        scale: o.scale.unwrap_or(1.0 / (hd as f64).sqrt()),
         causal: o.causal,
         q_str: qs,
         k_str: ks,

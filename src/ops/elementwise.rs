@@ -69,19 +69,19 @@ impl Tensor {
         self.unary(UnaryOp::Abs)
     }
     /// x^p for a scalar p.
-    pub fn powf(&self, p: f32) -> Result<Tensor> {
+    pub fn powf(&self, p: f64) -> Result<Tensor> {
         self.unary(UnaryOp::Powf(p))
     }
     /// a * x + b.
-    pub fn affine(&self, a: f32, b: f32) -> Result<Tensor> {
+    pub fn affine(&self, a: f64, b: f64) -> Result<Tensor> {
         self.unary(UnaryOp::Affine(a, b))
     }
     /// x * s.
-    pub fn scale(&self, s: f32) -> Result<Tensor> {
+    pub fn scale(&self, s: f64) -> Result<Tensor> {
         self.affine(s, 0.0)
     }
     /// x + c.
-    pub fn add_scalar(&self, c: f32) -> Result<Tensor> {
+    pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
         self.affine(1.0, c)
     }
 

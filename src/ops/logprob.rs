@@ -101,6 +101,6 @@ impl Tensor {
                 .filter(|&&i| (i as i32) >= 0)
                 .count(),
         };
-        lp.sum_all()?.scale(-1.0 / count.max(1) as f32)
+        lp.sum_all()?.scale(-1.0 / count.max(1) as f64)
     }
 }

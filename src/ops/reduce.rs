@@ -69,7 +69,7 @@ impl Tensor {
     pub fn mean(&self, dim: isize, keepdim: bool) -> Result<Tensor> {
         let d = resolve_dim("mean", dim, self.rank())?;
         let n = self.shape()[d];
-        self.sum(dim, keepdim)?.scale(1.0 / n.max(1) as f32)
+        self.sum(dim, keepdim)?.scale(1.0 / n.max(1) as f64)
     }
 
     /// Max along `dim`. The gradient goes to the first maximum (as PyTorch's max(dim)).
@@ -111,6 +111,6 @@ impl Tensor {
 
     /// Mean of all elements.
     pub fn mean_all(&self) -> Result<Tensor> {
-        self.sum_all()?.scale(1.0 / self.numel().max(1) as f32)
+        self.sum_all()?.scale(1.0 / self.numel().max(1) as f64)
     }
 }

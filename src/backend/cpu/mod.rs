@@ -131,7 +131,7 @@ fn sigmoid<T: Real>(x: T) -> T {
 /// y = f(x) elementwise.
 pub fn unary<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
     let (p0, p1) = op.params();
-    let (p0, p1) = (T::from_f64(p0 as f64), T::from_f64(p1 as f64));
+    let (p0, p1) = (T::from_f64(p0), T::from_f64(p1));
     let f = |x: T| -> T {
         match op {
             UnaryOp::Neg => -x,
@@ -155,7 +155,7 @@ pub fn unary<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
 /// dx = g * f'(x), the backward of [`unary`].
 pub fn unary_grad<T: Real>(op: UnaryOp, x: &[T], g: &[T]) -> Vec<T> {
     let (p0, _) = op.params();
-    let p0 = T::from_f64(p0 as f64);
+    let p0 = T::from_f64(p0);
     let half = T::from_f64(0.5);
     let df = |x: T| -> T {
         match op {
@@ -503,7 +503,7 @@ pub fn attention<T: Real>(
     ranges: Option<&[u32]>,
 ) -> (Vec<T>, Vec<T>) {
     let (hd, group) = (d.hd, d.nh / d.nkv);
-    let scale = T::from_f64(d.scale as f64);
+    let scale = T::from_f64(d.scale);
     let mut out = vec![T::zero(); d.b * d.t * d.nh * hd];
     let mut lse = vec![T::zero(); d.b * d.nh * d.t];
     let mut s = vec![T::zero(); d.s];
@@ -561,7 +561,7 @@ pub fn attention_bwd<T: Real>(
     ranges: Option<&[u32]>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (hd, group) = (d.hd, d.nh / d.nkv);
-    let scale = T::from_f64(d.scale as f64);
+    let scale = T::from_f64(d.scale);
     let mut dq = vec![T::zero(); d.b * d.t * d.nh * hd];
     let mut dk = vec![T::zero(); d.b * d.s * d.nkv * hd];
     let mut dv = vec![T::zero(); d.b * d.s * d.nkv * hd];

@@ -83,12 +83,12 @@ fn shape8(shape: &[usize]) -> Vec<usize> {
 // ------------------------------------------------------------------ elementwise
 
 /// Uniform of `elementwise.wgsl`: n, p0, p1, pad, shape, sa, sb, sc, oa, ob, oc, pad.
-fn ew_uniform(shape: &[usize], p: (f32, f32), ls: [Option<&Layout>; 3]) -> Uniform {
+fn ew_uniform(shape: &[usize], p: (f64, f64), ls: [Option<&Layout>; 3]) -> Uniform {
     let r = shape.len();
     let mut u = Uniform::new()
         .u(numel(shape))
-        .f(p.0)
-        .f(p.1)
+        .f(p.0 as f32)
+        .f(p.1 as f32)
         .u(0)
         .v8(&shape8(shape), 1);
     for l in ls {
@@ -550,7 +550,7 @@ fn attn_uniform(d: &AttnDims, has_ranges: bool) -> Uniform {
         .u(d.s)
         .u(d.nh)
         .u(d.nkv)
-        .f(d.scale)
+        .f(d.scale as f32)
         .u(d.causal as usize)
         .u(has_ranges as usize)
         .u(d.q_str.0)
