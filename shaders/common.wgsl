@@ -18,8 +18,30 @@ const NEG_BIG: f32 = -3.4028235e38;
 
 var<workgroup> red_f: array<f32, 256>;
 
-// Sum of one value per thread over a 256-thread workgroup (tree in workgroup memory).
+// With SG = 1 (the adapter offers subgroups) the row reductions combine each subgroup in
+// registers with subgroupAdd/subgroupMax and only the per-subgroup partials go through
+// workgroup memory. Entry points that reduce set these from their subgroup builtins.
+#if SG
+var<private> sg_lane: u32;
+var<private> sg_index: u32;
+var<private> sg_count: u32;
+#endif
+
+// Sum of one value per thread over a 256-thread workgroup.
 fn wg_sum(v: f32, lid: u32) -> f32 {
+#if SG
+    let part = subgroupAdd(v);
+    if (sg_lane == 0u) {
+        red_f[sg_index] = part;
+    }
+    workgroupBarrier();
+    var r = 0.0;
+    for (var i = 0u; i < sg_count; i = i + 1u) {
+        r = r + red_f[i];
+    }
+    workgroupBarrier();
+    return r;
+#else
     red_f[lid] = v;
     workgroupBarrier();
     for (var s = 128u; s > 0u; s = s >> 1u) {
@@ -31,10 +53,24 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     let r = red_f[0];
     workgroupBarrier();
     return r;
+#endif
 }
 
 // Max of one value per thread over a 256-thread workgroup.
 fn wg_max(v: f32, lid: u32) -> f32 {
+#if SG
+    let part = subgroupMax(v);
+    if (sg_lane == 0u) {
+        red_f[sg_index] = part;
+    }
+    workgroupBarrier();
+    var r = NEG_BIG;
+    for (var i = 0u; i < sg_count; i = i + 1u) {
+        r = max(r, red_f[i]);
+    }
+    workgroupBarrier();
+    return r;
+#else
     red_f[lid] = v;
     workgroupBarrier();
     for (var s = 128u; s > 0u; s = s >> 1u) {
@@ -46,6 +82,7 @@ fn wg_max(v: f32, lid: u32) -> f32 {
     let r = red_f[0];
     workgroupBarrier();
     return r;
+#endif
 }
 
 fn sigmoid(x: f32) -> f32 {

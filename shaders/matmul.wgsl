@@ -2,6 +2,9 @@
 // blocking: a workgroup computes a BM x BN tile of C, each of its 256 threads a TM x TN
 // block held in registers; K advances BK at a time. Edges are bounds-checked, so any M, N,
 // K work. A_KFAST / B_NFAST pick the tile load order that walks memory contiguously.
+// B may be stored in 16 bits (frozen weights): natively as f16 where the adapter offers
+// shader-f16 (B_F16N), else unpacked from u32 words (B_F16U for f16, B_BF16 for bf16).
+// Accumulation is always f32.
 
 struct Params {
     m: u32,
@@ -20,7 +23,30 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> A: array<f32>;
+#if B_F16N
+@group(0) @binding(2) var<storage, read> B: array<f16>;
+fn load_b(i: u32) -> f32 {
+    return f32(B[i]);
+}
+#endif
+#if B_F16U
+@group(0) @binding(2) var<storage, read> B: array<u32>;
+fn load_b(i: u32) -> f32 {
+    return unpack2x16float(B[i >> 1u])[i & 1u];
+}
+#endif
+#if B_BF16
+@group(0) @binding(2) var<storage, read> B: array<u32>;
+fn load_b(i: u32) -> f32 {
+    return bitcast<f32>(((B[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu) << 16u);
+}
+#endif
+#if B_F32
 @group(0) @binding(2) var<storage, read> B: array<f32>;
+fn load_b(i: u32) -> f32 {
+    return B[i];
+}
+#endif
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;
 
 const BM: u32 = {{BM}}u;
@@ -79,7 +105,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let gk = k0 + kk;
             var v = 0.0;
             if (gn < P.n && gk < P.k) {
-                v = B[bbase + gk * P.b_sr + gn * P.b_sc];
+                v = load_b(bbase + gk * P.b_sr + gn * P.b_sc);
             }
             Bs[kk * BN + nn] = v;
         }

@@ -52,7 +52,14 @@ fn wait(dev: Device) -> Result<()> {
 }
 
 /// Time `f` (`warmup` untimed calls, then `reps` timed ones).
-pub fn time(name: &str, dev: Device, flops: f64, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<BenchResult> {
+pub fn time(
+    name: &str,
+    dev: Device,
+    flops: f64,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<BenchResult> {
     for _ in 0..warmup {
         f()?;
         wait(dev)?;
@@ -76,12 +83,29 @@ pub fn time(name: &str, dev: Device, flops: f64, warmup: usize, reps: usize, mut
     })
 }
 
-/// C (M x N) = A (M x K) @ B (K x N), f32.
-pub fn matmul(dev: Device, m: usize, n: usize, k: usize, warmup: usize, reps: usize) -> Result<BenchResult> {
+/// C (M x N) = A (M x K) @ B (K x N), f32. With `weight_t`, B is the transpose of a
+/// row-major (N, K) weight, as in a linear layer's x @ W^T.
+pub fn matmul(
+    dev: Device,
+    m: usize,
+    n: usize,
+    k: usize,
+    weight_t: bool,
+    warmup: usize,
+    reps: usize,
+) -> Result<BenchResult> {
     let a = Tensor::randn(&[m, k], 1.0, 1, dev)?;
-    let b = Tensor::randn(&[k, n], 1.0, 2, dev)?;
+    let b = if weight_t {
+        Tensor::randn(&[n, k], 1.0, 2, dev)?.t()?
+    } else {
+        Tensor::randn(&[k, n], 1.0, 2, dev)?
+    };
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
-    time(&format!("matmul {m}x{n}x{k}"), dev, flops, warmup, reps, || {
+    let name = format!(
+        "matmul {m}x{n}x{k}{}",
+        if weight_t { " (x @ W^T)" } else { "" }
+    );
+    time(&name, dev, flops, warmup, reps, || {
         a.matmul(&b)?;
         Ok(())
     })
@@ -91,26 +115,53 @@ pub fn matmul(dev: Device, m: usize, n: usize, k: usize, warmup: usize, reps: us
 /// FLOPs count the useful work: forward 4*B*NH*T*T*HD/2 (QK^T and PV under a causal mask),
 /// backward 2.5x that (five products).
 #[allow(clippy::too_many_arguments)]
-pub fn attention(dev: Device, b: usize, t: usize, nh: usize, nkv: usize, hd: usize, backward: bool, warmup: usize, reps: usize) -> Result<BenchResult> {
+pub fn attention(
+    dev: Device,
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    backward: bool,
+    warmup: usize,
+    reps: usize,
+) -> Result<BenchResult> {
     let q = Tensor::randn(&[b, t, nh, hd], 1.0, 1, dev)?;
     let k = Tensor::randn(&[b, t, nkv, hd], 1.0, 2, dev)?;
     let v = Tensor::randn(&[b, t, nkv, hd], 1.0, 3, dev)?;
-    let opts = AttnOpts { causal: true, ..Default::default() };
+    let opts = AttnOpts {
+        causal: true,
+        ..Default::default()
+    };
     let fwd = 4.0 * (b * nh) as f64 * (t * t) as f64 * hd as f64 / 2.0;
     if !backward {
-        return time(&format!("attention fwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"), dev, fwd, warmup, reps, || {
-            Tensor::attention(&q, &k, &v, &opts)?;
-            Ok(())
-        });
+        return time(
+            &format!("attention fwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"),
+            dev,
+            fwd,
+            warmup,
+            reps,
+            || {
+                Tensor::attention(&q, &k, &v, &opts)?;
+                Ok(())
+            },
+        );
     }
     let (q, k, v) = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_());
     let g = Tensor::randn(&[b, t, nh, hd], 1.0, 4, dev)?;
     let y = Tensor::attention(&q, &k, &v, &opts)?;
-    time(&format!("attention bwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"), dev, fwd * 2.5, warmup, reps, || {
-        y.backward_with(g.clone())?;
-        for p in [&q, &k, &v] {
-            p.zero_grad();
-        }
-        Ok(())
-    })
+    time(
+        &format!("attention bwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"),
+        dev,
+        fwd * 2.5,
+        warmup,
+        reps,
+        || {
+            y.backward_with(g.clone())?;
+            for p in [&q, &k, &v] {
+                p.zero_grad();
+            }
+            Ok(())
+        },
+    )
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use ponder::{Device, Result};
 
 #[derive(Parser)]
-#[command(name = "ponder", version, about = "A pure-Rust ML engine for preference-optimised reasoning models")]
+#[command(
+    name = "ponder",
+    version,
+    about = "A pure-Rust ML engine for preference-optimised reasoning models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,6 +44,9 @@ enum BenchCmd {
         n: usize,
         #[arg(long, default_value_t = 1024)]
         k: usize,
+        /// B is the transpose of a row-major (N, K) weight (x @ W^T).
+        #[arg(long)]
+        weight_t: bool,
         #[arg(long, default_value_t = 7)]
         reps: usize,
         #[arg(long, default_value_t = 2)]
@@ -93,7 +100,10 @@ fn device(s: Option<String>) -> Result<Device> {
 }
 
 fn info(dev: Option<String>) -> Result<bool> {
-    let requested = dev.clone().or_else(|| std::env::var("PONDER_DEVICE").ok()).unwrap_or_else(|| "auto".into());
+    let requested = dev
+        .clone()
+        .or_else(|| std::env::var("PONDER_DEVICE").ok())
+        .unwrap_or_else(|| "auto".into());
     let dev = device(dev)?;
     println!("ponder {}", env!("CARGO_PKG_VERSION"));
     println!("device: {dev} (requested: {requested})");
@@ -106,41 +116,100 @@ fn info(dev: Option<String>) -> Result<bool> {
                 println!("  seen: {o}");
             }
             let l = &ctx.limits;
-            println!("  max_storage_buffer_binding_size: {} MiB", l.max_storage_buffer_binding_size >> 20);
+            println!(
+                "  max_storage_buffer_binding_size: {} MiB",
+                l.max_storage_buffer_binding_size >> 20
+            );
             println!("  max_buffer_size: {} MiB", l.max_buffer_size >> 20);
-            println!("  max_compute_workgroup_storage_size: {} B", l.max_compute_workgroup_storage_size);
-            println!("  max_compute_invocations_per_workgroup: {}", l.max_compute_invocations_per_workgroup);
-            println!("  max_storage_buffers_per_shader_stage: {}", l.max_storage_buffers_per_shader_stage);
-            println!("  shader-f16: {}, subgroups: {}", ctx.has_f16(), ctx.has_subgroups());
+            println!(
+                "  max_compute_workgroup_storage_size: {} B",
+                l.max_compute_workgroup_storage_size
+            );
+            println!(
+                "  max_compute_invocations_per_workgroup: {}",
+                l.max_compute_invocations_per_workgroup
+            );
+            println!(
+                "  max_storage_buffers_per_shader_stage: {}",
+                l.max_storage_buffers_per_shader_stage
+            );
+            println!(
+                "  shader-f16: {}, subgroups: {}",
+                ctx.has_f16(),
+                ctx.has_subgroups()
+            );
         }
         Err(e) => println!("gpu: none ({e})"),
     }
     if dev == Device::Cpu {
-        println!("self-check: skipped (the cpu backend is the reference the gpu is checked against)");
+        println!(
+            "self-check: skipped (the cpu backend is the reference the gpu is checked against)"
+        );
         return Ok(true);
     }
     let checks = ponder::selfcheck::run()?;
     let mut ok = true;
     for c in &checks {
-        println!("self-check {:<28} max |gpu - cpu| = {:.2e}  {}", c.name, c.max_diff, if c.pass { "ok" } else { "FAIL" });
+        println!(
+            "self-check {:<28} max |gpu - cpu| = {:.2e}  {}",
+            c.name,
+            c.max_diff,
+            if c.pass { "ok" } else { "FAIL" }
+        );
         ok &= c.pass;
     }
-    println!("self-check: {}", if ok { "all kernels agree with the cpu reference" } else { "FAILED" });
+    println!(
+        "self-check: {}",
+        if ok {
+            "all kernels agree with the cpu reference"
+        } else {
+            "FAILED"
+        }
+    );
     Ok(ok)
 }
 
 fn bench(what: BenchCmd) -> Result<bool> {
     let r = match what {
-        BenchCmd::Matmul { device: d, m, n, k, reps, warmup } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, warmup, reps)?,
-        BenchCmd::Attention { device: d, b, t, heads, kv_heads, head_dim, backward, reps, warmup } => {
-            ponder::bench::attention(Device::parse(&d)?, b, t, heads, kv_heads, head_dim, backward, warmup, reps)?
-        }
+        BenchCmd::Matmul {
+            device: d,
+            m,
+            n,
+            k,
+            weight_t,
+            reps,
+            warmup,
+        } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, weight_t, warmup, reps)?,
+        BenchCmd::Attention {
+            device: d,
+            b,
+            t,
+            heads,
+            kv_heads,
+            head_dim,
+            backward,
+            reps,
+            warmup,
+        } => ponder::bench::attention(
+            Device::parse(&d)?,
+            b,
+            t,
+            heads,
+            kv_heads,
+            head_dim,
+            backward,
+            warmup,
+            reps,
+        )?,
     };
     println!("{r}");
     if r.device == Device::Gpu {
         let ctx = ponder::backend::gpu::context()?;
         if ctx.info.device_type == wgpu::DeviceType::Cpu {
-            println!("note: {} is a software rasteriser; its figures are for reference only", ctx.info.name);
+            println!(
+                "note: {} is a software rasteriser; its figures are for reference only",
+                ctx.info.name
+            );
         }
     }
     Ok(true)

@@ -4,8 +4,15 @@ mod common;
 use std::process::Command;
 
 fn ponder(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ponder")).args(args).output().expect("run ponder");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .output()
+        .expect("run ponder");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -15,7 +22,10 @@ fn info_reports_device_and_self_check() {
     assert!(ok, "{out}");
     assert!(out.contains("device:"), "{out}");
     if common::gpu_ok("cli info") {
-        assert!(out.contains("gpu adapter:") && out.contains("chosen because"), "{out}");
+        assert!(
+            out.contains("gpu adapter:") && out.contains("chosen because"),
+            "{out}"
+        );
         assert!(out.contains("max_storage_buffer_binding_size"), "{out}");
         assert!(out.contains("self-check: all kernels agree"), "{out}");
     }
@@ -27,14 +37,56 @@ fn info_reports_device_and_self_check() {
 
 #[test]
 fn bench_prints_gflops() {
-    let (ok, out) = ponder(&["bench", "matmul", "--device", "cpu", "--m", "64", "--n", "33", "--k", "70", "--reps", "3"]);
-    assert!(ok && out.contains("matmul 64x33x70 on cpu") && out.contains("GFLOP/s"), "{out}");
-    let (ok, out) = ponder(&["bench", "attention", "--device", "cpu", "--t", "16", "--heads", "4", "--kv-heads", "2", "--head-dim", "8", "--reps", "2"]);
-    assert!(ok && out.contains("attention fwd") && out.contains("GFLOP/s"), "{out}");
+    let (ok, out) = ponder(&[
+        "bench", "matmul", "--device", "cpu", "--m", "64", "--n", "33", "--k", "70", "--reps", "3",
+    ]);
+    assert!(
+        ok && out.contains("matmul 64x33x70 on cpu") && out.contains("GFLOP/s"),
+        "{out}"
+    );
+    let (ok, out) = ponder(&[
+        "bench",
+        "attention",
+        "--device",
+        "cpu",
+        "--t",
+        "16",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--reps",
+        "2",
+    ]);
+    assert!(
+        ok && out.contains("attention fwd") && out.contains("GFLOP/s"),
+        "{out}"
+    );
     if common::gpu_ok("cli bench") {
-        let (ok, out) = ponder(&["bench", "matmul", "--device", "gpu", "--m", "65", "--n", "33", "--k", "17", "--reps", "2"]);
+        let (ok, out) = ponder(&[
+            "bench", "matmul", "--device", "gpu", "--m", "65", "--n", "33", "--k", "17", "--reps",
+            "2",
+        ]);
         assert!(ok && out.contains("on gpu"), "{out}");
-        let (ok, out) = ponder(&["bench", "attention", "--device", "gpu", "--t", "16", "--heads", "4", "--kv-heads", "2", "--head-dim", "8", "--backward", "--reps", "2"]);
+        let (ok, out) = ponder(&[
+            "bench",
+            "attention",
+            "--device",
+            "gpu",
+            "--t",
+            "16",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "8",
+            "--backward",
+            "--reps",
+            "2",
+        ]);
         assert!(ok && out.contains("attention bwd"), "{out}");
     }
 }

@@ -9,23 +9,48 @@ use ponder::tensor::CpuData;
 use ponder::{AttnOpts, DType, Device, Result, Tensor};
 
 /// Same inputs through `fused` and `composed`; compare outputs and every input gradient.
-fn compare(name: &str, inputs: &[Tensor], dev: Device, tol: f64, fused: impl Fn(&[Tensor]) -> Result<Tensor>, composed: impl Fn(&[Tensor]) -> Result<Tensor>) {
+fn compare(
+    name: &str,
+    inputs: &[Tensor],
+    dev: Device,
+    tol: f64,
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    composed: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
     let s = seed(name);
     let prep = |t: &Tensor| -> Tensor {
-        let t = if dev == Device::Cpu { to_f64(t) } else { t.to_device(dev).unwrap() };
+        let t = if dev == Device::Cpu {
+            to_f64(t)
+        } else {
+            t.to_device(dev).unwrap()
+        };
         t.requires_grad_()
     };
     let xa: Vec<Tensor> = inputs.iter().map(prep).collect();
     let xb: Vec<Tensor> = inputs.iter().map(prep).collect();
     let (ya, yb) = (fused(&xa).unwrap(), composed(&xb).unwrap());
     assert_eq!(ya.shape(), yb.shape(), "{name}: shapes differ");
-    assert_close(&format!("{name} forward"), &ya.to_vec_f64().unwrap(), &yb.to_vec_f64().unwrap(), tol, tol);
+    assert_close(
+        &format!("{name} forward"),
+        &ya.to_vec_f64().unwrap(),
+        &yb.to_vec_f64().unwrap(),
+        tol,
+        tol,
+    );
     let r = randn(ya.shape(), s);
-    let r = if dev == Device::Cpu { to_f64(&r) } else { r.to_device(dev).unwrap() };
+    let r = if dev == Device::Cpu {
+        to_f64(&r)
+    } else {
+        r.to_device(dev).unwrap()
+    };
     ya.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
     yb.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
     for (k, (a, b)) in xa.iter().zip(&xb).enumerate() {
-        let ga = a.grad().unwrap_or_else(|| panic!("{name}: fused op gave input {k} no gradient")).to_vec_f64().unwrap();
+        let ga = a
+            .grad()
+            .unwrap_or_else(|| panic!("{name}: fused op gave input {k} no gradient"))
+            .to_vec_f64()
+            .unwrap();
         let gb = b.grad().unwrap().to_vec_f64().unwrap();
         assert_close(&format!("{name} grad {k}"), &ga, &gb, tol, tol);
     }
@@ -55,8 +80,22 @@ fn softmax_composed(x: &Tensor, log: bool) -> Result<Tensor> {
 fn softmax() {
     for (dev, tol) in devices("fused softmax") {
         let x = randn(&[5, 33], seed("softmax input")).scale(2.0).unwrap();
-        compare("softmax", &[x.clone()], dev, tol, |t| t[0].softmax(), |t| softmax_composed(&t[0], false));
-        compare("log_softmax", &[x], dev, tol, |t| t[0].log_softmax(), |t| softmax_composed(&t[0], true));
+        compare(
+            "softmax",
+            std::slice::from_ref(&x),
+            dev,
+            tol,
+            |t| t[0].softmax(),
+            |t| softmax_composed(&t[0], false),
+        );
+        compare(
+            "log_softmax",
+            &[x],
+            dev,
+            tol,
+            |t| t[0].log_softmax(),
+            |t| softmax_composed(&t[0], true),
+        );
     }
 }
 
@@ -64,19 +103,36 @@ fn softmax() {
 fn rmsnorm() {
     for (dev, tol) in devices("fused rmsnorm") {
         let s = seed("rmsnorm input");
-        compare("rms_norm", &[randn(&[7, 33], s), randn(&[33], s + 1)], dev, tol * 10.0, |t| t[0].rms_norm(&t[1], 1e-6), |t| {
-            // x * rsqrt(mean(x^2) + eps) * w
-            let ms = t[0].mul(&t[0])?.mean(-1, true)?;
-            t[0].mul(&ms.add_scalar(1e-6)?.rsqrt()?)?.mul(&t[1])
-        });
+        compare(
+            "rms_norm",
+            &[randn(&[7, 33], s), randn(&[33], s + 1)],
+            dev,
+            tol * 10.0,
+            |t| t[0].rms_norm(&t[1], 1e-6),
+            |t| {
+                // x * rsqrt(mean(x^2) + eps) * w
+                let ms = t[0].mul(&t[0])?.mean(-1, true)?;
+                t[0].mul(&ms.add_scalar(1e-6)?.rsqrt()?)?.mul(&t[1])
+            },
+        );
     }
 }
 
 /// The (B, 1, T, S) mask: 1 where query t may see key j.
-fn attn_mask(b: usize, t: usize, s: usize, causal: bool, ranges: Option<&[u32]>, dt: DType, dev: Device) -> Tensor {
+fn attn_mask(
+    b: usize,
+    t: usize,
+    s: usize,
+    causal: bool,
+    ranges: Option<&[u32]>,
+    dt: DType,
+    dev: Device,
+) -> Tensor {
     let mut m = vec![0.0f64; b * t * s];
     for bi in 0..b {
-        let (lo, hi) = ranges.map(|r| (r[2 * bi] as usize, r[2 * bi + 1] as usize)).unwrap_or((0, s));
+        let (lo, hi) = ranges
+            .map(|r| (r[2 * bi] as usize, r[2 * bi + 1] as usize))
+            .unwrap_or((0, s));
         for ti in 0..t {
             for j in 0..s {
                 let ok = j >= lo && j < hi && (!causal || j <= ti + s - t);
@@ -93,13 +149,23 @@ fn attn_mask(b: usize, t: usize, s: usize, causal: bool, ranges: Option<&[u32]>,
 }
 
 /// softmax(q k^T * scale + mask) v, with the kv heads repeated for grouped-query attention.
-fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, ranges: Option<&[u32]>) -> Result<Tensor> {
+fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    ranges: Option<&[u32]>,
+) -> Result<Tensor> {
     let (b, t, nh, hd) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
     let (s, nkv) = (k.shape()[1], k.shape()[2]);
     let g = nh / nkv;
     let repeat = |x: &Tensor| -> Result<Tensor> {
         // (B, S, NKV, HD) -> (B, NH, S, HD), kv head h / g for query head h
-        x.permute(&[0, 2, 1, 3])?.unsqueeze(2)?.broadcast_to(&[b, nkv, g, s, hd])?.contiguous()?.reshape(&[b, nh, s, hd])
+        x.permute(&[0, 2, 1, 3])?
+            .unsqueeze(2)?
+            .broadcast_to(&[b, nkv, g, s, hd])?
+            .contiguous()?
+            .reshape(&[b, nh, s, hd])
     };
     let qh = q.permute(&[0, 2, 1, 3])?.contiguous()?; // (B, NH, T, HD)
     let (kh, vh) = (repeat(k)?, repeat(v)?);
@@ -114,18 +180,51 @@ fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, ranges: 
 fn attention() {
     for (dev, tol) in devices("fused attention") {
         let s = seed("attention input");
-        for &(b, t, sl, nh, nkv, hd, causal) in &[(2, 7, 7, 4, 2, 8, true), (1, 5, 9, 3, 1, 16, true), (2, 6, 6, 2, 2, 4, false)] {
-            let (q, k, v) = (randn(&[b, t, nh, hd], s), randn(&[b, sl, nkv, hd], s + 1), randn(&[b, sl, nkv, hd], s + 2));
-            let opts = AttnOpts { causal, ..Default::default() };
-            compare("attention", &[q, k, v], dev, tol * 10.0, |x| Tensor::attention(&x[0], &x[1], &x[2], &opts), |x| attention_composed(&x[0], &x[1], &x[2], causal, None));
+        for &(b, t, sl, nh, nkv, hd, causal) in &[
+            (2, 7, 7, 4, 2, 8, true),
+            (1, 5, 9, 3, 1, 16, true),
+            (2, 6, 6, 2, 2, 4, false),
+        ] {
+            let (q, k, v) = (
+                randn(&[b, t, nh, hd], s),
+                randn(&[b, sl, nkv, hd], s + 1),
+                randn(&[b, sl, nkv, hd], s + 2),
+            );
+            let opts = AttnOpts {
+                causal,
+                ..Default::default()
+            };
+            compare(
+                "attention",
+                &[q, k, v],
+                dev,
+                tol * 10.0,
+                |x| Tensor::attention(&x[0], &x[1], &x[2], &opts),
+                |x| attention_composed(&x[0], &x[1], &x[2], causal, None),
+            );
         }
         // right padding under a causal mask; left and right padding without one (no row
         // is fully masked, where the fused op's convention, a zero output, differs)
         for (ranges, causal) in [([0u32, 6, 0, 4], true), ([2, 6, 1, 5], false)] {
             let rt = Tensor::from_u32(ranges.to_vec(), &[2, 2], dev).unwrap();
-            let (q, k, v) = (randn(&[2, 6, 2, 8], s), randn(&[2, 6, 1, 8], s + 1), randn(&[2, 6, 1, 8], s + 2));
-            let opts = AttnOpts { causal, kv_ranges: Some(rt), ..Default::default() };
-            compare("attention ranges", &[q, k, v], dev, tol * 10.0, |x| Tensor::attention(&x[0], &x[1], &x[2], &opts), |x| attention_composed(&x[0], &x[1], &x[2], causal, Some(&ranges)));
+            let (q, k, v) = (
+                randn(&[2, 6, 2, 8], s),
+                randn(&[2, 6, 1, 8], s + 1),
+                randn(&[2, 6, 1, 8], s + 2),
+            );
+            let opts = AttnOpts {
+                causal,
+                kv_ranges: Some(rt),
+                ..Default::default()
+            };
+            compare(
+                "attention ranges",
+                &[q, k, v],
+                dev,
+                tol * 10.0,
+                |x| Tensor::attention(&x[0], &x[1], &x[2], &opts),
+                |x| attention_composed(&x[0], &x[1], &x[2], causal, Some(&ranges)),
+            );
         }
     }
 }
@@ -135,18 +234,32 @@ fn token_logprobs() {
     for (dev, tol) in devices("fused logprobs") {
         let s = seed("logprob input");
         let targets = vec![3i32, -100, 0, 32, 17];
-        let tg = Tensor::from_cpu_data(CpuData::I32(targets.clone()), &[5]).unwrap().to_device(dev).unwrap();
-        compare("token_logprobs", &[randn(&[5, 33], s).scale(3.0).unwrap()], dev, tol, |t| t[0].token_logprobs(&tg), |t| {
-            // sum(log_softmax(x) * onehot(targets), -1); ignored rows have an all-zero one-hot
-            let mut oh = vec![0.0f64; 5 * 33];
-            for (n, &tt) in targets.iter().enumerate() {
-                if tt >= 0 {
-                    oh[n * 33 + tt as usize] = 1.0;
+        let tg = Tensor::from_cpu_data(CpuData::I32(targets.clone()), &[5])
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        compare(
+            "token_logprobs",
+            &[randn(&[5, 33], s).scale(3.0).unwrap()],
+            dev,
+            tol,
+            |t| t[0].token_logprobs(&tg),
+            |t| {
+                // sum(log_softmax(x) * onehot(targets), -1); ignored rows have an all-zero one-hot
+                let mut oh = vec![0.0f64; 5 * 33];
+                for (n, &tt) in targets.iter().enumerate() {
+                    if tt >= 0 {
+                        oh[n * 33 + tt as usize] = 1.0;
+                    }
                 }
-            }
-            let oh = Tensor::from_vec_f64(oh, &[5, 33])?;
-            let oh = if t[0].dtype() == DType::F64 { oh } else { oh.to_dtype(DType::F32)?.to_device(dev)? };
-            t[0].log_softmax()?.mul(&oh)?.sum(-1, false)
-        });
+                let oh = Tensor::from_vec_f64(oh, &[5, 33])?;
+                let oh = if t[0].dtype() == DType::F64 {
+                    oh
+                } else {
+                    oh.to_dtype(DType::F32)?.to_device(dev)?
+                };
+                t[0].log_softmax()?.mul(&oh)?.sum(-1, false)
+            },
+        );
     }
 }

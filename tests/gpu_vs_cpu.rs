@@ -105,9 +105,15 @@ fn reductions() {
     for shape in [&[1usize][..], &[7, 33], &[3, 129, 5], &[2, 1000]] {
         let x = randn(shape, s);
         for d in 0..shape.len() as isize {
-            gpu_vs_cpu("sum", &[x.clone()], true, 1e-3, |t| t[0].sum(d, false));
-            gpu_vs_cpu("mean", &[x.clone()], true, 1e-3, |t| t[0].mean(d, true));
-            gpu_vs_cpu("max", &[x.clone()], true, TOL, |t| t[0].max(d, false));
+            gpu_vs_cpu("sum", std::slice::from_ref(&x), true, 1e-3, |t| {
+                t[0].sum(d, false)
+            });
+            gpu_vs_cpu("mean", std::slice::from_ref(&x), true, 1e-3, |t| {
+                t[0].mean(d, true)
+            });
+            gpu_vs_cpu("max", std::slice::from_ref(&x), true, TOL, |t| {
+                t[0].max(d, false)
+            });
         }
     }
 }
@@ -150,8 +156,10 @@ fn softmax_family() {
     let s = seed("softmax");
     for shape in [&[1usize][..], &[7, 33], &[3, 1000]] {
         let x = randn(shape, s).scale(3.0).unwrap();
-        gpu_vs_cpu("softmax", &[x.clone()], true, TOL, |t| t[0].softmax());
-        gpu_vs_cpu("log_softmax", &[x.clone()], true, TOL, |t| {
+        gpu_vs_cpu("softmax", std::slice::from_ref(&x), true, TOL, |t| {
+            t[0].softmax()
+        });
+        gpu_vs_cpu("log_softmax", std::slice::from_ref(&x), true, TOL, |t| {
             t[0].log_softmax()
         });
     }
@@ -270,10 +278,14 @@ fn movement_and_casts() {
     }
     let s = seed("movement_casts");
     let x = randn(&[3, 7, 5], s);
-    gpu_vs_cpu("permute+contiguous", &[x.clone()], true, 0.0, |t| {
-        t[0].permute(&[2, 0, 1])?.contiguous()
-    });
-    gpu_vs_cpu("narrow", &[x.clone()], true, 0.0, |t| {
+    gpu_vs_cpu(
+        "permute+contiguous",
+        std::slice::from_ref(&x),
+        true,
+        0.0,
+        |t| t[0].permute(&[2, 0, 1])?.contiguous(),
+    );
+    gpu_vs_cpu("narrow", std::slice::from_ref(&x), true, 0.0, |t| {
         t[0].narrow(1, 2, 4)?.contiguous()
     });
     gpu_vs_cpu(
@@ -349,4 +361,72 @@ fn adamw_update() {
         1e-6,
         1e-5,
     );
+}
+
+#[test]
+fn matmul_with_16bit_weights() {
+    if !gpu_ok("matmul16") {
+        return;
+    }
+    let s = seed("matmul16");
+    for dt in [DType::F16, DType::BF16] {
+        for &(m, n, k) in &[(1, 7, 33), (33, 129, 65), (600, 520, 40)] {
+            let w = randn(&[n, k], s + 1).to_dtype(dt).unwrap();
+            let x = randn(&[2, m, k], s);
+            // the weight stays 16-bit on both devices; x gets its gradient through W^T
+            gpu_vs_cpu("x @ w16^T", &[x.clone(), w.clone()], true, 1e-3, |t| {
+                t[0].matmul(&t[1].t()?)
+            });
+            // and against widening the weight first
+            let wide = w.to_dtype(DType::F32).unwrap();
+            let a = x.matmul(&w.t().unwrap()).unwrap().to_vec_f64().unwrap();
+            let b = x.matmul(&wide.t().unwrap()).unwrap().to_vec_f64().unwrap();
+            assert_close("16-bit operand vs widened copy (cpu)", &a, &b, 1e-5, 1e-5);
+        }
+    }
+    // the fallback that unpacks f16 from u32 words, where shader-f16 is offered too
+    ponder::backend::gpu::set_f16(false);
+    let w = randn(&[33, 65], s).to_dtype(DType::F16).unwrap();
+    gpu_vs_cpu(
+        "x @ w16^T unpacked",
+        &[randn(&[7, 65], s), w],
+        false,
+        1e-3,
+        |t| t[0].matmul(&t[1].t()?),
+    );
+    ponder::backend::gpu::set_f16(true);
+}
+
+#[test]
+fn row_reductions_without_subgroups() {
+    if !gpu_ok("no subgroups") {
+        return;
+    }
+    // The tree-reduction fallback, where the adapter offers subgroups too. Other tests may
+    // run meanwhile on either path; both are checked against the CPU.
+    ponder::backend::gpu::set_subgroups(false);
+    let s = seed("no subgroups");
+    let x = randn(&[7, 300], s);
+    gpu_vs_cpu("softmax (tree)", std::slice::from_ref(&x), true, TOL, |t| {
+        t[0].softmax()
+    });
+    gpu_vs_cpu("sum (tree)", std::slice::from_ref(&x), true, 1e-3, |t| {
+        t[0].sum(-1, false)
+    });
+    gpu_vs_cpu(
+        "rms_norm (tree)",
+        &[x.clone(), randn(&[300], s + 1)],
+        true,
+        1e-3,
+        |t| t[0].rms_norm(&t[1], 1e-5),
+    );
+    let tg = Tensor::from_cpu_data(
+        ponder::tensor::CpuData::I32(vec![5, -100, 0, 128, 64, 299, 1]),
+        &[7],
+    )
+    .unwrap();
+    gpu_vs_cpu("token_logprobs (tree)", &[x, tg], true, TOL, |t| {
+        t[0].token_logprobs(&t[1])
+    });
+    ponder::backend::gpu::set_subgroups(true);
 }

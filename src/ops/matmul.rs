@@ -3,8 +3,11 @@
 
 use super::{check, cpu_tensor, with_real};
 use crate::autograd::record;
+use crate::backend::cpu::matmul::gemm_f32;
 use crate::backend::{gpu::kernels, Gemm, Operand};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::tensor::CpuData;
 use crate::tensor::{Device, Tensor};
 
 /// If dims (shape, strides) can be walked with one stride, (count, stride).
@@ -32,8 +35,27 @@ fn fold(shape: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
 impl Tensor {
     /// `(..., M, K) @ (..., K, N)`. The right side may be 2-D (shared by every batch), the
     /// left side may be 2-D against a batched right side; otherwise batch dims must match.
+    ///
+    /// The right side may also be stored in f16/bf16 against an f32 left side (frozen
+    /// weights read directly by the kernels, accumulating in f32); it then takes no gradient.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let (dev, dt) = check("matmul", &[self, rhs])?;
+        let half_rhs = matches!(rhs.dtype(), DType::F16 | DType::BF16);
+        let (dev, dt) = if half_rhs {
+            super::same_device("matmul", &[self, rhs])?;
+            if self.dtype() != DType::F32 {
+                return Err(Error::DTypeMismatch {
+                    op: "matmul",
+                    expected: DType::F32,
+                    got: self.dtype(),
+                });
+            }
+            if rhs.requires_grad() {
+                return Err(Error::invalid("matmul", "a 16-bit right operand is a frozen weight and cannot take a gradient; cast it to f32 to train it"));
+            }
+            (self.device(), DType::F32)
+        } else {
+            check("matmul", &[self, rhs])?
+        };
         let (ra, rb) = (self.rank(), rhs.rank());
         if ra < 2 || rb < 2 {
             return Err(Error::shape(
@@ -136,6 +158,16 @@ impl Tensor {
             }
         };
         let out = match dev {
+            Device::Cpu if half_rhs => {
+                let v = a.cpu_strided("matmul", |xa: &[f32], _| {
+                    b.with_cpu_data(|d, _| match d {
+                        CpuData::F16(xb) => gemm_f32(&gemm, xa, xb),
+                        CpuData::BF16(xb) => gemm_f32(&gemm, xa, xb),
+                        _ => unreachable!("checked 16-bit above"),
+                    })
+                })?;
+                cpu_tensor(v, &out_shape)?
+            }
             Device::Cpu => with_real!("matmul", dt, T => {
                 let v = a.cpu_strided("matmul", |xa: &[T], _| {
                     b.cpu_strided("matmul", |xb: &[T], _| T::gemm(&gemm, xa, xb))
@@ -148,6 +180,9 @@ impl Tensor {
         Ok(record(out, "matmul", &[self, rhs], move |g| {
             // backward of C = A B:  dA = dC B^T,  dB = A^T dC
             let da = g.matmul(&w.t()?)?.sum_to(x.shape())?;
+            if matches!(w.dtype(), DType::F16 | DType::BF16) {
+                return Ok(vec![Some(da), None]);
+            }
             let db = if w.rank() == 2 && x.rank() > 2 {
                 // shared right side: fold the batch into rows so dB is one product
                 let kk = x.shape()[x.rank() - 1];

@@ -8,9 +8,19 @@ use ponder::{Device, Result, Tensor};
 /// True when a GPU adapter exists. Without one, prints why and returns false, unless
 /// PONDER_REQUIRE_GPU=1, in which case the test fails.
 pub fn gpu_ok(test: &str) -> bool {
+    // Written straight to stderr (the test harness captures only print!/eprint!), once per
+    // test binary, so the log shows where the GPU tests ran or why they were skipped.
+    static ANNOUNCE: std::sync::Once = std::sync::Once::new();
+    let announce = |line: String| {
+        ANNOUNCE.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{line}");
+        })
+    };
     match ponder::backend::gpu::context() {
         Ok(ctx) => {
             ponder::backend::gpu::set_poison(true);
+            announce(format!("gpu tests run on: {}", ctx.describe()));
             eprintln!("[{test}] gpu: {}", ctx.describe());
             true
         }
@@ -18,6 +28,7 @@ pub fn gpu_ok(test: &str) -> bool {
             if std::env::var("PONDER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("[{test}] PONDER_REQUIRE_GPU=1 but no gpu adapter: {e}");
             }
+            announce(format!("gpu tests SKIPPED: no gpu adapter ({e})"));
             eprintln!("[{test}] SKIPPED: no gpu adapter ({e})");
             false
         }
@@ -54,7 +65,8 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     let mut bad = None;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
-        if !(d <= atol + rtol * w.abs()) && bad.is_none() {
+        let within = d <= atol + rtol * w.abs(); // false for NaN
+        if !within && bad.is_none() {
             bad = Some(i);
         }
         if d > worst.0 || d.is_nan() {
@@ -123,7 +135,7 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<
         let mut num = Vec::new();
         let mut ana = Vec::new();
         for &i in &picks {
-            let mut eval = |delta: f64| {
+            let eval = |delta: f64| {
                 let mut v = base.clone();
                 v[i] += delta;
                 let mut xs: Vec<Tensor> = leaves.iter().map(|t| t.detach()).collect();

@@ -54,8 +54,29 @@ const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
 
+/// An element the fast path can read as f32: f32 itself, or 16-bit stored weights
+/// (widened while packing, so a bf16 model never needs an f32 copy).
+pub trait AsF32: Copy + Send + Sync {
+    fn as_f32(self) -> f32;
+}
+impl AsF32 for f32 {
+    fn as_f32(self) -> f32 {
+        self
+    }
+}
+impl AsF32 for half::f16 {
+    fn as_f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+impl AsF32 for half::bf16 {
+    fn as_f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// The fast f32 path (see the module comment).
-pub fn gemm_f32(g: &Gemm, a: &[f32], b: &[f32]) -> Vec<f32> {
+pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mut c = vec![0.0f32; g.batch * m * n];
     if m == 0 || n == 0 {
@@ -95,9 +116,6 @@ pub fn gemm_f32(g: &Gemm, a: &[f32], b: &[f32]) -> Vec<f32> {
                     cb.chunks_mut(MC * n).enumerate().for_each(work);
                 }
             }
-            if k == 0 {
-                break;
-            }
         }
     }
     c
@@ -106,9 +124,9 @@ pub fn gemm_f32(g: &Gemm, a: &[f32], b: &[f32]) -> Vec<f32> {
 /// Pack B[pc..pc+kc, jc..jc+nc] as panels of NR columns: panel-major, then p, then column.
 /// Columns past the edge are zero.
 #[allow(clippy::too_many_arguments)]
-fn pack_b(
+fn pack_b<B: AsF32>(
     g: &Gemm,
-    b: &[f32],
+    b: &[B],
     bi: usize,
     pc: usize,
     kc: usize,
@@ -120,15 +138,28 @@ fn pack_b(
     for (pi, jr) in (0..nc).step_by(NR).enumerate() {
         let nr = NR.min(nc - jr);
         let panel = &mut out[pi * KC * NR..pi * KC * NR + kc * NR];
+        if g.b.sr == 1 && g.b.sc != 1 {
+            // B is a transposed row-major matrix (x @ W^T): walk each column along k.
+            panel.fill(0.0);
+            for j in 0..nr {
+                let col = base + pc + (jc + jr + j) * g.b.sc;
+                for (p, v) in b[col..col + kc].iter().enumerate() {
+                    panel[p * NR + j] = v.as_f32();
+                }
+            }
+            continue;
+        }
         for p in 0..kc {
             let row = base + (pc + p) * g.b.sr;
             let dst = &mut panel[p * NR..(p + 1) * NR];
             if g.b.sc == 1 {
                 let s = row + jc + jr;
-                dst[..nr].copy_from_slice(&b[s..s + nr]);
+                for (d, v) in dst[..nr].iter_mut().zip(&b[s..s + nr]) {
+                    *d = v.as_f32();
+                }
             } else {
                 for j in 0..nr {
-                    dst[j] = b[row + (jc + jr + j) * g.b.sc];
+                    dst[j] = b[row + (jc + jr + j) * g.b.sc].as_f32();
                 }
             }
             dst[nr..].fill(0.0);

@@ -4,6 +4,9 @@
 //! generic over [`Real`] so that gradient checks can run them in f64. Only matmul is
 //! blocked and threaded (see [`matmul`]).
 
+// Reference loops index the way the math is written (x[i], s[j]).
+#![allow(clippy::needless_range_loop)]
+
 pub mod matmul;
 
 use std::fmt::Debug;

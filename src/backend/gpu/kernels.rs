@@ -26,6 +26,11 @@ pub fn empty(shape: &[usize], dtype: DType) -> Result<Tensor> {
     Ok(Tensor::from_storage(Storage::Gpu(buf), shape, dtype))
 }
 
+/// The subgroup specialisation of the row-reduction kernels.
+fn sg() -> Result<(&'static str, u32)> {
+    Ok(("SG", context()?.use_subgroups() as u32))
+}
+
 fn f32_out(shape: &[usize]) -> Result<Tensor> {
     empty(shape, DType::F32)
 }
@@ -248,7 +253,7 @@ pub fn reduce(
     let vals = f32_out(&[outer * inner])?;
     let idx = empty(&[outer * inner], DType::U32)?;
     let u = Uniform::new().u(outer).u(n).u(inner).u(0);
-    let spec = [("OP", if op == ReduceOp::Sum { 0 } else { 1 })];
+    let spec = [("OP", if op == ReduceOp::Sum { 0 } else { 1 }), sg()?];
     let binds = [(1, buf(&x)), (2, buf(&vals)), (3, buf(&idx))];
     let ctx = context()?;
     if inner == 1 {
@@ -302,7 +307,22 @@ const TILES: [(u32, u32, u32, u32, u32); 3] =
     [(128, 128, 8, 8, 8), (64, 64, 16, 4, 4), (16, 64, 16, 1, 4)];
 
 pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    require_f32("matmul", &[a, b])?;
+    require_f32("matmul", &[a])?;
+    let ctx = context()?;
+    // B's storage: f32, or 16-bit read natively (shader-f16) or unpacked from words.
+    let (f32b, f16n, f16u, bf16) = match b.dtype() {
+        DType::F32 => (1, 0, 0, 0),
+        DType::F16 if ctx.use_f16() => (0, 1, 0, 0),
+        DType::F16 => (0, 0, 1, 0),
+        DType::BF16 => (0, 0, 0, 1),
+        other => {
+            return Err(Error::DTypeMismatch {
+                op: "matmul",
+                expected: DType::F32,
+                got: other,
+            })
+        }
+    };
     let out = f32_out(&[g.batch, g.m, g.n])?;
     if g.m * g.n * g.batch == 0 {
         return Ok(out);
@@ -324,6 +344,11 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         // load order: walk k fastest when A's k stride is 1; n fastest when B's n stride is 1
         ("A_KFAST", (g.a.sc == 1) as u32),
         ("B_NFAST", (g.b.sc == 1 || g.b.sr != 1) as u32),
+        ("B_F32", f32b),
+        ("B_F16N", f16n),
+        ("F16", f16n),
+        ("B_F16U", f16u),
+        ("B_BF16", bf16),
     ];
     let u = Uniform::new()
         .u(g.m)
@@ -343,7 +368,7 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         g.m.div_ceil(bm as usize) as u32,
         g.batch as u32,
     ];
-    context()?.dispatch(
+    ctx.dispatch(
         "matmul",
         "gemm",
         &spec,
@@ -365,7 +390,7 @@ pub fn softmax(x: &Tensor, n: usize, log: bool) -> Result<Tensor> {
     context()?.dispatch(
         "softmax",
         "softmax_rows",
-        &[("LOG", log as u32)],
+        &[("LOG", log as u32), sg()?],
         &u.0,
         &[(1, buf(&x)), (2, buf(&out))],
         grid_1d(rows, 1),
@@ -383,7 +408,7 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, c: usize, eps: f32) -> Result<(Tensor, Te
     context()?.dispatch(
         "rmsnorm",
         "rmsnorm_fwd",
-        &[],
+        &[sg()?],
         &u.0,
         &[(1, buf(&x)), (2, buf(&w)), (4, buf(&y)), (5, buf(&rstd))],
         grid_1d(rows, 1),
@@ -408,7 +433,7 @@ pub fn rmsnorm_bwd(
     ctx.dispatch(
         "rmsnorm",
         "rmsnorm_bwd_dx",
-        &[],
+        &[sg()?],
         &u.0,
         &[
             (1, buf(&x)),
@@ -700,7 +725,7 @@ pub fn token_logprobs(x: &Tensor, targets: &Tensor, v: usize) -> Result<(Tensor,
     context()?.dispatch(
         "logprob",
         "logprob_fwd",
-        &[],
+        &[sg()?],
         &u.0,
         &[(1, buf(&x)), (2, buf(&tg)), (4, buf(&lp)), (5, buf(&lse))],
         grid_1d(rows, 1),

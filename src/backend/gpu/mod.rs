@@ -116,6 +116,18 @@ pub fn poison_enabled() -> bool {
     POISON.load(Ordering::Relaxed) || std::env::var("PONDER_POISON").is_ok_and(|v| v == "1")
 }
 
+static NO_SUBGROUPS: AtomicBool = AtomicBool::new(false);
+static NO_F16: AtomicBool = AtomicBool::new(false);
+
+/// Turn the subgroup (and shader-f16) code paths off even where the adapter offers them,
+/// to run and test the fallbacks (`PONDER_NO_SUBGROUPS=1`, `PONDER_NO_F16=1` do the same).
+pub fn set_subgroups(on: bool) {
+    NO_SUBGROUPS.store(!on, Ordering::Relaxed);
+}
+pub fn set_f16(on: bool) {
+    NO_F16.store(!on, Ordering::Relaxed);
+}
+
 static CONTEXT: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
 
 /// The GPU context, created on first use. Fails with the reason when there is no adapter.
@@ -235,6 +247,18 @@ impl GpuContext {
     }
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
+    }
+    /// Whether kernels take their subgroup path now (offered, and not turned off).
+    pub fn use_subgroups(&self) -> bool {
+        self.has_subgroups()
+            && !NO_SUBGROUPS.load(Ordering::Relaxed)
+            && std::env::var("PONDER_NO_SUBGROUPS").map_or(true, |v| v != "1")
+    }
+    /// Whether kernels read f16 natively now (offered, and not turned off).
+    pub fn use_f16(&self) -> bool {
+        self.has_f16()
+            && !NO_F16.load(Ordering::Relaxed)
+            && std::env::var("PONDER_NO_F16").map_or(true, |v| v != "1")
     }
     pub fn stats(&self) -> Stats {
         *self.stats.lock().unwrap()
@@ -460,22 +484,7 @@ impl GpuContext {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        // Specialisations are compile-time constants substituted into the source
-        // (`{{NAME}}` markers), so they may size private and workgroup arrays.
-        let mut src = format!("{PRELUDE}\n{}", shader_source(shader));
-        for (name, v) in spec {
-            src = src.replace(&format!("{{{{{name}}}}}"), &v.to_string());
-        }
-        if let Some(at) = src.find("{{") {
-            let end = src[at..]
-                .find("}}")
-                .map(|e| at + e + 2)
-                .unwrap_or(src.len());
-            panic!(
-                "{shader}.wgsl:{entry}: specialisation {} was not given",
-                &src[at..end]
-            );
-        }
+        let src = specialise(shader, entry, spec);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -577,6 +586,62 @@ impl GpuContext {
     }
 }
 
+/// Build a shader's final source: the prelude, then the shader, with `#if NAME` /
+/// `#else` / `#endif` lines resolved against the specialisation (a name that is absent
+/// counts as 0) and `{{NAME}}` markers replaced by its value. Specialisations are
+/// compile-time constants, so they may size private and workgroup arrays. `F16 = 1` also
+/// enables WGSL's f16 extension.
+pub(crate) fn specialise(
+    shader: &'static str,
+    entry: &str,
+    spec: &[(&'static str, u32)],
+) -> String {
+    let value = |name: &str| spec.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
+    let mut out = String::new();
+    if value("F16") == Some(1) {
+        out.push_str("enable f16;\n");
+    }
+    // Each level of the stack: (this branch is taken, the enclosing levels are live).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    for line in PRELUDE.lines().chain(shader_source(shader).lines()) {
+        let t = line.trim();
+        let live = stack
+            .last()
+            .map(|&(taken, outer)| taken && outer)
+            .unwrap_or(true);
+        if let Some(name) = t.strip_prefix("#if ") {
+            stack.push((value(name.trim()).unwrap_or(0) != 0, live));
+        } else if t == "#else" {
+            let top = stack
+                .last_mut()
+                .unwrap_or_else(|| panic!("{shader}.wgsl: #else without #if"));
+            top.0 = !top.0;
+        } else if t == "#endif" {
+            stack
+                .pop()
+                .unwrap_or_else(|| panic!("{shader}.wgsl: #endif without #if"));
+        } else if live {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(stack.is_empty(), "{shader}.wgsl: unterminated #if");
+    for (name, v) in spec {
+        out = out.replace(&format!("{{{{{name}}}}}"), &v.to_string());
+    }
+    if let Some(at) = out.find("{{") {
+        let end = out[at..]
+            .find("}}")
+            .map(|e| at + e + 2)
+            .unwrap_or(out.len());
+        panic!(
+            "{shader}.wgsl:{entry}: specialisation {} was not given",
+            &out[at..end]
+        );
+    }
+    out
+}
+
 /// Workgroups for `n` threads of `wg` per group, split over x and y so that neither
 /// exceeds 65535 (kernels rebuild the linear index from `num_workgroups`).
 pub fn grid_1d(n: usize, wg: usize) -> [u32; 3] {
@@ -607,7 +672,10 @@ impl Uniform {
     }
     /// Eight u32 (two vec4<u32>), padded with `fill`.
     pub fn v8(mut self, vals: &[usize], fill: usize) -> Self {
-        assert!(self.0.len() % 4 == 0, "v8 must start 16-byte aligned");
+        assert!(
+            self.0.len().is_multiple_of(4),
+            "v8 must start 16-byte aligned"
+        );
         assert!(vals.len() <= 8);
         for i in 0..8 {
             self = self.u(*vals.get(i).unwrap_or(&fill));
