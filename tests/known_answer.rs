@@ -336,3 +336,26 @@ fn cpu_matmul_is_deterministic_across_thread_counts() {
     );
     assert_eq!(one, run(2), "matmul differs between runs");
 }
+
+#[test]
+fn cast_backward_passes_the_gradient_through() {
+    for d in devices("known cast grad") {
+        // y = 2 * f32(bf16(x)): dy/dx = 2 (the cast's backward casts the gradient back)
+        let x = t(&[1.5, -0.25, 3.0], &[3], d).requires_grad_();
+        let y = x
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .scale(2.0)
+            .unwrap();
+        y.sum_all().unwrap().backward().unwrap();
+        assert_close(
+            "cast grad",
+            &vals(&x.grad().unwrap()),
+            &[2.0, 2.0, 2.0],
+            0.0,
+            0.0,
+        );
+    }
+}
