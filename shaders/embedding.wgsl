@@ -10,7 +10,22 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
+// W16: the table is stored in 16 bits (f16, or bf16 when BF16), two per u32 word.
+#if W16
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+fn load_w(i: u32) -> f32 {
+    let h = (W[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
+    if ({{BF16}}u == 1u) {
+        return bitcast<f32>(h << 16u);
+    }
+    return unpack2x16float(h).x;
+}
+#else
 @group(0) @binding(1) var<storage, read> W: array<f32>;
+fn load_w(i: u32) -> f32 {
+    return W[i];
+}
+#endif
 @group(0) @binding(2) var<storage, read> IDS: array<u32>;
 @group(0) @binding(3) var<storage, read_write> OUT: array<f32>;
 @group(0) @binding(4) var<storage, read_write> DW: array<atomic<u32>>;
@@ -24,7 +39,7 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let id = IDS[i / P.c];
     var v = 0.0;
     if (id < P.v) {
-        v = W[id * P.c + i % P.c];
+        v = load_w(id * P.c + i % P.c);
     }
     OUT[i] = v;
 }
@@ -41,7 +56,7 @@ fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         return;
     }
     let dst = id * P.c + i % P.c;
-    let g = W[i];
+    let g = load_w(i);
     var old = atomicLoad(&DW[dst]);
     loop {
         let next = bitcast<u32>(bitcast<f32>(old) + g);

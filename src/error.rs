@@ -56,6 +56,9 @@ pub enum Error {
     },
     #[error("autograd: {0}")]
     Autograd(String),
+    /// A problem with a user's file: names the file and the tensor, field or line.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -65,7 +68,19 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+    pub fn file(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Self {
+        Error::File {
+            path: path.as_ref().display().to_string(),
+            msg: msg.into(),
+        }
+    }
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Invalid {
             op,
             msg: msg.into(),

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bench;
 pub mod dtype;
 pub mod error;
+pub mod model;
 pub mod ops;
 pub mod selfcheck;
 pub mod shape;

@@ -523,15 +523,34 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Ten
 // ------------------------------------------------------------------ embedding
 
 pub fn embedding(w: &Tensor, ids: &Tensor, c: usize) -> Result<Tensor> {
-    require_f32("embedding", &[w])?;
-    let (w, ids) = (dense(w)?, dense(ids)?);
+    let (w16, bf16) = match w.dtype() {
+        DType::F32 => (0, 0),
+        DType::F16 => (1, 0),
+        DType::BF16 => (1, 1),
+        other => {
+            return Err(Error::DTypeMismatch {
+                op: "embedding",
+                expected: DType::F32,
+                got: other,
+            })
+        }
+    };
+    let w = if w.layout().offset == 0 {
+        w.clone()
+    } else {
+        return Err(Error::invalid(
+            "embedding",
+            "the table must start its buffer",
+        ));
+    };
+    let ids = dense(ids)?;
     let n = ids.numel();
     let out = f32_out(&[n, c])?;
     let u = Uniform::new().u(n).u(c).u(w.shape()[0]).u(0);
     context()?.dispatch(
         "embedding",
         "gather",
-        &[],
+        &[("W16", w16), ("BF16", bf16)],
         &u.0,
         &[(1, buf(&w)), (2, buf(&ids)), (3, buf(&out))],
         grid_1d(n * c, WG),
@@ -549,7 +568,7 @@ pub fn embedding_bwd(g: &Tensor, ids: &Tensor, v: usize, c: usize) -> Result<Ten
     context()?.dispatch(
         "embedding",
         "scatter_add",
-        &[],
+        &[("W16", 0), ("BF16", 0)],
         &u.0,
         &[(1, buf(&g)), (2, buf(&ids)), (4, buf(&dw))],
         grid_1d(n * c, WG),

@@ -1,0 +1,169 @@
+//! Chat templates: Jinja rendered with minijinja, with Hugging Face's semantics: the
+//! variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`; blocks trimmed
+//! (`trim_blocks`, `lstrip_blocks`); `raise_exception`; Python string methods (`strip`,
+//! `startswith`, ...); and a `tojson` that writes JSON as Python's json.dumps does.
+
+use minijinja::value::{Kwargs, Value as JValue};
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One chat message. Extra fields (tool_calls, name, ...) pass through to the template.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: serde_json::Value,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: serde_json::Value::String(content.into()),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// JSON as Python's json.dumps(x, ensure_ascii=False) writes it: ", " and ": " separators.
+fn py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
+    use serde_json::Value as V;
+    let nl = |out: &mut String, lvl: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * lvl));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        V::Array(a) if !a.is_empty() => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                nl(out, level + 1);
+                py_json(x, indent, level + 1, out);
+            }
+            nl(out, level);
+            out.push(']');
+        }
+        V::Object(o) if !o.is_empty() => {
+            out.push('{');
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                nl(out, level + 1);
+                out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                out.push_str(": ");
+                py_json(x, indent, level + 1, out);
+            }
+            nl(out, level);
+            out.push('}');
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+    }
+}
+
+fn tojson(v: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&v)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    py_json(&json, indent, 0, &mut out);
+    Ok(JValue::from_safe_string(out))
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<JValue, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_function("strftime_now", |fmt: String| -> String {
+        strftime_now(&fmt)
+    });
+    env.add_filter("tojson", tojson);
+    env
+}
+
+/// The few strftime directives chat templates use (Llama 3.1 writes "%d %b %Y").
+fn strftime_now(fmt: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const FULL: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    fmt.replace("%d", &format!("{d:02}"))
+        .replace("%m", &format!("{m:02}"))
+        .replace("%Y", &y.to_string())
+        .replace("%b", MONTHS[(m - 1) as usize])
+        .replace("%B", FULL[(m - 1) as usize])
+}
+
+/// Render `template` for `messages`.
+pub fn render(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos: Option<&str>,
+    eos: Option<&str>,
+) -> Result<String> {
+    let env = environment();
+    let tmpl = env
+        .template_from_str(template)
+        .map_err(|e| Error::invalid("chat", format!("chat_template does not parse: {e}")))?;
+    let ctx = minijinja::context! {
+        messages => JValue::from_serialize(messages),
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos.unwrap_or(""),
+        eos_token => eos.unwrap_or(""),
+    };
+    tmpl.render(ctx).map_err(|e| {
+        let mut msg = format!("chat_template failed: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        Error::invalid("chat", msg)
+    })
+}

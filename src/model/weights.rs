@@ -1,0 +1,196 @@
+//! Safetensors checkpoints read through memmap2: `model.safetensors`, or the shards listed
+//! in `model.safetensors.index.json`. Headers are validated by the safetensors crate (which
+//! caps the header size and checks every offset against the file) before any tensor is
+//! touched; each tensor is then checked against the shape the config implies and copied
+//! straight from the mapping to its device.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{CpuData, Device, Storage, Tensor};
+
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Mmap)>,
+    /// tensor name -> index into `files`
+    index: HashMap<String, usize>,
+}
+
+fn map(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the mapping is read-only; a checkpoint modified while ponder reads it is
+    // outside what ponder can guard against (as with every mmap-based loader).
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+fn header_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    Error::file(path, format!("invalid safetensors file (truncated, or a header whose offsets or sizes do not match the data): {e}"))
+}
+
+impl Checkpoint {
+    /// Open every weight file of a model directory and validate the headers.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let names: Vec<PathBuf> = if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::file(&index_path, format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::file(
+                        &index_path,
+                        "field `weight_map` missing (expected an object of tensor name -> file)",
+                    )
+                })?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ));
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in names.into_iter().enumerate() {
+            let m = map(&path)?;
+            let st = SafeTensors::deserialize(&m).map_err(|e| header_error(&path, e))?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            files.push((path, m));
+        }
+        Ok(Checkpoint { files, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+
+    /// Which file holds `name` (for messages).
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
+    /// Load tensor `name`, which must have `shape`. Float weights become f32 unless
+    /// `keep_16bit` and they are stored as f16/bf16, in which case they stay 16-bit.
+    pub fn load(
+        &self,
+        name: &str,
+        shape: &[usize],
+        device: Device,
+        keep_16bit: bool,
+        why: &str,
+    ) -> Result<Tensor> {
+        let Some(&fi) = self.index.get(name) else {
+            let dir = self.files[0].0.parent().unwrap_or(Path::new("."));
+            return Err(Error::file(dir, format!("tensor `{name}` is missing from the checkpoint (expected shape {shape:?}{why})")));
+        };
+        let (path, m) = &self.files[fi];
+        let st = SafeTensors::deserialize(m).map_err(|e| header_error(path, e))?;
+        let view = st.tensor(name).map_err(|e| header_error(path, e))?;
+        if view.shape() != shape {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}{why}",
+                    view.shape()
+                ),
+            ));
+        }
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::file(
+                    path,
+                    format!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
+                ))
+            }
+        };
+        let bytes = view.data();
+        let raw = match device {
+            Device::Gpu if dtype == DType::F32 || keep_16bit => {
+                let buf = crate::backend::gpu::context()?.upload(bytes, name)?;
+                return Ok(Tensor::from_storage(Storage::Gpu(buf), shape, dtype));
+            }
+            _ => {
+                let data = match dtype {
+                    DType::F32 => CpuData::F32(bytemuck::pod_collect_to_vec(bytes)),
+                    DType::F16 => CpuData::F16(bytemuck::pod_collect_to_vec(bytes)),
+                    _ => CpuData::BF16(bytemuck::pod_collect_to_vec(bytes)),
+                };
+                Tensor::from_cpu_data(data, shape)?
+            }
+        };
+        let t = if dtype != DType::F32 && !keep_16bit {
+            raw.to_dtype(DType::F32)?
+        } else {
+            raw
+        };
+        t.to_device(device)
+    }
+
+    /// Every tensor as f32 on the CPU (for references and tests).
+    pub fn load_any(&self, name: &str) -> Result<Tensor> {
+        let &fi = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::invalid("checkpoint", format!("no tensor `{name}`")))?;
+        let (path, m) = &self.files[fi];
+        let st = SafeTensors::deserialize(m).map_err(|e| header_error(path, e))?;
+        let view = st.tensor(name).map_err(|e| header_error(path, e))?;
+        let shape = view.shape().to_vec();
+        let bytes = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => CpuData::F32(bytemuck::pod_collect_to_vec(bytes)),
+            Dtype::F16 => CpuData::F16(bytemuck::pod_collect_to_vec(bytes)),
+            Dtype::BF16 => CpuData::BF16(bytemuck::pod_collect_to_vec(bytes)),
+            Dtype::I32 => CpuData::I32(bytemuck::pod_collect_to_vec(bytes)),
+            Dtype::I64 => CpuData::I32(
+                bytemuck::pod_collect_to_vec::<u8, i64>(bytes)
+                    .into_iter()
+                    .map(|v| v as i32)
+                    .collect(),
+            ),
+            other => {
+                return Err(Error::file(
+                    path,
+                    format!("tensor `{name}` has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        Tensor::from_cpu_data(data, &shape)
+    }
+}
+
+/// Open a single safetensors file (e.g. a reference dump) as a checkpoint.
+pub fn open_file(path: &Path) -> Result<Checkpoint> {
+    let m = map(path)?;
+    let st = SafeTensors::deserialize(&m).map_err(|e| header_error(path, e))?;
+    let index = st.names().into_iter().map(|n| (n.to_string(), 0)).collect();
+    Ok(Checkpoint {
+        files: vec![(path.to_path_buf(), m)],
+        index,
+    })
+}
