@@ -165,3 +165,49 @@ pub fn attention(
         },
     )
 }
+
+/// Peak resident memory of this process so far (Linux VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// config.json of a randomly initialised model with Qwen2.5-0.5B's shapes.
+pub fn qwen25_05b_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "tie_word_embeddings": true, "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+        "eos_token_id": 151643
+    })
+}
+
+/// Prefill and decode throughput of `net`: `batch` rows of `prompt_len` random tokens,
+/// then `new_tokens` greedy steps (EOS ignored).
+pub fn generation(
+    net: &crate::model::Transformer,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<crate::model::generate::GenStats> {
+    use crate::model::generate::{generate, SamplingParams};
+    let v = net.cfg.vocab_size as u32;
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|b| {
+            (0..prompt_len)
+                .map(|i| (i as u32 * 7919 + b as u32 * 104729 + 13) % v)
+                .collect()
+        })
+        .collect();
+    let p = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: new_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (_, stats) = generate(net, &prompts, 1, &p, None, &mut |_, _| {})?;
+    Ok(stats)
+}

@@ -1,9 +1,14 @@
 //! The `ponder` command line: thin parsing over the library.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ponder::{Device, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ponder::model::chat::Message;
+use ponder::model::generate::{generate, SamplingParams};
+use ponder::model::{Forward, LoadOpts, Model};
+use ponder::{DType, Device, Error, Result};
 
 #[derive(Parser)]
 #[command(
@@ -25,11 +30,101 @@ enum Cmd {
         #[arg(long)]
         device: Option<String>,
     },
-    /// Time a kernel: median of repeated runs after a warm-up, in GFLOP/s.
+    /// Print a model's logits for token ids as JSON {"shape":[T,V],"logits":[...]}.
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated token ids, e.g. 3,17,42
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<u32>,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Compare a model's logits with a reference dump (models/reference/dump_logits.py):
+    /// max |diff|, mean KL and top-1 agreement per position.
+    Compare {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long)]
+        device: Option<String>,
+        /// Fail (exit 1) when the max |diff| is above this.
+        #[arg(long)]
+        tol: Option<f64>,
+    },
+    /// Sample continuations with a KV cache.
+    Generate(GenerateArgs),
+    /// Write the model back out as a Hugging Face directory (weights in --dtype).
+    Save {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: SaveDType,
+    },
+    /// Time a kernel or a model: median of repeated runs after a warm-up.
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SaveDType {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (tokenised with the model's tokenizer).
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Continuations to sample.
+    #[arg(short = 'n', long = "num", default_value_t = 1)]
+    n: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep going past EOS ids.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Stop once the continuation contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -74,12 +169,41 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         warmup: usize,
     },
+    /// Prefill and generation tokens/s of a model directory, or of a random model with
+    /// Qwen2.5-0.5B's shapes (--qwen-0.5b).
+    Generate {
+        #[arg(long, required_unless_present = "qwen_05b")]
+        model: Option<PathBuf>,
+        /// A random model shaped like Qwen2.5-0.5B (896 wide, 24 layers, 151936 vocab).
+        #[arg(long = "qwen-0.5b")]
+        qwen_05b: bool,
+        /// Weight storage for the random model.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: SaveDType,
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long)]
+        device: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Info { device } => info(device),
+        Cmd::Logits { model, ids, device } => logits(model, ids, device),
+        Cmd::Compare {
+            model,
+            reference,
+            device,
+            tol,
+        } => compare(model, reference, device, tol),
+        Cmd::Generate(a) => generate_cmd(a),
+        Cmd::Save { model, out, dtype } => save(model, out, dtype),
         Cmd::Bench { what } => bench(what),
     };
     match r {
@@ -96,6 +220,22 @@ fn device(s: Option<String>) -> Result<Device> {
     match s {
         Some(s) => Device::parse(&s),
         None => Device::from_env(),
+    }
+}
+
+fn frozen(dev: Device) -> LoadOpts {
+    LoadOpts {
+        device: dev,
+        keep_16bit: true,
+        trainable: false,
+    }
+}
+
+fn dtype_of(d: SaveDType) -> DType {
+    match d {
+        SaveDType::F32 => DType::F32,
+        SaveDType::F16 => DType::F16,
+        SaveDType::Bf16 => DType::BF16,
     }
 }
 
@@ -169,6 +309,191 @@ fn info(dev: Option<String>) -> Result<bool> {
     Ok(ok)
 }
 
+fn logits(dir: PathBuf, ids: Vec<u32>, dev: Option<String>) -> Result<bool> {
+    let m = Model::load(&dir, frozen(device(dev)?))?;
+    let out = ponder::no_grad(|| m.net.forward(&ids, 1, ids.len(), Forward::default()))?;
+    let v = out.logits.to_vec_f32()?;
+    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+    let json = serde_json::json!({"shape": [ids.len(), m.cfg.vocab_size], "logits": v});
+    serde_json::to_writer(&mut w, &json).map_err(|e| Error::invalid("logits", e.to_string()))?;
+    writeln!(w).map_err(|e| Error::io("stdout", e))?;
+    Ok(true)
+}
+
+fn compare(
+    dir: PathBuf,
+    reference: PathBuf,
+    dev: Option<String>,
+    tol: Option<f64>,
+) -> Result<bool> {
+    let r = ponder::model::weights::open_file(&reference)?;
+    for key in ["input_ids", "logits"] {
+        if !r.contains(key) {
+            return Err(Error::file(
+                &reference,
+                format!(
+                    "tensor `{key}` missing (write the file with models/reference/dump_logits.py)"
+                ),
+            ));
+        }
+    }
+    let ids = r.load_any("input_ids")?.to_vec_u32()?;
+    let want = r.load_any("logits")?;
+    let m = Model::load(&dir, frozen(device(dev)?))?;
+    let v = m.cfg.vocab_size;
+    if want.shape() != [ids.len(), v] {
+        return Err(Error::file(
+            &reference,
+            format!(
+                "logits have shape {:?}, expected [{}, {v}] for this model",
+                want.shape(),
+                ids.len()
+            ),
+        ));
+    }
+    let got = ponder::no_grad(|| m.net.forward(&ids, 1, ids.len(), Forward::default()))?
+        .logits
+        .to_vec_f32()?;
+    let want = want.to_vec_f32()?;
+    let lsm = |x: &[f32]| -> Vec<f64> {
+        let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let z: f64 = x.iter().map(|&a| (a as f64 - mx).exp()).sum::<f64>().ln() + mx;
+        x.iter().map(|&a| a as f64 - z).collect()
+    };
+    let argmax = |x: &[f32]| {
+        x.iter()
+            .enumerate()
+            .fold(0, |b, (i, &a)| if a > x[b] { i } else { b })
+    };
+    println!(
+        "{:>4} {:>8} {:>12} {:>12} {:>6}",
+        "pos", "token", "max|diff|", "KL(ref||us)", "top1"
+    );
+    let (mut worst, mut kl_sum, mut agree) = (0.0f64, 0.0f64, 0);
+    for t in 0..ids.len() {
+        let (g, w) = (&got[t * v..(t + 1) * v], &want[t * v..(t + 1) * v]);
+        let d = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        let (lg, lw) = (lsm(g), lsm(w));
+        let kl: f64 = lw.iter().zip(&lg).map(|(a, b)| a.exp() * (a - b)).sum();
+        let same = argmax(g) == argmax(w);
+        println!(
+            "{t:>4} {:>8} {d:>12.3e} {kl:>12.3e} {:>6}",
+            ids[t],
+            if same { "yes" } else { "NO" }
+        );
+        worst = worst.max(d);
+        kl_sum += kl;
+        agree += same as usize;
+    }
+    println!(
+        "max |diff| {worst:.3e}; mean KL {:.3e}; top-1 agreement {agree}/{}",
+        kl_sum / ids.len() as f64,
+        ids.len()
+    );
+    Ok(tol.is_none_or(|t| worst <= t))
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<bool> {
+    let m = Model::load(&a.model, frozen(device(a.device)?))?;
+    let prompt: Vec<u32> = match (&a.prompt, &a.prompt_ids) {
+        (_, Some(ids)) => ids.clone(),
+        (Some(text), None) => {
+            let tok = m.tokenizer()?;
+            if a.chat {
+                tok.encode_chat(&[Message::new("user", text)], true)?
+            } else {
+                tok.encode(text, true)?
+            }
+        }
+        (None, None) => return Err(Error::invalid("generate", "give --prompt or --prompt-ids")),
+    };
+    let tok = m.tok.as_ref();
+    let p = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        ignore_eos: a.ignore_eos,
+        eos_ids: tok
+            .map(|t| t.eos_ids.clone())
+            .unwrap_or_else(|| m.cfg.eos_token_ids.clone()),
+        stop_strings: a.stop.clone(),
+    };
+    // text output for one sequence streams as tokens arrive
+    let stream = a.format == Format::Text && a.n == 1 && tok.is_some();
+    let mut shown = String::new();
+    let mut so_far: Vec<u32> = Vec::new();
+    let mut on_token = |_row: usize, id: u32| {
+        if !stream {
+            return;
+        }
+        so_far.push(id);
+        if let Some(t) = tok {
+            if let Ok(text) = t.decode(&so_far, true) {
+                if text.len() > shown.len()
+                    && text.starts_with(&shown)
+                    && !text.ends_with('\u{FFFD}')
+                {
+                    print!("{}", &text[shown.len()..]);
+                    let _ = std::io::stdout().flush();
+                    shown = text;
+                }
+            }
+        }
+    };
+    let (seqs, stats) = generate(&m.net, &[prompt], a.n, &p, tok, &mut on_token)?;
+    if stream {
+        let full = tok
+            .map(|t| t.decode(&seqs[0].ids, true))
+            .transpose()?
+            .unwrap_or_default();
+        if full.len() > shown.len() && full.starts_with(&shown) {
+            print!("{}", &full[shown.len()..]);
+        }
+        println!();
+    } else {
+        for s in &seqs {
+            let text = tok
+                .map(|t| t.decode(&s.ids, true))
+                .transpose()?
+                .unwrap_or_default();
+            match a.format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"prompt": s.prompt, "sample": s.sample, "ids": s.ids, "text": text, "finish_reason": s.finish})
+                ),
+                Format::Text => println!("--- sample {} ({:?}) ---\n{text}", s.sample, s.finish),
+            }
+        }
+    }
+    eprintln!("{}", stats.summary());
+    Ok(true)
+}
+
+fn save(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
+    let m = Model::load(
+        &dir,
+        LoadOpts {
+            device: Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    )?;
+    ponder::model::save::save_model(&m.net, Some(&dir), &out, dtype_of(dtype))?;
+    eprintln!(
+        "saved {} ({} parameters) to {}",
+        dir.display(),
+        m.net.num_parameters(),
+        out.display()
+    );
+    Ok(true)
+}
+
 fn bench(what: BenchCmd) -> Result<bool> {
     let r = match what {
         BenchCmd::Matmul {
@@ -201,6 +526,50 @@ fn bench(what: BenchCmd) -> Result<bool> {
             warmup,
             reps,
         )?,
+        BenchCmd::Generate {
+            model,
+            qwen_05b,
+            dtype,
+            batch,
+            prompt_len,
+            new_tokens,
+            device: d,
+        } => {
+            let dev = device(d)?;
+            let t0 = std::time::Instant::now();
+            let (net, name) = if qwen_05b {
+                let cfg = ponder::model::Config::from_json(
+                    std::path::Path::new("<qwen2.5-0.5b shape>"),
+                    ponder::bench::qwen25_05b_config(),
+                )?;
+                (
+                    ponder::model::Transformer::random(&cfg, dev, dtype_of(dtype), 7)?,
+                    format!(
+                        "random Qwen2.5-0.5B-shaped model ({:?} weights)",
+                        dtype_of(dtype)
+                    ),
+                )
+            } else {
+                let dir = model.expect("clap requires --model");
+                let name = dir.display().to_string();
+                (Model::load(&dir, frozen(dev))?.net, name)
+            };
+            println!(
+                "{name}: {} parameters, loaded in {:.2}s, peak RSS {:.0} MiB",
+                net.num_parameters(),
+                t0.elapsed().as_secs_f64(),
+                ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
+            );
+            for b in batch {
+                let s = ponder::bench::generation(&net, b, prompt_len, new_tokens)?;
+                println!("batch {b} on {dev}: {}", s.summary());
+            }
+            println!(
+                "peak RSS {:.0} MiB",
+                ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
+            );
+            return Ok(true);
+        }
     };
     println!("{r}");
     if r.device == Device::Gpu {

@@ -160,13 +160,7 @@ impl Transformer {
         device: Device,
         mut get: impl FnMut(&str, &[usize], bool) -> Result<Tensor>,
     ) -> Result<Transformer> {
-        fn lin(
-            get: &mut GetWeight,
-            p: &str,
-            o: usize,
-            i: usize,
-            bias: bool,
-        ) -> Result<Linear> {
+        fn lin(get: &mut GetWeight, p: &str, o: usize, i: usize, bias: bool) -> Result<Linear> {
             let weight = get(&format!("{p}.weight"), &[o, i], true)?;
             let bias = if bias {
                 Some(get(&format!("{p}.bias"), &[o], false)?)

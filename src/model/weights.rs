@@ -108,15 +108,6 @@ impl Checkpoint {
         let (path, m) = &self.files[fi];
         let st = SafeTensors::deserialize(m).map_err(|e| header_error(path, e))?;
         let view = st.tensor(name).map_err(|e| header_error(path, e))?;
-        if view.shape() != shape {
-            return Err(Error::file(
-                path,
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?}{why}",
-                    view.shape()
-                ),
-            ));
-        }
         let dtype = match view.dtype() {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
@@ -128,6 +119,15 @@ impl Checkpoint {
                 ))
             }
         };
+        if view.shape() != shape {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}{why}",
+                    view.shape()
+                ),
+            ));
+        }
         let bytes = view.data();
         let raw = match device {
             Device::Gpu if dtype == DType::F32 || keep_16bit => {

@@ -1,0 +1,299 @@
+//! Generation: greedy parity with transformers, batching with left padding equal to
+//! one-at-a-time decoding, the KV cache against a full forward, seeded sampling, stops.
+
+mod common;
+use std::path::{Path, PathBuf};
+
+use ponder::model::generate::{generate, sample, Finish, SamplingParams};
+use ponder::model::weights::open_file;
+use ponder::model::{Forward, KvCache, LoadOpts, Model};
+use ponder::Device;
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(name)
+}
+
+fn load(name: &str, dev: Device) -> Model {
+    Model::load(
+        &dir(name),
+        LoadOpts {
+            device: dev,
+            keep_16bit: true,
+            trainable: false,
+        },
+    )
+    .unwrap()
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+fn devices(test: &str) -> Vec<Device> {
+    let mut v = vec![Device::Cpu];
+    if common::gpu_ok(test) {
+        v.push(Device::Gpu);
+    }
+    v
+}
+
+#[test]
+fn greedy_matches_transformers() {
+    for dev in devices("greedy parity") {
+        for name in ["llama-gqa", "qwen2-tied", "llama3-rope", "qwen2-bf16"] {
+            let r = open_file(&dir(name).join("reference.safetensors")).unwrap();
+            let prompt = r.load_any("greedy.prompt").unwrap().to_vec_u32().unwrap();
+            let want = r.load_any("greedy.ids").unwrap().to_vec_u32().unwrap();
+            let m = load(name, dev);
+            let (seqs, _) = generate(
+                &m.net,
+                std::slice::from_ref(&prompt),
+                1,
+                &greedy(20),
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(
+                seqs[0].ids,
+                want[prompt.len()..],
+                "{name} on {dev}: greedy tokens differ from transformers"
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_with_padding_equals_one_at_a_time() {
+    for dev in devices("batched generation") {
+        let m = load("llama-gqa", dev);
+        let prompts = vec![
+            vec![5u32, 77, 300, 12, 9, 41, 200],
+            vec![33u32, 8],
+            vec![100u32, 101, 102, 103],
+        ];
+        let (batched, _) =
+            generate(&m.net, &prompts, 2, &greedy(12), None, &mut |_, _| {}).unwrap();
+        assert_eq!(batched.len(), 6);
+        for (i, p) in prompts.iter().enumerate() {
+            let (single, _) = generate(
+                &m.net,
+                std::slice::from_ref(p),
+                1,
+                &greedy(12),
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            for s in &batched[i * 2..i * 2 + 2] {
+                assert_eq!(s.prompt, i);
+                assert_eq!(s.ids, single[0].ids, "prompt {i} on {dev}: batched (left-padded) decoding differs from decoding it alone");
+            }
+        }
+    }
+}
+
+#[test]
+fn kv_cache_matches_full_forward() {
+    for dev in devices("kv cache") {
+        let m = load("qwen2-tied", dev);
+        let ids: Vec<u32> = vec![3, 99, 250, 7, 18, 300, 42, 5, 64];
+        let full = ponder::no_grad(|| m.net.forward(&ids, 1, ids.len(), Forward::default()))
+            .unwrap()
+            .logits
+            .to_vec_f64()
+            .unwrap();
+        let mut cache = KvCache::new(&m.cfg, 1, 16, dev).unwrap();
+        let v = m.cfg.vocab_size;
+        // prefill 4, then one token at a time
+        let mut inc = ponder::no_grad(|| {
+            m.net.forward(
+                &ids[..4],
+                1,
+                4,
+                Forward {
+                    cache: Some(&mut cache),
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap()
+        .logits
+        .to_vec_f64()
+        .unwrap();
+        for t in 4..ids.len() {
+            let o = ponder::no_grad(|| {
+                m.net.forward(
+                    &ids[t..t + 1],
+                    1,
+                    1,
+                    Forward {
+                        cache: Some(&mut cache),
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+            inc.extend(o.logits.to_vec_f64().unwrap());
+        }
+        assert_eq!(inc.len(), ids.len() * v);
+        common::assert_close(
+            &format!("cached vs full logits on {dev}"),
+            &inc,
+            &full,
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_and_seed_dependent() {
+    let m = load("qwen2-tied", Device::Cpu);
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 0.95,
+        max_new_tokens: 16,
+        ignore_eos: true,
+        seed: 11,
+        ..Default::default()
+    };
+    let run = |p: &SamplingParams| {
+        generate(&m.net, &[vec![1, 2, 3]], 4, p, None, &mut |_, _| {})
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|s| s.ids)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run(&p), run(&p));
+    assert_eq!(a, b, "same seed, different samples");
+    assert!(
+        a[0] != a[1] || a[1] != a[2],
+        "the n samples of one prompt are all identical"
+    );
+    let c = run(&SamplingParams {
+        seed: 12,
+        ..p.clone()
+    });
+    assert_ne!(a, c, "a different seed gave the same samples");
+}
+
+#[test]
+fn sampling_filters() {
+    let logits = vec![1.0f32, 3.0, 2.0, 3.0, -1.0];
+    let mut rng = ponder::util::rng(0);
+    // greedy takes the first maximum, as torch.argmax
+    assert_eq!(sample(&logits, &greedy(1), &mut rng), 1);
+    // top-k 2 keeps the two 3.0s; top-p 0.01 keeps only the most likely token
+    for _ in 0..50 {
+        let k2 = sample(
+            &logits,
+            &SamplingParams {
+                temperature: 1.0,
+                top_k: 2,
+                ..Default::default()
+            },
+            &mut rng,
+        );
+        assert!(k2 == 1 || k2 == 3, "top-k 2 sampled {k2}");
+        let p = sample(
+            &logits,
+            &SamplingParams {
+                temperature: 1.0,
+                top_p: 0.01,
+                ..Default::default()
+            },
+            &mut rng,
+        );
+        assert_eq!(p, 1, "top-p 0.01 must keep a single token");
+    }
+    // a low temperature concentrates on the maxima; frequencies follow the softmax otherwise
+    let mut counts = [0usize; 5];
+    for _ in 0..4000 {
+        counts[sample(
+            &logits,
+            &SamplingParams {
+                temperature: 1.0,
+                ..Default::default()
+            },
+            &mut rng,
+        ) as usize] += 1;
+    }
+    let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+    for (i, &c) in counts.iter().enumerate() {
+        let want = (logits[i] as f64).exp() / z;
+        assert!(
+            (c as f64 / 4000.0 - want).abs() < 0.03,
+            "token {i}: frequency {} vs probability {want}",
+            c as f64 / 4000.0
+        );
+    }
+}
+
+#[test]
+fn stops_at_eos_and_stop_strings() {
+    let m = load("qwen2-tied", Device::Cpu);
+    let prompt = vec![287u32, 295, 271];
+    let (free, _) = generate(
+        &m.net,
+        std::slice::from_ref(&prompt),
+        1,
+        &greedy(8),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // make the third greedy token an EOS id: generation ends there, EOS included
+    let eos = free[0].ids[2];
+    let p = SamplingParams {
+        eos_ids: vec![eos],
+        ignore_eos: false,
+        ..greedy(8)
+    };
+    let (s, _) = generate(
+        &m.net,
+        std::slice::from_ref(&prompt),
+        1,
+        &p,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let first = free[0].ids.iter().position(|&t| t == eos).unwrap();
+    assert_eq!(
+        s[0].ids,
+        free[0].ids[..=first],
+        "did not stop at the EOS id"
+    );
+    assert_eq!(s[0].finish, Finish::Eos);
+    // a stop string taken from the free-running text
+    let tok = m.tok.as_ref().unwrap();
+    let text = tok.decode(&free[0].ids[..2], false).unwrap();
+    let p = SamplingParams {
+        stop_strings: vec![text.clone()],
+        ..greedy(8)
+    };
+    let (s, _) = generate(
+        &m.net,
+        std::slice::from_ref(&prompt),
+        1,
+        &p,
+        Some(tok),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(s[0].finish, Finish::Stop);
+    assert!(s[0].ids.len() <= 2 && tok.decode(&s[0].ids, false).unwrap().contains(&text));
+    // max_new_tokens ends the rest
+    assert_eq!(free[0].finish, Finish::Length);
+    assert_eq!(free[0].ids.len(), 8);
+}
