@@ -188,6 +188,10 @@ enum BenchCmd {
         new_tokens: usize,
         #[arg(long)]
         device: Option<String>,
+        /// Write the random model to this directory (Hugging Face layout) and stop, so that
+        /// loading it can be measured with --model.
+        #[arg(long)]
+        save_random: Option<PathBuf>,
     },
 }
 
@@ -534,6 +538,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
             prompt_len,
             new_tokens,
             device: d,
+            save_random,
         } => {
             let dev = device(d)?;
             let t0 = std::time::Instant::now();
@@ -560,6 +565,11 @@ fn bench(what: BenchCmd) -> Result<bool> {
                 t0.elapsed().as_secs_f64(),
                 ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
             );
+            if let Some(out) = save_random {
+                ponder::model::save::save_model(&net, None, &out, dtype_of(dtype))?;
+                println!("wrote {}", out.display());
+                return Ok(true);
+            }
             for b in batch {
                 let s = ponder::bench::generation(&net, b, prompt_len, new_tokens)?;
                 println!("batch {b} on {dev}: {}", s.summary());

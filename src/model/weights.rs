@@ -27,6 +27,19 @@ fn map(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
+/// Drop the pages of a tensor that has been copied out, so that the mapping does not keep
+/// a second copy of the model resident while the rest loads.
+fn release(m: &Mmap, (offset, len): (usize, usize)) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is read-only and file-backed: dropped pages are re-read from the
+    // file if touched again, and the bytes of this tensor have already been copied.
+    unsafe {
+        let _ = m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (m, offset, len);
+}
+
 fn header_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
     Error::file(path, format!("invalid safetensors file (truncated, or a header whose offsets or sizes do not match the data): {e}"))
 }
@@ -129,9 +142,11 @@ impl Checkpoint {
             ));
         }
         let bytes = view.data();
+        let range = (bytes.as_ptr() as usize - m.as_ptr() as usize, bytes.len());
         let raw = match device {
             Device::Gpu if dtype == DType::F32 || keep_16bit => {
                 let buf = crate::backend::gpu::context()?.upload(bytes, name)?;
+                release(m, range);
                 return Ok(Tensor::from_storage(Storage::Gpu(buf), shape, dtype));
             }
             _ => {
@@ -143,6 +158,7 @@ impl Checkpoint {
                 Tensor::from_cpu_data(data, shape)?
             }
         };
+        release(m, range);
         let t = if dtype != DType::F32 && !keep_16bit {
             raw.to_dtype(DType::F32)?
         } else {

@@ -58,10 +58,19 @@ const NC: usize = 2048;
 /// (widened while packing, so a bf16 model never needs an f32 copy).
 pub trait AsF32: Copy + Send + Sync {
     fn as_f32(self) -> f32;
+    /// The slice itself when it already is f32 (no widening copy needed).
+    fn f32_slice(s: &[Self]) -> Option<&[f32]> {
+        let _ = s;
+        None
+    }
 }
 impl AsF32 for f32 {
+    #[inline(always)]
     fn as_f32(self) -> f32 {
         self
+    }
+    fn f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
     }
 }
 impl AsF32 for half::f16 {
@@ -70,14 +79,19 @@ impl AsF32 for half::f16 {
     }
 }
 impl AsF32 for half::bf16 {
+    #[inline(always)]
     fn as_f32(self) -> f32 {
-        self.to_f32()
+        // bf16 is the top half of an f32 (NaN payloads stay NaN)
+        f32::from_bits((self.to_bits() as u32) << 16)
     }
 }
 
 /// The fast f32 path (see the module comment).
 pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     let (m, n, k) = (g.m, g.n, g.k);
+    if m <= SMALL_M && (g.b.sr == 1 || g.b.sc == 1) && n >= 64 {
+        return gemm_small_m(g, a, b);
+    }
     let mut c = vec![0.0f32; g.batch * m * n];
     if m == 0 || n == 0 {
         return c;
@@ -115,6 +129,74 @@ pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
                 } else {
                     cb.chunks_mut(MC * n).enumerate().for_each(work);
                 }
+            }
+        }
+    }
+    c
+}
+
+/// Rows at or below which a product is a few matrix-vector products (decoding).
+const SMALL_M: usize = 16;
+/// Output columns per task in the small-M path.
+const SMALL_N_CHUNK: usize = 64;
+
+/// Few rows of A: no packing; threads split the output columns. Each B column (a weight
+/// row for x @ W^T) is widened once and dotted with every row of A, or, for a row-major B,
+/// whole B rows are scaled into the accumulators. Each output element is still summed by
+/// one thread in a fixed order.
+fn gemm_small_m<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let simd = Kernel::detect();
+    let mut c = vec![0.0f32; g.batch * m * n];
+    for bi in 0..g.batch {
+        // A rows, contiguous
+        let rows: Vec<Vec<f32>> = (0..m)
+            .map(|i| {
+                (0..k)
+                    .map(|p| a[g.a.off + bi * g.a.sb + i * g.a.sr + p * g.a.sc])
+                    .collect()
+            })
+            .collect();
+        let bbase = g.b.off + bi * g.b.sb;
+        // C^T for this batch: (n, m), split over column chunks
+        let mut ct = vec![0.0f32; n * m];
+        ct.par_chunks_mut(SMALL_N_CHUNK * m)
+            .enumerate()
+            .for_each(|(ci, out)| {
+                let j0 = ci * SMALL_N_CHUNK;
+                let width = out.len() / m;
+                let mut col = vec![0.0f32; k];
+                if g.b.sr == 1 {
+                    simd.col_dots(
+                        &rows,
+                        &b[bbase + j0 * g.b.sc..],
+                        g.b.sc,
+                        width,
+                        &mut col,
+                        out,
+                    );
+                } else {
+                    let mut acc = vec![0.0f32; width * m];
+                    let mut brow = vec![0.0f32; width];
+                    for p in 0..k {
+                        let start = bbase + p * g.b.sr + j0;
+                        for (d, v) in brow.iter_mut().zip(&b[start..start + width]) {
+                            *d = v.as_f32();
+                        }
+                        for (i, row) in rows.iter().enumerate() {
+                            let av = row[p];
+                            for (jj, &bv) in brow.iter().enumerate() {
+                                acc[jj * m + i] += av * bv;
+                            }
+                        }
+                    }
+                    out.copy_from_slice(&acc);
+                }
+            });
+        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
+        for j in 0..n {
+            for i in 0..m {
+                cb[i * n + j] = ct[j * m + i];
             }
         }
     }
@@ -254,6 +336,107 @@ impl Kernel {
     }
 }
 
+/// sum_i x_i y_i with 8 independent partial sums (vectorisable), in a fixed order.
+#[inline(always)]
+fn dot8(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (a, b) in xr.iter().zip(yr) {
+        s += a * b;
+    }
+    s
+}
+
+/// out[jj * m + i] = rows[i] . widen(b[jj * stride .. + k]) for `width` columns of B.
+#[inline(always)]
+fn col_dots<B: AsF32>(
+    rows: &[Vec<f32>],
+    b: &[B],
+    stride: usize,
+    width: usize,
+    col: &mut [f32],
+    out: &mut [f32],
+    dot4: impl Fn([&[f32]; 4], &[f32]) -> [f32; 4],
+) {
+    let m = rows.len();
+    let k = col.len();
+    for jj in 0..width {
+        let src = &b[jj * stride..jj * stride + k];
+        let col: &[f32] = match B::f32_slice(src) {
+            Some(f) => f,
+            None => {
+                for (d, v) in col.iter_mut().zip(src) {
+                    *d = v.as_f32();
+                }
+                col
+            }
+        };
+        // four rows at a time: four independent accumulator chains share each load of col
+        let mut i = 0;
+        while i + 4 <= m {
+            let d = dot4([&rows[i], &rows[i + 1], &rows[i + 2], &rows[i + 3]], col);
+            out[jj * m + i..jj * m + i + 4].copy_from_slice(&d);
+            i += 4;
+        }
+        for (r, row) in rows.iter().enumerate().skip(i) {
+            out[jj * m + r] = dot8(row, col);
+        }
+    }
+}
+
+/// Four dot products against one vector, each in the fixed order of [`dot8`].
+#[inline(always)]
+fn dot8x4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; 8]; 4];
+    let n8 = y.len() / 8 * 8;
+    for c in (0..n8).step_by(8) {
+        let yc = &y[c..c + 8];
+        for r in 0..4 {
+            let xc = &x[r][c..c + 8];
+            for l in 0..8 {
+                acc[r][l] += xc[l] * yc[l];
+            }
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for r in 0..4 {
+        let a = &acc[r];
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for l in n8..y.len() {
+            s += x[r][l] * y[l];
+        }
+        out[r] = s;
+    }
+    out
+}
+
+impl Kernel {
+    fn col_dots<B: AsF32>(
+        self,
+        rows: &[Vec<f32>],
+        b: &[B],
+        stride: usize,
+        width: usize,
+        col: &mut [f32],
+        out: &mut [f32],
+    ) {
+        assert!(width == 0 || b.len() >= (width - 1) * stride + col.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() checked avx2+fma; all indexing is bounds-checked.
+            Kernel::Avx2 => unsafe { avx2::col_dots(rows, b, stride, width, col, out) },
+            Kernel::Portable => col_dots(rows, b, stride, width, col, out, dot8x4),
+        }
+    }
+}
+
 fn portable_kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
     for p in 0..kc {
         let ar: &[f32; MR] = a[p * MR..(p + 1) * MR].try_into().unwrap();
@@ -270,6 +453,50 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) 
 mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
+
+    /// The portable small-M loop compiled with AVX2/FMA enabled (auto-vectorised).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn col_dots<B: super::AsF32>(
+        rows: &[Vec<f32>],
+        b: &[B],
+        stride: usize,
+        width: usize,
+        col: &mut [f32],
+        out: &mut [f32],
+    ) {
+        super::col_dots(rows, b, stride, width, col, out, |x, y| unsafe {
+            dot4(x, y)
+        })
+    }
+
+    /// Four dot products against one vector: four FMA chains share each load of y.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
+        let n = y.len();
+        assert!(x.iter().all(|r| r.len() >= n));
+        let n8 = n / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < n8 {
+            let yv = _mm256_loadu_ps(y.as_ptr().add(c));
+            for r in 0..4 {
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r].as_ptr().add(c)), yv, acc[r]);
+            }
+            c += 8;
+        }
+        let mut out = [0.0f32; 4];
+        for r in 0..4 {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for l in n8..n {
+                s += x[r][l] * y[l];
+            }
+            out[r] = s;
+        }
+        out
+    }
 
     /// 6x16 outer-product accumulation: 12 ymm accumulators, 2 loads of B and 6
     /// broadcasts of A per k step.
@@ -322,6 +549,23 @@ mod tests {
                 b: op(5, k * n, n, 1),
             };
             let fast = gemm_f32(&g, &a, &b);
+            // and B as the transpose of a row-major (N, K) matrix (x @ W^T)
+            let gt = Gemm {
+                b: op(5, k * n, 1, k),
+                ..g
+            };
+            let fast_t = gemm_f32(&gt, &a, &b);
+            let slow_t = gemm_ref(
+                &gt,
+                &a.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                &b.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            );
+            for (x, y) in fast_t.iter().zip(&slow_t) {
+                assert!(
+                    (*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()) * (k as f64).sqrt(),
+                    "{bt}x{m}x{n}x{k} (B^T): {x} vs {y}"
+                );
+            }
             let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
             let b64: Vec<f64> = b.iter().map(|&x| x as f64).collect();
             let slow = gemm_ref(&g, &a64, &b64);
