@@ -262,3 +262,65 @@ fn missing_tokenizer_and_out_of_range_ids() {
         "{e}"
     );
 }
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    // split llama-gqa into two shards plus model.safetensors.index.json
+    let d = copy_of("llama-gqa", "shards");
+    let ck = ponder::model::weights::Checkpoint::open(&d).unwrap();
+    let mut names: Vec<String> = ck.names().cloned().collect();
+    names.sort();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let ts: Vec<(String, ponder::Tensor)> = part
+            .iter()
+            .map(|n| (n.clone(), ck.load_any(n).unwrap()))
+            .collect();
+        std::fs::write(
+            d.join(file),
+            ponder::model::save::safetensors_bytes(&ts, ponder::DType::F32).unwrap(),
+        )
+        .unwrap();
+        for n in part {
+            map.insert(n.clone(), file.into());
+        }
+    }
+    drop(ck);
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let opts = LoadOpts {
+        device: Device::Cpu,
+        keep_16bit: true,
+        trainable: false,
+    };
+    let sharded = Model::load(&d, opts).unwrap();
+    let single = Model::load(&fixture("llama-gqa"), opts).unwrap();
+    let ids = [5u32, 9, 200, 13];
+    let x = sharded
+        .net
+        .forward(&ids, 1, 4, Default::default())
+        .unwrap()
+        .logits
+        .to_vec_f32()
+        .unwrap();
+    let y = single
+        .net
+        .forward(&ids, 1, 4, Default::default())
+        .unwrap()
+        .logits
+        .to_vec_f32()
+        .unwrap();
+    assert_eq!(x, y);
+    // an index naming a missing shard
+    std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
+}
