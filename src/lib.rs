@@ -14,6 +14,7 @@ pub mod ops;
 pub mod selfcheck;
 pub mod shape;
 pub mod tensor;
+pub mod train;
 pub mod util;
 
 pub use autograd::{no_grad, NoGradGuard};

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ponder::model::chat::Message;
 use ponder::model::generate::{generate, SamplingParams};
 use ponder::model::{Forward, LoadOpts, Model};
+use ponder::train::trainer::{Mode, TrainArgs};
 use ponder::{DType, Device, Error, Result};
 
 #[derive(Parser)]
@@ -64,6 +65,12 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "f32")]
         dtype: SaveDType,
     },
+    /// Supervised fine-tuning on {"prompt","completion"} or {"messages"} JSONL.
+    /// `--config FILE.toml` supplies any of these flags (keys = flag names).
+    Sft(TrainArgs),
+    /// DPO-family preference optimisation on {"prompt","chosen","rejected"} JSONL.
+    /// `--config FILE.toml` supplies any of these flags (keys = flag names).
+    Dpo(TrainArgs),
     /// Time a kernel or a model: median of repeated runs after a warm-up.
     Bench {
         #[command(subcommand)]
@@ -195,8 +202,47 @@ enum BenchCmd {
     },
 }
 
+/// `ponder sft|dpo --config FILE.toml ...`: the file's keys become flags placed before the
+/// command line's own, so explicit flags win.
+fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
+    if argv.len() < 2 || !matches!(argv[1].as_str(), "sft" | "dpo") {
+        return Ok(argv);
+    }
+    let mut rest = Vec::new();
+    let mut config = None;
+    let mut it = argv[2..].iter();
+    while let Some(a) = it.next() {
+        if a == "--config" {
+            config = Some(
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("config", "--config needs a file"))?,
+            );
+        } else if let Some(v) = a.strip_prefix("--config=") {
+            config = Some(v.to_string());
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let mut out = argv[..2].to_vec();
+    if let Some(c) = config {
+        out.extend(ponder::train::trainer::config_to_args(
+            std::path::Path::new(&c),
+        )?);
+    }
+    out.extend(rest);
+    Ok(out)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match expand_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let r = match cli.cmd {
         Cmd::Info { device } => info(device),
         Cmd::Logits { model, ids, device } => logits(model, ids, device),
@@ -208,6 +254,8 @@ fn main() -> ExitCode {
         } => compare(model, reference, device, tol),
         Cmd::Generate(a) => generate_cmd(a),
         Cmd::Save { model, out, dtype } => save(model, out, dtype),
+        Cmd::Sft(a) => train(Mode::Sft, a),
+        Cmd::Dpo(a) => train(Mode::Dpo, a),
         Cmd::Bench { what } => bench(what),
     };
     match r {
@@ -476,6 +524,20 @@ fn generate_cmd(a: GenerateArgs) -> Result<bool> {
         }
     }
     eprintln!("{}", stats.summary());
+    Ok(true)
+}
+
+fn train(mode: Mode, a: TrainArgs) -> Result<bool> {
+    let s = ponder::train::trainer::train(mode, &a)?;
+    eprintln!(
+        "done: {} steps, final loss {:.6}, reference forwards {}{}",
+        s.steps,
+        s.final_loss,
+        s.ref_forwards,
+        s.cache
+            .map(|c| format!(", reference cache {c}"))
+            .unwrap_or_default()
+    );
     Ok(true)
 }
 

@@ -11,20 +11,73 @@ use crate::error::{Error, Result};
 use crate::ops::attention::AttnOpts;
 use crate::tensor::{Device, Tensor};
 
-/// y = x W^T + b, W of shape (out, in) as PyTorch stores it.
+/// y = x W^T + b, W of shape (out, in) as PyTorch stores it, plus an optional LoRA
+/// adapter: y += scale * dropout(x) A^T B^T (PEFT's convention, scale = alpha / r).
 #[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// A LoRA adapter: A `(r, in)`, B `(out, r)`.
+#[derive(Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// Per-forward switches that reach every Linear.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinearCtx {
+    /// Run the base model only (the DPO reference under LoRA).
+    pub disable_adapters: bool,
+    /// Seed for LoRA dropout masks; None = no dropout (eval).
+    pub dropout_seed: Option<u64>,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
+        self.forward_ctx(
+            x,
+            &LinearCtx {
+                disable_adapters: true,
+                dropout_seed: None,
+            },
+            0,
+        )
+    }
+
+    /// Forward with adapters per `ctx`; `salt` makes each layer's dropout mask distinct.
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &LinearCtx, salt: u64) -> Result<Tensor> {
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.add(b)?;
         }
+        if let (Some(l), false) = (&self.lora, ctx.disable_adapters) {
+            let xd = match ctx.dropout_seed {
+                Some(seed) if l.dropout > 0.0 => {
+                    // inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p)
+                    let keep = 1.0 - l.dropout;
+                    let mut r = crate::util::rng(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let m: Vec<f32> = (0..x.numel())
+                        .map(|_| {
+                            if rand::Rng::random::<f32>(&mut r) < keep {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    x.mul(&Tensor::from_vec(m, x.shape(), x.device())?)?
+                }
+                _ => x.clone(),
+            };
+            y = y.add(&xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?.scale(l.scale)?)?;
+        }
+        Ok(y)
     }
 }
 
@@ -80,6 +133,8 @@ pub struct Forward<'a> {
     pub hidden_states: bool,
     /// Project only the last position to logits (generation).
     pub last_only: bool,
+    /// LoRA switches (adapters off for the reference; dropout while training).
+    pub linear: LinearCtx,
 }
 
 pub struct Output {
@@ -167,7 +222,11 @@ impl Transformer {
             } else {
                 None
             };
-            Ok(Linear { weight, bias })
+            Ok(Linear {
+                weight,
+                bias,
+                lora: None,
+            })
         }
         let g: &mut GetWeight = &mut get;
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
@@ -291,6 +350,133 @@ impl Transformer {
         out
     }
 
+    /// The linears LoRA can target, by PEFT module name (q_proj, ..., down_proj) per layer.
+    fn linears_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            out.push((i, "self_attn.q_proj", &mut l.q_proj));
+            out.push((i, "self_attn.k_proj", &mut l.k_proj));
+            out.push((i, "self_attn.v_proj", &mut l.v_proj));
+            out.push((i, "self_attn.o_proj", &mut l.o_proj));
+            out.push((i, "mlp.gate_proj", &mut l.gate_proj));
+            out.push((i, "mlp.up_proj", &mut l.up_proj));
+            out.push((i, "mlp.down_proj", &mut l.down_proj));
+        }
+        out
+    }
+
+    /// Attach fresh LoRA adapters (A ~ U(-1/sqrt(in), 1/sqrt(in)) as PEFT's kaiming init,
+    /// B = 0) to the targeted projections (`q`, `k`, `v`, `o`, `gate`, `up`, `down`, or
+    /// their `*_proj` names). The base weights are left frozen.
+    pub fn add_lora(
+        &mut self,
+        targets: &[String],
+        r: usize,
+        alpha: f64,
+        dropout: f32,
+        seed: u64,
+    ) -> Result<()> {
+        let want: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                if t.ends_with("_proj") {
+                    t.clone()
+                } else {
+                    format!("{t}_proj")
+                }
+            })
+            .collect();
+        const KNOWN: [&str; 7] = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
+        if let Some(bad) = want.iter().find(|t| !KNOWN.contains(&t.as_str())) {
+            return Err(Error::invalid(
+                "lora",
+                format!("unknown target '{bad}' (expected some of q, k, v, o, gate, up, down)"),
+            ));
+        }
+        if r == 0 {
+            return Err(Error::invalid("lora", "lora rank must be at least 1"));
+        }
+        let device = self.device;
+        let mut k = seed;
+        for (_, name, lin) in self.linears_mut() {
+            let short = name.rsplit('.').next().unwrap();
+            if !want.iter().any(|t| t == short) {
+                continue;
+            }
+            let (out_f, in_f) = (lin.weight.shape()[0], lin.weight.shape()[1]);
+            k += 1;
+            let bound = 1.0 / (in_f as f32).sqrt();
+            let a = Tensor::rand_uniform(&[r, in_f], -bound, bound, k, device)?.requires_grad_();
+            let b = Tensor::zeros(&[out_f, r], device)?.requires_grad_();
+            lin.lora = Some(Lora {
+                a,
+                b,
+                scale: alpha / r as f64,
+                dropout,
+            });
+        }
+        Ok(())
+    }
+
+    /// LoRA tensors by their PEFT names (`base_model.model.<module>.lora_A.weight`).
+    pub fn lora_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, lin) in [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.o_proj", &l.o_proj),
+                ("mlp.gate_proj", &l.gate_proj),
+                ("mlp.up_proj", &l.up_proj),
+                ("mlp.down_proj", &l.down_proj),
+            ] {
+                if let Some(lo) = &lin.lora {
+                    let p = format!("base_model.model.model.layers.{i}.{name}");
+                    out.push((format!("{p}.lora_A.weight"), lo.a.clone()));
+                    out.push((format!("{p}.lora_B.weight"), lo.b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+            .iter()
+            .any(|x| x.lora.is_some())
+        })
+    }
+
+    /// Fold every adapter into its base weight (W += scale * B A, in f32) and drop it.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        let _ng = crate::autograd::NoGradGuard::new();
+        for (_, _, lin) in self.linears_mut() {
+            if let Some(l) = lin.lora.take() {
+                let delta = l.b.detach().matmul(&l.a.detach())?.scale(l.scale)?;
+                lin.weight = lin.weight.detach().to_dtype(DType::F32)?.add(&delta)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn num_parameters(&self) -> usize {
         self.named_parameters().iter().map(|(_, t)| t.numel()).sum()
     }
@@ -345,17 +531,22 @@ impl Transformer {
         for (i, layer) in self.layers.iter().enumerate() {
             // attention block: h += o_proj(attn(rope(q), rope(k), v))
             let x = h.rms_norm(&layer.input_layernorm, eps)?;
+            let lc = &fwd.linear;
+            let salt = (i as u64) << 8;
             let q = layer
                 .q_proj
-                .forward(&x)?
+                .forward_ctx(&x, lc, salt)?
                 .reshape(&[b, t, nh, hd])?
                 .rope(&cos, &sin)?;
             let k = layer
                 .k_proj
-                .forward(&x)?
+                .forward_ctx(&x, lc, salt + 1)?
                 .reshape(&[b, t, nkv, hd])?
                 .rope(&cos, &sin)?;
-            let v = layer.v_proj.forward(&x)?.reshape(&[b, t, nkv, hd])?;
+            let v = layer
+                .v_proj
+                .forward_ctx(&x, lc, salt + 2)?
+                .reshape(&[b, t, nkv, hd])?;
             let (k, v) = match fwd.cache.as_deref_mut() {
                 Some(c) => {
                     let win = c.k[i].layout().narrow(1, offset, t)?;
@@ -369,14 +560,12 @@ impl Transformer {
                 None => (k, v),
             };
             let a = Tensor::attention(&q, &k, &v, &attn)?.reshape(&[b, t, nh * hd])?;
-            h = h.add(&layer.o_proj.forward(&a)?)?;
+            h = h.add(&layer.o_proj.forward_ctx(&a, &fwd.linear, salt + 3)?)?;
             // MLP block: h += down(silu(gate(x)) * up(x))
             let x = h.rms_norm(&layer.post_attention_layernorm, eps)?;
-            let m = layer
-                .gate_proj
-                .forward(&x)?
-                .swiglu(&layer.up_proj.forward(&x)?)?;
-            h = h.add(&layer.down_proj.forward(&m)?)?;
+            let gate = layer.gate_proj.forward_ctx(&x, &fwd.linear, salt + 4)?;
+            let m = gate.swiglu(&layer.up_proj.forward_ctx(&x, &fwd.linear, salt + 5)?)?;
+            h = h.add(&layer.down_proj.forward_ctx(&m, &fwd.linear, salt + 6)?)?;
             if fwd.hidden_states {
                 hidden.push(h.clone());
             }
@@ -391,7 +580,7 @@ impl Transformer {
             hn.clone()
         };
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&hl)?,
+            Some(head) => head.forward_ctx(&hl, &fwd.linear, 1 << 40)?,
             None => hl.matmul(&self.embed_tokens.t()?)?,
         };
         Ok(Output {

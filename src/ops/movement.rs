@@ -271,3 +271,20 @@ fn kernels_fill_zero(t: &Tensor) -> Result<()> {
         Device::Gpu => kernels::fill(t, 0.0),
     }
 }
+
+impl Tensor {
+    /// Overwrite this tensor's elements with `src`'s (same shape and dtype), in place.
+    /// Used to restore parameters and optimizer state from a checkpoint.
+    pub fn assign_(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() {
+            return Err(Error::shape(
+                "assign",
+                "shapes differ",
+                self.shape(),
+                src.shape(),
+            ));
+        }
+        let src = src.to_device(self.device())?.to_dtype(self.dtype())?;
+        crate::autograd::no_grad(|| copy_into(&src, self, &self.layout().clone()))
+    }
+}

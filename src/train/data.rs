@@ -1,0 +1,362 @@
+//! Training data in the JSONL formats TRL users already have.
+//!
+//! - SFT: `{"prompt": ..., "completion": ...}` or `{"messages": [...]}` (the last
+//!   message, which must be the assistant's, is the completion; the rest is the prompt).
+//! - Preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`.
+//!
+//! Each field is a plain string or a conversation (a list of `{"role", "content"}`).
+//! Conversations are rendered through the chat template: the prompt with the generation
+//! prompt, each completion as the rest of the rendered full conversation.
+//!
+//! Tokenisation follows TRL: prompt and completion tokenised separately without special
+//! tokens; a BOS in front only when the tokenizer has one and the prompt does not already
+//! start with it; the EOS appended to every completion; loss and log-probs over the
+//! completion tokens only (EOS included). Truncation is explicit and counted.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::chat::Message;
+use crate::model::Tok;
+
+/// One token sequence: `ids[..prompt_len]` is the prompt, the rest the completion.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Seq {
+    pub ids: Vec<u32>,
+    pub prompt_len: usize,
+}
+
+impl Seq {
+    pub fn completion_len(&self) -> usize {
+        self.ids.len() - self.prompt_len
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pair {
+    pub chosen: Seq,
+    pub rejected: Seq,
+}
+
+/// Which end of an over-long sequence survives `--max-length` (TRL's truncation_mode).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationMode {
+    KeepStart,
+    KeepEnd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Truncation {
+    /// Keep the last `max_prompt_length` prompt tokens.
+    pub max_prompt_length: Option<usize>,
+    /// Bound on prompt + completion.
+    pub max_length: Option<usize>,
+    pub mode: TruncationMode,
+}
+
+/// What loading did to the data.
+#[derive(Clone, Debug, Default)]
+pub struct DataStats {
+    pub examples: usize,
+    /// Examples with at least one sequence shortened.
+    pub truncated: usize,
+    /// Examples left with no completion token after truncation (not trained on).
+    pub dropped: usize,
+}
+
+impl std::fmt::Display for DataStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} examples, {} truncated",
+            self.examples, self.truncated
+        )?;
+        if self.dropped > 0 {
+            write!(
+                f,
+                ", {} dropped (no completion token left after truncation)",
+                self.dropped
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A field as text or as a conversation.
+enum Field {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+fn err(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
+    Error::file(path, format!("line {line}: {msg}"))
+}
+
+fn field(
+    path: &Path,
+    line: usize,
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Field> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Err(err(path, line, format!("field `{name}` is missing"))),
+        Some(Value::String(s)) => Ok(Field::Text(s.clone())),
+        Some(v @ Value::Array(_)) => serde_json::from_value::<Vec<Message>>(v.clone())
+            .map(Field::Chat)
+            .map_err(|e| err(path, line, format!("field `{name}`: expected a string or a list of {{\"role\", \"content\"}} messages ({e})"))),
+        Some(other) => Err(err(path, line, format!("field `{name}`: expected a string or a list of messages, got {other}"))),
+    }
+}
+
+/// Read the JSON objects of a JSONL file with their line numbers.
+fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let last_content = lines
+        .iter()
+        .rposition(|l| !l.trim().is_empty())
+        .map_or(0, |i| i + 1);
+    for (i, l) in lines[..last_content].iter().enumerate() {
+        let line = i + 1;
+        if l.trim().is_empty() {
+            return Err(err(
+                path,
+                line,
+                "empty line (every line must be one JSON object)",
+            ));
+        }
+        match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(o)) => out.push((line, o)),
+            Ok(other) => {
+                return Err(err(
+                    path,
+                    line,
+                    format!("expected a JSON object, got {}", short(&other.to_string())),
+                ))
+            }
+            Err(e) => return Err(err(path, line, format!("not valid JSON: {e}"))),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no examples (the file is empty)"));
+    }
+    Ok(out)
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(60).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+/// The text of a prompt and of completions that continue it.
+fn render(
+    tok: &Tok,
+    path: &Path,
+    line: usize,
+    prompt: &Field,
+    completions: &[&Field],
+) -> Result<(String, Vec<String>)> {
+    match prompt {
+        Field::Text(p) => {
+            let cs = completions
+                .iter()
+                .map(|c| match c {
+                    Field::Text(t) => Ok(t.clone()),
+                    Field::Chat(_) => Err(err(path, line, "the prompt is a string but a completion is a conversation; use one kind for all fields")),
+                })
+                .collect::<Result<_>>()?;
+            Ok((p.clone(), cs))
+        }
+        Field::Chat(pm) => {
+            let ptext = tok
+                .apply_chat_template(pm, true)
+                .map_err(|e| err(path, line, e))?;
+            let mut cs = Vec::new();
+            for c in completions {
+                let Field::Chat(cm) = c else {
+                    return Err(err(path, line, "the prompt is a conversation but a completion is a string; use one kind for all fields"));
+                };
+                let mut all = pm.clone();
+                all.extend(cm.iter().cloned());
+                let full = tok
+                    .apply_chat_template(&all, false)
+                    .map_err(|e| err(path, line, e))?;
+                let rest = full.strip_prefix(&ptext).ok_or_else(|| err(path, line, "the chat template renders the prompt differently inside the full conversation; cannot split off the completion"))?;
+                cs.push(rest.to_string());
+            }
+            Ok((ptext, cs))
+        }
+    }
+}
+
+/// Tokenise one prompt/completion the TRL way and apply truncation. Returns the sequence
+/// and whether it was shortened; None when no completion token is left.
+fn tokenize(
+    tok: &Tok,
+    eos: u32,
+    prompt: &str,
+    completion: &str,
+    t: &Truncation,
+) -> Result<(Option<Seq>, bool)> {
+    let mut p = tok.encode(prompt, false)?;
+    let mut c = tok.encode(completion, false)?;
+    c.push(eos);
+    if let Some((_, bos)) = &tok.bos {
+        if p.first() != Some(bos) {
+            p.insert(0, *bos);
+        }
+    }
+    let mut cut = false;
+    if let Some(mp) = t.max_prompt_length {
+        if p.len() > mp {
+            p.drain(..p.len() - mp);
+            cut = true;
+        }
+    }
+    let mut ids = p.clone();
+    let mut prompt_len = p.len();
+    ids.extend(&c);
+    if let Some(ml) = t.max_length {
+        if ids.len() > ml {
+            cut = true;
+            match t.mode {
+                TruncationMode::KeepStart => {
+                    ids.truncate(ml);
+                    prompt_len = prompt_len.min(ml);
+                }
+                TruncationMode::KeepEnd => {
+                    let drop = ids.len() - ml;
+                    ids.drain(..drop);
+                    prompt_len = prompt_len.saturating_sub(drop);
+                }
+            }
+        }
+    }
+    if ids.len() == prompt_len {
+        return Ok((None, cut));
+    }
+    Ok((Some(Seq { ids, prompt_len }), cut))
+}
+
+fn eos_of(tok: &Tok) -> Result<u32> {
+    tok.eos.as_ref().map(|e| e.1).ok_or_else(|| {
+        Error::invalid(
+            "data",
+            "the tokenizer defines no eos_token (tokenizer_config.json); completions need one",
+        )
+    })
+}
+
+/// Load preference pairs.
+pub fn load_pairs(path: &Path, tok: &Tok, t: &Truncation) -> Result<(Vec<Pair>, DataStats)> {
+    let eos = eos_of(tok)?;
+    let mut stats = DataStats::default();
+    let mut out = Vec::new();
+    for (line, o) in read_jsonl(path)? {
+        for k in o.keys() {
+            if !["prompt", "chosen", "rejected"].contains(&k.as_str()) {
+                return Err(err(
+                    path,
+                    line,
+                    format!(
+                        "unexpected field `{k}` (a preference line has prompt, chosen, rejected)"
+                    ),
+                ));
+            }
+        }
+        let (p, c, r) = (
+            field(path, line, &o, "prompt")?,
+            field(path, line, &o, "chosen")?,
+            field(path, line, &o, "rejected")?,
+        );
+        let (ptext, comps) = render(tok, path, line, &p, &[&c, &r])?;
+        let (cs, cut_c) = tokenize(tok, eos, &ptext, &comps[0], t)?;
+        let (rs, cut_r) = tokenize(tok, eos, &ptext, &comps[1], t)?;
+        stats.examples += 1;
+        stats.truncated += (cut_c || cut_r) as usize;
+        match (cs, rs) {
+            (Some(chosen), Some(rejected)) => out.push(Pair { chosen, rejected }),
+            _ => stats.dropped += 1,
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, format!("no trainable pairs ({stats})")));
+    }
+    Ok((out, stats))
+}
+
+/// Load SFT examples.
+pub fn load_sft(path: &Path, tok: &Tok, t: &Truncation) -> Result<(Vec<Seq>, DataStats)> {
+    let eos = eos_of(tok)?;
+    let mut stats = DataStats::default();
+    let mut out = Vec::new();
+    for (line, o) in read_jsonl(path)? {
+        let (ptext, comp) = if o.contains_key("messages") {
+            let Field::Chat(mut msgs) = field(path, line, &o, "messages")? else {
+                return Err(err(
+                    path,
+                    line,
+                    "field `messages`: expected a list of messages",
+                ));
+            };
+            let last = msgs
+                .pop()
+                .ok_or_else(|| err(path, line, "field `messages` is empty"))?;
+            if last.role != "assistant" {
+                return Err(err(
+                    path,
+                    line,
+                    format!(
+                        "the last message must be the assistant's (the completion), not '{}'",
+                        last.role
+                    ),
+                ));
+            }
+            if msgs.is_empty() {
+                return Err(err(
+                    path,
+                    line,
+                    "field `messages` needs a prompt before the assistant's reply",
+                ));
+            }
+            let (p, cs) = render(
+                tok,
+                path,
+                line,
+                &Field::Chat(msgs),
+                &[&Field::Chat(vec![last])],
+            )?;
+            (p, cs.into_iter().next().unwrap())
+        } else {
+            let (p, c) = (
+                field(path, line, &o, "prompt")?,
+                field(path, line, &o, "completion")?,
+            );
+            let (p, cs) = render(tok, path, line, &p, &[&c])?;
+            (p, cs.into_iter().next().unwrap())
+        };
+        let (s, cut) = tokenize(tok, eos, &ptext, &comp, t)?;
+        stats.examples += 1;
+        stats.truncated += cut as usize;
+        match s {
+            Some(s) => out.push(s),
+            None => stats.dropped += 1,
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::file(
+            path,
+            format!("no trainable examples ({stats})"),
+        ));
+    }
+    Ok((out, stats))
+}

@@ -1,0 +1,205 @@
+//! Completion log-probabilities of token sequences, and the SFT and DPO-family losses.
+
+use super::data::Seq;
+use crate::error::{Error, Result};
+use crate::model::transformer::{Forward, LinearCtx, Transformer};
+use crate::tensor::{CpuData, Tensor};
+
+/// Log-probs of a batch of sequences under a model, over completion tokens only.
+pub struct SeqLogps {
+    /// `(N, T-1)` log p(token t+1 | ..t); 0 off the completion. Differentiable.
+    pub per_token: Tensor,
+    /// `(N,)` sums over each completion. Differentiable.
+    pub sum: Tensor,
+    /// Completion tokens per sequence.
+    pub counts: Vec<usize>,
+    /// Per sequence: sum over its completion positions of the mean logit over the vocab
+    /// (TRL's logits/chosen is the mean of these over positions).
+    pub logit_sums: Vec<f64>,
+    /// Padded length T.
+    pub t: usize,
+}
+
+/// Right-pad `seqs` to one `(N, T)` batch; targets `(N, T-1)` are the next token on
+/// completion positions and -100 elsewhere.
+pub fn pack(seqs: &[&Seq]) -> (Vec<u32>, usize, Vec<i32>) {
+    let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1).max(2);
+    let mut ids = vec![0u32; seqs.len() * t];
+    let mut tg = vec![-100i32; seqs.len() * (t - 1)];
+    for (r, s) in seqs.iter().enumerate() {
+        ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
+        for p in s.prompt_len.max(1)..s.ids.len() {
+            tg[r * (t - 1) + p - 1] = s.ids[p] as i32;
+        }
+    }
+    (ids, t, tg)
+}
+
+/// Forward `seqs` and gather the completion log-probs (fused log-softmax + gather).
+pub fn sequence_logps(
+    net: &Transformer,
+    seqs: &[&Seq],
+    linear: LinearCtx,
+    want_logits: bool,
+) -> Result<SeqLogps> {
+    if seqs.is_empty() {
+        return Err(Error::invalid("logps", "empty batch"));
+    }
+    let (ids, t, tg) = pack(seqs);
+    let n = seqs.len();
+    let out = net.forward(
+        &ids,
+        n,
+        t,
+        Forward {
+            linear,
+            ..Default::default()
+        },
+    )?;
+    let logits = out.logits.narrow(1, 0, t - 1)?; // (N, T-1, V)
+    let targets =
+        Tensor::from_cpu_data(CpuData::I32(tg.clone()), &[n, t - 1])?.to_device(net.device)?;
+    let per_token = logits.token_logprobs(&targets)?;
+    let sum = per_token.sum(-1, false)?;
+    let counts: Vec<usize> = seqs.iter().map(|s| s.completion_len()).collect();
+    let mut logit_sums = vec![0.0; n];
+    if want_logits {
+        let v = net.cfg.vocab_size as f64;
+        let means = crate::autograd::no_grad(|| logits.detach().sum(-1, false))?.to_vec_f32()?;
+        for r in 0..n {
+            logit_sums[r] = (0..t - 1)
+                .filter(|&p| tg[r * (t - 1) + p] >= 0)
+                .map(|p| means[r * (t - 1) + p] as f64 / v)
+                .sum();
+        }
+    }
+    Ok(SeqLogps {
+        per_token,
+        sum,
+        counts,
+        logit_sums,
+        t,
+    })
+}
+
+/// The DPO-family losses, as TRL defines them, with
+/// `z = beta * ((pi_c - pi_r) - (ref_c - ref_r))` from completion log-probs:
+/// - `sigmoid` (DPO): `-(1-e) log sigmoid(z) - e log sigmoid(-z)`, e = label smoothing;
+/// - `ipo`: `(h - 1/(2 beta))^2` with `h = z / beta` on log-probs averaged over tokens;
+/// - `hinge` (SLiC): `relu(1 - z)`;
+/// - `robust` (rDPO): `(-(1-e) log sigmoid(z) + e log sigmoid(-z)) / (1 - 2e)`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LossType {
+    Sigmoid,
+    Ipo,
+    Hinge,
+    Robust,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DpoParams {
+    pub beta: f64,
+    pub loss_type: LossType,
+    pub label_smoothing: f64,
+    /// Adds `rpo_alpha * NLL(chosen)` (mean over chosen completion tokens), as TRL's RPO.
+    pub rpo_alpha: Option<f64>,
+    /// Average log-probs over completion tokens instead of summing (length-normalised).
+    pub length_normalize: bool,
+}
+
+/// Host-side numbers of one DPO batch, for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct DpoBatchStats {
+    pub chosen_rewards: Vec<f64>,
+    pub rejected_rewards: Vec<f64>,
+    pub logps_chosen: Vec<f64>,
+    pub logps_rejected: Vec<f64>,
+    /// (sum of mean logits over completion positions, positions) for chosen and rejected.
+    pub logits_chosen: (f64, usize),
+    pub logits_rejected: (f64, usize),
+    pub tokens: usize,
+}
+
+/// DPO loss (mean over the pairs) from policy log-prob sums (`2N`: chosen then rejected)
+/// and the reference's per-sequence sums. Counts are completion lengths.
+pub fn dpo_loss(
+    policy: &SeqLogps,
+    ref_c: &[f64],
+    ref_r: &[f64],
+    p: &DpoParams,
+) -> Result<(Tensor, DpoBatchStats)> {
+    let n = ref_c.len();
+    let dev = policy.sum.device();
+    let counts: Vec<f64> = policy.counts.iter().map(|&c| c as f64).collect();
+    let average = p.length_normalize || p.loss_type == LossType::Ipo;
+    let mut pol = policy.sum.clone();
+    let (mut rc, mut rr) = (ref_c.to_vec(), ref_r.to_vec());
+    if average {
+        let inv: Vec<f32> = counts.iter().map(|c| 1.0 / c.max(1.0) as f32).collect();
+        pol = pol.mul(&Tensor::from_vec(inv, &[2 * n], dev)?)?;
+        for i in 0..n {
+            rc[i] /= counts[i].max(1.0);
+            rr[i] /= counts[n + i].max(1.0);
+        }
+    }
+    let (pc, pr) = (pol.narrow(0, 0, n)?, pol.narrow(0, n, n)?);
+    let ref_diff: Vec<f32> = (0..n).map(|i| (rc[i] - rr[i]) as f32).collect();
+    // h = (pi_c - pi_r) - (ref_c - ref_r)
+    let h = pc.sub(&pr)?.sub(&Tensor::from_vec(ref_diff, &[n], dev)?)?;
+    let (b, e) = (p.beta, p.label_smoothing);
+    let z = h.scale(b)?;
+    let losses = match p.loss_type {
+        LossType::Sigmoid => z
+            .log_sigmoid()?
+            .scale(-(1.0 - e))?
+            .add(&z.neg()?.log_sigmoid()?.scale(-e)?)?,
+        LossType::Ipo => h.add_scalar(-1.0 / (2.0 * b))?.powf(2.0)?,
+        LossType::Hinge => z.affine(-1.0, 1.0)?.relu()?,
+        LossType::Robust => z
+            .log_sigmoid()?
+            .scale(-(1.0 - e))?
+            .add(&z.neg()?.log_sigmoid()?.scale(e)?)?
+            .scale(1.0 / (1.0 - 2.0 * e))?,
+    };
+    let mut loss = losses.mean_all()?;
+    if let Some(a) = p.rpo_alpha {
+        let chosen_tokens: usize = policy.counts[..n].iter().sum();
+        let nll = policy
+            .sum
+            .narrow(0, 0, n)?
+            .sum_all()?
+            .scale(-1.0 / chosen_tokens.max(1) as f64)?;
+        loss = loss.add(&nll.scale(a)?)?;
+    }
+    // metrics (TRL's rewards use the same log-probs the loss compares)
+    let polv = crate::autograd::no_grad(|| pol.detach().to_vec_f64())?;
+    let sums = crate::autograd::no_grad(|| policy.sum.detach().to_vec_f64())?;
+    let mut st = DpoBatchStats {
+        tokens: policy.counts.iter().sum(),
+        ..Default::default()
+    };
+    for i in 0..n {
+        st.chosen_rewards.push(b * (polv[i] - rc[i]));
+        st.rejected_rewards.push(b * (polv[n + i] - rr[i]));
+        st.logps_chosen.push(sums[i]);
+        st.logps_rejected.push(sums[n + i]);
+    }
+    st.logits_chosen = (
+        policy.logit_sums[..n].iter().sum(),
+        policy.counts[..n].iter().sum(),
+    );
+    st.logits_rejected = (
+        policy.logit_sums[n..].iter().sum(),
+        policy.counts[n..].iter().sum(),
+    );
+    Ok((loss, st))
+}
+
+/// SFT loss contribution of a micro-batch: summed completion NLL divided by `denom` (the
+/// completion tokens of the whole optimizer step, so micro-batches add up to the mean).
+pub fn sft_loss(policy: &SeqLogps, denom: usize) -> Result<Tensor> {
+    policy.sum.sum_all()?.scale(-1.0 / denom.max(1) as f64)
+}

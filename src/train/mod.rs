@@ -1,0 +1,9 @@
+//! Training: data, losses, the reference log-prob cache, optimizer and schedules, LoRA
+//! checkpoints, metrics, and the SFT and DPO trainers.
+
+pub mod data;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod refcache;
+pub mod trainer;

@@ -1,0 +1,159 @@
+//! AdamW over named parameters (PyTorch semantics; no weight decay on biases and norm
+//! weights, as the Hugging Face Trainer groups them), global gradient-norm clipping, and
+//! the learning-rate schedules of transformers' `get_scheduler`.
+
+use crate::error::{Error, Result};
+use crate::ops::optim::{adamw_step, AdamW};
+use crate::tensor::Tensor;
+
+/// `constant`, `linear`, `cosine`, `cosine_with_min_lr`, each after a linear warmup.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    Constant,
+    Linear,
+    Cosine,
+    CosineWithMinLr,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub kind: Scheduler,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    /// Floor of `cosine_with_min_lr`.
+    pub min_lr: f64,
+}
+
+impl Schedule {
+    /// The learning rate of optimizer step `step` (0-based), as transformers computes it:
+    /// warmup multiplies by step / warmup (so step 0 of a warmup uses lr 0), then
+    /// `progress = (step - warmup) / (total - warmup)` drives the decay.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let w = self.warmup_steps;
+        if step < w {
+            return self.lr * step as f64 / w.max(1) as f64;
+        }
+        let span = self.total_steps.saturating_sub(w).max(1) as f64;
+        let progress = ((step - w) as f64 / span).min(1.0);
+        match self.kind {
+            Scheduler::Constant => self.lr,
+            Scheduler::Linear => self.lr * (1.0 - progress).max(0.0),
+            Scheduler::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+            Scheduler::CosineWithMinLr => {
+                self.min_lr
+                    + (self.lr - self.min_lr)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+pub struct Optimizer {
+    pub params: Vec<(String, Tensor)>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Optimizer steps taken.
+    pub step: u32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// Biases and norm weights take no weight decay (the HF Trainer's parameter groups).
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("norm"))
+}
+
+impl Optimizer {
+    pub fn new(params: Vec<(String, Tensor)>, weight_decay: f32) -> Result<Optimizer> {
+        let mut m = Vec::new();
+        let mut v = Vec::new();
+        for (name, p) in &params {
+            if !p.requires_grad() {
+                return Err(Error::invalid(
+                    "optimizer",
+                    format!("parameter {name} does not require grad"),
+                ));
+            }
+            m.push(p.zeros_like()?);
+            v.push(p.zeros_like()?);
+        }
+        Ok(Optimizer {
+            params,
+            m,
+            v,
+            step: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        })
+    }
+
+    /// L2 norm of all gradients together (before clipping), one readback.
+    pub fn grad_norm(&self) -> Result<f64> {
+        let _ng = crate::autograd::NoGradGuard::new();
+        let mut total: Option<Tensor> = None;
+        for (_, p) in &self.params {
+            if let Some(g) = p.grad() {
+                let s = g.mul(&g)?.sum_all()?;
+                total = Some(match total {
+                    Some(t) => t.add(&s)?,
+                    None => s,
+                });
+            }
+        }
+        Ok(match total {
+            Some(t) => (t.item()? as f64).sqrt(),
+            None => 0.0,
+        })
+    }
+
+    /// Scale every gradient by `max_norm / (norm + 1e-6)` when that is below 1
+    /// (torch.nn.utils.clip_grad_norm_).
+    pub fn clip(&self, norm: f64, max_norm: f64) -> Result<()> {
+        let coef = max_norm / (norm + 1e-6);
+        if max_norm <= 0.0 || coef >= 1.0 {
+            return Ok(());
+        }
+        let _ng = crate::autograd::NoGradGuard::new();
+        for (_, p) in &self.params {
+            if let Some(g) = p.grad() {
+                p.set_grad(Some(g.scale(coef)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// One AdamW update with learning rate `lr`, then clear the gradients.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step += 1;
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            let Some(g) = p.grad() else { continue };
+            let g = crate::autograd::no_grad(|| g.contiguous())?;
+            let h = AdamW {
+                lr: lr as f32,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: if decays(name) { self.weight_decay } else { 0.0 },
+                step: self.step,
+            };
+            adamw_step(p, &g, &self.m[i], &self.v[i], &h)?;
+        }
+        self.zero_grad();
+        Ok(())
+    }
+
+    pub fn zero_grad(&self) {
+        for (_, p) in &self.params {
+            p.zero_grad();
+        }
+    }
+}
