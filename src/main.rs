@@ -67,9 +67,11 @@ enum Cmd {
     },
     /// Supervised fine-tuning on {"prompt","completion"} or {"messages"} JSONL.
     /// `--config FILE.toml` supplies any of these flags (keys = flag names).
+    #[command(args_override_self = true)]
     Sft(TrainArgs),
     /// DPO-family preference optimisation on {"prompt","chosen","rejected"} JSONL.
     /// `--config FILE.toml` supplies any of these flags (keys = flag names).
+    #[command(args_override_self = true)]
     Dpo(TrainArgs),
     /// Time a kernel or a model: median of repeated runs after a warm-up.
     Bench {

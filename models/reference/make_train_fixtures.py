@@ -161,6 +161,21 @@ def sft(tok):
     print("sft: steps", losses, "grad norms", norms)
 
 
+def write_arith(path, n=48, seed=7):
+    """A few dozen synthetic preference pairs: a worked sum (chosen) against a bare wrong
+    answer (rejected). Used by the end-to-end test and as the README's bundled default."""
+    import random
+
+    r = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = r.randint(2, 60), r.randint(2, 60)
+            wrong = a + b + r.choice([-3, -2, -1, 1, 2, 10])
+            f.write(json.dumps({"prompt": f"Question: what is {a} plus {b}?",
+                                "chosen": f" {a} + {b} = {a + b}. The answer is {a + b}.",
+                                "rejected": f" The answer is {wrong}."}) + "\n")
+
+
 def check_trl(tok, losses, norms):
     """Run TRL's DPOTrainer on the same pairs and settings; print its logged numbers."""
     from datasets import Dataset
@@ -183,8 +198,10 @@ def check_trl(tok, losses, norms):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--check-trl", action="store_true")
+    ap.add_argument("--only-data", action="store_true", help="rewrite the JSONL files only")
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    write_arith(os.path.join(OUT, "arith_pairs.jsonl"))
     torch.manual_seed(0)
     tok = PreTrainedTokenizerFast.from_pretrained(MODEL)
     with open(os.path.join(OUT, "pairs.jsonl"), "w") as f:
@@ -193,6 +210,8 @@ if __name__ == "__main__":
     with open(os.path.join(OUT, "sft.jsonl"), "w") as f:
         for e in SFT:
             f.write(json.dumps(e) + "\n")
+    if a.only_data:
+        raise SystemExit(0)
     losses, norms = dpo(tok)
     sft(tok)
     if a.check_trl:

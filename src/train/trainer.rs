@@ -426,6 +426,14 @@ fn progress(args: &TrainArgs, len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// `PONDER_TEST_STEP_DELAY_MS`: sleep this long in every step. Only for tests that kill a
+/// running job at an arbitrary point and resume it.
+fn step_delay() -> Option<u64> {
+    std::env::var("PONDER_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 // ------------------------------------------------------------------ checkpoints
 
 /// Trainer state saved beside the weights.
@@ -783,10 +791,13 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                         Reference::Cache(c) => {
                             let mut rc = Vec::new();
                             let mut rr = Vec::new();
+                            // summed as the policy's sums are (f64 accumulation, an f32 result)
+                            let sum32 =
+                                |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() as f32 as f64;
                             for &i in b {
                                 let (c_, r_) = c.get(i);
-                                rc.push(c_.iter().map(|&x| x as f64).sum());
-                                rr.push(r_.iter().map(|&x| x as f64).sum());
+                                rc.push(sum32(&c_));
+                                rr.push(sum32(&r_));
                             }
                             (rc, rr)
                         }
@@ -822,6 +833,9 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 }
                 (Examples::Dpo(_), None) => unreachable!("dpo always has a reference"),
             }
+        }
+        if let Some(ms) = step_delay() {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let grad_norm = opt.grad_norm()?;
         if !grad_norm.is_finite() {
