@@ -211,3 +211,95 @@ pub fn generation(
     let (_, stats) = generate(net, &prompts, 1, &p, None, &mut |_, _| {})?;
     Ok(stats)
 }
+
+/// Outcome of [`dpo_step`].
+#[derive(Clone, Debug)]
+pub struct DpoBench {
+    pub steps: usize,
+    pub median_step_s: f64,
+    pub tokens_per_step: usize,
+    pub peak_rss_mib: f64,
+}
+
+/// Time full DPO optimizer steps (policy forward + backward + AdamW) on `pairs` synthetic
+/// pairs of `prompt_len + completion_len` tokens. With `cached`, the reference log-probs
+/// are computed once beforehand (as the cache does); without, a frozen 16-bit reference
+/// model is loaded and run under no_grad in every step.
+pub fn dpo_step(
+    policy: crate::model::Transformer,
+    reference: Option<crate::model::Transformer>,
+    pairs: usize,
+    prompt_len: usize,
+    completion_len: usize,
+    steps: usize,
+) -> Result<DpoBench> {
+    use crate::model::transformer::LinearCtx;
+    use crate::train::data::{Pair, Seq};
+    use crate::train::loss::{self, DpoParams, LossType};
+    let v = policy.cfg.vocab_size as u32;
+    let seq = |salt: u32| -> Seq {
+        let ids: Vec<u32> = (0..(prompt_len + completion_len) as u32)
+            .map(|i| (i * 7919 + salt * 104729 + 17) % v)
+            .collect();
+        Seq { ids, prompt_len }
+    };
+    let data: Vec<Pair> = (0..pairs as u32)
+        .map(|i| Pair {
+            chosen: seq(2 * i),
+            rejected: seq(2 * i + 1),
+        })
+        .collect();
+    let ps: Vec<&Pair> = data.iter().collect();
+    let seqs: Vec<&Seq> = ps
+        .iter()
+        .map(|p| &p.chosen)
+        .chain(ps.iter().map(|p| &p.rejected))
+        .collect();
+    let ref_sums = |net: &crate::model::Transformer| -> Result<(Vec<f64>, Vec<f64>)> {
+        let _ng = crate::autograd::NoGradGuard::new();
+        let s = loss::sequence_logps(net, &seqs, LinearCtx::default(), false)?
+            .sum
+            .to_vec_f64()?;
+        Ok((s[..pairs].to_vec(), s[pairs..].to_vec()))
+    };
+    let cached = if reference.is_none() {
+        Some(ref_sums(&policy)?)
+    } else {
+        None
+    };
+    let params = policy.named_parameters();
+    let mut opt = crate::train::optim::Optimizer::new(params, 0.0)?;
+    let p = DpoParams {
+        beta: 0.1,
+        loss_type: LossType::Sigmoid,
+        label_smoothing: 0.0,
+        rpo_alpha: None,
+        length_normalize: false,
+    };
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let (rc, rr) = match (&cached, &reference) {
+            (Some(c), _) => c.clone(),
+            (None, Some(r)) => ref_sums(r)?,
+            (None, None) => unreachable!(),
+        };
+        let lp = loss::sequence_logps(&policy, &seqs, LinearCtx::default(), true)?;
+        let (l, _) = loss::dpo_loss(&lp, &rc, &rr, &p)?;
+        l.backward()?;
+        let norm = opt.grad_norm()?;
+        opt.clip(norm, 1.0)?;
+        opt.step(1e-6)?;
+        if policy.device == Device::Gpu {
+            crate::backend::gpu::context()?.sync()?;
+        }
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(DpoBench {
+        steps,
+        median_step_s: times[times.len() / 2],
+        tokens_per_step: 2 * pairs * (prompt_len + completion_len),
+        peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}

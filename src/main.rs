@@ -178,6 +178,27 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1)]
         warmup: usize,
     },
+    /// Time DPO optimizer steps with the cached reference (default) or a live one.
+    Dpo {
+        #[arg(long, required_unless_present = "qwen_05b")]
+        model: Option<PathBuf>,
+        /// A random model shaped like Qwen2.5-0.5B (trained in f32).
+        #[arg(long = "qwen-0.5b")]
+        qwen_05b: bool,
+        /// Run a frozen bf16 reference model in every step instead of cached log-probs.
+        #[arg(long)]
+        no_ref_cache: bool,
+        #[arg(long, default_value_t = 2)]
+        pairs: usize,
+        #[arg(long, default_value_t = 64)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 64)]
+        completion_len: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Prefill and generation tokens/s of a model directory, or of a random model with
     /// Qwen2.5-0.5B's shapes (--qwen-0.5b).
     Generate {
@@ -543,6 +564,37 @@ fn train(mode: Mode, a: TrainArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// Make every parameter of a (random) model a trainable f32 leaf.
+fn trainable(mut net: ponder::model::Transformer) -> Result<ponder::model::Transformer> {
+    let leaf = |t: &ponder::Tensor| -> Result<ponder::Tensor> {
+        Ok(t.to_dtype(DType::F32)?.detach().requires_grad_())
+    };
+    net.embed_tokens = leaf(&net.embed_tokens)?;
+    net.norm = leaf(&net.norm)?;
+    for l in &mut net.layers {
+        l.input_layernorm = leaf(&l.input_layernorm)?;
+        l.post_attention_layernorm = leaf(&l.post_attention_layernorm)?;
+        for lin in [
+            &mut l.q_proj,
+            &mut l.k_proj,
+            &mut l.v_proj,
+            &mut l.o_proj,
+            &mut l.gate_proj,
+            &mut l.up_proj,
+            &mut l.down_proj,
+        ] {
+            lin.weight = leaf(&lin.weight)?;
+            if let Some(b) = &lin.bias {
+                lin.bias = Some(leaf(b)?);
+            }
+        }
+    }
+    if let Some(h) = &mut net.lm_head {
+        h.weight = leaf(&h.weight)?;
+    }
+    Ok(net)
+}
+
 fn save(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
     let m = Model::load(
         &dir,
@@ -594,6 +646,75 @@ fn bench(what: BenchCmd) -> Result<bool> {
             warmup,
             reps,
         )?,
+        BenchCmd::Dpo {
+            model,
+            qwen_05b,
+            no_ref_cache,
+            pairs,
+            prompt_len,
+            completion_len,
+            steps,
+            device: d,
+        } => {
+            let dev = device(d)?;
+            let (policy, reference, name) = if qwen_05b {
+                let cfg = ponder::model::Config::from_json(
+                    std::path::Path::new("<qwen2.5-0.5b shape>"),
+                    ponder::bench::qwen25_05b_config(),
+                )?;
+                let p = trainable(ponder::model::Transformer::random(
+                    &cfg,
+                    dev,
+                    DType::F32,
+                    7,
+                )?)?;
+                let r = if no_ref_cache {
+                    Some(ponder::model::Transformer::random(
+                        &cfg,
+                        dev,
+                        DType::BF16,
+                        8,
+                    )?)
+                } else {
+                    None
+                };
+                (p, r, "random Qwen2.5-0.5B-shaped model".to_string())
+            } else {
+                let dir = model.expect("clap requires --model");
+                let p = Model::load(
+                    &dir,
+                    LoadOpts {
+                        device: dev,
+                        keep_16bit: false,
+                        trainable: true,
+                    },
+                )?
+                .net;
+                let r = if no_ref_cache {
+                    Some(Model::load(&dir, frozen(dev))?.net)
+                } else {
+                    None
+                };
+                (p, r, dir.display().to_string())
+            };
+            let r = ponder::bench::dpo_step(
+                policy,
+                reference,
+                pairs,
+                prompt_len,
+                completion_len,
+                steps,
+            )?;
+            println!(
+                "dpo step on {dev}, {name}, reference {}: median {:.3}s per step, {} tokens/step = {:.1} tokens/s, peak RSS {:.0} MiB",
+                if no_ref_cache { "live (bf16 model each step)" } else { "cached log-probs" },
+                r.median_step_s,
+                r.tokens_per_step,
+                r.tokens_per_step as f64 / r.median_step_s,
+                r.peak_rss_mib
+            );
+            return Ok(true);
+        }
         BenchCmd::Generate {
             model,
             qwen_05b,

@@ -135,6 +135,9 @@ pub struct Forward<'a> {
     pub last_only: bool,
     /// LoRA switches (adapters off for the reference; dropout while training).
     pub linear: LinearCtx,
+    /// Project only these flattened positions (`b * T + t`) to logits, which then have
+    /// shape `(K, V)`: training needs logits on completion tokens only.
+    pub logit_rows: Option<Vec<u32>>,
 }
 
 pub struct Output {
@@ -574,10 +577,20 @@ impl Transformer {
             c.len = offset + t;
         }
         let hn = h.rms_norm(&self.norm, eps)?;
-        let hl = if fwd.last_only {
-            hn.narrow(1, t - 1, 1)?
-        } else {
-            hn.clone()
+        let hl = match (&fwd.logit_rows, fwd.last_only) {
+            (Some(rows), _) => {
+                if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b * t) {
+                    return Err(Error::invalid(
+                        "forward",
+                        format!("logit row {bad} is outside the ({b}, {t}) batch"),
+                    ));
+                }
+                // gather rows (an embedding lookup into the hidden states; its backward scatters)
+                let rows = Tensor::from_u32(rows.clone(), &[rows.len()], self.device)?;
+                hn.reshape(&[b * t, cfg.hidden_size])?.embedding(&rows)?
+            }
+            (None, true) => hn.narrow(1, t - 1, 1)?,
+            (None, false) => hn.clone(),
         };
         let logits = match &self.lm_head {
             Some(head) => head.forward_ctx(&hl, &fwd.linear, 1 << 40)?,

@@ -7,35 +7,36 @@ use crate::tensor::{CpuData, Tensor};
 
 /// Log-probs of a batch of sequences under a model, over completion tokens only.
 pub struct SeqLogps {
-    /// `(N, T-1)` log p(token t+1 | ..t); 0 off the completion. Differentiable.
+    /// `(K,)` log p of each completion token, sequence by sequence. Differentiable.
     pub per_token: Tensor,
     /// `(N,)` sums over each completion. Differentiable.
     pub sum: Tensor,
-    /// Completion tokens per sequence.
+    /// Completion tokens per sequence (they partition `per_token`).
     pub counts: Vec<usize>,
     /// Per sequence: sum over its completion positions of the mean logit over the vocab
     /// (TRL's logits/chosen is the mean of these over positions).
     pub logit_sums: Vec<f64>,
-    /// Padded length T.
-    pub t: usize,
 }
 
-/// Right-pad `seqs` to one `(N, T)` batch; targets `(N, T-1)` are the next token on
-/// completion positions and -100 elsewhere.
-pub fn pack(seqs: &[&Seq]) -> (Vec<u32>, usize, Vec<i32>) {
+/// Right-pad `seqs` to one `(N, T)` batch. Returns the ids, T, and for every completion
+/// token (sequence by sequence) the flattened position that predicts it and its id.
+pub fn pack(seqs: &[&Seq]) -> (Vec<u32>, usize, Vec<u32>, Vec<i32>) {
     let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1).max(2);
     let mut ids = vec![0u32; seqs.len() * t];
-    let mut tg = vec![-100i32; seqs.len() * (t - 1)];
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
     for (r, s) in seqs.iter().enumerate() {
         ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
         for p in s.prompt_len.max(1)..s.ids.len() {
-            tg[r * (t - 1) + p - 1] = s.ids[p] as i32;
+            rows.push((r * t + p - 1) as u32);
+            targets.push(s.ids[p] as i32);
         }
     }
-    (ids, t, tg)
+    (ids, t, rows, targets)
 }
 
-/// Forward `seqs` and gather the completion log-probs (fused log-softmax + gather).
+/// Forward `seqs`, projecting only the positions that predict completion tokens, and
+/// gather their log-probs (fused log-softmax + gather); per-sequence sums are one small
+/// matmul with a 0/1 segment matrix.
 pub fn sequence_logps(
     net: &Transformer,
     seqs: &[&Seq],
@@ -45,32 +46,50 @@ pub fn sequence_logps(
     if seqs.is_empty() {
         return Err(Error::invalid("logps", "empty batch"));
     }
-    let (ids, t, tg) = pack(seqs);
+    let (ids, t, rows, targets) = pack(seqs);
     let n = seqs.len();
+    let k = rows.len();
+    if k == 0 {
+        return Err(Error::invalid("logps", "no completion tokens in the batch"));
+    }
     let out = net.forward(
         &ids,
         n,
         t,
         Forward {
             linear,
+            logit_rows: Some(rows),
             ..Default::default()
         },
     )?;
-    let logits = out.logits.narrow(1, 0, t - 1)?; // (N, T-1, V)
-    let targets =
-        Tensor::from_cpu_data(CpuData::I32(tg.clone()), &[n, t - 1])?.to_device(net.device)?;
-    let per_token = logits.token_logprobs(&targets)?;
-    let sum = per_token.sum(-1, false)?;
+    let logits = out.logits; // (K, V)
+    let dev = net.device;
+    let tg = Tensor::from_cpu_data(CpuData::I32(targets), &[k])?.to_device(dev)?;
+    let per_token = logits.token_logprobs(&tg)?; // (K,)
     let counts: Vec<usize> = seqs.iter().map(|s| s.completion_len()).collect();
+    // per-sequence sums: gather each sequence's tokens into a zero-padded (N, L) table and
+    // reduce it (the same f64-accumulated sum the reference cache uses)
+    let lmax = counts.iter().copied().max().unwrap_or(1);
+    let mut idx = vec![k as u32; n * lmax];
+    let mut at = 0;
+    for (r, &c) in counts.iter().enumerate() {
+        for j in 0..c {
+            idx[r * lmax + j] = (at + j) as u32;
+        }
+        at += c;
+    }
+    let zero = Tensor::zeros(&[1], dev)?;
+    let table = Tensor::cat(&[&per_token, &zero], 0)?.reshape(&[k + 1, 1])?;
+    let idx = Tensor::from_u32(idx, &[n, lmax], dev)?;
+    let sum = table.embedding(&idx)?.reshape(&[n, lmax])?.sum(-1, false)?;
     let mut logit_sums = vec![0.0; n];
     if want_logits {
         let v = net.cfg.vocab_size as f64;
         let means = crate::autograd::no_grad(|| logits.detach().sum(-1, false))?.to_vec_f32()?;
-        for r in 0..n {
-            logit_sums[r] = (0..t - 1)
-                .filter(|&p| tg[r * (t - 1) + p] >= 0)
-                .map(|p| means[r * (t - 1) + p] as f64 / v)
-                .sum();
+        let mut at = 0;
+        for (r, &c) in counts.iter().enumerate() {
+            logit_sums[r] = means[at..at + c].iter().map(|&m| m as f64 / v).sum();
+            at += c;
         }
     }
     Ok(SeqLogps {
@@ -78,7 +97,6 @@ pub fn sequence_logps(
         sum,
         counts,
         logit_sums,
-        t,
     })
 }
 

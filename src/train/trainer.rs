@@ -291,14 +291,14 @@ fn cache_path(args: &TrainArgs, key: u64) -> PathBuf {
     dir.join(format!("ref-{key:016x}.logps"))
 }
 
-/// Per-token log-probs of each sequence's completion, from a `(N, T-1)` table.
-fn completion_values(per_token: &[f32], seqs: &[&Seq], t: usize) -> Vec<Vec<f32>> {
-    seqs.iter()
-        .enumerate()
-        .map(|(r, s)| {
-            (s.prompt_len.max(1)..s.ids.len())
-                .map(|p| per_token[r * (t - 1) + p - 1])
-                .collect()
+/// Split the completion-token log-probs `(K,)` into one vector per sequence.
+fn completion_values(per_token: &[f32], counts: &[usize]) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    counts
+        .iter()
+        .map(|&c| {
+            at += c;
+            per_token[at - c..at].to_vec()
         })
         .collect()
 }
@@ -395,7 +395,7 @@ fn build_cache(
             false,
         )?;
         summary.ref_forwards += 1;
-        let vals = completion_values(&lp.per_token.to_vec_f32()?, &seqs, lp.t);
+        let vals = completion_values(&lp.per_token.to_vec_f32()?, &lp.counts);
         let n = chunk.len();
         out.chosen.extend(vals[..n].iter().cloned());
         out.rejected.extend(vals[n..].iter().cloned());

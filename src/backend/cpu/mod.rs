@@ -13,7 +13,14 @@ use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
+use rayon::prelude::*;
+
 use super::{AttnDims, BinaryOp, ReduceOp, UnaryOp, LSE_MASKED};
+
+/// Tensors at least this large run their elementwise and row loops on rayon's threads.
+/// Each element (or row) is still computed by exactly one thread in a fixed order, so
+/// results do not depend on the thread count.
+const PAR_MIN: usize = 1 << 15;
 use crate::dtype::DType;
 use crate::shape::Layout;
 use crate::tensor::CpuData;
@@ -152,6 +159,9 @@ pub fn unary<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
             UnaryOp::Affine(..) => p0 * x + p1,
         }
     };
+    if x.len() >= PAR_MIN {
+        return x.par_iter().map(|&v| f(v)).collect();
+    }
     x.iter().map(|&v| f(v)).collect()
 }
 
@@ -201,6 +211,9 @@ pub fn unary_grad<T: Real>(op: UnaryOp, x: &[T], g: &[T]) -> Vec<T> {
             UnaryOp::Affine(..) => p0,
         }
     };
+    if x.len() >= PAR_MIN {
+        return x.par_iter().zip(g).map(|(&x, &g)| g * df(x)).collect();
+    }
     x.iter().zip(g).map(|(&x, &g)| g * df(x)).collect()
 }
 
@@ -221,6 +234,21 @@ fn binary_scalar<T: Real>(op: BinaryOp, a: T, b: T) -> T {
     }
 }
 
+/// Storage offset of the start of every innermost row of `l` (row-major order), the row
+/// length and the inner stride: strided loops walk rows, not elements.
+fn rows_of(l: &Layout) -> (Vec<usize>, usize, usize) {
+    if l.rank() == 0 {
+        return (vec![l.offset], 1, 1);
+    }
+    let r = l.rank();
+    let outer = Layout {
+        shape: l.shape[..r - 1].to_vec(),
+        strides: l.strides[..r - 1].to_vec(),
+        offset: l.offset,
+    };
+    (outer.indices().collect(), l.shape[r - 1], l.strides[r - 1])
+}
+
 /// c = a (op) b, where `la` and `lb` are already broadcast to the output shape.
 pub fn binary<T: Real>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
     if la.is_contiguous() && lb.is_contiguous() {
@@ -228,16 +256,37 @@ pub fn binary<T: Real>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout)
             &a[la.offset..la.offset + la.numel()],
             &b[lb.offset..lb.offset + lb.numel()],
         );
+        if a.len() >= PAR_MIN {
+            return a
+                .par_iter()
+                .zip(b)
+                .map(|(&x, &y)| binary_scalar(op, x, y))
+                .collect();
+        }
         return a
             .iter()
             .zip(b)
             .map(|(&x, &y)| binary_scalar(op, x, y))
             .collect();
     }
-    la.indices()
-        .zip(lb.indices())
-        .map(|(i, j)| binary_scalar(op, a[i], b[j]))
-        .collect()
+    let (ra, n, sa) = rows_of(la);
+    let (rb, _, sb) = rows_of(lb);
+    let mut out = vec![T::zero(); la.numel()];
+    if n == 0 {
+        return out;
+    }
+    let row = |(i, o): (usize, &mut [T])| {
+        let (oa, ob) = (ra[i], rb[i]);
+        for (j, c) in o.iter_mut().enumerate() {
+            *c = binary_scalar(op, a[oa + j * sa], b[ob + j * sb]);
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(n).enumerate().for_each(row);
+    }
+    out
 }
 
 /// out = cond != 0 ? a : b, all three broadcast to the output shape.
@@ -257,9 +306,36 @@ pub fn where_select<T: Real>(
 }
 
 /// Copy a strided view into a strided destination of the same shape.
-pub fn copy_strided<S: Copy>(src: &[S], ls: &Layout, dst: &mut [S], ld: &Layout) {
-    for (i, j) in ls.indices().zip(ld.indices()) {
-        dst[j] = src[i];
+pub fn copy_strided<S: Copy + Send + Sync>(src: &[S], ls: &Layout, dst: &mut [S], ld: &Layout) {
+    let (rs, n, ss) = rows_of(ls);
+    let (rd, _, sd) = rows_of(ld);
+    if n == 0 {
+        return;
+    }
+    if ld.is_contiguous() {
+        // rows of a dense destination are disjoint slices: fill them in parallel
+        let dense = &mut dst[ld.offset..ld.offset + ld.numel()];
+        let fill = |(i, o): (usize, &mut [S])| {
+            let base = rs[i];
+            if ss == 1 {
+                o.copy_from_slice(&src[base..base + n]);
+            } else {
+                for (j, d) in o.iter_mut().enumerate() {
+                    *d = src[base + j * ss];
+                }
+            }
+        };
+        if dense.len() >= PAR_MIN {
+            dense.par_chunks_mut(n).enumerate().for_each(fill);
+        } else {
+            dense.chunks_mut(n).enumerate().for_each(fill);
+        }
+        return;
+    }
+    for (&s0, &d0) in rs.iter().zip(&rd) {
+        for j in 0..n {
+            dst[d0 + j * sd] = src[s0 + j * ss];
+        }
     }
 }
 
@@ -331,18 +407,20 @@ pub fn softmax_rows<T: Real>(x: &[T], n: usize, log: bool) -> Vec<T> {
     if n == 0 {
         return out;
     }
-    for (xr, yr) in x.chunks(n).zip(out.chunks_mut(n)) {
-        let m = xr.iter().fold(xr[0], |a, &b| a.maxv(b));
-        let sum: f64 = xr.iter().map(|&v| (v - m).exp().to_f64()).sum();
-        let sum = T::from_f64(sum);
-        for (y, &v) in yr.iter_mut().zip(xr) {
-            *y = if log {
-                v - m - sum.ln()
-            } else {
-                (v - m).exp() / sum
-            };
-        }
-    }
+    out.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .for_each(|(yr, xr)| {
+            let m = xr.iter().fold(xr[0], |a, &b| a.maxv(b));
+            let sum: f64 = xr.iter().map(|&v| (v - m).exp().to_f64()).sum();
+            let sum = T::from_f64(sum);
+            for (y, &v) in yr.iter_mut().zip(xr) {
+                *y = if log {
+                    v - m - sum.ln()
+                } else {
+                    (v - m).exp() / sum
+                };
+            }
+        });
     out
 }
 
@@ -351,34 +429,44 @@ pub fn softmax_rows<T: Real>(x: &[T], n: usize, log: bool) -> Vec<T> {
 /// y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), per row of `(rows, c)`.
 /// Returns (y, rstd).
 pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>) {
-    let rows = x.len() / c.max(1);
+    let c = c.max(1);
+    let rows = x.len() / c;
     let mut y = vec![T::zero(); x.len()];
     let mut rstd = vec![T::zero(); rows];
-    for r in 0..rows {
-        let xr = &x[r * c..(r + 1) * c];
-        let ms: f64 = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / c as f64;
-        let rs = T::from_f64(1.0 / (ms + eps).sqrt());
-        rstd[r] = rs;
-        for j in 0..c {
-            y[r * c + j] = xr[j] * rs * w[j];
-        }
-    }
+    y.par_chunks_mut(c)
+        .zip(rstd.par_iter_mut())
+        .zip(x.par_chunks(c))
+        .for_each(|((yr, rs), xr)| {
+            let ms: f64 = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / c as f64;
+            let r = T::from_f64(1.0 / (ms + eps).sqrt());
+            *rs = r;
+            for j in 0..c {
+                yr[j] = xr[j] * r * w[j];
+            }
+        });
     (y, rstd)
 }
 
 /// Backward of [`rmsnorm`]: with gw = g * w,
 /// dx_j = rstd * gw_j - x_j * rstd^3 * mean_i(gw_i * x_i);  dw_j = sum_rows g_j * x_j * rstd.
 pub fn rmsnorm_bwd<T: Real>(x: &[T], w: &[T], rstd: &[T], g: &[T], c: usize) -> (Vec<T>, Vec<T>) {
-    let rows = rstd.len();
     let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .zip(g.par_chunks(c))
+        .zip(rstd.par_iter())
+        .for_each(|(((dxr, xr), gr), &rs)| {
+            let dot: f64 = (0..c).map(|j| (gr[j] * w[j] * xr[j]).to_f64()).sum::<f64>() / c as f64;
+            let k = T::from_f64(dot) * rs * rs * rs;
+            for j in 0..c {
+                dxr[j] = rs * gr[j] * w[j] - xr[j] * k;
+            }
+        });
+    // dw_j = sum over rows, accumulated row by row (a fixed order)
     let mut dw = vec![0.0f64; c];
-    for r in 0..rows {
+    for (r, &rs) in rstd.iter().enumerate() {
         let (xr, gr) = (&x[r * c..(r + 1) * c], &g[r * c..(r + 1) * c]);
-        let rs = rstd[r];
-        let dot: f64 = (0..c).map(|j| (gr[j] * w[j] * xr[j]).to_f64()).sum::<f64>() / c as f64;
-        let k = T::from_f64(dot) * rs * rs * rs;
         for j in 0..c {
-            dx[r * c + j] = rs * gr[j] * w[j] - xr[j] * k;
             dw[j] += (gr[j] * xr[j] * rs).to_f64();
         }
     }
@@ -445,14 +533,18 @@ pub fn swiglu<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
 
 /// d gate = g * up * silu'(gate),  d up = g * silu(gate).
 pub fn swiglu_bwd<T: Real>(gate: &[T], up: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
-    let mut dgate = Vec::with_capacity(gate.len());
-    let mut dup = Vec::with_capacity(gate.len());
-    for i in 0..gate.len() {
-        let (a, u, gi) = (gate[i], up[i], g[i]);
-        let s = sigmoid(a);
-        dgate.push(gi * u * (s + a * s * (T::one() - s)));
-        dup.push(gi * a * s);
-    }
+    let mut dgate = vec![T::zero(); gate.len()];
+    let mut dup = vec![T::zero(); gate.len()];
+    dgate
+        .par_iter_mut()
+        .zip(dup.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (dg, du))| {
+            let (a, u, gi) = (gate[i], up[i], g[i]);
+            let s = sigmoid(a);
+            *dg = gi * u * (s + a * s * (T::one() - s));
+            *du = gi * a * s;
+        });
     (dgate, dup)
 }
 
@@ -604,16 +696,20 @@ pub fn attention_bwd<T: Real>(
 pub fn token_logprobs<T: Real>(x: &[T], targets: &[i32], v: usize) -> (Vec<T>, Vec<T>) {
     let mut lp = vec![T::zero(); targets.len()];
     let mut lse = vec![T::zero(); targets.len()];
-    for (n, &t) in targets.iter().enumerate() {
-        let row = &x[n * v..(n + 1) * v];
-        let m = row.iter().fold(row[0], |a, &b| a.maxv(b));
-        let sum: f64 = row.iter().map(|&z| (z - m).exp().to_f64()).sum();
-        let l = m + T::from_f64(sum.ln());
-        lse[n] = l;
-        if t >= 0 {
-            lp[n] = row[t as usize] - l;
-        }
-    }
+    lp.par_iter_mut()
+        .zip(lse.par_iter_mut())
+        .enumerate()
+        .for_each(|(n, (lp, lse))| {
+            let row = &x[n * v..(n + 1) * v];
+            let m = row.iter().fold(row[0], |a, &b| a.maxv(b));
+            let sum: f64 = row.iter().map(|&z| (z - m).exp().to_f64()).sum();
+            let l = m + T::from_f64(sum.ln());
+            *lse = l;
+            let t = targets[n];
+            if t >= 0 {
+                *lp = row[t as usize] - l;
+            }
+        });
     (lp, lse)
 }
 
@@ -626,16 +722,19 @@ pub fn token_logprobs_bwd<T: Real>(
     v: usize,
 ) -> Vec<T> {
     let mut dx = vec![T::zero(); x.len()];
-    for (n, &t) in targets.iter().enumerate() {
-        if t < 0 {
-            continue;
-        }
-        for j in 0..v {
-            let p = (x[n * v + j] - lse[n]).exp();
-            let onehot = if j == t as usize { T::one() } else { T::zero() };
-            dx[n * v + j] = g[n] * (onehot - p);
-        }
-    }
+    dx.par_chunks_mut(v.max(1))
+        .enumerate()
+        .for_each(|(n, row)| {
+            let t = targets[n];
+            if t < 0 {
+                return;
+            }
+            for j in 0..v {
+                let p = (x[n * v + j] - lse[n]).exp();
+                let onehot = if j == t as usize { T::one() } else { T::zero() };
+                row[j] = g[n] * (onehot - p);
+            }
+        });
     dx
 }
 
@@ -667,11 +766,15 @@ pub fn adamw<T: Real>(h: &AdamW, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T])
     let f = |x: f32| T::from_f64(x as f64);
     let (lr, b1, b2, eps, wd) = (f(h.lr), f(h.beta1), f(h.beta2), f(h.eps), f(h.weight_decay));
     let (bc1, bc2) = (f(bc1), f(bc2));
-    for i in 0..p.len() {
-        p[i] -= lr * wd * p[i];
-        m[i] = b1 * m[i] + (T::one() - b1) * g[i];
-        v[i] = b2 * v[i] + (T::one() - b2) * g[i] * g[i];
-        let denom = (v[i] / bc2).sqrt() + eps;
-        p[i] -= lr * (m[i] / bc1) / denom;
-    }
+    p.par_iter_mut()
+        .zip(m.par_iter_mut())
+        .zip(v.par_iter_mut())
+        .zip(g.par_iter())
+        .for_each(|(((p, m), v), &g)| {
+            *p -= lr * wd * *p;
+            *m = b1 * *m + (T::one() - b1) * g;
+            *v = b2 * *v + (T::one() - b2) * g * g;
+            let denom = (*v / bc2).sqrt() + eps;
+            *p -= lr * (*m / bc1) / denom;
+        });
 }
