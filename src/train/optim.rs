@@ -157,3 +157,47 @@ impl Optimizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(kind: Scheduler, warmup: usize) -> Schedule {
+        Schedule {
+            kind,
+            lr: 1.0,
+            warmup_steps: warmup,
+            total_steps: 10,
+            min_lr: 0.1,
+        }
+    }
+
+    #[test]
+    fn schedules_follow_transformers() {
+        // warmup: step / warmup (step 0 uses lr 0), then the decay over the remaining steps
+        let c = s(Scheduler::Constant, 2);
+        assert_eq!(
+            [c.lr_at(0), c.lr_at(1), c.lr_at(2), c.lr_at(9)],
+            [0.0, 0.5, 1.0, 1.0]
+        );
+        let l = s(Scheduler::Linear, 2);
+        // (10 - step) / (10 - 2)
+        assert_eq!([l.lr_at(2), l.lr_at(6), l.lr_at(9)], [1.0, 0.5, 0.125]);
+        let k = s(Scheduler::Cosine, 0);
+        // 0.5 (1 + cos(pi step / 10))
+        assert!((k.lr_at(5) - 0.5).abs() < 1e-12 && (k.lr_at(0) - 1.0).abs() < 1e-12);
+        assert!((k.lr_at(9) - 0.5 * (1.0 + (0.9 * std::f64::consts::PI).cos())).abs() < 1e-12);
+        let m = s(Scheduler::CosineWithMinLr, 0);
+        // min + (lr - min) 0.5 (1 + cos(pi progress))
+        assert!((m.lr_at(5) - (0.1 + 0.9 * 0.5)).abs() < 1e-12);
+        assert!(m.lr_at(10) >= 0.1 - 1e-12);
+    }
+
+    #[test]
+    fn weight_decay_skips_biases_and_norms() {
+        assert!(decays("model.layers.0.self_attn.q_proj.weight"));
+        assert!(!decays("model.layers.0.self_attn.q_proj.bias"));
+        assert!(!decays("model.layers.0.input_layernorm.weight"));
+        assert!(!decays("model.norm.weight"));
+    }
+}

@@ -19,6 +19,8 @@ use super::data::Pair;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"PONDREF1";
+/// Bumped whenever the way log-probs are computed changes, so older caches go stale.
+const NUMERICS_VERSION: &[u8] = b"ponder-logps-2";
 const HEADER: usize = 40;
 
 /// Streaming key builder.
@@ -28,6 +30,7 @@ impl Default for KeyHasher {
     fn default() -> Self {
         let mut h = Xxh3::new();
         h.update(MAGIC);
+        h.update(NUMERICS_VERSION);
         KeyHasher(h)
     }
 }
