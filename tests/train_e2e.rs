@@ -461,3 +461,49 @@ fn bad_data_lines_are_reported_with_file_and_line() {
         .iter()
         .all(|p| p.chosen.ids.len() <= 9 && p.chosen.prompt_len <= 5));
 }
+
+#[test]
+fn sft_on_messages_learns_and_lora_dropout_is_reproducible() {
+    let dir = tmp("sftmsg");
+    let data = dir.join("chat.jsonl");
+    let mut lines = String::new();
+    for (q, a) in [
+        ("What is 2+3?", "2 + 3 = 5."),
+        ("What is 7+1?", "7 + 1 = 8."),
+        ("What is 4+4?", "4 + 4 = 8."),
+        ("What is 9+0?", "9 + 0 = 9."),
+    ] {
+        lines.push_str(&serde_json::json!({"messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    let mut a: TrainArgs = serde_json::from_value(serde_json::json!({"model": root().join("qwen2-tied"), "data": data, "out": dir.join("full")})).unwrap();
+    a.lr = Some(3e-3);
+    a.steps = Some(12);
+    a.lr_scheduler = ponder::train::optim::Scheduler::Constant;
+    a.device = Some("cpu".into());
+    a.quiet = true;
+    train(Mode::Sft, &a).unwrap();
+    let loss = column(&a.out, "loss");
+    assert!(loss[11] < 0.5 * loss[0], "SFT loss did not fall: {loss:?}");
+    // LoRA with dropout: masks come from (seed, step, micro-batch), so runs repeat exactly
+    let mut b = a.clone();
+    b.out = dir.join("lora1");
+    b.lora_r = Some(4);
+    b.lora_dropout = 0.3;
+    b.steps = Some(4);
+    train(Mode::Sft, &b).unwrap();
+    let mut c = b.clone();
+    c.out = dir.join("lora2");
+    train(Mode::Sft, &c).unwrap();
+    assert_eq!(column(&b.out, "loss"), column(&c.out, "loss"));
+    let mut d = b.clone();
+    d.out = dir.join("lora3");
+    d.lora_dropout = 0.0;
+    train(Mode::Sft, &d).unwrap();
+    assert_ne!(
+        column(&b.out, "loss")[1..],
+        column(&d.out, "loss")[1..],
+        "dropout had no effect"
+    );
+}
