@@ -143,8 +143,51 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
     idx[probs.len() - 1]
 }
 
-/// Generate `n` continuations of every prompt. `on_token(row, id)` sees each token as it
-/// is chosen (row = prompt * n + sample).
+/// One batched forward with per-row positions and key ranges, returning the last
+/// position's logits on the host (an explicit readback), `(rows, V)` row-major.
+fn step_logits(
+    net: &Transformer,
+    ids: &[u32],
+    rows: usize,
+    t: usize,
+    positions: Vec<Vec<usize>>,
+    kv_ranges: &Tensor,
+    cache: &mut KvCache,
+) -> Result<Vec<f32>> {
+    let fwd = Forward {
+        positions: Some(positions),
+        kv_ranges: Some(kv_ranges.clone()),
+        cache: Some(cache),
+        last_only: true,
+        ..Default::default()
+    };
+    net.forward(ids, rows, t, fwd)?.logits.to_vec_f32()
+}
+
+/// Copy each prompt's first `l` cached positions into the `n` decoding rows that continue
+/// it: one strided copy per layer and tensor (a stride-0 source dimension repeats a row).
+fn fan_out(src: &KvCache, dst: &KvCache, n: usize, l: usize) -> Result<()> {
+    for (s, d) in src.k.iter().zip(&dst.k).chain(src.v.iter().zip(&dst.v)) {
+        let (p, sc, h, hd) = (s.shape()[0], src.capacity, s.shape()[2], s.shape()[3]);
+        let dc = dst.capacity;
+        let from = crate::shape::Layout {
+            shape: vec![p, n, l, h, hd],
+            strides: vec![sc * h * hd, 0, h * hd, hd, 1],
+            offset: 0,
+        };
+        let to = crate::shape::Layout {
+            shape: vec![p, n, l, h, hd],
+            strides: vec![n * dc * h * hd, dc * h * hd, h * hd, hd, 1],
+            offset: 0,
+        };
+        crate::ops::movement::copy_into(&s.with_layout(from), d, &to)?;
+    }
+    Ok(())
+}
+
+/// Generate `n` continuations of every prompt. Each prompt is prefilled once; its cached
+/// keys and values are then fanned out to the `n` rows that sample from it.
+/// `on_token(row, id)` sees each token as it is chosen (row = prompt * n + sample).
 pub fn generate(
     net: &Transformer,
     prompts: &[Vec<u32>],
@@ -169,7 +212,7 @@ pub fn generate(
         ));
     }
     let _ng = crate::autograd::NoGradGuard::new();
-    let rows = prompts.len() * n;
+    let (np, rows) = (prompts.len(), prompts.len() * n);
     let l = prompts.iter().map(|q| q.len()).max().unwrap();
     let cap = l + p.max_new_tokens;
     if cap > net.cfg.max_position_embeddings {
@@ -178,15 +221,19 @@ pub fn generate(
             net.cfg.max_position_embeddings
         );
     }
-    let start: Vec<usize> = (0..rows).map(|r| l - prompts[r / n].len()).collect();
-    let mut ids = Vec::with_capacity(rows * l);
-    for r in 0..rows {
-        ids.extend(std::iter::repeat_n(0u32, start[r]));
-        ids.extend(&prompts[r / n]);
+    // left padding: prompt i starts at start[i]; its keys are [start[i], ...)
+    let start: Vec<usize> = prompts.iter().map(|q| l - q.len()).collect();
+    let mut ids = Vec::with_capacity(np * l);
+    for q in prompts {
+        ids.extend(std::iter::repeat_n(0u32, l - q.len()));
+        ids.extend(q);
     }
-    let ranges: Vec<u32> = start.iter().flat_map(|&s| [s as u32, cap as u32]).collect();
-    let kv_ranges = Tensor::from_u32(ranges, &[rows, 2], net.device)?;
-    let mut cache = KvCache::new(&net.cfg, rows, cap, net.device)?;
+    let ranges = |per: usize, end: usize| -> Result<Tensor> {
+        let r: Vec<u32> = (0..np * per)
+            .flat_map(|r| [start[r / per] as u32, end as u32])
+            .collect();
+        Tensor::from_u32(r, &[np * per, 2], net.device)
+    };
     let mut rngs: Vec<_> = (0..rows)
         .map(|r| crate::util::rng(p.seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
         .collect();
@@ -201,30 +248,32 @@ pub fn generate(
     let mut done = vec![false; rows];
     let mut stats = GenStats {
         rows,
-        prefill_tokens: rows * l,
+        prefill_tokens: np * l,
         ..Default::default()
     };
     let v = net.cfg.vocab_size;
 
+    // prefill each distinct prompt once, then fan its cache out to its n rows
     let t0 = Instant::now();
-    let positions: Vec<Vec<usize>> = (0..rows)
-        .map(|r| (0..l).map(|t| t.saturating_sub(start[r])).collect())
+    let mut cache = KvCache::new(&net.cfg, rows, cap, net.device)?;
+    let positions: Vec<Vec<usize>> = (0..np)
+        .map(|i| (0..l).map(|t| t.saturating_sub(start[i])).collect())
         .collect();
-    let out = net.forward(
-        &ids,
-        rows,
-        l,
-        Forward {
-            positions: Some(positions),
-            kv_ranges: Some(kv_ranges.clone()),
-            cache: Some(&mut cache),
-            last_only: true,
-            ..Default::default()
-        },
-    )?;
-    let mut logits = out.logits.to_vec_f32()?; // explicit readback: (rows, 1, V)
+    let prompt_logits = if n == 1 {
+        step_logits(net, &ids, np, l, positions, &ranges(1, cap)?, &mut cache)?
+    } else {
+        let mut pre = KvCache::new(&net.cfg, np, l, net.device)?;
+        let lg = step_logits(net, &ids, np, l, positions, &ranges(1, l)?, &mut pre)?;
+        fan_out(&pre, &cache, n, l)?;
+        cache.len = l;
+        lg
+    };
+    let mut logits: Vec<f32> = (0..rows)
+        .flat_map(|r| prompt_logits[(r / n) * v..(r / n + 1) * v].iter().copied())
+        .collect();
     stats.prefill_s = t0.elapsed().as_secs_f64();
 
+    let kv_ranges = ranges(n, cap)?;
     let t1 = Instant::now();
     for step in 0..p.max_new_tokens {
         let mut next = vec![0u32; rows];
@@ -249,20 +298,8 @@ pub fn generate(
         if done.iter().all(|&d| d) || step + 1 == p.max_new_tokens {
             break;
         }
-        let positions: Vec<Vec<usize>> = (0..rows).map(|r| vec![l + step - start[r]]).collect();
-        let out = net.forward(
-            &next,
-            rows,
-            1,
-            Forward {
-                positions: Some(positions),
-                kv_ranges: Some(kv_ranges.clone()),
-                cache: Some(&mut cache),
-                last_only: true,
-                ..Default::default()
-            },
-        )?;
-        logits = out.logits.to_vec_f32()?;
+        let positions: Vec<Vec<usize>> = (0..rows).map(|r| vec![l + step - start[r / n]]).collect();
+        logits = step_logits(net, &next, rows, 1, positions, &kv_ranges, &mut cache)?;
     }
     stats.decode_s = t1.elapsed().as_secs_f64();
     Ok((seqs, stats))

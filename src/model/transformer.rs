@@ -160,6 +160,20 @@ pub struct Transformer {
     pub device: Device,
 }
 
+/// PEFT module names of LoRA targets given as `q`, `gate`, ... or `q_proj`, `gate_proj`, ...
+pub fn lora_target_names(targets: &[String]) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| {
+            if t.ends_with("_proj") {
+                t.clone()
+            } else {
+                format!("{t}_proj")
+            }
+        })
+        .collect()
+}
+
 /// Supplies a weight by (HF name, shape, is a 2-D matrix).
 type GetWeight<'a> = dyn FnMut(&str, &[usize], bool) -> Result<Tensor> + 'a;
 
@@ -379,16 +393,7 @@ impl Transformer {
         dropout: f32,
         seed: u64,
     ) -> Result<()> {
-        let want: Vec<String> = targets
-            .iter()
-            .map(|t| {
-                if t.ends_with("_proj") {
-                    t.clone()
-                } else {
-                    format!("{t}_proj")
-                }
-            })
-            .collect();
+        let want = lora_target_names(targets);
         const KNOWN: [&str; 7] = [
             "q_proj",
             "k_proj",

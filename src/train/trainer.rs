@@ -951,17 +951,7 @@ fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
         &args.out.join("adapter_model.safetensors"),
         &crate::model::save::safetensors_bytes(&params, args.save_dtype.dtype())?,
     )?;
-    let targets: Vec<String> = args
-        .lora_targets
-        .iter()
-        .map(|t| {
-            if t.ends_with("_proj") {
-                t.clone()
-            } else {
-                format!("{t}_proj")
-            }
-        })
-        .collect();
+    let targets = crate::model::transformer::lora_target_names(&args.lora_targets);
     let cfg = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
