@@ -258,8 +258,8 @@ enum Reference {
     Adapters,
 }
 
-fn log(args: &TrainArgs, msg: impl std::fmt::Display) {
-    let _ = args;
+/// Run messages go to stderr (the progress bar, hidden by --quiet, draws there too).
+fn log(msg: impl std::fmt::Display) {
     eprintln!("{msg}");
 }
 
@@ -341,32 +341,23 @@ fn build_cache(
     let path = cache_path(args, key);
     match RefCache::open(&path, key, pairs.len()) {
         Ok(c) => {
-            log(args, format!("reference cache: hit, {} ({} pairs, {} token log-probs); no reference forward needed", path.display(), c.len(), c.values()));
+            log(format!("reference cache: hit, {} ({} pairs, {} token log-probs); no reference forward needed", path.display(), c.len(), c.values()));
             summary.cache = Some(format!("hit {}", path.display()));
             return Ok(c);
         }
-        Err(Invalid::Missing) => log(
-            args,
-            format!(
-                "reference cache: miss, computing reference log-probs for {} pairs into {}",
-                pairs.len(),
-                path.display()
-            ),
-        ),
-        Err(Invalid::Stale(why)) => log(
-            args,
-            format!(
-                "reference cache {} is stale ({why}); rebuilding",
-                path.display()
-            ),
-        ),
-        Err(Invalid::Corrupt(why)) => log(
-            args,
-            format!(
-                "reference cache {} is corrupted ({why}); rebuilding",
-                path.display()
-            ),
-        ),
+        Err(Invalid::Missing) => log(format!(
+            "reference cache: miss, computing reference log-probs for {} pairs into {}",
+            pairs.len(),
+            path.display()
+        )),
+        Err(Invalid::Stale(why)) => log(format!(
+            "reference cache {} is stale ({why}); rebuilding",
+            path.display()
+        )),
+        Err(Invalid::Corrupt(why)) => log(format!(
+            "reference cache {} is corrupted ({why}); rebuilding",
+            path.display()
+        )),
     }
     let net = ref_net()?;
     let _ng = crate::autograd::NoGradGuard::new();
@@ -610,7 +601,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             (Examples::Dpo(v), s)
         }
     };
-    log(args, format!("data {}: {stats}", args.data.display()));
+    log(format!("data {}: {stats}", args.data.display()));
     let n = examples.len();
     let bs = args.batch_size.max(1);
     let ga = args.grad_accum.max(1);
@@ -641,7 +632,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         m.net.named_parameters()
     };
     let trainable: usize = params.iter().map(|(_, p)| p.numel()).sum();
-    log(args, format!("{:?} on {device}: {} parameters, {trainable} trainable{}; {total_steps} steps of {ga} x {bs}", mode, m.net.num_parameters(), if lora { " (LoRA)" } else { "" }));
+    log(format!("{:?} on {device}: {} parameters, {trainable} trainable{}; {total_steps} steps of {ga} x {bs}", mode, m.net.num_parameters(), if lora { " (LoRA)" } else { "" }));
     let mut opt = Optimizer::new(params, args.weight_decay as f32)?;
     let mut summary = Summary {
         out: args.out.clone(),
@@ -679,7 +670,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 .net)
             };
             if args.no_ref_cache {
-                log(args, "reference: computed on the fly (--no-ref-cache)");
+                log("reference: computed on the fly (--no-ref-cache)");
                 Some(match (&args.ref_model, lora) {
                     (None, true) => Reference::Adapters,
                     _ => Reference::Model(Box::new(frozen(&ref_dir)?)),
@@ -735,10 +726,10 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         }
         start_step = st.step;
         keep_lines = st.metrics_lines;
-        log(
-            args,
-            format!("resumed from {} at step {start_step}", dir.display()),
-        );
+        log(format!(
+            "resumed from {} at step {start_step}",
+            dir.display()
+        ));
     }
     let mut mw = MetricsWriter::open(&metrics_path, keep_lines)?;
 
@@ -908,10 +899,10 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     // the trained model, or the adapter
     if lora && !args.merge_lora {
         save_adapter(&m.net, args)?;
-        log(
-            args,
-            format!("saved LoRA adapter (PEFT format) to {}", args.out.display()),
-        );
+        log(format!(
+            "saved LoRA adapter (PEFT format) to {}",
+            args.out.display()
+        ));
     } else {
         if lora {
             m.net.merge_lora()?;
@@ -922,7 +913,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             &args.out,
             args.save_dtype.dtype(),
         )?;
-        log(args, format!("saved model to {}", args.out.display()));
+        log(format!("saved model to {}", args.out.display()));
     }
     let rows = metrics::read(&metrics_path)?;
     let keys: &[&str] = if mode == Mode::Dpo {
@@ -932,15 +923,12 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     };
     let plot_path = metrics_path.with_extension("svg");
     metrics::plot(&rows, keys, &plot_path)?;
-    log(
-        args,
-        format!(
-            "metrics: {} ({} steps), plot: {}",
-            metrics_path.display(),
-            rows.len(),
-            plot_path.display()
-        ),
-    );
+    log(format!(
+        "metrics: {} ({} steps), plot: {}",
+        metrics_path.display(),
+        rows.len(),
+        plot_path.display()
+    ));
     Ok(summary)
 }
 

@@ -581,10 +581,12 @@ pub fn embedding_bwd(g: &Tensor, ids: &Tensor, v: usize, c: usize) -> Result<Ten
 /// Queries per workgroup in the attention kernels (one thread per query row).
 const ATT_Q: usize = 64;
 
-fn attn_spec(hd: usize) -> Vec<(&'static str, u32)> {
-    // K and V tiles of BKV keys share 16 KiB of workgroup memory.
-    let bkv = (16384 / (8 * hd)).clamp(1, 64) as u32;
-    vec![("HD", hd as u32), ("BKV", bkv), ("WQ", ATT_Q as u32)]
+fn attn_spec(hd: usize) -> Result<Vec<(&'static str, u32)>> {
+    // Two tiles of BKV keys x HD floats (K and V, or q and dO) plus two BKV-float rows
+    // share the workgroup memory the device offers (16 KiB on the smallest).
+    let budget = context()?.limits.max_compute_workgroup_storage_size as usize;
+    let bkv = (budget.saturating_sub(64) / (8 * hd + 8)).clamp(1, 64) as u32;
+    Ok(vec![("HD", hd as u32), ("BKV", bkv), ("WQ", ATT_Q as u32)])
 }
 
 fn attn_uniform(d: &AttnDims, has_ranges: bool) -> Uniform {
@@ -641,7 +643,7 @@ pub fn attention(
     context()?.dispatch(
         "attention",
         "attn_fwd",
-        &attn_spec(d.hd),
+        &attn_spec(d.hd)?,
         &u.0,
         &[
             (1, buf(q)),
@@ -676,7 +678,7 @@ pub fn attention_bwd(
     };
     let ctx = context()?;
     let u = attn_uniform(d, ranges.is_some());
-    let spec = attn_spec(d.hd);
+    let spec = attn_spec(d.hd)?;
     let rows = d.b * d.nh * d.t;
     // stats[row] = (lse, D = dO . O)
     let stats = f32_out(&[rows, 2])?;
