@@ -111,11 +111,14 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            // thread (tr, tc) owns rows tr + i * (BM / TM) and columns tc + j * (BN / TN):
+            // neighbouring threads read neighbouring words (no bank conflicts) and the
+            // final stores are coalesced
             for (var i = 0u; i < TM; i = i + 1u) {
-                a[i] = As[kk * BM + tr * TM + i];
+                a[i] = As[kk * BM + tr + i * (BM / TM)];
             }
             for (var j = 0u; j < TN; j = j + 1u) {
-                b[j] = Bs[kk * BN + tc * TN + j];
+                b[j] = Bs[kk * BN + tc + j * (BN / TN)];
             }
             for (var i = 0u; i < TM; i = i + 1u) {
                 for (var j = 0u; j < TN; j = j + 1u) {
@@ -127,12 +130,12 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let cbase = wid.z * P.m * P.n;
     for (var i = 0u; i < TM; i = i + 1u) {
-        let gm = row0 + tr * TM + i;
+        let gm = row0 + tr + i * (BM / TM);
         if (gm >= P.m) {
             continue;
         }
         for (var j = 0u; j < TN; j = j + 1u) {
-            let gn = col0 + tc * TN + j;
+            let gn = col0 + tc + j * (BN / TN);
             if (gn < P.n) {
                 C[cbase + gm * P.n + gn] = acc[i * TN + j];
             }
