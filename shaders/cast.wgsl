@@ -43,6 +43,9 @@ fn f32_at(i: u32) -> f32 {
 
 fn to_bf16(x: f32) -> u32 {
     let b = bitcast<u32>(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        return (b >> 16u) | 0x40u; // NaN stays a (quiet) NaN
+    }
     return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
 }
 

@@ -1,5 +1,5 @@
 // Fused token log-probabilities over logits (rows, V):
-//   lse_n = log sum_j exp(x_nj),  lp_n = x_{n,t_n} - lse_n   (0 when t_n < 0: ignored)
+//   lse_n = log sum_j exp(x_nj),  lp_n = x_{n,t_n} - lse_n   (0 when t_n < 0 or t_n >= V: ignored)
 // Backward: dx_nj = g_n ([j == t_n] - exp(x_nj - lse_n)), 0 for ignored rows.
 
 struct Params {
@@ -70,7 +70,7 @@ fn logprob_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let j = i % P.v;
     let t = TG[row];
     var d = 0.0;
-    if (t >= 0) {
+    if (t >= 0 && u32(t) < P.v) {
         let onehot = select(0.0, 1.0, u32(t) == j);
         d = G[row] * (onehot - exp(X[i] - LSE[row]));
     }

@@ -78,9 +78,11 @@ pub(crate) fn record(
 
 impl Tensor {
     /// A leaf that accumulates gradients (a parameter).
+    /// The handle gets a fresh id, so it never collides with other handles of the same
+    /// storage in the graph walk.
     pub fn requires_grad_(self) -> Tensor {
         Tensor(Arc::new(Inner {
-            id: self.0.id,
+            id: crate::tensor::next_id(),
             storage: self.0.storage.clone(),
             layout: self.0.layout.clone(),
             dtype: self.0.dtype,

@@ -249,9 +249,22 @@ fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
     }
     let mut out = argv[..2].to_vec();
     if let Some(c) = config {
-        out.extend(ponder::train::trainer::config_to_args(
-            std::path::Path::new(&c),
-        )?);
+        // a flag on the command line also silences the file's keys that conflict with it
+        const CONFLICTS: [(&str, &str); 2] = [
+            ("--steps", "--epochs"),
+            ("--warmup-steps", "--warmup-ratio"),
+        ];
+        let given = |flag: &str| {
+            rest.iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let from_file = ponder::train::trainer::config_to_args(std::path::Path::new(&c))?;
+        out.extend(from_file.into_iter().filter(|a| {
+            let flag = a.split('=').next().unwrap_or("");
+            !CONFLICTS
+                .iter()
+                .any(|&(x, y)| (flag == x && given(y)) || (flag == y && given(x)))
+        }));
     }
     out.extend(rest);
     Ok(out)
@@ -494,9 +507,16 @@ fn generate_cmd(a: GenerateArgs) -> Result<bool> {
         max_new_tokens: a.max_new_tokens,
         seed: a.seed,
         ignore_eos: a.ignore_eos,
-        eos_ids: tok
-            .map(|t| t.eos_ids.clone())
-            .unwrap_or_else(|| m.cfg.eos_token_ids.clone()),
+        // generation_config.json, the tokenizer's eos_token and config.json's eos_token_id
+        eos_ids: {
+            let mut e = tok.map(|t| t.eos_ids.clone()).unwrap_or_default();
+            for id in &m.cfg.eos_token_ids {
+                if !e.contains(id) {
+                    e.push(*id);
+                }
+            }
+            e
+        },
         stop_strings: a.stop.clone(),
     };
     // text output for one sequence streams as tokens arrive

@@ -155,10 +155,16 @@ impl Layout {
                 rank: self.rank(),
             });
         }
-        if start + len > self.shape[dim] {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.shape[dim])
+        {
             return Err(Error::bad_shape(
                 "narrow",
-                format!("range {start}..{} out of bounds for dim {dim}", start + len),
+                format!(
+                    "range {start}..{} out of bounds for dim {dim}",
+                    start.saturating_add(len)
+                ),
                 &self.shape,
             ));
         }

@@ -2,7 +2,11 @@
 //! and (when it takes part in autograd) the [`Node`] that produced it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+// Reads take the lock recursively: `x.mul(&x)` reads one storage twice on one thread,
+// which must not deadlock behind a waiting writer.
+use parking_lot::RwLock;
 
 use half::{bf16, f16};
 
@@ -117,6 +121,11 @@ impl Storage {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh tensor id (autograd keys its graph walk on ids).
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 pub(crate) struct Inner {
     pub(crate) id: u64,
@@ -291,7 +300,7 @@ impl Tensor {
                         "f64 tensors live on the cpu only",
                     ));
                 }
-                let data = data.read().unwrap();
+                let data = data.read_recursive();
                 let es = src.dtype().size();
                 let off = src.layout().offset * es;
                 let bytes = &data.bytes()[off..off + src.numel() * es];
@@ -328,7 +337,7 @@ impl Tensor {
             Storage::Cpu(d) => d,
             Storage::Gpu(_) => unreachable!(),
         };
-        let d = data.read().unwrap();
+        let d = data.read_recursive();
         let (o, n) = (t.layout().offset, t.numel());
         Ok(match &*d {
             CpuData::F32(v) => v[o..o + n].to_vec(),
@@ -347,7 +356,7 @@ impl Tensor {
             unreachable!()
         };
         let (o, n) = (t.layout().offset, t.numel());
-        let guard = data.read().unwrap();
+        let guard = data.read_recursive();
         let out = match &*guard {
             CpuData::U32(v) => Ok(v[o..o + n].to_vec()),
             CpuData::I32(v) => Ok(v[o..o + n].iter().map(|&x| x as u32).collect()),
@@ -396,7 +405,7 @@ impl Tensor {
         let Storage::Cpu(data) = &**self.storage() else {
             return Err(Error::invalid(op, "expected a cpu tensor"));
         };
-        let d = data.read().unwrap();
+        let d = data.read_recursive();
         match T::slice(&d) {
             Some(s) => Ok(f(s, self.layout())),
             None => Err(Error::DTypeMismatch {
@@ -427,7 +436,7 @@ impl Tensor {
         let Storage::Cpu(data) = &**self.storage() else {
             panic!("with_cpu_data on a gpu tensor")
         };
-        f(&data.read().unwrap(), self.layout())
+        f(&data.read_recursive(), self.layout())
     }
 
     /// Mutate the raw CPU data in place (optimizer updates).
@@ -435,7 +444,7 @@ impl Tensor {
         let Storage::Cpu(data) = &**self.storage() else {
             panic!("with_cpu_data_mut on a gpu tensor")
         };
-        f(&mut data.write().unwrap(), self.layout())
+        f(&mut data.write(), self.layout())
     }
 
     /// The GPU buffer behind this tensor.

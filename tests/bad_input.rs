@@ -324,3 +324,25 @@ fn sharded_checkpoints_load_like_single_files() {
     let e = load_err(&d);
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
 }
+
+#[test]
+fn config_review_regressions() {
+    let d = copy_of("llama-gqa", "act");
+    edit_config(&d, |c| {
+        c.insert("hidden_act".into(), "gelu".into());
+    });
+    let e = load_err(&d);
+    assert!(e.contains("hidden_act") && e.contains("gelu"), "{e}");
+    let d = copy_of("llama-gqa", "emptymap");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        "{\"weight_map\": {}}",
+    )
+    .unwrap();
+    let e = load_err(&d);
+    assert!(
+        e.contains("model.safetensors.index.json") && e.contains("lists no tensors"),
+        "{e}"
+    );
+}

@@ -56,3 +56,15 @@ fn template_errors_are_reported() {
         "{e}"
     );
 }
+
+#[test]
+fn tojson_keeps_key_order_as_python_json_dumps() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
+    let tok = Tok::load(&root.join("qwen2-tied")).unwrap();
+    let msgs: Vec<Message> = serde_json::from_str(r#"[{"role": "user", "content": "w?"}, {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"unit": "C", "city": "Paris"}}}]}]"#).unwrap();
+    let text = tok.apply_chat_template(&msgs, false).unwrap();
+    assert!(
+        text.contains(r#"{"name": "f", "arguments": {"unit": "C", "city": "Paris"}}"#),
+        "{text}"
+    );
+}

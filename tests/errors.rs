@@ -130,3 +130,74 @@ fn device_parsing_and_limits() {
         );
     }
 }
+
+#[test]
+fn review_regressions() {
+    // an empty batch multiplies to an empty result (no panic in the small-M path)
+    let a = Tensor::from_vec(vec![], &[0, 8], Device::Cpu).unwrap();
+    let w = randn(&[8, 64], 3);
+    assert_eq!(a.matmul(&w).unwrap().shape(), &[0, 64]);
+    // narrow with a start that would overflow is an error, not a wrap-around
+    let m = msg(z(&[4]).narrow(0, usize::MAX, 2));
+    assert!(m.contains("narrow") && m.contains("out of bounds"), "{m}");
+    // RMSNorm over an empty dimension is refused
+    let m = msg(z(&[2, 0]).rms_norm(&z(&[0]), 1e-6));
+    assert!(m.contains("rms_norm") && m.contains("empty"), "{m}");
+    // two grad handles of one storage keep separate gradients
+    let base = Tensor::from_vec(vec![1.0, 2.0], &[2], Device::Cpu).unwrap();
+    let (p, q) = (base.clone().requires_grad_(), base.clone().requires_grad_());
+    p.sum_all()
+        .unwrap()
+        .add(&q.scale(3.0).unwrap().sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(p.grad().unwrap().to_vec_f32().unwrap(), vec![1.0, 1.0]);
+    assert_eq!(q.grad().unwrap().to_vec_f32().unwrap(), vec![3.0, 3.0]);
+    // one storage read twice in one op
+    let x = randn(&[3, 3], 4);
+    let sq = x.mul(&x).unwrap().to_vec_f32().unwrap();
+    let xv = x.to_vec_f32().unwrap();
+    assert!(sq.iter().zip(&xv).all(|(s, v)| (s - v * v).abs() < 1e-6));
+    assert_eq!(x.matmul(&x.t().unwrap()).unwrap().shape(), &[3, 3]);
+    // on the gpu, out-of-range targets are refused too, and a NaN survives a bf16 cast
+    if gpu_ok("review regressions") {
+        let logits = z(&[1, 4]).to_device(Device::Gpu).unwrap();
+        let tg = Tensor::from_cpu_data(CpuData::I32(vec![7]), &[1])
+            .unwrap()
+            .to_device(Device::Gpu)
+            .unwrap();
+        let m = msg(logits.cross_entropy(&tg, -100));
+        assert!(m.contains("out of range"), "{m}");
+        let nan =
+            Tensor::from_vec(vec![f32::from_bits(0x7fff_ffff), 1.0], &[2], Device::Gpu).unwrap();
+        let back = nan
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert!(back[0].is_nan() && back[1] == 1.0, "{back:?}");
+        // an f32 embedding table viewed with an offset
+        let t = randn(&[5, 3], 6);
+        let ids = Tensor::from_u32(vec![0, 2], &[2], Device::Cpu).unwrap();
+        let cpu = t
+            .narrow(0, 1, 4)
+            .unwrap()
+            .embedding(&ids)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let gpu = t
+            .to_device(Device::Gpu)
+            .unwrap()
+            .narrow(0, 1, 4)
+            .unwrap()
+            .embedding(&ids.to_device(Device::Gpu).unwrap())
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert_eq!(cpu, gpu);
+    }
+}

@@ -507,3 +507,61 @@ fn sft_on_messages_learns_and_lora_dropout_is_reproducible() {
         "dropout had no effect"
     );
 }
+
+#[test]
+fn review_regressions_in_training() {
+    let dir = tmp("review");
+    // a prompt that is empty (no BOS on this tokenizer) still trains: the first token
+    // becomes the context, and counts stay aligned with the log-probs
+    let data = dir.join("empty_prompt.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"\", \"chosen\": \"The answer is 42.\", \"rejected\": \"No.\"}\n{\"prompt\": \"Q: 1+1?\", \"chosen\": \" 2.\", \"rejected\": \" 3.\"}\n").unwrap();
+    let mut a = dpo_args(&dir.join("empty"), &dir.join("ref1.logps"));
+    a.data = data.clone();
+    a.steps = Some(2);
+    a.batch_size = 2;
+    train(Mode::Dpo, &a).unwrap();
+    // keep-end truncation that cuts into the completion
+    let mut b = dpo_args(&dir.join("keepend"), &dir.join("ref2.logps"));
+    b.steps = Some(2);
+    b.max_length = Some(6);
+    b.truncation_mode = ponder::train::data::TruncationMode::KeepEnd;
+    train(Mode::Dpo, &b).unwrap();
+    // an output directory with checkpoints is not silently reused
+    let mut c = dpo_args(&dir.join("ckpt"), &dir.join("ref3.logps"));
+    c.steps = Some(4);
+    c.save_every = 2;
+    train(Mode::Dpo, &c).unwrap();
+    let e = train(Mode::Dpo, &c)
+        .expect_err("a second fresh run over checkpoints must fail")
+        .to_string();
+    assert!(
+        e.contains("already holds checkpoints") && e.contains("--resume"),
+        "{e}"
+    );
+    // resuming with other batching is refused, naming the setting
+    let mut d = c.clone();
+    d.resume = Some(c.out.clone());
+    d.batch_size = 4;
+    let e = train(Mode::Dpo, &d)
+        .expect_err("resume with another batch size must fail")
+        .to_string();
+    assert!(e.contains("batch_size") && e.contains("differ"), "{e}");
+}
+
+#[test]
+fn config_epochs_yield_to_command_line_steps() {
+    let dir = tmp("cfgconflict");
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, format!("model = {:?}\ndata = {:?}\nout = {:?}\nepochs = 3\nwarmup_ratio = 0.1\nquiet = true\ndevice = \"cpu\"\nref_cache = {:?}\n", root().join("qwen2-tied").to_str().unwrap(), root().join("train/pairs.jsonl").to_str().unwrap(), dir.join("out").to_str().unwrap(), dir.join("r.logps").to_str().unwrap())).unwrap();
+    let (ok, log) = ponder(&[
+        "dpo",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "0",
+    ]);
+    assert!(ok, "{log}");
+    assert_eq!(column(&dir.join("out"), "loss").len(), 2);
+}

@@ -177,6 +177,14 @@ impl Config {
                 &format!("{head_dim} is odd; rotary embedding needs an even head dim"),
             ));
         }
+        if let Some(act) = f.opt("hidden_act") {
+            if act.as_str() != Some("silu") {
+                return Err(f.err(
+                    "hidden_act",
+                    &format!("unsupported activation {act} (ponder's decoder uses silu)"),
+                ));
+            }
+        }
         if f.bool_or("use_sliding_window", false)? {
             return Err(f.err(
                 "use_sliding_window",

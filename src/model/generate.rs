@@ -106,8 +106,10 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
             .then(a.cmp(b))
     };
     if p.top_k > 0 && p.top_k < idx.len() {
+        // keep every token at least as likely as the k-th (ties included, as HF's top-k)
         idx.select_nth_unstable_by(p.top_k - 1, by_logit);
-        idx.truncate(p.top_k);
+        let kth = logits[idx[p.top_k - 1] as usize];
+        idx.retain(|&i| logits[i as usize] >= kth);
     }
     idx.sort_unstable_by(by_logit);
     let t = p.temperature as f64;

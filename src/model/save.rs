@@ -94,13 +94,22 @@ pub fn save_model(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut cfg = net.cfg.raw.clone();
     if let Some(o) = cfg.as_object_mut() {
-        // keep the spelling the file used; default to the 4.x one, which 5.x also reads
-        let key = if o.contains_key("dtype") && !o.contains_key("torch_dtype") {
-            "dtype"
-        } else {
-            "torch_dtype"
-        };
-        o.insert(key.into(), dtype_name(dtype).into());
+        // update whichever spellings the file used; default to the 4.x one, which 5.x reads too
+        let mut any = false;
+        for key in ["torch_dtype", "dtype"] {
+            if o.contains_key(key) {
+                o.insert(key.into(), dtype_name(dtype).into());
+                any = true;
+            }
+        }
+        if !any {
+            o.insert("torch_dtype".into(), dtype_name(dtype).into());
+        }
+    }
+    // a sharded index left in the output directory would shadow the new single file
+    let stale = out.join("model.safetensors.index.json");
+    if stale.exists() {
+        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
     }
     let text =
         serde_json::to_string_pretty(&cfg).map_err(|e| Error::invalid("save", e.to_string()))?;

@@ -81,10 +81,10 @@ impl Tok {
                 .map(String::from),
             _ => None,
         };
-        // chat_template.jinja beside the config (transformers 5 writes it separately)
-        let chat_template = match chat_template {
-            Some(t) => Some(t),
-            None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        // chat_template.jinja (transformers 5 writes it) takes priority, as in transformers
+        let chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(t) => Some(t),
+            Err(_) => chat_template,
         };
         let gen_path = dir.join("generation_config.json");
         let mut eos_ids: Vec<u32> = match read_json(&gen_path)?

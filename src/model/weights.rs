@@ -63,10 +63,21 @@ impl Checkpoint {
                         "field `weight_map` missing (expected an object of tensor name -> file)",
                     )
                 })?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect();
+            let mut files = Vec::new();
+            for (name, f) in map {
+                match f.as_str() {
+                    Some(f) => files.push(f.to_string()),
+                    None => {
+                        return Err(Error::file(
+                            &index_path,
+                            format!("weight_map entry `{name}`: expected a file name, got {f}"),
+                        ))
+                    }
+                }
+            }
+            if files.is_empty() {
+                return Err(Error::file(&index_path, "`weight_map` lists no tensors"));
+            }
             files.sort();
             files.dedup();
             files.into_iter().map(|f| dir.join(f)).collect()

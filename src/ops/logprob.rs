@@ -94,12 +94,19 @@ impl Tensor {
                 .iter()
                 .filter(|&&i| (i as i32) >= 0)
                 .count(),
-            // counting needs the ids on the host: an explicit, small readback
-            Device::Gpu => targets
-                .to_vec_u32()?
-                .iter()
-                .filter(|&&i| (i as i32) >= 0)
-                .count(),
+            // counting needs the ids on the host: an explicit, small readback, which also
+            // checks them against the vocabulary (a kernel cannot return an error)
+            Device::Gpu => {
+                let ids = targets.to_vec_u32()?;
+                let v = *self.shape().last().unwrap_or(&0);
+                if let Some(bad) = ids.iter().find(|&&i| (i as i32) >= 0 && i as usize >= v) {
+                    return Err(Error::invalid(
+                        "cross_entropy",
+                        format!("target {bad} is out of range for a vocabulary of {v}"),
+                    ));
+                }
+                ids.iter().filter(|&&i| (i as i32) >= 0).count()
+            }
         };
         lp.sum_all()?.scale(-1.0 / count.max(1) as f64)
     }

@@ -26,8 +26,8 @@ pub(crate) fn copy_into(src: &Tensor, dst: &Tensor, dl: &Layout) -> Result<()> {
                     "source and destination share storage",
                 ));
             }
-            let s = s.read().unwrap();
-            let mut d = d.write().unwrap();
+            let s = s.read_recursive();
+            let mut d = d.write();
             match (&*s, &mut *d) {
                 (CpuData::F32(a), CpuData::F32(b)) => cpu::copy_strided(a, ls, b, dl),
                 (CpuData::F64(a), CpuData::F64(b)) => cpu::copy_strided(a, ls, b, dl),

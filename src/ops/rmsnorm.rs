@@ -25,7 +25,14 @@ impl Tensor {
                 weight.shape(),
             ));
         }
-        let rows = self.numel() / c.max(1);
+        if c == 0 {
+            return Err(Error::bad_shape(
+                "rms_norm",
+                "the normalised dimension is empty",
+                self.shape(),
+            ));
+        }
+        let rows = self.numel() / c;
         let (x, w) = (self.contiguous()?, weight.contiguous()?);
         let (y, rstd) = match dev {
             Device::Cpu => with_real!("rms_norm", dt, T => {

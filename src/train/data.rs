@@ -241,7 +241,10 @@ fn tokenize(
             }
         }
     }
-    if ids.len() == prompt_len {
+    // the first token has no context to be predicted from: with no prompt left (an empty
+    // prompt and no BOS, or truncation that cut the whole prompt) it becomes the context
+    prompt_len = prompt_len.max(1);
+    if ids.len() <= prompt_len {
         return Ok((None, cut));
     }
     Ok((Some(Seq { ids, prompt_len }), cut))

@@ -192,16 +192,16 @@ pub fn dpo_loss(
             .scale(-1.0 / chosen_tokens.max(1) as f64)?;
         loss = loss.add(&nll.scale(a)?)?;
     }
-    // metrics (TRL's rewards use the same log-probs the loss compares)
-    let polv = crate::autograd::no_grad(|| pol.detach().to_vec_f64())?;
+    // metrics: rewards are beta times the summed log-ratios, as TRL 1.x logs them (also for
+    // IPO and length-normalised losses, whose loss compares averages)
     let sums = crate::autograd::no_grad(|| policy.sum.detach().to_vec_f64())?;
     let mut st = DpoBatchStats {
         tokens: policy.counts.iter().sum(),
         ..Default::default()
     };
     for i in 0..n {
-        st.chosen_rewards.push(b * (polv[i] - rc[i]));
-        st.rejected_rewards.push(b * (polv[n + i] - rr[i]));
+        st.chosen_rewards.push(b * (sums[i] - ref_c[i]));
+        st.rejected_rewards.push(b * (sums[n + i] - ref_r[i]));
         st.logps_chosen.push(sums[i]);
         st.logps_rejected.push(sums[n + i]);
     }

@@ -82,6 +82,13 @@ impl KeyHasher {
         }
         self
     }
+    pub fn seqs(&mut self, seqs: &[super::data::Seq]) -> &mut Self {
+        for s in seqs {
+            self.bytes(bytemuck::cast_slice(&s.ids));
+            self.bytes(&(s.prompt_len as u64).to_le_bytes());
+        }
+        self
+    }
     pub fn finish(&self) -> u64 {
         self.0.digest()
     }

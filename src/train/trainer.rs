@@ -439,6 +439,46 @@ struct State {
     /// dropout mask, so this step count is the whole RNG state.
     rng: String,
     mode: Mode,
+    /// Everything that fixes the trajectory (data, batching, schedule, LoRA, loss); a
+    /// resume with different values is refused.
+    #[serde(default)]
+    fingerprint: Map<String, Value>,
+}
+
+/// The settings a resumed run must share with the run that wrote the checkpoint.
+fn fingerprint(
+    args: &TrainArgs,
+    data_hash: u64,
+    total_steps: usize,
+    lr: f64,
+    warmup: usize,
+) -> Map<String, Value> {
+    let v = json!({
+        "data": format!("{data_hash:016x}"),
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "shuffle": args.shuffle,
+        "total_steps": total_steps,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "lr_scheduler": args.lr_scheduler,
+        "min_lr": args.min_lr,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        "beta": args.beta,
+        "loss_type": args.loss_type,
+        "label_smoothing": args.label_smoothing,
+        "rpo_alpha": args.rpo_alpha,
+        "length_normalize": args.length_normalize,
+        "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha,
+        "lora_dropout": args.lora_dropout,
+        "lora_targets": args.lora_targets,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
@@ -602,6 +642,14 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         }
     };
     log(format!("data {}: {stats}", args.data.display()));
+    let data_hash = {
+        let mut h = KeyHasher::default();
+        match &examples {
+            Examples::Sft(v) => h.seqs(v),
+            Examples::Dpo(v) => h.pairs(v),
+        };
+        h.finish()
+    };
     let n = examples.len();
     let bs = args.batch_size.max(1);
     let ga = args.grad_accum.max(1);
@@ -724,12 +772,39 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 format!("checkpoint used --seed {}, this run {}", st.seed, args.seed),
             ));
         }
+        let now = fingerprint(args, data_hash, total_steps, lr, warmup);
+        let differ: Vec<String> = now
+            .iter()
+            .filter(|(k, v)| st.fingerprint.get(*k).is_some_and(|old| old != *v))
+            .map(|(k, v)| format!("{k}: checkpoint {} vs now {v}", st.fingerprint[k]))
+            .collect();
+        if !differ.is_empty() {
+            return Err(Error::file(&dir, format!("this run's settings differ from the checkpoint's, so resuming would change the trajectory ({})", differ.join("; "))));
+        }
         start_step = st.step;
         keep_lines = st.metrics_lines;
         log(format!(
             "resumed from {} at step {start_step}",
             dir.display()
         ));
+    }
+    if args.resume.is_none() {
+        if let Some(&old) = list_checkpoints(&args.out).iter().max() {
+            return Err(Error::file(
+                &args.out,
+                format!("already holds checkpoints of an earlier run (checkpoint-{old}); pass --resume {} to continue it, or choose another --out", args.out.display()),
+            ));
+        }
+    }
+    // half-written checkpoints of a killed run are never resumed from
+    if let Ok(rd) = std::fs::read_dir(&args.out) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp")
+                && e.file_name().to_string_lossy().starts_with(".checkpoint-")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
     let mut mw = MetricsWriter::open(&metrics_path, keep_lines)?;
 
@@ -888,6 +963,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 seed: args.seed,
                 rng: "counter-based (seed, step, micro-batch)".into(),
                 mode,
+                fingerprint: fingerprint(args, data_hash, total_steps, lr, warmup),
             };
             save_checkpoint(&args.out, &opt, &st)?;
         }
@@ -943,7 +1019,7 @@ fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
     let cfg = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": args.model.display().to_string(),
+        "base_model_name_or_path": std::fs::canonicalize(&args.model).unwrap_or_else(|_| args.model.clone()).display().to_string(),
         "r": args.lora_r,
         "lora_alpha": args.lora_alpha,
         "lora_dropout": args.lora_dropout,

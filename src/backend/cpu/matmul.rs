@@ -89,6 +89,9 @@ impl AsF32 for half::bf16 {
 /// The fast f32 path (see the module comment).
 pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     let (m, n, k) = (g.m, g.n, g.k);
+    if m == 0 || n == 0 {
+        return vec![0.0; g.batch * m * n];
+    }
     if m <= SMALL_M && (g.b.sr == 1 || g.b.sc == 1) && n >= 64 {
         return gemm_small_m(g, a, b);
     }

@@ -535,13 +535,15 @@ pub fn embedding(w: &Tensor, ids: &Tensor, c: usize) -> Result<Tensor> {
             })
         }
     };
-    let w = if w.layout().offset == 0 {
-        w.clone()
-    } else {
-        return Err(Error::invalid(
-            "embedding",
-            "the table must start its buffer",
-        ));
+    let w = match w.dtype() {
+        DType::F32 => dense(w)?,
+        _ if w.layout().offset == 0 && w.is_contiguous() => w.clone(),
+        _ => {
+            return Err(Error::invalid(
+                "embedding",
+                "a 16-bit table view must start its buffer; cast it to f32 first",
+            ))
+        }
     };
     let ids = dense(ids)?;
     let n = ids.numel();
