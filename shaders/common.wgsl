@@ -27,6 +27,29 @@ var<private> sg_index: u32;
 var<private> sg_count: u32;
 #endif
 
+// The builtins of a row kernel (one 256-thread workgroup per row), as one entry-point
+// parameter; with SG, also the subgroup ids the reductions need.
+struct RowIds {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SG
+    @builtin(subgroup_invocation_id) sg_l: u32,
+    @builtin(subgroup_id) sg_i: u32,
+    @builtin(num_subgroups) sg_n: u32,
+#endif
+}
+
+// Set up a row kernel: record the subgroup ids for wg_sum/wg_max; return the row.
+fn row_begin(ids: RowIds) -> u32 {
+#if SG
+    sg_lane = ids.sg_l;
+    sg_index = ids.sg_i;
+    sg_count = ids.sg_n;
+#endif
+    return group_id(ids.wid, ids.nwg);
+}
+
 // Sum of one value per thread over a 256-thread workgroup.
 fn wg_sum(v: f32, lid: u32) -> f32 {
 #if SG

@@ -19,22 +19,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> DW: array<f32>;
 
 @compute @workgroup_size(256)
-fn rmsnorm_fwd(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SG
-    @builtin(subgroup_invocation_id) sg_l: u32,
-    @builtin(subgroup_id) sg_i: u32,
-    @builtin(num_subgroups) sg_n: u32,
-#endif
-) {
-#if SG
-    sg_lane = sg_l;
-    sg_index = sg_i;
-    sg_count = sg_n;
-#endif
-    let row = group_id(wid, nwg);
+fn rmsnorm_fwd(ids: RowIds) {
+    let row = row_begin(ids);
+    let lid = ids.lid;
     if (row >= P.rows) {
         return;
     }
@@ -56,22 +43,9 @@ fn rmsnorm_fwd(
 
 // Y holds dx here.
 @compute @workgroup_size(256)
-fn rmsnorm_bwd_dx(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SG
-    @builtin(subgroup_invocation_id) sg_l: u32,
-    @builtin(subgroup_id) sg_i: u32,
-    @builtin(num_subgroups) sg_n: u32,
-#endif
-) {
-#if SG
-    sg_lane = sg_l;
-    sg_index = sg_i;
-    sg_count = sg_n;
-#endif
-    let row = group_id(wid, nwg);
+fn rmsnorm_bwd_dx(ids: RowIds) {
+    let row = row_begin(ids);
+    let lid = ids.lid;
     if (row >= P.rows) {
         return;
     }

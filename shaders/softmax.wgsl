@@ -16,22 +16,9 @@ struct Params {
 const LOG: u32 = {{LOG}}u;
 
 @compute @workgroup_size(256)
-fn softmax_rows(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SG
-    @builtin(subgroup_invocation_id) sg_l: u32,
-    @builtin(subgroup_id) sg_i: u32,
-    @builtin(num_subgroups) sg_n: u32,
-#endif
-) {
-#if SG
-    sg_lane = sg_l;
-    sg_index = sg_i;
-    sg_count = sg_n;
-#endif
-    let row = group_id(wid, nwg);
+fn softmax_rows(ids: RowIds) {
+    let row = row_begin(ids);
+    let lid = ids.lid;
     if (row >= P.rows) {
         return;
     }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ponder::model::chat::Message;
 use ponder::model::generate::{generate, SamplingParams};
 use ponder::model::{Forward, LoadOpts, Model};
-use ponder::train::trainer::{Mode, TrainArgs};
+use ponder::train::trainer::{Mode, SaveDType, TrainArgs};
 use ponder::{DType, Device, Error, Result};
 
 #[derive(Parser)]
@@ -78,13 +78,6 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum SaveDType {
-    F32,
-    F16,
-    Bf16,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -249,21 +242,32 @@ fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
     }
     let mut out = argv[..2].to_vec();
     if let Some(c) = config {
-        // a flag on the command line also silences the file's keys that conflict with it
-        const CONFLICTS: [(&str, &str); 2] = [
-            ("--steps", "--epochs"),
-            ("--warmup-steps", "--warmup-ratio"),
-        ];
-        let given = |flag: &str| {
+        // a flag on the command line also silences the file's keys that clap says
+        // conflict with it (e.g. --steps silences epochs)
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        cli.build();
+        let sub = cli
+            .find_subcommand(&argv[1])
+            .expect("sft and dpo are subcommands");
+        let given = |long: &str| {
             rest.iter()
-                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+                .any(|a| a == &format!("--{long}") || a.starts_with(&format!("--{long}=")))
         };
         let from_file = ponder::train::trainer::config_to_args(std::path::Path::new(&c))?;
         out.extend(from_file.into_iter().filter(|a| {
-            let flag = a.split('=').next().unwrap_or("");
-            !CONFLICTS
-                .iter()
-                .any(|&(x, y)| (flag == x && given(y)) || (flag == y && given(x)))
+            let long = a.trim_start_matches("--").split('=').next().unwrap_or("");
+            let Some(arg) = sub.get_arguments().find(|x| x.get_long() == Some(long)) else {
+                return true;
+            };
+            // clap records a conflict on the argument that declares it: look both ways
+            let clash = |x: &clap::Arg, y: &clap::Arg| {
+                sub.get_arg_conflicts_with(x)
+                    .iter()
+                    .any(|c| c.get_id() == y.get_id())
+            };
+            !sub.get_arguments().any(|other| {
+                other.get_long().is_some_and(given) && (clash(arg, other) || clash(other, arg))
+            })
         }));
     }
     out.extend(rest);
@@ -316,14 +320,6 @@ fn frozen(dev: Device) -> LoadOpts {
         device: dev,
         keep_16bit: true,
         trainable: false,
-    }
-}
-
-fn dtype_of(d: SaveDType) -> DType {
-    match d {
-        SaveDType::F32 => DType::F32,
-        SaveDType::F16 => DType::F16,
-        SaveDType::Bf16 => DType::BF16,
     }
 }
 
@@ -624,7 +620,7 @@ fn save(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
             trainable: false,
         },
     )?;
-    ponder::model::save::save_model(&m.net, Some(&dir), &out, dtype_of(dtype))?;
+    ponder::model::save::save_model(&m.net, Some(&dir), &out, dtype.dtype())?;
     eprintln!(
         "saved {} ({} parameters) to {}",
         dir.display(),
@@ -753,10 +749,10 @@ fn bench(what: BenchCmd) -> Result<bool> {
                     ponder::bench::qwen25_05b_config(),
                 )?;
                 (
-                    ponder::model::Transformer::random(&cfg, dev, dtype_of(dtype), 7)?,
+                    ponder::model::Transformer::random(&cfg, dev, dtype.dtype(), 7)?,
                     format!(
                         "random Qwen2.5-0.5B-shaped model ({:?} weights)",
-                        dtype_of(dtype)
+                        dtype.dtype()
                     ),
                 )
             } else {
@@ -771,7 +767,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
                 ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
             );
             if let Some(out) = save_random {
-                ponder::model::save::save_model(&net, None, &out, dtype_of(dtype))?;
+                ponder::model::save::save_model(&net, None, &out, dtype.dtype())?;
                 println!("wrote {}", out.display());
                 return Ok(true);
             }

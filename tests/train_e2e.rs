@@ -22,19 +22,15 @@ fn tmp(tag: &str) -> PathBuf {
 }
 
 fn dpo_args(out: &Path, cache: &Path) -> TrainArgs {
-    let mut a: TrainArgs = serde_json::from_value(serde_json::json!({
-        "model": root().join("qwen2-tied"), "data": root().join("train/arith_pairs.jsonl"), "out": out,
-    }))
-    .unwrap();
-    a.lr = Some(5e-3);
-    a.batch_size = 8;
-    a.epochs = Some(2.0);
-    a.lr_scheduler = ponder::train::optim::Scheduler::Cosine;
-    a.warmup_ratio = Some(0.1);
-    a.device = Some("cpu".into());
-    a.quiet = true;
-    a.ref_cache = Some(cache.to_path_buf());
-    a
+    let (m, d) = (
+        root().join("qwen2-tied"),
+        root().join("train/arith_pairs.jsonl"),
+    );
+    #[rustfmt::skip]
+    let flags = ["--model", m.to_str().unwrap(), "--data", d.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--lr", "5e-3", "--batch-size", "8", "--epochs", "2", "--lr-scheduler", "cosine", "--warmup-ratio", "0.1",
+        "--device", "cpu", "--quiet", "--ref-cache", cache.to_str().unwrap()];
+    TrainArgs::from_flags(&flags).unwrap()
 }
 
 fn column(out: &Path, k: &str) -> Vec<f64> {
@@ -477,12 +473,10 @@ fn sft_on_messages_learns_and_lora_dropout_is_reproducible() {
         lines.push('\n');
     }
     std::fs::write(&data, lines).unwrap();
-    let mut a: TrainArgs = serde_json::from_value(serde_json::json!({"model": root().join("qwen2-tied"), "data": data, "out": dir.join("full")})).unwrap();
-    a.lr = Some(3e-3);
-    a.steps = Some(12);
-    a.lr_scheduler = ponder::train::optim::Scheduler::Constant;
-    a.device = Some("cpu".into());
-    a.quiet = true;
+    let (m, out) = (root().join("qwen2-tied"), dir.join("full"));
+    #[rustfmt::skip]
+    let a = TrainArgs::from_flags(&["--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--lr", "3e-3", "--steps", "12", "--lr-scheduler", "constant", "--device", "cpu", "--quiet"]).unwrap();
     train(Mode::Sft, &a).unwrap();
     let loss = column(&a.out, "loss");
     assert!(loss[11] < 0.5 * loss[0], "SFT loss did not fall: {loss:?}");

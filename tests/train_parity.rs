@@ -49,25 +49,46 @@ fn args(mode: Mode, dev: Device, out: &Path) -> TrainArgs {
     } else {
         "sft.jsonl"
     });
-    let mut a: TrainArgs = serde_json::from_value(serde_json::json!({
-        "model": root().join("qwen2-tied"), "data": data, "out": out,
-    }))
-    .unwrap();
-    a.lr = Some(1e-4);
-    a.steps = Some(5);
-    a.lr_scheduler = ponder::train::optim::Scheduler::Constant;
-    a.max_grad_norm = 0.0;
-    a.batch_size = 4;
-    a.device = Some(dev.to_string());
-    a.quiet = true;
-    a.ref_cache = Some(out.join("ref.logps"));
-    a
+    let (m, cache, dev) = (
+        root().join("qwen2-tied"),
+        out.join("ref.logps"),
+        dev.to_string(),
+    );
+    // the reference settings: lr 1e-4 constant, no warmup, no clipping, one batch of 4
+    #[rustfmt::skip]
+    let flags = ["--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--lr", "1e-4", "--steps", "5", "--lr-scheduler", "constant", "--max-grad-norm", "0", "--batch-size", "4",
+        "--device", &dev, "--quiet", "--ref-cache", cache.to_str().unwrap()];
+    TrainArgs::from_flags(&flags).unwrap()
 }
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ponder-train-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+/// The loss against the reference's `loss`, then every parameter's gradient against
+/// its `grad.<name>`.
+fn loss_and_grads(what: &str, m: &Model, l: ponder::Tensor, r: &Checkpoint, dev: Device, tol: f64) {
+    close(
+        &format!("{what} loss ({dev})"),
+        &[l.item().unwrap() as f64],
+        &vals(r, "loss"),
+        tol,
+    );
+    l.backward().unwrap();
+    for (name, param) in m.net.named_parameters() {
+        let g = param
+            .grad()
+            .unwrap_or_else(|| panic!("{what}: no gradient for {name}"));
+        close(
+            &format!("{what} grad {name} ({dev})"),
+            &g.to_vec_f64().unwrap(),
+            &vals(r, &format!("grad.{name}")),
+            tol,
+        );
+    }
 }
 
 fn first_step_dpo(dev: Device, tol: f64) {
@@ -116,21 +137,7 @@ fn first_step_dpo(dev: Device, tol: f64) {
         length_normalize: false,
     };
     let (l, _) = loss::dpo_loss(&lp, &sums[..n], &sums[n..], &p).unwrap();
-    close(
-        &format!("dpo loss ({dev})"),
-        &[l.item().unwrap() as f64],
-        &vals(&r, "loss"),
-        tol,
-    );
-    l.backward().unwrap();
-    for (name, param) in m.net.named_parameters() {
-        close(
-            &format!("dpo grad {name} ({dev})"),
-            &param.grad().unwrap().to_vec_f64().unwrap(),
-            &vals(&r, &format!("grad.{name}")),
-            tol,
-        );
-    }
+    loss_and_grads("dpo", &m, l, &r, dev, tol);
 }
 
 fn first_step_sft(dev: Device, tol: f64) {
@@ -154,21 +161,7 @@ fn first_step_sft(dev: Device, tol: f64) {
     let lp = loss::sequence_logps(&m.net, &seqs, LinearCtx::default(), false).unwrap();
     let tokens: usize = ex.iter().map(|s| s.completion_len()).sum();
     let l = loss::sft_loss(&lp, tokens).unwrap();
-    close(
-        &format!("sft loss ({dev})"),
-        &[l.item().unwrap() as f64],
-        &vals(&r, "loss"),
-        tol,
-    );
-    l.backward().unwrap();
-    for (name, param) in m.net.named_parameters() {
-        close(
-            &format!("sft grad {name} ({dev})"),
-            &param.grad().unwrap().to_vec_f64().unwrap(),
-            &vals(&r, &format!("grad.{name}")),
-            tol,
-        );
-    }
+    loss_and_grads("sft", &m, l, &r, dev, tol);
 }
 
 fn five_steps(mode: Mode, dev: Device, tol: f64) -> PathBuf {

@@ -60,15 +60,16 @@ impl Rope {
         let mut sin = Vec::with_capacity(b * t * hd);
         for row in pos {
             for &p in row {
-                // angle computed in f32 as HF does (position * inv_freq, float32)
-                for half in 0..2 {
-                    let _ = half;
-                    for &f in &self.inv_freq {
-                        let a = p as f32 * f;
-                        cos.push(a.cos());
-                        sin.push(a.sin());
-                    }
-                }
+                // angle computed in f32 as HF does (position * inv_freq), halves duplicated
+                let (c, sn): (Vec<f32>, Vec<f32>) = self
+                    .inv_freq
+                    .iter()
+                    .map(|&f| ((p as f32 * f).cos(), (p as f32 * f).sin()))
+                    .unzip();
+                cos.extend(&c);
+                cos.extend(&c);
+                sin.extend(&sn);
+                sin.extend(&sn);
             }
         }
         Ok((

@@ -457,22 +457,6 @@ impl Transformer {
         out
     }
 
-    pub fn has_lora(&self) -> bool {
-        self.layers.iter().any(|l| {
-            [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-            .iter()
-            .any(|x| x.lora.is_some())
-        })
-    }
-
     /// Fold every adapter into its base weight (W += scale * B A, in f32) and drop it.
     pub fn merge_lora(&mut self) -> Result<()> {
         let _ng = crate::autograd::NoGradGuard::new();

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::dtype::DType;
@@ -110,9 +111,15 @@ impl Checkpoint {
         self.index.keys()
     }
 
-    /// Which file holds `name` (for messages).
-    pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.index.get(name).map(|&i| self.files[i].0.as_path())
+    /// The file, mapping and header view of tensor `name` (None when absent).
+    fn view(&self, name: &str) -> Result<Option<(&Path, &Mmap, TensorView<'_>)>> {
+        let Some(&fi) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let (path, m) = &self.files[fi];
+        let st = SafeTensors::deserialize(m).map_err(|e| header_error(path, e))?;
+        let view = st.tensor(name).map_err(|e| header_error(path, e))?;
+        Ok(Some((path.as_path(), m, view)))
     }
 
     /// Load tensor `name`, which must have `shape`. Float weights become f32 unless
@@ -125,13 +132,10 @@ impl Checkpoint {
         keep_16bit: bool,
         why: &str,
     ) -> Result<Tensor> {
-        let Some(&fi) = self.index.get(name) else {
+        let Some((path, m, view)) = self.view(name)? else {
             let dir = self.files[0].0.parent().unwrap_or(Path::new("."));
             return Err(Error::file(dir, format!("tensor `{name}` is missing from the checkpoint (expected shape {shape:?}{why})")));
         };
-        let (path, m) = &self.files[fi];
-        let st = SafeTensors::deserialize(m).map_err(|e| header_error(path, e))?;
-        let view = st.tensor(name).map_err(|e| header_error(path, e))?;
         let dtype = match view.dtype() {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
@@ -154,21 +158,16 @@ impl Checkpoint {
         }
         let bytes = view.data();
         let range = (bytes.as_ptr() as usize - m.as_ptr() as usize, bytes.len());
-        let raw = match device {
-            Device::Gpu if dtype == DType::F32 || keep_16bit => {
-                let buf = crate::backend::gpu::context()?.upload(bytes, name)?;
-                release(m, range);
-                return Ok(Tensor::from_storage(Storage::Gpu(buf), shape, dtype));
-            }
-            _ => {
-                let data = match dtype {
-                    DType::F32 => CpuData::F32(bytemuck::pod_collect_to_vec(bytes)),
-                    DType::F16 => CpuData::F16(bytemuck::pod_collect_to_vec(bytes)),
-                    _ => CpuData::BF16(bytemuck::pod_collect_to_vec(bytes)),
-                };
-                Tensor::from_cpu_data(data, shape)?
-            }
-        };
+        if device == Device::Gpu && (dtype == DType::F32 || keep_16bit) {
+            // straight from the mapping to the device, no host copy
+            let buf = crate::backend::gpu::context()?.upload(bytes, name)?;
+            release(m, range);
+            return Ok(Tensor::from_storage(Storage::Gpu(buf), shape, dtype));
+        }
+        let raw = Tensor::from_cpu_data(
+            host_data(view.dtype(), bytes).expect("float dtype checked above"),
+            shape,
+        )?;
         release(m, range);
         let t = if dtype != DType::F32 && !keep_16bit {
             raw.to_dtype(DType::F32)?
@@ -178,37 +177,36 @@ impl Checkpoint {
         t.to_device(device)
     }
 
-    /// Every tensor as f32 on the CPU (for references and tests).
+    /// Any float or integer tensor on the CPU, as stored (for references and tests).
     pub fn load_any(&self, name: &str) -> Result<Tensor> {
-        let &fi = self
-            .index
-            .get(name)
+        let (path, _, view) = self
+            .view(name)?
             .ok_or_else(|| Error::invalid("checkpoint", format!("no tensor `{name}`")))?;
-        let (path, m) = &self.files[fi];
-        let st = SafeTensors::deserialize(m).map_err(|e| header_error(path, e))?;
-        let view = st.tensor(name).map_err(|e| header_error(path, e))?;
-        let shape = view.shape().to_vec();
-        let bytes = view.data();
-        let data = match view.dtype() {
-            Dtype::F32 => CpuData::F32(bytemuck::pod_collect_to_vec(bytes)),
-            Dtype::F16 => CpuData::F16(bytemuck::pod_collect_to_vec(bytes)),
-            Dtype::BF16 => CpuData::BF16(bytemuck::pod_collect_to_vec(bytes)),
-            Dtype::I32 => CpuData::I32(bytemuck::pod_collect_to_vec(bytes)),
-            Dtype::I64 => CpuData::I32(
-                bytemuck::pod_collect_to_vec::<u8, i64>(bytes)
-                    .into_iter()
-                    .map(|v| v as i32)
-                    .collect(),
-            ),
-            other => {
-                return Err(Error::file(
-                    path,
-                    format!("tensor `{name}` has unsupported dtype {other:?}"),
-                ))
-            }
-        };
-        Tensor::from_cpu_data(data, &shape)
+        let data = host_data(view.dtype(), view.data()).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
+        Tensor::from_cpu_data(data, view.shape())
     }
+}
+
+/// Copy (realigning) stored bytes into host data; i64 ids narrow to i32.
+fn host_data(dtype: Dtype, bytes: &[u8]) -> Option<CpuData> {
+    Some(match dtype {
+        Dtype::F32 => CpuData::F32(bytemuck::pod_collect_to_vec(bytes)),
+        Dtype::F16 => CpuData::F16(bytemuck::pod_collect_to_vec(bytes)),
+        Dtype::BF16 => CpuData::BF16(bytemuck::pod_collect_to_vec(bytes)),
+        Dtype::I32 => CpuData::I32(bytemuck::pod_collect_to_vec(bytes)),
+        Dtype::I64 => CpuData::I32(
+            bytemuck::pod_collect_to_vec::<u8, i64>(bytes)
+                .into_iter()
+                .map(|v| v as i32)
+                .collect(),
+        ),
+        _ => return None,
+    })
 }
 
 /// Open a single safetensors file (e.g. a reference dump) as a checkpoint.

@@ -75,10 +75,8 @@ impl KeyHasher {
     }
     pub fn pairs(&mut self, pairs: &[Pair]) -> &mut Self {
         for p in pairs {
-            for s in [&p.chosen, &p.rejected] {
-                self.bytes(bytemuck::cast_slice(&s.ids));
-                self.bytes(&(s.prompt_len as u64).to_le_bytes());
-            }
+            self.seqs(std::slice::from_ref(&p.chosen))
+                .seqs(std::slice::from_ref(&p.rejected));
         }
         self
     }

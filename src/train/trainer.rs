@@ -26,8 +26,7 @@ pub enum Mode {
 
 /// Every training option. Field names are the flag names (`--max-grad-norm` =
 /// `max_grad_norm`), in the CLI and in a `--config` TOML file alike.
-#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
     /// Model directory (Hugging Face layout) to start from.
     #[arg(long)]
@@ -40,177 +39,119 @@ pub struct TrainArgs {
     pub out: PathBuf,
     /// Reference model for DPO (default: the starting policy).
     #[arg(long)]
-    #[serde(default)]
     pub ref_model: Option<PathBuf>,
     #[arg(long, default_value_t = 0.1)]
-    #[serde(default = "d_beta")]
     pub beta: f64,
     #[arg(long, value_enum, default_value = "sigmoid")]
-    #[serde(default = "d_loss")]
     pub loss_type: LossType,
     /// Label smoothing of the sigmoid and robust losses.
     #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
     pub label_smoothing: f64,
     /// Add rpo_alpha times the NLL of the chosen completions (RPO).
     #[arg(long)]
-    #[serde(default)]
     pub rpo_alpha: Option<f64>,
     /// Average log-probs over completion tokens instead of summing them.
     #[arg(long)]
-    #[serde(default)]
     pub length_normalize: bool,
     /// Peak learning rate (default: 1e-6 for dpo, 2e-5 for sft).
     #[arg(long)]
-    #[serde(default)]
     pub lr: Option<f64>,
     /// Passes over the data (default 1; fractional allowed).
     #[arg(long, conflicts_with = "steps")]
-    #[serde(default)]
     pub epochs: Option<f64>,
     /// Optimizer steps (overrides epochs).
     #[arg(long)]
-    #[serde(default)]
     pub steps: Option<usize>,
     /// Examples (sft) or pairs (dpo) per micro-batch.
     #[arg(long, default_value_t = 4)]
-    #[serde(default = "d_batch")]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
-    #[serde(default = "d_one")]
     pub grad_accum: usize,
     #[arg(long, value_enum, default_value = "linear")]
-    #[serde(default = "d_sched")]
     pub lr_scheduler: Scheduler,
     #[arg(long, conflicts_with = "warmup_ratio")]
-    #[serde(default)]
     pub warmup_steps: Option<usize>,
     #[arg(long)]
-    #[serde(default)]
     pub warmup_ratio: Option<f64>,
     /// Floor of cosine_with_min_lr (default 0.1 x lr).
     #[arg(long)]
-    #[serde(default)]
     pub min_lr: Option<f64>,
     #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this; 0 turns clipping off.
     #[arg(long, default_value_t = 1.0)]
-    #[serde(default = "d_clip")]
     pub max_grad_norm: f64,
     /// Bound on prompt + completion tokens.
     #[arg(long)]
-    #[serde(default)]
     pub max_length: Option<usize>,
     /// Keep the last this-many prompt tokens.
     #[arg(long)]
-    #[serde(default)]
     pub max_prompt_length: Option<usize>,
     #[arg(long, value_enum, default_value = "keep-start")]
-    #[serde(default = "d_trunc")]
     pub truncation_mode: TruncationMode,
     #[arg(long, default_value_t = 42)]
-    #[serde(default = "d_seed")]
     pub seed: u64,
     /// Shuffle the data each epoch (seeded); off by default, so batches keep file order.
     #[arg(long)]
-    #[serde(default)]
     pub shuffle: bool,
     /// Metrics JSONL (default OUT/metrics.jsonl).
     #[arg(long)]
-    #[serde(default)]
     pub metrics: Option<PathBuf>,
     /// Write a checkpoint every N optimizer steps (0: only the final model).
     #[arg(long, default_value_t = 0)]
-    #[serde(default)]
     pub save_every: usize,
     /// Continue from a checkpoint (a checkpoint-N directory, or an output directory,
     /// whose latest checkpoint is used).
     #[arg(long)]
-    #[serde(default)]
     pub resume: Option<PathBuf>,
     /// LoRA rank (enables LoRA; the base stays frozen, possibly 16-bit).
     #[arg(long)]
-    #[serde(default)]
     pub lora_r: Option<usize>,
     #[arg(long, default_value_t = 16.0)]
-    #[serde(default = "d_alpha")]
     pub lora_alpha: f64,
     #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
     pub lora_dropout: f32,
     /// Comma-separated projections: q,k,v,o,gate,up,down.
     #[arg(long, value_delimiter = ',', default_value = "q,k,v,o")]
-    #[serde(default = "d_targets")]
     pub lora_targets: Vec<String>,
     /// Save the base with the adapters merged in, instead of a PEFT adapter.
     #[arg(long)]
-    #[serde(default)]
     pub merge_lora: bool,
     /// Compute the reference on the fly instead of caching its log-probs.
     #[arg(long)]
-    #[serde(default)]
     pub no_ref_cache: bool,
     /// Reference cache file (default: $PONDER_CACHE_DIR or DATA_DIR/.ponder-cache, named by key).
     #[arg(long)]
-    #[serde(default)]
     pub ref_cache: Option<PathBuf>,
     /// cpu, gpu or auto (default $PONDER_DEVICE, else auto).
     #[arg(long)]
-    #[serde(default)]
     pub device: Option<String>,
     /// Dtype of the saved weights.
     #[arg(long, value_enum, default_value = "f32")]
-    #[serde(default = "d_save")]
     pub save_dtype: SaveDType,
     /// Hide the progress bar.
     #[arg(long)]
-    #[serde(default)]
     pub quiet: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SaveDType {
     F32,
     F16,
     Bf16,
 }
 
-fn d_beta() -> f64 {
-    0.1
-}
-fn d_loss() -> LossType {
-    LossType::Sigmoid
-}
-fn d_batch() -> usize {
-    4
-}
-fn d_one() -> usize {
-    1
-}
-fn d_sched() -> Scheduler {
-    Scheduler::Linear
-}
-fn d_clip() -> f64 {
-    1.0
-}
-fn d_trunc() -> TruncationMode {
-    TruncationMode::KeepStart
-}
-fn d_seed() -> u64 {
-    42
-}
-fn d_alpha() -> f64 {
-    16.0
-}
-fn d_targets() -> Vec<String> {
-    ["q", "k", "v", "o"].iter().map(|s| s.to_string()).collect()
-}
-fn d_save() -> SaveDType {
-    SaveDType::F32
+impl TrainArgs {
+    /// Parse the same flags `ponder sft|dpo` takes (clap holds the one set of defaults).
+    pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<TrainArgs> {
+        use clap::{Args, FromArgMatches};
+        let cmd = TrainArgs::augment_args(clap::Command::new("train").no_binary_name(true));
+        let m = cmd
+            .try_get_matches_from(flags.iter().map(|f| f.as_ref()))
+            .map_err(|e| Error::invalid("train", e.to_string()))?;
+        TrainArgs::from_arg_matches(&m).map_err(|e| Error::invalid("train", e.to_string()))
+    }
 }
 
 impl SaveDType {
@@ -808,10 +749,15 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     }
     let mut mw = MetricsWriter::open(&metrics_path, keep_lines)?;
 
-    // micro-batch stream (per epoch, counter-based shuffles)
-    let mb_at = |k: usize| -> Vec<usize> {
+    // micro-batch stream (per epoch, counter-based shuffles); one epoch's order is built
+    // once and kept until the stream moves past it
+    let mut epoch_cache: Option<(usize, Vec<Vec<usize>>)> = None;
+    let mut mb_at = |k: usize| -> Vec<usize> {
         let (epoch, i) = (k / mb_per_epoch, k % mb_per_epoch);
-        epoch_batches(n, bs, args.shuffle, args.seed, epoch).swap_remove(i)
+        if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            epoch_cache = Some((epoch, epoch_batches(n, bs, args.shuffle, args.seed, epoch)));
+        }
+        epoch_cache.as_ref().unwrap().1[i].clone()
     };
     let bar = progress(
         args,
@@ -822,7 +768,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     let mut last_loss = f64::NAN;
     for step in start_step..total_steps {
         let t0 = Instant::now();
-        let batches: Vec<Vec<usize>> = (step * ga..(step + 1) * ga).map(mb_at).collect();
+        let batches: Vec<Vec<usize>> = (step * ga..(step + 1) * ga).map(&mut mb_at).collect();
         let items: usize = batches.iter().map(|b| b.len()).sum();
         let mut loss_sum = 0.0;
         let mut tokens = 0usize;

@@ -291,17 +291,21 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// AVX2+FMA when the CPU has them and `PONDER_CPU_PORTABLE` is unset; decided once.
     fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var("PONDER_CPU_PORTABLE").is_err()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
             {
-                return Kernel::Avx2;
+                if std::env::var("PONDER_CPU_PORTABLE").is_err()
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                {
+                    return Kernel::Avx2;
+                }
             }
-        }
-        Kernel::Portable
+            Kernel::Portable
+        })
     }
 
     /// C[0..mr, 0..nr] (row stride ldc) (+)= Apanel (kc x MR) ^T . Bpanel (kc x NR).

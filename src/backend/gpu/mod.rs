@@ -65,17 +65,6 @@ pub struct GpuContext {
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     pending: Mutex<Pending>,
     error: Arc<Mutex<Option<String>>>,
-    stats: Mutex<Stats>,
-}
-
-/// Counters for tests and benches.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stats {
-    pub dispatches: u64,
-    pub submits: u64,
-    pub readbacks: u64,
-    pub pool_hits: u64,
-    pub pool_misses: u64,
 }
 
 /// A pooled storage buffer. Dropping it returns the buffer to its size bucket.
@@ -113,7 +102,22 @@ pub fn set_poison(on: bool) {
 }
 
 pub fn poison_enabled() -> bool {
-    POISON.load(Ordering::Relaxed) || std::env::var("PONDER_POISON").is_ok_and(|v| v == "1")
+    POISON.load(Ordering::Relaxed)
+}
+
+/// `PONDER_POISON=1`, `PONDER_NO_SUBGROUPS=1` and `PONDER_NO_F16=1`, read once when the
+/// context is created (not on every allocation or dispatch).
+fn read_env_flags() {
+    let on = |k: &str| std::env::var(k).is_ok_and(|v| v == "1");
+    if on("PONDER_POISON") {
+        POISON.store(true, Ordering::Relaxed);
+    }
+    if on("PONDER_NO_SUBGROUPS") {
+        NO_SUBGROUPS.store(true, Ordering::Relaxed);
+    }
+    if on("PONDER_NO_F16") {
+        NO_F16.store(true, Ordering::Relaxed);
+    }
 }
 
 static NO_SUBGROUPS: AtomicBool = AtomicBool::new(false);
@@ -162,6 +166,7 @@ fn bucket(size: u64) -> u64 {
 
 impl GpuContext {
     fn new() -> Result<GpuContext> {
+        read_env_flags();
         // Builds backends/flags from the environment, so WGPU_BACKEND=vulkan etc. work.
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -238,7 +243,6 @@ impl GpuContext {
                 dispatches: 0,
             }),
             error,
-            stats: Mutex::new(Stats::default()),
         })
     }
 
@@ -250,18 +254,11 @@ impl GpuContext {
     }
     /// Whether kernels take their subgroup path now (offered, and not turned off).
     pub fn use_subgroups(&self) -> bool {
-        self.has_subgroups()
-            && !NO_SUBGROUPS.load(Ordering::Relaxed)
-            && std::env::var("PONDER_NO_SUBGROUPS").map_or(true, |v| v != "1")
+        self.has_subgroups() && !NO_SUBGROUPS.load(Ordering::Relaxed)
     }
     /// Whether kernels read f16 natively now (offered, and not turned off).
     pub fn use_f16(&self) -> bool {
-        self.has_f16()
-            && !NO_F16.load(Ordering::Relaxed)
-            && std::env::var("PONDER_NO_F16").map_or(true, |v| v != "1")
-    }
-    pub fn stats(&self) -> Stats {
-        *self.stats.lock().unwrap()
+        self.has_f16() && !NO_F16.load(Ordering::Relaxed)
     }
     /// One line describing the adapter.
     pub fn describe(&self) -> String {
@@ -316,23 +313,16 @@ impl GpuContext {
             .unwrap()
             .get_mut(&size)
             .and_then(|v| v.pop());
-        let mut st = self.stats.lock().unwrap();
         let buf = match reused {
-            Some(b) => {
-                st.pool_hits += 1;
-                b
-            }
-            None => {
-                st.pool_misses += 1;
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(what),
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            }
+            Some(b) => b,
+            None => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
         };
         Ok(GpuBuffer {
             buf: Some(buf),
@@ -347,11 +337,6 @@ impl GpuContext {
             kernels::fill_words(&buf, 0, bytes / 4, 0x7fc0_0000)?;
         }
         Ok(buf)
-    }
-
-    /// Drop every pooled (currently unused) buffer.
-    pub fn trim_pool(&self) {
-        self.pool.lock().unwrap().clear();
     }
 
     /// Upload bytes into a fresh pooled buffer. The pending encoder is submitted first so
@@ -418,7 +403,6 @@ impl GpuContext {
         p.dispatches = 0;
         if let Some(enc) = p.encoder.take() {
             self.queue.submit(Some(enc.finish()));
-            self.stats.lock().unwrap().submits += 1;
         }
     }
 
@@ -447,7 +431,6 @@ impl GpuContext {
         });
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(buf.raw(), start, &staging, 0, size));
         self.flush();
-        self.stats.lock().unwrap().readbacks += 1;
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -578,7 +561,6 @@ impl GpuContext {
             p.dispatches += 1;
             p.dispatches >= MAX_PENDING_DISPATCHES
         };
-        self.stats.lock().unwrap().dispatches += 1;
         if submit {
             self.flush();
         }
