@@ -59,6 +59,13 @@ pub enum Error {
     /// A problem with a user's file: names the file and the tensor, field or line.
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
+    /// Weights that are NaN or infinite: never saved.
+    #[error("refusing to save: {tensor} holds {count} non-finite value(s) (NaN or inf) out of {total}; training diverged (try a lower --lr or --max-grad-norm)")]
+    NonFinite {
+        tensor: String,
+        count: usize,
+        total: usize,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,

@@ -1,12 +1,28 @@
 //! The `ponder` command line: thin parsing over the library.
 
+/// `println!` that returns an error instead of panicking when stdout fails (a closed pipe,
+/// a full disk). A broken pipe ends the program quietly (see `main`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*).map_err(|e| ponder::Error::io("stdout", e))?
+    }};
+}
+/// `print!` with the same error handling as `outln!`.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($t)*).map_err(|e| ponder::Error::io("stdout", e))?
+    }};
+}
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ponder::model::chat::Message;
-use ponder::model::generate::{generate, SamplingParams};
+use ponder::model::generate::SamplingParams;
 use ponder::model::{Forward, LoadOpts, Model};
 use ponder::train::trainer::{Mode, SaveDType, TrainArgs};
 use ponder::{DType, Device, Error, Result};
@@ -73,6 +89,34 @@ enum Cmd {
     /// `--config FILE.toml` supplies any of these flags (keys = flag names).
     #[command(args_override_self = true)]
     Dpo(TrainArgs),
+    /// Score a model (or another engine's predictions) on {"prompt"|"question","answer"}
+    /// JSONL: accuracy, pass@K, mean completion tokens, parse failures.
+    Eval(EvalArgs),
+    /// Tokenizers.
+    Tokenizer {
+        #[command(subcommand)]
+        what: TokenizerCmd,
+    },
+    /// A new model with random weights (std 0.02) from a config.json, with a tokenizer's
+    /// files beside it, saved as a Hugging Face directory. `vocab_size` and
+    /// `eos_token_id` default to the tokenizer's.
+    Init {
+        /// config.json of a Llama or Qwen2 model.
+        #[arg(long)]
+        config: PathBuf,
+        /// Directory with tokenizer.json (and tokenizer_config.json).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Make data sets.
+    Data {
+        #[command(subcommand)]
+        what: DataCmd,
+    },
     /// Time a kernel or a model: median of repeated runs after a warm-up.
     Bench {
         #[command(subcommand)]
@@ -123,10 +167,126 @@ struct GenerateArgs {
     /// Stop once the continuation contains this text (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// Calculator decoding: after an open annotation `<<expr=`, force the result and `>>`.
+    #[arg(long)]
+    calculator: bool,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[arg(long)]
     device: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// {"prompt"|"question", "answer"} JSONL (a GSM8K-style answer field yields its `#### N`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Generate the completions with this model.
+    #[arg(
+        long,
+        conflicts_with = "predictions",
+        required_unless_present = "predictions"
+    )]
+    model: Option<PathBuf>,
+    /// Score {"completion"} JSONL instead (line i answers data line i).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Count --predictions' lengths in this tokenizer's tokens.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Calculator decoding (see `generate --calculator`).
+    #[arg(long)]
+    calculator: bool,
+    /// Samples per question (reports pass@K).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Wrap each prompt as a user message in the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Evaluate only the first N questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Questions per generation batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One line per completion: {"index","completion","extracted","gold","correct",...}.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[arg(long)]
+    device: Option<String>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum TokenizerCmd {
+    /// Train a byte-level BPE on text files (one document per line of .txt, or the
+    /// prompt+completion of each .jsonl line) with the tokenizers crate's trainer.
+    Train {
+        /// Text or JSONL files.
+        #[arg(long, required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        /// Let digits merge into multi-digit tokens (GPT-2 / Llama 3 style); by default
+        /// every digit is its own token (Qwen2 style).
+        #[arg(long)]
+        merge_digits: bool,
+        /// model_max_length written to tokenizer_config.json.
+        #[arg(long, default_value_t = 1024)]
+        model_max_length: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Multi-step arithmetic word problems with short (GSM8K-style, calculator
+    /// annotations) and long (column-by-column) gold rationales: train/dev/test JSONL.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 2000)]
+        n_train: usize,
+        #[arg(long, default_value_t = 200)]
+        n_dev: usize,
+        #[arg(long, default_value_t = 250)]
+        n_test: usize,
+        /// Operations per problem, at least (1-6).
+        #[arg(long, default_value_t = 1)]
+        min_steps: usize,
+        /// Operations per problem, at most (1-6).
+        #[arg(long, default_value_t = 4)]
+        max_steps: usize,
+        #[arg(long, default_value_t = 99)]
+        max_start: u64,
+        /// Largest number added or subtracted.
+        #[arg(long, default_value_t = 99)]
+        max_operand: u64,
+        /// Largest multiplier or divisor (2-9).
+        #[arg(long, default_value_t = 9)]
+        max_factor: u64,
+        /// Largest intermediate value.
+        #[arg(long, default_value_t = 999)]
+        max_value: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,10 +457,25 @@ fn main() -> ExitCode {
         Cmd::Sft(a) => train(Mode::Sft, a),
         Cmd::Dpo(a) => train(Mode::Dpo, a),
         Cmd::Bench { what } => bench(what),
+        Cmd::Eval(a) => eval_cmd(a),
+        Cmd::Data { what } => data_cmd(what),
+        Cmd::Tokenizer { what } => tokenizer_cmd(what),
+        Cmd::Init {
+            config,
+            tokenizer,
+            out,
+            seed,
+        } => init_cmd(config, tokenizer, out, seed),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        // `ponder ... | head`: the reader left; that is not an error worth a message
+        Err(ponder::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -329,52 +504,68 @@ fn info(dev: Option<String>) -> Result<bool> {
         .or_else(|| std::env::var("PONDER_DEVICE").ok())
         .unwrap_or_else(|| "auto".into());
     let dev = device(dev)?;
-    println!("ponder {}", env!("CARGO_PKG_VERSION"));
-    println!("device: {dev} (requested: {requested})");
-    println!("cpu: {} threads (rayon)", rayon::current_num_threads());
+    outln!("ponder {}", env!("CARGO_PKG_VERSION"));
+    outln!("device: {dev} (requested: {requested})");
+    if dev == Device::Cpu && requested.trim().eq_ignore_ascii_case("auto") {
+        if let Ok(ctx) = ponder::backend::gpu::context() {
+            if ctx.is_software() {
+                outln!(
+                    "  auto chose the cpu: the only adapter, {}, is a software rasteriser, slower than the cpu loops (--device gpu uses it)",
+                    ctx.info.name
+                );
+            }
+        }
+    }
+    outln!("cpu: {} threads (rayon)", rayon::current_num_threads());
     match ponder::backend::gpu::context() {
         Ok(ctx) => {
-            println!("gpu adapter: {}", ctx.describe());
-            println!("  chosen because: {}", ctx.reason);
+            outln!("gpu adapter: {}", ctx.describe());
+            outln!("  chosen because: {}", ctx.reason);
             for o in &ctx.others {
-                println!("  seen: {o}");
+                outln!("  seen: {o}");
             }
             let l = &ctx.limits;
-            println!(
+            outln!(
                 "  max_storage_buffer_binding_size: {} MiB",
                 l.max_storage_buffer_binding_size >> 20
             );
-            println!("  max_buffer_size: {} MiB", l.max_buffer_size >> 20);
-            println!(
+            outln!("  max_buffer_size: {} MiB", l.max_buffer_size >> 20);
+            outln!(
                 "  max_compute_workgroup_storage_size: {} B",
                 l.max_compute_workgroup_storage_size
             );
-            println!(
+            outln!(
                 "  max_compute_invocations_per_workgroup: {}",
                 l.max_compute_invocations_per_workgroup
             );
-            println!(
+            outln!(
                 "  max_storage_buffers_per_shader_stage: {}",
                 l.max_storage_buffers_per_shader_stage
             );
-            println!(
+            outln!(
                 "  shader-f16: {}, subgroups: {}",
                 ctx.has_f16(),
                 ctx.has_subgroups()
             );
+            outln!(
+                "  naga runtime checks: {}",
+                if ponder::backend::gpu::shader_checks() {
+                    "on (PONDER_SHADER_CHECKS=1)"
+                } else {
+                    "off (trusted kernels; PONDER_SHADER_CHECKS=1 turns them on)"
+                }
+            );
         }
-        Err(e) => println!("gpu: none ({e})"),
+        Err(e) => outln!("gpu: none ({e})"),
     }
     if dev == Device::Cpu {
-        println!(
-            "self-check: skipped (the cpu backend is the reference the gpu is checked against)"
-        );
+        outln!("self-check: skipped (the cpu backend is the reference the gpu is checked against)");
         return Ok(true);
     }
     let checks = ponder::selfcheck::run()?;
     let mut ok = true;
     for c in &checks {
-        println!(
+        outln!(
             "self-check {:<28} max |gpu - cpu| = {:.2e}  {}",
             c.name,
             c.max_diff,
@@ -382,7 +573,7 @@ fn info(dev: Option<String>) -> Result<bool> {
         );
         ok &= c.pass;
     }
-    println!(
+    outln!(
         "self-check: {}",
         if ok {
             "all kernels agree with the cpu reference"
@@ -449,9 +640,13 @@ fn compare(
             .enumerate()
             .fold(0, |b, (i, &a)| if a > x[b] { i } else { b })
     };
-    println!(
+    outln!(
         "{:>4} {:>8} {:>12} {:>12} {:>6}",
-        "pos", "token", "max|diff|", "KL(ref||us)", "top1"
+        "pos",
+        "token",
+        "max|diff|",
+        "KL(ref||us)",
+        "top1"
     );
     let (mut worst, mut kl_sum, mut agree) = (0.0f64, 0.0f64, 0);
     for t in 0..ids.len() {
@@ -464,7 +659,7 @@ fn compare(
         let (lg, lw) = (lsm(g), lsm(w));
         let kl: f64 = lw.iter().zip(&lg).map(|(a, b)| a.exp() * (a - b)).sum();
         let same = argmax(g) == argmax(w);
-        println!(
+        outln!(
             "{t:>4} {:>8} {d:>12.3e} {kl:>12.3e} {:>6}",
             ids[t],
             if same { "yes" } else { "NO" }
@@ -473,7 +668,7 @@ fn compare(
         kl_sum += kl;
         agree += same as usize;
     }
-    println!(
+    outln!(
         "max |diff| {worst:.3e}; mean KL {:.3e}; top-1 agreement {agree}/{}",
         kl_sum / ids.len() as f64,
         ids.len()
@@ -517,36 +712,58 @@ fn generate_cmd(a: GenerateArgs) -> Result<bool> {
     };
     // text output for one sequence streams as tokens arrive
     let stream = a.format == Format::Text && a.n == 1 && tok.is_some();
-    let mut shown = String::new();
-    let mut so_far: Vec<u32> = Vec::new();
+    let mut dec = ponder::model::tokenizer::StreamDecoder::skipping_special();
+    // a failed write (a closed pipe) is kept and reported once generation returns
+    let mut write_err: Option<std::io::Error> = None;
     let mut on_token = |_row: usize, id: u32| {
-        if !stream {
+        let (true, None, Some(t)) = (stream, &write_err, tok) else {
             return;
-        }
-        so_far.push(id);
-        if let Some(t) = tok {
-            if let Ok(text) = t.decode(&so_far, true) {
-                if text.len() > shown.len()
-                    && text.starts_with(&shown)
-                    && !text.ends_with('\u{FFFD}')
-                {
-                    print!("{}", &text[shown.len()..]);
-                    let _ = std::io::stdout().flush();
-                    shown = text;
+        };
+        match dec.push(t, id) {
+            Ok(new) if !new.is_empty() => {
+                let mut so = std::io::stdout();
+                if let Err(e) = so.write_all(new.as_bytes()).and_then(|_| so.flush()) {
+                    write_err = Some(e);
                 }
             }
+            _ => {}
         }
     };
-    let (seqs, stats) = generate(&m.net, &[prompt], a.n, &p, tok, &mut on_token)?;
+    let mut calc = tok.map(ponder::recipes::Calculator::new);
+    let mut hook = |_: usize, text: &str| calc.as_mut().and_then(|c| c.force(text));
+    let steer: Option<&mut ponder::model::generate::Steer<'_>> = if a.calculator {
+        if tok.is_none() {
+            return Err(Error::invalid(
+                "generate",
+                "--calculator needs the model's tokenizer",
+            ));
+        }
+        Some(&mut hook)
+    } else {
+        None
+    };
+    let (seqs, stats) = ponder::model::generate::generate_steered(
+        &m.net,
+        &[prompt],
+        a.n,
+        &p,
+        tok,
+        &mut on_token,
+        steer,
+    )?;
+    if let Some(e) = write_err {
+        return Err(Error::io("stdout", e));
+    }
     if stream {
         let full = tok
             .map(|t| t.decode(&seqs[0].ids, true))
             .transpose()?
             .unwrap_or_default();
-        if full.len() > shown.len() && full.starts_with(&shown) {
-            print!("{}", &full[shown.len()..]);
+        let shown = dec.text();
+        if full.len() > shown.len() && full.starts_with(shown) {
+            out!("{}", &full[shown.len()..]);
         }
-        println!();
+        outln!();
     } else {
         for s in &seqs {
             let text = tok
@@ -554,15 +771,177 @@ fn generate_cmd(a: GenerateArgs) -> Result<bool> {
                 .transpose()?
                 .unwrap_or_default();
             match a.format {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({"prompt": s.prompt, "sample": s.sample, "ids": s.ids, "text": text, "finish_reason": s.finish})
                 ),
-                Format::Text => println!("--- sample {} ({:?}) ---\n{text}", s.sample, s.finish),
+                Format::Text => outln!("--- sample {} ({:?}) ---\n{text}", s.sample, s.finish),
             }
         }
     }
     eprintln!("{}", stats.summary());
+    Ok(true)
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<bool> {
+    use ponder::recipes::{data, eval};
+    let mut examples = data::read_examples(&a.data)?;
+    if let Some(n) = a.limit {
+        examples.truncate(n);
+    }
+    let (report, recs) = match (&a.model, &a.predictions) {
+        (_, Some(pred)) => {
+            let preds = data::read_predictions(pred)?;
+            let preds: Vec<String> = preds.into_iter().take(examples.len()).collect();
+            let tok = a
+                .tokenizer
+                .as_deref()
+                .map(ponder::model::Tok::load)
+                .transpose()?;
+            eval::score_predictions(&examples, &preds, tok.as_ref())?
+        }
+        (Some(dir), None) => {
+            let m = Model::load(dir, frozen(device(a.device.clone())?))?;
+            let tok = m.tokenizer()?;
+            let opts = eval::EvalOpts {
+                samples: a.samples,
+                temperature: a.temperature,
+                top_p: a.top_p,
+                max_new_tokens: a.max_new_tokens,
+                calculator: a.calculator,
+                chat: a.chat,
+                seed: a.seed,
+                batch: a.batch,
+            };
+            let bar = ponder::util::progress_bar(examples.len() as u64, "eval", a.quiet);
+            let r = eval::evaluate(&m.net, tok, &examples, &opts, &mut |d| {
+                bar.set_position(d as u64)
+            })?;
+            bar.finish_and_clear();
+            r
+        }
+        (None, None) => return Err(Error::invalid("eval", "give --model or --predictions")),
+    };
+    if let Some(out) = &a.out {
+        data::write_jsonl(out, &eval::record_rows(&recs))?;
+    }
+    match a.format {
+        Format::Json => outln!("{}", report.to_json()),
+        Format::Text => out!("{}", report.table()),
+    }
+    Ok(true)
+}
+
+fn tokenizer_cmd(what: TokenizerCmd) -> Result<bool> {
+    let TokenizerCmd::Train {
+        files,
+        out,
+        vocab_size,
+        min_frequency,
+        merge_digits,
+        model_max_length,
+    } = what;
+    let mut texts: Vec<String> = Vec::new();
+    for f in &files {
+        if f.extension().is_some_and(|e| e == "jsonl") {
+            for (_, o) in ponder::train::data::read_jsonl(f)? {
+                let get = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                let t = format!("{}{}{}", get("prompt"), get("completion"), get("text"));
+                if !t.is_empty() {
+                    texts.push(t);
+                }
+            }
+        } else {
+            let t = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            texts.extend(t.lines().filter(|l| !l.is_empty()).map(String::from));
+        }
+    }
+    if texts.is_empty() {
+        return Err(Error::invalid("tokenizer train", "the files hold no text"));
+    }
+    let opts = ponder::model::tokenizer_train::BpeOpts {
+        vocab_size,
+        min_frequency,
+        split_digits: !merge_digits,
+    };
+    let n = texts.len();
+    let tok = ponder::model::tokenizer_train::train_bpe(texts, &opts)?;
+    ponder::model::tokenizer_train::save_dir(&tok, &out, model_max_length)?;
+    outln!(
+        "trained a byte-level BPE of {} tokens on {n} texts: {}",
+        tok.get_vocab_size(true),
+        out.join("tokenizer.json").display()
+    );
+    Ok(true)
+}
+
+fn init_cmd(config: PathBuf, tokenizer: PathBuf, out: PathBuf, seed: u64) -> Result<bool> {
+    let text = std::fs::read_to_string(&config).map_err(|e| Error::io(&config, e))?;
+    let mut raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&config, format!("not valid JSON: {e}")))?;
+    let tok = ponder::model::Tok::load(&tokenizer)?;
+    let tv = tok.vocab_size();
+    if let Some(o) = raw.as_object_mut() {
+        o.entry("vocab_size").or_insert(tv.into());
+        if let (false, Some((_, eos))) = (o.contains_key("eos_token_id"), &tok.eos) {
+            o.insert("eos_token_id".into(), (*eos).into());
+        }
+    }
+    let cfg = ponder::model::Config::from_json(&config, raw)?;
+    if cfg.vocab_size < tv {
+        return Err(Error::file(
+            &config,
+            format!(
+                "vocab_size {} is smaller than the tokenizer's {tv} tokens",
+                cfg.vocab_size
+            ),
+        ));
+    }
+    let net = ponder::model::Transformer::random(&cfg, Device::Cpu, DType::F32, seed)?;
+    ponder::model::save::save_model(&net, Some(&tokenizer), &out, DType::F32)?;
+    outln!(
+        "initialised a {}-parameter model (seed {seed}): {}",
+        net.num_parameters(),
+        out.display()
+    );
+    Ok(true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn data_cmd(what: DataCmd) -> Result<bool> {
+    let DataCmd::Synth {
+        out,
+        seed,
+        n_train,
+        n_dev,
+        n_test,
+        min_steps,
+        max_steps,
+        max_start,
+        max_operand,
+        max_factor,
+        max_value,
+    } = what;
+    let cfg = ponder::recipes::synth::SynthConfig {
+        seed,
+        n_train,
+        n_dev,
+        n_test,
+        min_steps,
+        max_steps,
+        max_start,
+        max_operand,
+        max_factor,
+        max_value,
+    };
+    cfg.validate()
+        .map_err(|e| Error::invalid("data synth", e))?;
+    let splits =
+        ponder::recipes::synth::generate(&cfg).map_err(|e| Error::invalid("data synth", e))?;
+    let files = ponder::recipes::data::write_synth(&out, &splits)?;
+    for f in files {
+        outln!("{}", f.display());
+    }
     Ok(true)
 }
 
@@ -721,7 +1100,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
                 completion_len,
                 steps,
             )?;
-            println!(
+            outln!(
                 "dpo step on {dev}, {name}, reference {}: median {:.3}s per step, {} tokens/step = {:.1} tokens/s, peak RSS {:.0} MiB",
                 if no_ref_cache { "live (bf16 model each step)" } else { "cached log-probs" },
                 r.median_step_s,
@@ -760,7 +1139,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
                 let name = dir.display().to_string();
                 (Model::load(&dir, frozen(dev))?.net, name)
             };
-            println!(
+            outln!(
                 "{name}: {} parameters, loaded in {:.2}s, peak RSS {:.0} MiB",
                 net.num_parameters(),
                 t0.elapsed().as_secs_f64(),
@@ -768,25 +1147,25 @@ fn bench(what: BenchCmd) -> Result<bool> {
             );
             if let Some(out) = save_random {
                 ponder::model::save::save_model(&net, None, &out, dtype.dtype())?;
-                println!("wrote {}", out.display());
+                outln!("wrote {}", out.display());
                 return Ok(true);
             }
             for b in batch {
                 let s = ponder::bench::generation(&net, b, prompt_len, new_tokens)?;
-                println!("batch {b} on {dev}: {}", s.summary());
+                outln!("batch {b} on {dev}: {}", s.summary());
             }
-            println!(
+            outln!(
                 "peak RSS {:.0} MiB",
                 ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
             );
             return Ok(true);
         }
     };
-    println!("{r}");
+    outln!("{r}");
     if r.device == Device::Gpu {
         let ctx = ponder::backend::gpu::context()?;
         if ctx.info.device_type == wgpu::DeviceType::Cpu {
-            println!(
+            outln!(
                 "note: {} is a software rasteriser; its figures are for reference only",
                 ctx.info.name
             );

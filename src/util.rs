@@ -40,3 +40,19 @@ pub fn fresh_seed() -> u64 {
     let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     (t as u64) ^ (c.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (std::process::id() as u64) << 32
 }
+
+/// A progress bar on stderr (hidden when `quiet`, or when stderr is not a terminal that
+/// indicatif can draw on).
+pub fn progress_bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(what.to_string());
+    bar
+}

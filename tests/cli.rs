@@ -22,6 +22,18 @@ fn info_reports_device_and_self_check() {
     assert!(ok, "{out}");
     assert!(out.contains("device:"), "{out}");
     if common::gpu_ok("cli info") {
+        let soft = ponder::backend::gpu::context().unwrap().is_software();
+        // auto never picks a software rasteriser (lavapipe) over the cpu loops
+        if soft {
+            assert!(out.contains("device: cpu (requested: auto)"), "{out}");
+            assert!(out.contains("auto chose the cpu"), "{out}");
+        } else {
+            assert!(out.contains("device: gpu (requested: auto)"), "{out}");
+        }
+        let (ok, out) = ponder(&["info", "--device", "gpu"]);
+        assert!(ok, "{out}");
+        assert!(out.contains("device: gpu"), "{out}");
+        assert!(out.contains("naga runtime checks: off"), "{out}");
         assert!(
             out.contains("gpu adapter:") && out.contains("chosen because"),
             "{out}"

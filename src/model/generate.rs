@@ -60,7 +60,38 @@ pub struct Sequence {
     pub sample: usize,
     /// Generated ids only (an EOS that ended the sequence included).
     pub ids: Vec<u32>,
+    /// Untempered log-probability of each id under the model that produced it, read off
+    /// the same logits it was sampled from: a reference log-prob that costs no extra pass.
+    pub logprobs: Vec<f32>,
+    /// How many of `ids` a steering hook forced rather than the sampler chose.
+    pub forced: usize,
     pub finish: Finish,
+}
+
+/// A steering hook: after each token of row `row` it sees that row's whole text so far
+/// (prompt included) and may return token ids to force next, in order. Forced ids count
+/// towards `max_new_tokens`; the hook is asked again only once they are all emitted.
+pub type Steer<'a> = dyn FnMut(usize, &str) -> Option<Vec<u32>> + 'a;
+
+/// `log_softmax(logits)[id]`, in f64 for the sum.
+fn logprob_of(logits: &[f32], id: u32) -> f32 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let z: f64 = logits.iter().map(|&x| (x as f64 - m).exp()).sum();
+    (logits[id as usize] as f64 - m - z.ln()) as f32
+}
+
+/// Whether the generated text, whose last `new` bytes just arrived, now contains a stop
+/// string: only the tail that could hold a new match is searched.
+fn hit_stop(text: &str, new: usize, stops: &[String]) -> bool {
+    let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut from = text.len().saturating_sub(new + longest);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let tail = &text[from..];
+    stops
+        .iter()
+        .any(|s| !s.is_empty() && tail.contains(s.as_str()))
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -198,6 +229,19 @@ pub fn generate(
     tok: Option<&Tok>,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<(Vec<Sequence>, GenStats)> {
+    generate_steered(net, prompts, n, p, tok, on_token, None)
+}
+
+/// [`generate`] with a steering hook (see [`Steer`]); calculator decoding is one.
+pub fn generate_steered(
+    net: &Transformer,
+    prompts: &[Vec<u32>],
+    n: usize,
+    p: &SamplingParams,
+    tok: Option<&Tok>,
+    on_token: &mut dyn FnMut(usize, u32),
+    mut steer: Option<&mut Steer<'_>>,
+) -> Result<(Vec<Sequence>, GenStats)> {
     if prompts.is_empty() || n == 0 {
         return Err(Error::invalid(
             "generate",
@@ -207,12 +251,16 @@ pub fn generate(
     if let Some(i) = prompts.iter().position(|q| q.is_empty()) {
         return Err(Error::invalid("generate", format!("prompt {i} is empty")));
     }
-    if !p.stop_strings.is_empty() && tok.is_none() {
-        return Err(Error::invalid(
-            "generate",
-            "stop strings need the model's tokenizer",
-        ));
-    }
+    let need_text = !p.stop_strings.is_empty() || steer.is_some();
+    let tk = match (need_text, tok) {
+        (true, None) => {
+            return Err(Error::invalid(
+                "generate",
+                "stop strings and steering hooks need the model's tokenizer",
+            ))
+        }
+        (_, t) => t,
+    };
     let _ng = crate::autograd::NoGradGuard::new();
     let (np, rows) = (prompts.len(), prompts.len() * n);
     let l = prompts.iter().map(|q| q.len()).max().unwrap();
@@ -244,9 +292,24 @@ pub fn generate(
             prompt: r / n,
             sample: r % n,
             ids: vec![],
+            logprobs: vec![],
+            forced: 0,
             finish: Finish::Length,
         })
         .collect();
+    // per row: the text so far (prompt, then what was generated), kept incrementally
+    let mut decoders = vec![super::tokenizer::StreamDecoder::new(); rows];
+    let mut texts: Vec<String> = Vec::new();
+    let mut gen_start = vec![0usize; rows];
+    if let (true, Some(t)) = (need_text, tk) {
+        let prompt_texts: Vec<String> = prompts
+            .iter()
+            .map(|q| t.decode(q, false))
+            .collect::<Result<_>>()?;
+        texts = (0..rows).map(|r| prompt_texts[r / n].clone()).collect();
+        gen_start = texts.iter().map(|t| t.len()).collect();
+    }
+    let mut queued: Vec<std::collections::VecDeque<u32>> = vec![Default::default(); rows];
     let mut done = vec![false; rows];
     let mut stats = GenStats {
         rows,
@@ -275,6 +338,15 @@ pub fn generate(
         .collect();
     stats.prefill_s = t0.elapsed().as_secs_f64();
 
+    // the hook sees each prompt before the first token: a prompt that ends inside
+    // something the hook completes (an open calculator annotation) is completed
+    if let Some(hook) = steer.as_deref_mut() {
+        for (r, q) in queued.iter_mut().enumerate() {
+            if let Some(force) = hook(r, &texts[r]) {
+                q.extend(force);
+            }
+        }
+    }
     let kv_ranges = ranges(n, cap)?;
     let t1 = Instant::now();
     for step in 0..p.max_new_tokens {
@@ -283,17 +355,38 @@ pub fn generate(
             if done[r] {
                 continue;
             }
-            let id = sample(&logits[r * v..(r + 1) * v], p, &mut rngs[r]);
+            let row = &logits[r * v..(r + 1) * v];
+            let id = match queued[r].pop_front() {
+                Some(f) if (f as usize) < v => {
+                    seqs[r].forced += 1;
+                    f
+                }
+                _ => sample(row, p, &mut rngs[r]),
+            };
             next[r] = id;
             seqs[r].ids.push(id);
+            seqs[r].logprobs.push(logprob_of(row, id));
             stats.decode_tokens += 1;
             on_token(r, id);
             if !p.ignore_eos && p.eos_ids.contains(&id) {
                 (done[r], seqs[r].finish) = (true, Finish::Eos);
-            } else if let (false, Some(tk)) = (p.stop_strings.is_empty(), tok) {
-                let text = tk.decode(&seqs[r].ids, false)?;
-                if p.stop_strings.iter().any(|s| text.contains(s.as_str())) {
-                    (done[r], seqs[r].finish) = (true, Finish::Stop);
+                continue;
+            }
+            let Some(t) = tk.filter(|_| need_text) else {
+                continue;
+            };
+            let new = decoders[r].push(t, id)?;
+            let added = new.len();
+            texts[r].push_str(new);
+            if !p.stop_strings.is_empty()
+                && hit_stop(&texts[r][gen_start[r]..], added, &p.stop_strings)
+            {
+                (done[r], seqs[r].finish) = (true, Finish::Stop);
+                continue;
+            }
+            if let (true, Some(hook)) = (queued[r].is_empty(), steer.as_deref_mut()) {
+                if let Some(force) = hook(r, &texts[r]) {
+                    queued[r].extend(force);
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod rope;
 pub mod save;
 pub mod tokenizer;
+pub mod tokenizer_train;
 pub mod transformer;
 pub mod weights;
 

@@ -21,14 +21,9 @@ pub const TOKENIZER_FILES: [&str; 5] = [
     "chat_template.jinja",
 ];
 
-/// Write `bytes` to `path` atomically (temporary file in the same directory, then rename).
+/// Write `bytes` to `path` atomically (see [`crate::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, bytes)
 }
 
 /// Serialize named tensors to safetensors bytes in `dtype` (f32, f16 or bf16).
@@ -44,15 +39,30 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)], dtype: DType) -> Result<V
         };
         let (bytes, st) = t.with_cpu_data(|d, l| {
             let (o, n) = (l.offset, l.numel());
-            match d {
+            let bad = match d {
+                CpuData::F32(v) => v[o..o + n].iter().filter(|x| !x.is_finite()).count(),
+                CpuData::F16(v) => v[o..o + n].iter().filter(|x| !x.is_finite()).count(),
+                CpuData::BF16(v) => v[o..o + n].iter().filter(|x| !x.is_finite()).count(),
+                CpuData::F64(v) => v[o..o + n].iter().filter(|x| !x.is_finite()).count(),
+                CpuData::U32(_) | CpuData::I32(_) => 0,
+            };
+            if bad > 0 {
+                return Err(Error::NonFinite {
+                    tensor: name.clone(),
+                    count: bad,
+                    total: n,
+                });
+            }
+            let out = match d {
                 CpuData::F32(v) => (bytemuck::cast_slice(&v[o..o + n]).to_vec(), Dtype::F32),
                 CpuData::F16(v) => (bytemuck::cast_slice(&v[o..o + n]).to_vec(), Dtype::F16),
                 CpuData::BF16(v) => (bytemuck::cast_slice(&v[o..o + n]).to_vec(), Dtype::BF16),
                 CpuData::F64(v) => (bytemuck::cast_slice(&v[o..o + n]).to_vec(), Dtype::F64),
                 CpuData::U32(v) => (bytemuck::cast_slice(&v[o..o + n]).to_vec(), Dtype::U32),
                 CpuData::I32(v) => (bytemuck::cast_slice(&v[o..o + n]).to_vec(), Dtype::I32),
-            }
-        });
+            };
+            Ok(out)
+        })?;
         raw.push((name.clone(), bytes, t.shape().to_vec(), st));
     }
     let views: Vec<(String, TensorView)> = raw
@@ -106,26 +116,52 @@ pub fn save_model(
             o.insert("torch_dtype".into(), dtype_name(dtype).into());
         }
     }
-    // a sharded index left in the output directory would shadow the new single file
-    let stale = out.join("model.safetensors.index.json");
-    if stale.exists() {
-        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
-    }
     let text =
         serde_json::to_string_pretty(&cfg).map_err(|e| Error::invalid("save", e.to_string()))?;
-    write_atomic(&out.join("config.json"), text.as_bytes())?;
-    write_atomic(
-        &out.join("model.safetensors"),
-        &safetensors_bytes(&net.named_parameters(), dtype)?,
-    )?;
+    // weights first: a non-finite value stops the save before anything is written
+    let mut files = vec![
+        (
+            out.join("model.safetensors"),
+            safetensors_bytes(&net.named_parameters(), dtype)?,
+        ),
+        (out.join("config.json"), text.into_bytes()),
+    ];
     if let Some(src) = src_dir {
+        let same = std::fs::canonicalize(src).ok() == std::fs::canonicalize(out).ok();
         for f in TOKENIZER_FILES {
             let p = src.join(f);
-            if p.exists() && src != out {
+            if p.exists() && !same {
                 let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-                write_atomic(&out.join(f), &bytes)?;
+                files.push((out.join(f), bytes));
             }
         }
+    }
+    // every file is complete on disk before any replaces its old version: a full disk
+    // leaves the old model loadable and no temporary file behind
+    crate::files::write_all_atomic(&files)?;
+    // a sharded index (and its shards) left in the directory would shadow the new file
+    let stale = out.join("model.safetensors.index.json");
+    if stale.is_file() {
+        if let Ok(idx) = std::fs::read_to_string(&stale) {
+            let shards: std::collections::BTreeSet<String> =
+                serde_json::from_str::<serde_json::Value>(&idx)
+                    .ok()
+                    .and_then(|v| v.get("weight_map").cloned())
+                    .and_then(|m| m.as_object().cloned())
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            for sh in shards {
+                // only plain file names inside `out`, never a path elsewhere
+                if !sh.contains('/') && !sh.contains('\\') && sh != "model.safetensors" {
+                    let _ = std::fs::remove_file(out.join(sh));
+                }
+            }
+        }
+        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
     }
     Ok(())
 }

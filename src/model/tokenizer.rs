@@ -164,3 +164,57 @@ impl Tok {
         self.encode(&text, false)
     }
 }
+
+/// Incremental detokenisation: text arrives as ids are pushed, without re-decoding the
+/// whole sequence each time. Each push decodes only the ids since the last point where the
+/// text was complete (a window of a few tokens), and holds back output while the window
+/// ends in an incomplete UTF-8 character (byte-level BPE splits characters across ids).
+#[derive(Clone, Debug, Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    /// `ids[prefix..read]` decode to the text already emitted from this window.
+    prefix: usize,
+    read: usize,
+    text: String,
+    skip_special: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder that keeps special tokens' text (what a steering hook or a stop string sees).
+    pub fn new() -> StreamDecoder {
+        StreamDecoder::default()
+    }
+
+    /// A decoder that leaves special tokens out (what a person reads).
+    pub fn skipping_special() -> StreamDecoder {
+        StreamDecoder {
+            skip_special: true,
+            ..Default::default()
+        }
+    }
+
+    /// Append one id; returns the new text it completes (possibly empty).
+    pub fn push(&mut self, tok: &Tok, id: u32) -> Result<&str> {
+        self.ids.push(id);
+        // decoding a window, not one id alone, keeps decoders that strip a leading space
+        // (sentencepiece's "▁") or merge bytes across ids right
+        let before = tok.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = tok.decode(&self.ids[self.prefix..], self.skip_special)?;
+        let start = self.text.len();
+        if now.len() >= before.len() && now.starts_with(&before) && !now.ends_with('\u{FFFD}') {
+            self.text.push_str(&now[before.len()..]);
+            self.prefix = self.read;
+            self.read = self.ids.len();
+        }
+        Ok(&self.text[start..])
+    }
+
+    /// Everything decoded so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}

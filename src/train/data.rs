@@ -114,7 +114,7 @@ fn field(
 }
 
 /// Read the JSON objects of a JSONL file with their line numbers.
-fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     let lines: Vec<&str> = text.lines().collect();

@@ -22,17 +22,36 @@ impl MetricsWriter {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let kept: Vec<&str> = old
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(keep)
-            .collect();
+        crate::files::check_replaceable(path)?;
+        let old = match std::fs::read(path) {
+            Ok(b) => String::from_utf8(b).map_err(|_| {
+                Error::file(
+                    path,
+                    "not a ponder metrics file (not UTF-8); ponder will not overwrite it",
+                )
+            })?,
+            Err(_) => String::new(),
+        };
+        let lines: Vec<&str> = old.lines().filter(|l| !l.trim().is_empty()).collect();
+        // only a file of JSON objects, one per line, is ours to rewrite
+        if let Some(i) = lines
+            .iter()
+            .position(|l| !serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object()))
+        {
+            return Err(Error::file(
+                path,
+                format!("line {} is not a JSON object: not a ponder metrics file, and ponder will not overwrite it; choose another --metrics or --out", i + 1),
+            ));
+        }
+        let kept = &lines[..keep.min(lines.len())];
         let mut text = kept.join("\n");
         if !text.is_empty() {
             text.push('\n');
         }
-        std::fs::write(path, &text).map_err(|e| Error::io(path, e))?;
+        // the history survives a kill here: the old file stays until the new one is complete
+        if text != old || !path.exists() {
+            crate::files::write_atomic(path, text.as_bytes())?;
+        }
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)

@@ -8,7 +8,8 @@
 //! Pair i's chosen tokens are values[off[2i]..off[2i+1]], rejected off[2i+1]..off[2i+2].
 //! The key hashes the reference weights, tokenizer, tokenised data and truncation settings,
 //! so a file built for anything else is stale; a checksum mismatch means corruption.
-//! Either way the cache is rebuilt, with a message.
+//! Either way the cache is rebuilt, with a message. A file at the cache path that ponder
+//! did not write (no magic, or not a regular file) is never replaced: that is an error.
 
 use std::path::{Path, PathBuf};
 
@@ -122,7 +123,7 @@ pub fn write(path: &Path, key: u64, r: &RefLogps) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    crate::model::save::write_atomic(path, &out)
+    crate::files::write_atomic(path, &out)
 }
 
 /// An opened, validated cache.
@@ -136,6 +137,8 @@ pub struct RefCache {
 #[derive(Debug)]
 pub enum Invalid {
     Missing,
+    /// Not a file ponder wrote: never rebuilt over, since it may be the user's data.
+    Foreign(String),
     Stale(String),
     Corrupt(String),
 }
@@ -147,15 +150,27 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl RefCache {
     /// Open `path` and check magic, key, sizes and checksum.
     pub fn open(path: &Path, key: u64, pairs: usize) -> std::result::Result<RefCache, Invalid> {
+        match std::fs::symlink_metadata(path) {
+            Err(_) => return Err(Invalid::Missing),
+            Ok(m) if !m.file_type().is_file() => {
+                return Err(Invalid::Foreign(
+                    "it is not a regular file (a directory, link or device)".into(),
+                ))
+            }
+            Ok(_) => {}
+        }
         let Ok(f) = std::fs::File::open(path) else {
-            return Err(Invalid::Missing);
+            return Err(Invalid::Foreign("it cannot be opened for reading".into()));
         };
         // SAFETY: read-only mapping; the checksum below guards the contents we rely on.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| Invalid::Corrupt(e.to_string()))?;
-        if map.len() < HEADER || &map[..8] != MAGIC {
-            return Err(Invalid::Corrupt(
-                "not a ponder reference cache (bad magic or too short)".into(),
+        if map.len() < 8 || &map[..8] != MAGIC {
+            return Err(Invalid::Foreign(
+                "it does not start with ponder's cache magic PONDREF1".into(),
             ));
+        }
+        if map.len() < HEADER {
+            return Err(Invalid::Corrupt("shorter than its header".into()));
         }
         if u64_at(&map, 8) != key {
             return Err(Invalid::Stale(

@@ -295,6 +295,12 @@ fn build_cache(
             "reference cache {} is stale ({why}); rebuilding",
             path.display()
         )),
+        Err(Invalid::Foreign(why)) => {
+            return Err(Error::file(
+                &path,
+                format!("refusing to use this as the reference cache: {why}, so ponder did not write it and will not overwrite it; pass --ref-cache with a new path"),
+            ))
+        }
         Err(Invalid::Corrupt(why)) => log(format!(
             "reference cache {} is corrupted ({why}); rebuilding",
             path.display()
@@ -429,8 +435,7 @@ fn checkpoint_dir(out: &Path, step: usize) -> PathBuf {
 /// Write checkpoint-N atomically: into a temporary directory, renamed when complete.
 fn save_checkpoint(out: &Path, opt: &Optimizer, st: &State) -> Result<PathBuf> {
     let dir = checkpoint_dir(out, st.step);
-    let tmp = out.join(format!(".checkpoint-{}.tmp", st.step));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = crate::files::temp_path(&dir);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let weights: Vec<(String, Tensor)> = opt
         .params
@@ -465,16 +470,60 @@ fn save_checkpoint(out: &Path, opt: &Optimizer, st: &State) -> Result<PathBuf> {
             let _ = h.sync_all();
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    discard_dir(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     // keep the two most recent
     let mut steps = list_checkpoints(out);
     steps.sort();
     while steps.len() > 2 {
         let s = steps.remove(0);
-        let _ = std::fs::remove_dir_all(checkpoint_dir(out, s));
+        discard_dir(&checkpoint_dir(out, s));
     }
     Ok(dir)
+}
+
+/// Remove a directory so that a kill part-way leaves nothing that looks like a checkpoint:
+/// it is renamed to a hidden temporary name first (one atomic step), then deleted; a
+/// leftover is removed by [`remove_orphans`] at the next start.
+fn discard_dir(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    let doomed = crate::files::temp_path(dir);
+    match std::fs::rename(dir, &doomed) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// What a killed run can leave in its output directory: hidden temporary checkpoint
+/// directories and files (ours by name), and checkpoint-N directories without the
+/// state.json that is written before one is published. Called with the output locked.
+fn remove_orphans(out: &Path) {
+    let Ok(rd) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let temp_ckpt = name.starts_with(".checkpoint-") && name.ends_with(".tmp");
+        let half_ckpt = name
+            .strip_prefix("checkpoint-")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+            && !path.join("state.json").exists();
+        if (temp_ckpt || half_ckpt) && path.is_dir() {
+            log(format!(
+                "removing {} left by an interrupted run",
+                path.display()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+    crate::files::remove_stale_temps(out);
 }
 
 fn list_checkpoints(out: &Path) -> Vec<usize> {
@@ -628,6 +677,9 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         ..Default::default()
     };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    // one run at a time per output directory; the OS drops the lock if this process dies
+    let _lock = crate::files::DirLock::acquire(&args.out)?;
+    remove_orphans(&args.out);
 
     // reference for DPO
     let dpo = DpoParams {
@@ -735,16 +787,6 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 &args.out,
                 format!("already holds checkpoints of an earlier run (checkpoint-{old}); pass --resume {} to continue it, or choose another --out", args.out.display()),
             ));
-        }
-    }
-    // half-written checkpoints of a killed run are never resumed from
-    if let Ok(rd) = std::fs::read_dir(&args.out) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".tmp")
-                && e.file_name().to_string_lossy().starts_with(".checkpoint-")
-            {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
         }
     }
     let mut mw = MetricsWriter::open(&metrics_path, keep_lines)?;
@@ -957,7 +999,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
 /// PEFT's adapter format: adapter_model.safetensors + adapter_config.json.
 fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
     let params = net.lora_parameters();
-    crate::model::save::write_atomic(
+    crate::files::write_atomic(
         &args.out.join("adapter_model.safetensors"),
         &crate::model::save::safetensors_bytes(&params, args.save_dtype.dtype())?,
     )?;
@@ -978,7 +1020,7 @@ fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
         "use_rslora": false,
         "use_dora": false,
     });
-    crate::model::save::write_atomic(
+    crate::files::write_atomic(
         &args.out.join("adapter_config.json"),
         serde_json::to_string_pretty(&cfg)
             .unwrap_or_default()
@@ -989,7 +1031,7 @@ fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
         let p = args.model.join(f);
         if p.exists() {
             let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-            crate::model::save::write_atomic(&args.out.join(f), &bytes)?;
+            crate::files::write_atomic(&args.out.join(f), &bytes)?;
         }
     }
     Ok(())

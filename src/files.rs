@@ -1,0 +1,260 @@
+//! Writing files without losing data: every output goes to a uniquely named temporary file
+//! beside its destination and is renamed over it only when complete; ponder replaces only
+//! regular files (never a device node, a directory or a link's target); a run holds a lock
+//! on its output directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// A temporary name beside `path`, unique to this process and call: two runs (or two
+/// threads) writing the same destination never share a temporary file.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let nonce = crate::util::fresh_seed() & 0xffff_ffff;
+    path.with_file_name(format!(
+        ".{name}.{}-{n}-{nonce:08x}.tmp",
+        std::process::id()
+    ))
+}
+
+/// Refuse to replace `path` unless it is absent or a regular file.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) => Err(Error::invalid(
+            "output",
+            format!(
+                "{} exists and is not a regular file ({}); ponder will not replace it",
+                path.display(),
+                if m.is_dir() {
+                    "a directory"
+                } else if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "a device, socket or pipe"
+                }
+            ),
+        )),
+    }
+}
+
+/// Write `bytes` to a fresh temporary file beside `path` and flush it to disk. The caller
+/// renames it into place (or removes it). On error the temporary file is removed.
+pub fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    check_replaceable(path)?;
+    let tmp = temp_path(path);
+    let res = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(tmp)
+}
+
+/// Write `bytes` to `path` atomically: a reader sees the old file or the new one, never a
+/// mixture, and a failed write (a full disk) leaves the old file as it was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_temp(path, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Write several files as one step: every file is written to a temporary name first, and
+/// only when all of them are complete are they renamed into place. A failure (a full
+/// disk) on any one leaves every destination untouched and no temporary file behind.
+pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    let mut temps: Vec<(PathBuf, &Path)> = Vec::new();
+    for (path, bytes) in files {
+        match write_temp(path, bytes) {
+            Ok(t) => temps.push((t, path)),
+            Err(e) => {
+                for (t, _) in &temps {
+                    let _ = std::fs::remove_file(t);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (i, (tmp, path)) in temps.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            for (t, _) in &temps[i..] {
+                let _ = std::fs::remove_file(t);
+            }
+            return Err(Error::io(path, e));
+        }
+    }
+    Ok(())
+}
+
+/// Remove temporary files that a killed run left in `dir` (ours only: `.NAME.PID-N-X.tmp`
+/// whose process is gone).
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let pid = name
+            .trim_end_matches(".tmp")
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.split('-').next())
+            .and_then(|s| s.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !process_alive(pid) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true // unknown: keep the file
+    }
+}
+
+/// An exclusive lock on an output directory, held while a run writes into it and released
+/// when dropped, or by the OS when the process dies (so a killed run leaves no stale lock).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// Lock `dir` (created if missing), or fail naming the directory when another run holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(".ponder.lock");
+        check_replaceable(&path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(Error::invalid(
+                    "output",
+                    format!(
+                        "{} is in use by another ponder run ({}); wait for it or choose another --out",
+                        dir.display(),
+                        holder.trim()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "pid {}", std::process::id());
+        Ok(DirLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "ponder-files-{tag}-{}-{:x}",
+            std::process::id(),
+            crate::util::fresh_seed()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn temp_names_are_unique() {
+        let p = Path::new("/x/y/model.safetensors");
+        let a = temp_path(p);
+        let b = temp_path(p);
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), p.parent());
+    }
+
+    #[test]
+    fn atomic_write_replaces_regular_files_only() {
+        let d = tmpdir("replace");
+        let f = d.join("a.txt");
+        write_atomic(&f, b"one").unwrap();
+        write_atomic(&f, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        let sub = d.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        let err = write_atomic(&sub, b"x").unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(sub.is_dir());
+        let leftovers: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn all_or_nothing_when_one_write_fails() {
+        let d = tmpdir("all");
+        let a = d.join("a");
+        std::fs::write(&a, b"old").unwrap();
+        // the second destination is a directory: its write is refused before any rename
+        let b = d.join("b");
+        std::fs::create_dir_all(&b).unwrap();
+        let err = write_all_atomic(&[(a.clone(), b"new".to_vec()), (b.clone(), b"x".to_vec())]);
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&a).unwrap(), b"old");
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_lock_excludes_a_second_holder() {
+        let d = tmpdir("lock");
+        let l1 = DirLock::acquire(&d).unwrap();
+        let err = DirLock::acquire(&d).unwrap_err().to_string();
+        assert!(err.contains("in use by another ponder run"), "{err}");
+        drop(l1);
+        DirLock::acquire(&d).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,138 @@
+//! Question/answer data for evaluation and the recipes, and the synthetic task's files.
+//!
+//! Evaluation lines are `{"prompt"|"question", "answer"}`; prediction lines are
+//! `{"completion"}`. The synthetic task is written in the formats the trainers read:
+//! `{"prompt", "completion"}` for SFT, with `answer` (and `question`) alongside.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::answer;
+use super::synth::{Problem, Splits};
+use crate::error::{Error, Result};
+
+/// One evaluation question: the prompt text and its gold answer (already extracted from a
+/// GSM8K-style field).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub answer: String,
+}
+
+fn text_field(
+    path: &Path,
+    line: usize,
+    o: &serde_json::Map<String, Value>,
+    names: &[&str],
+) -> Result<String> {
+    for n in names {
+        match o.get(*n) {
+            Some(Value::String(s)) => return Ok(s.clone()),
+            Some(Value::Number(x)) => return Ok(x.to_string()),
+            Some(Value::Null) | None => continue,
+            Some(other) => {
+                return Err(Error::file(
+                    path,
+                    format!("line {line}: field `{n}`: expected a string, got {other}"),
+                ))
+            }
+        }
+    }
+    Err(Error::file(
+        path,
+        format!("line {line}: missing field `{}`", names.join("` or `")),
+    ))
+}
+
+/// Read `{"prompt"|"question", "answer"}` lines.
+pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
+    crate::train::data::read_jsonl(path)?
+        .into_iter()
+        .map(|(line, o)| {
+            Ok(Example {
+                prompt: text_field(path, line, &o, &["prompt", "question"])?,
+                answer: answer::gold_answer(&text_field(path, line, &o, &["answer"])?),
+            })
+        })
+        .collect()
+}
+
+/// Read `{"completion"}` lines (line i answers example i).
+pub fn read_predictions(path: &Path) -> Result<Vec<String>> {
+    crate::train::data::read_jsonl(path)?
+        .into_iter()
+        .map(|(line, o)| text_field(path, line, &o, &["completion"]))
+        .collect()
+}
+
+/// Write JSON lines atomically.
+pub fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    crate::files::write_atomic(path, text.as_bytes())
+}
+
+/// The prompt a synthetic question is asked with: the question, then a new line.
+pub fn synth_prompt(question: &str) -> String {
+    format!("{question}\n")
+}
+
+fn sft_row(p: &Problem, completion: &str) -> Value {
+    json!({
+        "prompt": synth_prompt(&p.question),
+        "completion": completion,
+        "answer": p.answer.to_string(),
+        "question": p.question,
+        "steps": p.ops.len(),
+    })
+}
+
+/// Write the synthetic task under `dir`: for each split `S` of train/dev/test,
+/// `S-short.jsonl` and `S-long.jsonl` (SFT format, `answer` alongside), plus
+/// `pretrain.jsonl` (question and both rationales of every training problem as one
+/// completion with an empty prompt) and `corpus.txt` (the same texts, for the tokenizer).
+pub fn write_synth(dir: &Path, s: &Splits) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (name, probs) in [("train", &s.train), ("dev", &s.dev), ("test", &s.test)] {
+        for (style, pick) in [
+            (
+                "short",
+                (|p: &Problem| p.short.clone()) as fn(&Problem) -> String,
+            ),
+            ("long", |p: &Problem| p.long.clone()),
+        ] {
+            let path = dir.join(format!("{name}-{style}.jsonl"));
+            let rows: Vec<Value> = probs.iter().map(|p| sft_row(p, &pick(p))).collect();
+            write_jsonl(&path, &rows)?;
+            written.push(path);
+        }
+    }
+    let texts: Vec<String> = s
+        .train
+        .iter()
+        .flat_map(|p| {
+            [
+                format!("{}{}", synth_prompt(&p.question), p.short),
+                format!("{}{}", synth_prompt(&p.question), p.long),
+            ]
+        })
+        .collect();
+    let path = dir.join("pretrain.jsonl");
+    let rows: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"prompt": "", "completion": t}))
+        .collect();
+    write_jsonl(&path, &rows)?;
+    written.push(path);
+    let path = dir.join("corpus.txt");
+    crate::files::write_atomic(&path, texts.join("\n").as_bytes())?;
+    written.push(path);
+    Ok(written)
+}
