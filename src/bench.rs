@@ -233,9 +233,10 @@ pub fn dpo_step(
     completion_len: usize,
     steps: usize,
 ) -> Result<DpoBench> {
-    use crate::model::transformer::LinearCtx;
     use crate::train::data::{Pair, Seq};
-    use crate::train::loss::{self, DpoParams, LossType};
+    use crate::train::loss::{DpoParams, LossType};
+    use crate::train::optim::{Schedule, Scheduler};
+    use crate::train::step::{reference_sums, LiveReference, MicroBatch, Trainer};
     let v = policy.cfg.vocab_size as u32;
     let seq = |salt: u32| -> Seq {
         let ids: Vec<u32> = (0..(prompt_len + completion_len) as u32)
@@ -250,25 +251,6 @@ pub fn dpo_step(
         })
         .collect();
     let ps: Vec<&Pair> = data.iter().collect();
-    let seqs: Vec<&Seq> = ps
-        .iter()
-        .map(|p| &p.chosen)
-        .chain(ps.iter().map(|p| &p.rejected))
-        .collect();
-    let ref_sums = |net: &crate::model::Transformer| -> Result<(Vec<f64>, Vec<f64>)> {
-        let _ng = crate::autograd::NoGradGuard::new();
-        let s = loss::sequence_logps(net, &seqs, LinearCtx::default(), false)?
-            .sum
-            .to_vec_f64()?;
-        Ok((s[..pairs].to_vec(), s[pairs..].to_vec()))
-    };
-    let cached = if reference.is_none() {
-        Some(ref_sums(&policy)?)
-    } else {
-        None
-    };
-    let params = policy.named_parameters();
-    let mut opt = crate::train::optim::Optimizer::new(params, 0.0)?;
     let p = DpoParams {
         beta: 0.1,
         loss_type: LossType::Sigmoid,
@@ -276,21 +258,30 @@ pub fn dpo_step(
         rpo_alpha: None,
         length_normalize: false,
     };
+    let schedule = Schedule {
+        kind: Scheduler::Constant,
+        lr: 1e-6,
+        warmup_steps: 0,
+        total_steps: steps,
+        min_lr: 1e-6,
+    };
+    let device = policy.device;
+    // the same step `ponder dpo` takes: cached reference sums, or a live frozen model
+    let cached = match reference {
+        None => Some(reference_sums(&policy, &ps, false)?),
+        Some(_) => None,
+    };
+    let mut trainer = Trainer::new(policy, false, schedule, 0.0, 1.0, p, 0)?;
+    trainer.reference = reference.map(|r| LiveReference::Model(Box::new(r)));
     let mut times = Vec::new();
     for _ in 0..steps {
         let t0 = Instant::now();
-        let (rc, rr) = match (&cached, &reference) {
-            (Some(c), _) => c.clone(),
-            (None, Some(r)) => ref_sums(r)?,
-            (None, None) => unreachable!(),
+        let batch = MicroBatch::Dpo {
+            pairs: ps.clone(),
+            reference: cached.clone(),
         };
-        let lp = loss::sequence_logps(&policy, &seqs, LinearCtx::default(), true)?;
-        let (l, _) = loss::dpo_loss(&lp, &rc, &rr, &p)?;
-        l.backward()?;
-        let norm = opt.grad_norm()?;
-        opt.clip(norm, 1.0)?;
-        opt.step(1e-6)?;
-        if policy.device == Device::Gpu {
+        trainer.step(&[batch])?;
+        if device == Device::Gpu {
             crate::backend::gpu::context()?.sync()?;
         }
         times.push(t0.elapsed().as_secs_f64());

@@ -417,3 +417,100 @@ fn tokenizer_train_and_init_make_a_loadable_model() {
     assert_eq!(loaded.tokenizer().unwrap().eos_ids.len(), 1);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The log-probs recorded while sampling are the reference's log-probs: equal to a
+/// separate reference pass over the same ids within 1e-5, so a recipe that trains on its
+/// own samples needs no reference forward. Then one in-memory DPO step with them as the
+/// reference starts at loss ln 2 (policy = reference).
+#[test]
+fn sampled_logprobs_are_a_free_reference() {
+    use ponder::model::generate::generate;
+    use ponder::model::transformer::LinearCtx;
+    use ponder::train::data::{Pair, Seq};
+    use ponder::train::loss::{sequence_logps, DpoParams, LossType};
+    use ponder::train::optim::{Schedule, Scheduler};
+    use ponder::train::step::{MicroBatch, Trainer};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/qwen2-tied");
+    let m = ponder::model::Model::load(
+        &dir,
+        ponder::model::LoadOpts {
+            device: Device::Cpu,
+            keep_16bit: false,
+            trainable: true,
+        },
+    )
+    .unwrap();
+    let tok = m.tokenizer().unwrap();
+    let prompts: Vec<Vec<u32>> = ["What is 12 + 30?", "Count to five:"]
+        .iter()
+        .map(|p| tok.encode(p, false).unwrap())
+        .collect();
+    let p = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        max_new_tokens: 12,
+        seed: 5,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (seqs, _) = generate(&m.net, &prompts, 3, &p, Some(tok), &mut |_, _| {}).unwrap();
+    let full: Vec<Seq> = seqs
+        .iter()
+        .map(|s| Seq {
+            ids: [prompts[s.prompt].clone(), s.ids.clone()].concat(),
+            prompt_len: prompts[s.prompt].len(),
+        })
+        .collect();
+    let refs: Vec<&Seq> = full.iter().collect();
+    let lp = {
+        let _ng = ponder::NoGradGuard::new();
+        sequence_logps(&m.net, &refs, LinearCtx::default(), false).unwrap()
+    };
+    let pass = lp.per_token.to_vec_f64().unwrap();
+    let recorded: Vec<f64> = seqs
+        .iter()
+        .flat_map(|s| s.logprobs.iter().map(|&x| x as f64))
+        .collect();
+    common::assert_close("recorded vs reference pass", &recorded, &pass, 1e-5, 0.0);
+
+    // pair sample 0 (chosen) with sample 1 (rejected) of each prompt; reference = recorded
+    let pairs: Vec<Pair> = (0..2)
+        .map(|q| Pair {
+            chosen: full[3 * q].clone(),
+            rejected: full[3 * q + 1].clone(),
+        })
+        .collect();
+    let sum = |r: usize| seqs[r].logprobs.iter().map(|&x| x as f64).sum::<f64>();
+    let reference = (
+        (0..2).map(|q| sum(3 * q)).collect(),
+        (0..2).map(|q| sum(3 * q + 1)).collect(),
+    );
+    let schedule = Schedule {
+        kind: Scheduler::Constant,
+        lr: 1e-3,
+        warmup_steps: 0,
+        total_steps: 1,
+        min_lr: 1e-3,
+    };
+    let dpo = DpoParams {
+        beta: 0.1,
+        loss_type: LossType::Sigmoid,
+        label_smoothing: 0.0,
+        rpo_alpha: None,
+        length_normalize: false,
+    };
+    let mut t = Trainer::new(m.net, false, schedule, 0.0, 1.0, dpo, 0).unwrap();
+    let st = t
+        .step(&[MicroBatch::Dpo {
+            pairs: pairs.iter().collect(),
+            reference: Some(reference),
+        }])
+        .unwrap();
+    assert!(
+        (st.loss - std::f64::consts::LN_2).abs() < 1e-5,
+        "loss {}",
+        st.loss
+    );
+    assert_eq!(st.ref_forwards, 0);
+    assert_eq!(t.steps_done(), 1);
+}

@@ -259,6 +259,31 @@ fn eos_of(tok: &Tok) -> Result<u32> {
     })
 }
 
+/// One SFT example from text already in memory (a recipe's samples), tokenised exactly as
+/// the file readers do: None when truncation leaves no completion token.
+pub fn sft_example(
+    tok: &Tok,
+    prompt: &str,
+    completion: &str,
+    t: &Truncation,
+) -> Result<Option<Seq>> {
+    Ok(tokenize(tok, eos_of(tok)?, prompt, completion, t)?.0)
+}
+
+/// One preference pair from text in memory, tokenised as [`load_pairs`] does.
+pub fn pair_example(
+    tok: &Tok,
+    prompt: &str,
+    chosen: &str,
+    rejected: &str,
+    t: &Truncation,
+) -> Result<Option<Pair>> {
+    let eos = eos_of(tok)?;
+    let c = tokenize(tok, eos, prompt, chosen, t)?.0;
+    let r = tokenize(tok, eos, prompt, rejected, t)?.0;
+    Ok(c.zip(r).map(|(chosen, rejected)| Pair { chosen, rejected }))
+}
+
 /// Load preference pairs.
 pub fn load_pairs(path: &Path, tok: &Tok, t: &Truncation) -> Result<(Vec<Pair>, DataStats)> {
     let eos = eos_of(tok)?;

@@ -1,9 +1,12 @@
 //! Training: data, losses, the reference log-prob cache, optimizer and schedules, LoRA
 //! checkpoints, metrics, and the SFT and DPO trainers.
 
+pub mod args;
+pub mod checkpoint;
 pub mod data;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod refcache;
+pub mod step;
 pub mod trainer;

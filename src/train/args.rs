@@ -1,0 +1,194 @@
+//! Every training option, as flags (`ponder sft|dpo`) or as a TOML file of the same names.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::data::TruncationMode;
+use super::loss::LossType;
+use super::optim::Scheduler;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Sft,
+    Dpo,
+}
+
+/// Every training option. Field names are the flag names (`--max-grad-norm` =
+/// `max_grad_norm`), in the CLI and in a `--config` TOML file alike.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Model directory (Hugging Face layout) to start from.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL training data (TRL formats).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: the trained model or adapter, checkpoints, metrics, plot.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Reference model for DPO (default: the starting policy).
+    #[arg(long)]
+    pub ref_model: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    #[arg(long, value_enum, default_value = "sigmoid")]
+    pub loss_type: LossType,
+    /// Label smoothing of the sigmoid and robust losses.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Add rpo_alpha times the NLL of the chosen completions (RPO).
+    #[arg(long)]
+    pub rpo_alpha: Option<f64>,
+    /// Average log-probs over completion tokens instead of summing them.
+    #[arg(long)]
+    pub length_normalize: bool,
+    /// Peak learning rate (default: 1e-6 for dpo, 2e-5 for sft).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Passes over the data (default 1; fractional allowed).
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<f64>,
+    /// Optimizer steps (overrides epochs).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Examples (sft) or pairs (dpo) per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, value_enum, default_value = "linear")]
+    pub lr_scheduler: Scheduler,
+    #[arg(long, conflicts_with = "warmup_ratio")]
+    pub warmup_steps: Option<usize>,
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
+    /// Floor of cosine_with_min_lr (default 0.1 x lr).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; 0 turns clipping off.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Bound on prompt + completion tokens.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Keep the last this-many prompt tokens.
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    #[arg(long, value_enum, default_value = "keep-start")]
+    pub truncation_mode: TruncationMode,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Shuffle the data each epoch (seeded); off by default, so batches keep file order.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Metrics JSONL (default OUT/metrics.jsonl).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Write a checkpoint every N optimizer steps (0: only the final model).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Continue from a checkpoint (a checkpoint-N directory, or an output directory,
+    /// whose latest checkpoint is used).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// LoRA rank (enables LoRA; the base stays frozen, possibly 16-bit).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f32,
+    /// Comma-separated projections: q,k,v,o,gate,up,down.
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o")]
+    pub lora_targets: Vec<String>,
+    /// Save the base with the adapters merged in, instead of a PEFT adapter.
+    #[arg(long)]
+    pub merge_lora: bool,
+    /// Compute the reference on the fly instead of caching its log-probs.
+    #[arg(long)]
+    pub no_ref_cache: bool,
+    /// Reference cache file (default: $PONDER_CACHE_DIR or DATA_DIR/.ponder-cache, named by key).
+    #[arg(long)]
+    pub ref_cache: Option<PathBuf>,
+    /// cpu, gpu or auto (default $PONDER_DEVICE, else auto).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Dtype of the saved weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub save_dtype: SaveDType,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveDType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl TrainArgs {
+    /// Parse the same flags `ponder sft|dpo` takes (clap holds the one set of defaults).
+    pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<TrainArgs> {
+        use clap::{Args, FromArgMatches};
+        let cmd = TrainArgs::augment_args(clap::Command::new("train").no_binary_name(true));
+        let m = cmd
+            .try_get_matches_from(flags.iter().map(|f| f.as_ref()))
+            .map_err(|e| Error::invalid("train", e.to_string()))?;
+        TrainArgs::from_arg_matches(&m).map_err(|e| Error::invalid("train", e.to_string()))
+    }
+}
+
+impl SaveDType {
+    pub fn dtype(self) -> DType {
+        match self {
+            SaveDType::F32 => DType::F32,
+            SaveDType::F16 => DType::F16,
+            SaveDType::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// Expand `--config FILE.toml` into flags placed before the command line's own (so flags
+/// given on the command line win).
+pub fn config_to_args(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| Error::file(path, format!("not valid TOML: {e}")))?;
+    let mut out = Vec::new();
+    for (k, v) in table {
+        let flag = format!("--{}", k.replace('_', "-"));
+        match v {
+            toml::Value::Boolean(true) => out.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => out.push(format!("{flag}={s}")),
+            toml::Value::Integer(i) => out.push(format!("{flag}={i}")),
+            toml::Value::Float(f) => out.push(format!("{flag}={f}")),
+            toml::Value::Array(a) => {
+                let items: Vec<String> = a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect();
+                out.push(format!("{flag}={}", items.join(",")));
+            }
+            other => {
+                return Err(Error::file(
+                    path,
+                    format!("key `{k}`: unsupported value {other}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}

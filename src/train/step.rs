@@ -1,0 +1,286 @@
+//! One optimizer step of SFT or DPO, written once: [`Trainer::step`] is what `ponder
+//! sft|dpo`, `ponder bench dpo`, the tests and the recipes all call. The trainer owns the
+//! policy, its optimizer and schedule, and a live reference when there is no cached or
+//! recorded one.
+
+use std::time::Instant;
+
+use serde_json::{json, Map};
+
+use super::data::{Pair, Seq};
+use super::loss::{self, DpoBatchStats, DpoParams};
+use super::optim::{Optimizer, Schedule};
+use crate::error::{Error, Result};
+use crate::model::transformer::LinearCtx;
+use crate::model::Transformer;
+
+/// A reference computed on the fly (no cache, no recorded log-probs).
+pub enum LiveReference {
+    /// A separate frozen model.
+    Model(Box<Transformer>),
+    /// The policy itself with its LoRA adapters off.
+    Adapters,
+}
+
+/// One micro-batch. A step accumulates the gradients of several.
+pub enum MicroBatch<'a> {
+    Sft(Vec<&'a Seq>),
+    /// Preference pairs with the reference's summed log-probs (chosen, rejected), from a
+    /// cache or recorded while sampling; `None` computes them with the live reference.
+    Dpo {
+        pairs: Vec<&'a Pair>,
+        reference: Option<(Vec<f64>, Vec<f64>)>,
+    },
+}
+
+impl MicroBatch<'_> {
+    fn len(&self) -> usize {
+        match self {
+            MicroBatch::Sft(v) => v.len(),
+            MicroBatch::Dpo { pairs, .. } => pairs.len(),
+        }
+    }
+}
+
+/// What one step did, under TRL's metric names (see [`StepStats::metrics`]).
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    /// Optimizer steps done, this one included.
+    pub step: usize,
+    pub loss: f64,
+    /// Before clipping.
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    pub tokens: usize,
+    pub seconds: f64,
+    /// Reference forward passes this step ran.
+    pub ref_forwards: usize,
+    /// DPO only.
+    pub dpo: Option<DpoBatchStats>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+impl StepStats {
+    /// Mean reward margin and accuracy (DPO).
+    pub fn margin_accuracy(&self) -> Option<(f64, f64)> {
+        let d = self.dpo.as_ref()?;
+        let (c, r) = (&d.chosen_rewards, &d.rejected_rewards);
+        let margins: Vec<f64> = c.iter().zip(r).map(|(a, b)| a - b).collect();
+        let acc: Vec<f64> = c.iter().zip(r).map(|(a, b)| (a > b) as u8 as f64).collect();
+        Some((mean(&margins), mean(&acc)))
+    }
+
+    /// One metrics.jsonl row, with TRL's names.
+    pub fn metrics(&self, epoch: f64) -> Map<String, serde_json::Value> {
+        let mut row = Map::new();
+        row.insert("step".into(), json!(self.step));
+        row.insert("epoch".into(), json!(epoch));
+        row.insert("loss".into(), json!(self.loss));
+        row.insert("grad_norm".into(), json!(self.grad_norm));
+        row.insert("learning_rate".into(), json!(self.learning_rate));
+        if let (Some(d), Some((margin, acc))) = (&self.dpo, self.margin_accuracy()) {
+            row.insert("rewards/chosen".into(), json!(mean(&d.chosen_rewards)));
+            row.insert("rewards/rejected".into(), json!(mean(&d.rejected_rewards)));
+            row.insert("rewards/margins".into(), json!(margin));
+            row.insert("rewards/accuracies".into(), json!(acc));
+            row.insert("logps/chosen".into(), json!(mean(&d.logps_chosen)));
+            row.insert("logps/rejected".into(), json!(mean(&d.logps_rejected)));
+            row.insert(
+                "logits/chosen".into(),
+                json!(d.logits_chosen.0 / d.logits_chosen.1.max(1) as f64),
+            );
+            row.insert(
+                "logits/rejected".into(),
+                json!(d.logits_rejected.0 / d.logits_rejected.1.max(1) as f64),
+            );
+        }
+        row.insert(
+            "tokens_per_second".into(),
+            json!(self.tokens as f64 / self.seconds.max(1e-9)),
+        );
+        row
+    }
+}
+
+/// The policy, its optimizer and schedule, and how a step is taken.
+pub struct Trainer {
+    pub net: Transformer,
+    pub opt: Optimizer,
+    pub schedule: Schedule,
+    pub dpo: DpoParams,
+    /// Clip the global gradient norm to this (0: off).
+    pub max_grad_norm: f64,
+    /// Seeds LoRA dropout, counter-based with (step, micro-batch).
+    pub seed: u64,
+    pub reference: Option<LiveReference>,
+}
+
+/// Reference log-prob sums (chosen, rejected) of a batch of pairs, on the fly.
+pub fn reference_sums(
+    net: &Transformer,
+    pairs: &[&Pair],
+    adapters_off: bool,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let _ng = crate::autograd::NoGradGuard::new();
+    let seqs: Vec<&Seq> = pairs
+        .iter()
+        .map(|p| &p.chosen)
+        .chain(pairs.iter().map(|p| &p.rejected))
+        .collect();
+    let lp = loss::sequence_logps(
+        net,
+        &seqs,
+        LinearCtx {
+            disable_adapters: adapters_off,
+            dropout_seed: None,
+        },
+        false,
+    )?;
+    let sums = lp.sum.to_vec_f64()?;
+    let n = pairs.len();
+    Ok((sums[..n].to_vec(), sums[n..].to_vec()))
+}
+
+impl Trainer {
+    /// A trainer over `net`'s trainable parameters (the LoRA adapters when `lora`).
+    pub fn new(
+        net: Transformer,
+        lora: bool,
+        schedule: Schedule,
+        weight_decay: f32,
+        max_grad_norm: f64,
+        dpo: DpoParams,
+        seed: u64,
+    ) -> Result<Trainer> {
+        let params = if lora {
+            net.lora_parameters()
+        } else {
+            net.named_parameters()
+        };
+        Ok(Trainer {
+            opt: Optimizer::new(params, weight_decay)?,
+            net,
+            schedule,
+            dpo,
+            max_grad_norm,
+            seed,
+            reference: None,
+        })
+    }
+
+    /// Optimizer steps done.
+    pub fn steps_done(&self) -> usize {
+        self.opt.step as usize
+    }
+
+    /// One optimizer step over `batches` (gradient accumulation across them): forward,
+    /// loss, backward per micro-batch, then the global norm, clipping and AdamW at the
+    /// schedule's learning rate. SFT averages the loss over every completion token of the
+    /// step; DPO weights each micro-batch by its share of the pairs.
+    pub fn step(&mut self, batches: &[MicroBatch<'_>]) -> Result<StepStats> {
+        let t0 = Instant::now();
+        let step = self.steps_done();
+        let items: usize = batches.iter().map(|b| b.len()).sum();
+        if items == 0 {
+            return Err(Error::invalid("train", "a step needs at least one example"));
+        }
+        let sft_denom: usize = batches
+            .iter()
+            .map(|b| match b {
+                MicroBatch::Sft(v) => v.iter().map(|s| s.completion_len()).sum(),
+                MicroBatch::Dpo { .. } => 0,
+            })
+            .sum();
+        let mut st = StepStats::default();
+        let mut dstats: Option<DpoBatchStats> = None;
+        for (mbi, b) in batches.iter().enumerate() {
+            let linear = LinearCtx {
+                disable_adapters: false,
+                dropout_seed: Some(
+                    self.seed
+                        ^ ((step * batches.len() + mbi) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+                ),
+            };
+            match b {
+                MicroBatch::Sft(seqs) => {
+                    st.tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
+                    let lp = loss::sequence_logps(&self.net, seqs, linear, false)?;
+                    let l = loss::sft_loss(&lp, sft_denom)?;
+                    st.loss += l.item()? as f64;
+                    l.backward()?;
+                }
+                MicroBatch::Dpo { pairs, reference } => {
+                    let (rc, rr) = match (reference, &self.reference) {
+                        (Some(r), _) => r.clone(),
+                        (None, Some(LiveReference::Model(net))) => {
+                            st.ref_forwards += 1;
+                            reference_sums(net, pairs, true)?
+                        }
+                        (None, Some(LiveReference::Adapters)) => {
+                            st.ref_forwards += 1;
+                            reference_sums(&self.net, pairs, true)?
+                        }
+                        (None, None) => return Err(Error::invalid(
+                            "dpo",
+                            "a DPO micro-batch without reference log-probs needs a live reference",
+                        )),
+                    };
+                    if rc.len() != pairs.len() || rr.len() != pairs.len() {
+                        return Err(Error::invalid(
+                            "dpo",
+                            format!(
+                                "{} pairs but {} / {} reference sums",
+                                pairs.len(),
+                                rc.len(),
+                                rr.len()
+                            ),
+                        ));
+                    }
+                    let seqs: Vec<&Seq> = pairs
+                        .iter()
+                        .map(|p| &p.chosen)
+                        .chain(pairs.iter().map(|p| &p.rejected))
+                        .collect();
+                    st.tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
+                    let lp = loss::sequence_logps(&self.net, &seqs, linear, true)?;
+                    let (l, s) = loss::dpo_loss(&lp, &rc, &rr, &self.dpo)?;
+                    let l = l.scale(pairs.len() as f64 / items as f64)?;
+                    st.loss += l.item()? as f64;
+                    l.backward()?;
+                    let d = dstats.get_or_insert_with(Default::default);
+                    d.chosen_rewards.extend(s.chosen_rewards);
+                    d.rejected_rewards.extend(s.rejected_rewards);
+                    d.logps_chosen.extend(s.logps_chosen);
+                    d.logps_rejected.extend(s.logps_rejected);
+                    d.logits_chosen.0 += s.logits_chosen.0;
+                    d.logits_chosen.1 += s.logits_chosen.1;
+                    d.logits_rejected.0 += s.logits_rejected.0;
+                    d.logits_rejected.1 += s.logits_rejected.1;
+                }
+            }
+        }
+        let grad_norm = self.opt.grad_norm()?;
+        if !grad_norm.is_finite() {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "step {}: gradient norm is {grad_norm} (loss {}); lower --lr?",
+                    step + 1,
+                    st.loss
+                ),
+            ));
+        }
+        self.opt.clip(grad_norm, self.max_grad_norm)?;
+        let lr = self.schedule.lr_at(step);
+        self.opt.step(lr)?;
+        st.step = step + 1;
+        st.grad_norm = grad_norm;
+        st.learning_rate = lr;
+        st.dpo = dstats;
+        st.seconds = t0.elapsed().as_secs_f64();
+        Ok(st)
+    }
+}
