@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// Largest size any single config dimension may have (sizes, heads, layers, vocabulary).
+const MAX_DIM: usize = 1 << 24;
+
 /// The decoder families ponder runs (one decoder, switched by config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -158,6 +161,15 @@ impl Config {
         let hidden_size = f.usize("hidden_size")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
         let num_key_value_heads = f.usize_or("num_key_value_heads", num_attention_heads)?;
+        for (name, v) in [
+            ("hidden_size", hidden_size),
+            ("num_attention_heads", num_attention_heads),
+            ("num_key_value_heads", num_key_value_heads),
+        ] {
+            if !(1..=MAX_DIM).contains(&v) {
+                return Err(f.err(name, &format!("{v} is out of range 1..={MAX_DIM}")));
+            }
+        }
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(f.err("num_key_value_heads", &format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}")));
         }
@@ -198,7 +210,7 @@ impl Config {
             .or(f.opt("dtype"))
             .and_then(|d| d.as_str())
             .map(|s| s.to_string());
-        Ok(Config {
+        let cfg = Config {
             arch,
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
@@ -219,7 +231,91 @@ impl Config {
             bos_token_id: f.ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.ids("eos_token_id")?,
             raw: v.clone(),
-        })
+        };
+        cfg.check_ranges(&f)?;
+        Ok(cfg)
+    }
+
+    /// Sizes and constants that would overflow, divide by zero or give NaN logits: every
+    /// size in 1..=MAX_DIM, their products (weight shapes) within 2^40 elements, positive
+    /// finite norm epsilon, rope theta and rope factors.
+    fn check_ranges(&self, f: &Fields) -> Result<()> {
+        for (name, v) in [
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if !(1..=MAX_DIM).contains(&v) {
+                return Err(f.err(name, &format!("{v} is out of range 1..={MAX_DIM}")));
+            }
+        }
+        let elems = |a: usize, b: usize| a.checked_mul(b).filter(|&n| n <= 1 << 40);
+        for (name, a, b) in [
+            (
+                "num_attention_heads x head_dim",
+                self.num_attention_heads,
+                self.head_dim,
+            ),
+            (
+                "vocab_size x hidden_size",
+                self.vocab_size,
+                self.hidden_size,
+            ),
+            (
+                "intermediate_size x hidden_size",
+                self.intermediate_size,
+                self.hidden_size,
+            ),
+        ] {
+            let Some(n) = elems(a, b) else {
+                return Err(f.err(
+                    name,
+                    &format!("{a} x {b} overflows (more than 2^40 elements)"),
+                ));
+            };
+            if elems(n, self.num_hidden_layers.max(1)).is_none() {
+                return Err(f.err(
+                    name,
+                    "times num_hidden_layers overflows (more than 2^40 elements)",
+                ));
+            }
+        }
+        let positive = |name: &str, x: f64| -> Result<()> {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(f.err(name, &format!("{x} must be a finite number > 0")))
+            }
+        };
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("rope_theta", self.rope_theta)?;
+        match &self.rope_scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => positive("rope_scaling.factor", *factor)?,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                positive(
+                    "rope_scaling.original_max_position_embeddings",
+                    *original_max_position_embeddings,
+                )?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(f.err(
+                        "rope_scaling.high_freq_factor",
+                        "must be larger than low_freq_factor",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Query width NH * HD (may differ from hidden_size when head_dim is given).

@@ -14,6 +14,9 @@ use super::transformer::{Forward, KvCache, Transformer};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// Largest KV cache a generation call may allocate.
+const MAX_KV_BYTES: usize = 64 << 30;
+
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
     /// 0 means greedy (argmax).
@@ -262,14 +265,58 @@ pub fn generate_steered(
         (_, t) => t,
     };
     let _ng = crate::autograd::NoGradGuard::new();
-    let (np, rows) = (prompts.len(), prompts.len() * n);
+    let np = prompts.len();
+    let rows = np.checked_mul(n).filter(|&r| r <= 1 << 20).ok_or_else(|| {
+        Error::invalid(
+            "generate",
+            format!("{np} prompts x {n} samples is too many rows (at most 2^20)"),
+        )
+    })?;
     let l = prompts.iter().map(|q| q.len()).max().unwrap();
-    let cap = l + p.max_new_tokens;
-    if cap > net.cfg.max_position_embeddings {
-        eprintln!(
-            "warning: generating up to position {cap}, past max_position_embeddings = {}",
-            net.cfg.max_position_embeddings
-        );
+    if !(p.temperature.is_finite() && p.temperature >= 0.0) {
+        return Err(Error::invalid(
+            "generate",
+            format!(
+                "temperature {} is out of range: a finite number >= 0",
+                p.temperature
+            ),
+        ));
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return Err(Error::invalid(
+            "generate",
+            format!("top_p {} is out of range: 0 < p <= 1", p.top_p),
+        ));
+    }
+    let max_pos = net.cfg.max_position_embeddings;
+    let cap = l.saturating_add(p.max_new_tokens);
+    if cap > max_pos {
+        return Err(Error::invalid(
+            "generate",
+            format!(
+                "a {l}-token prompt plus max_new_tokens {} reaches position {cap}, past the model's max_position_embeddings = {max_pos}",
+                p.max_new_tokens
+            ),
+        ));
+    }
+    // the KV cache (f32 keys and values of every layer for every row) must fit
+    let kv_bytes = [
+        rows,
+        cap,
+        net.cfg.num_hidden_layers,
+        2 * net.cfg.kv_dim(),
+        4,
+    ]
+    .iter()
+    .try_fold(1usize, |a, &b| a.checked_mul(b));
+    match kv_bytes {
+        Some(b) if b <= MAX_KV_BYTES => {}
+        _ => {
+            return Err(Error::invalid(
+                "generate",
+                format!("{rows} rows x {cap} positions need a KV cache over {} GiB; use fewer samples or new tokens", MAX_KV_BYTES >> 30),
+            ))
+        }
     }
     // left padding: prompt i starts at start[i]; its keys are [start[i], ...)
     let start: Vec<usize> = prompts.iter().map(|q| l - q.len()).collect();

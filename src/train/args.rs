@@ -134,7 +134,92 @@ pub enum SaveDType {
     Bf16,
 }
 
+/// Sequence bound when `--max-length` is not given (TRL's default).
+pub const DEFAULT_MAX_LENGTH: usize = 1024;
+
+fn range_err(flag: &str, v: impl std::fmt::Display, accepted: &str) -> Error {
+    Error::invalid(
+        "train",
+        format!("--{flag} {v} is out of range: accepted {accepted}"),
+    )
+}
+
 impl TrainArgs {
+    /// Range and finiteness of every numeric flag, so that nothing trains on NaN, divides
+    /// by zero or allocates without bound. The error names the flag and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        let finite_pos = |flag: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(range_err(flag, v, "a finite number > 0"))
+            }
+        };
+        let finite_nonneg = |flag: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(range_err(flag, v, "a finite number >= 0"))
+            }
+        };
+        let count = |flag: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(range_err(flag, v, &format!("1..={max}")))
+            }
+        };
+        if let Some(lr) = self.lr {
+            finite_pos("lr", lr)?;
+        }
+        finite_pos("beta", self.beta)?;
+        if !(self.label_smoothing.is_finite() && (0.0..0.5).contains(&self.label_smoothing)) {
+            return Err(range_err(
+                "label-smoothing",
+                self.label_smoothing,
+                "0 <= x < 0.5",
+            ));
+        }
+        if let Some(a) = self.rpo_alpha {
+            finite_nonneg("rpo-alpha", a)?;
+        }
+        if let Some(e) = self.epochs {
+            if !(e.is_finite() && e > 0.0 && e <= 1e6) {
+                return Err(range_err("epochs", e, "0 < x <= 1e6"));
+            }
+        }
+        if let Some(st) = self.steps {
+            count("steps", st, 1 << 32)?;
+        }
+        count("batch-size", self.batch_size, 1 << 16)?;
+        count("grad-accum", self.grad_accum, 1 << 16)?;
+        if let Some(r) = self.warmup_ratio {
+            if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+                return Err(range_err("warmup-ratio", r, "0 <= x <= 1"));
+            }
+        }
+        if let Some(w) = self.min_lr {
+            finite_nonneg("min-lr", w)?;
+        }
+        finite_nonneg("weight-decay", self.weight_decay)?;
+        finite_nonneg("max-grad-norm", self.max_grad_norm)?;
+        if let Some(l) = self.max_length {
+            count("max-length", l, 1 << 20)?;
+        }
+        if let Some(l) = self.max_prompt_length {
+            count("max-prompt-length", l, 1 << 20)?;
+        }
+        if let Some(r) = self.lora_r {
+            count("lora-r", r, 1 << 12)?;
+        }
+        finite_pos("lora-alpha", self.lora_alpha)?;
+        let d = self.lora_dropout as f64;
+        if !(d.is_finite() && (0.0..1.0).contains(&d)) {
+            return Err(range_err("lora-dropout", d, "0 <= p < 1"));
+        }
+        Ok(())
+    }
+
     /// Parse the same flags `ponder sft|dpo` takes (clap holds the one set of defaults).
     pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> Result<TrainArgs> {
         use clap::{Args, FromArgMatches};

@@ -210,6 +210,7 @@ fn step_delay() -> Option<u64> {
 
 /// Run SFT or DPO as `args` say.
 pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
+    args.validate()?;
     let device = match &args.device {
         Some(d) => Device::parse(d),
         None => Device::from_env(),
@@ -234,9 +235,20 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         )?;
     }
     let tok = m.tokenizer()?;
+    let max_pos = m.net.cfg.max_position_embeddings;
+    if let Some(l) = args.max_length.filter(|&l| l > max_pos) {
+        return Err(Error::invalid(
+            "train",
+            format!("--max-length {l} is past the model's max_position_embeddings = {max_pos}"),
+        ));
+    }
     let trunc = Truncation {
         max_prompt_length: args.max_prompt_length,
-        max_length: args.max_length,
+        // TRL's default bound, never past the model's positions
+        max_length: Some(
+            args.max_length
+                .unwrap_or(super::args::DEFAULT_MAX_LENGTH.min(max_pos)),
+        ),
         mode: args.truncation_mode,
     };
     let (examples, stats) = match mode {

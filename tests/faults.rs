@@ -1,0 +1,364 @@
+//! Regression tests for the bad-input and fault classes the fuzzing found: a file that
+//! is not ponder's is never overwritten, nothing non-finite is trained or saved,
+//! out-of-range flags and configs are errors (not panics, not silent changes), outputs
+//! are written all-or-nothing, one run per output directory, and a closed stdout is a
+//! quiet exit. No test here passes a device node as an output path.
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ponder::train::trainer::{train, Mode, TrainArgs};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ponder-faults-{tag}-{}-{:x}",
+        std::process::id(),
+        ponder::util::fresh_seed()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn dpo_flags(out: &Path, extra: &[&str]) -> Vec<String> {
+    let (m, d) = (root().join("qwen2-tied"), root().join("train/pairs.jsonl"));
+    let mut f: Vec<String> = [
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lr",
+        "1e-3",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    f.extend(extra.iter().map(|s| s.to_string()));
+    f
+}
+
+fn run(mode: Mode, flags: &[String]) -> Result<ponder::train::trainer::Summary, String> {
+    let a = TrainArgs::from_flags(flags).map_err(|e| e.to_string())?;
+    train(mode, &a).map_err(|e| e.to_string())
+}
+
+#[test]
+fn ref_cache_pointed_at_the_training_data_is_refused_and_the_data_kept() {
+    let d = tmp("refcache");
+    let data = d.join("pairs.jsonl");
+    std::fs::copy(root().join("train/pairs.jsonl"), &data).unwrap();
+    let before = std::fs::read(&data).unwrap();
+    let mut flags = dpo_flags(&d.join("out"), &["--ref-cache", data.to_str().unwrap()]);
+    // train on the copy, with the cache pointed at that same file
+    let i = flags.iter().position(|f| f == "--data").unwrap();
+    flags[i + 1] = data.to_str().unwrap().to_string();
+    let err = run(Mode::Dpo, &flags).unwrap_err();
+    assert!(err.contains("will not overwrite"), "{err}");
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        before,
+        "the data was changed"
+    );
+    // a directory at the cache path is refused too
+    let dir = d.join("a-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = run(
+        Mode::Dpo,
+        &dpo_flags(&d.join("out2"), &["--ref-cache", dir.to_str().unwrap()]),
+    )
+    .unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(dir.is_dir());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn non_finite_and_out_of_range_flags_are_errors_naming_the_flag() {
+    let d = tmp("flags");
+    for (flag, value, name) in [
+        ("--lr", "nan", "--lr"),
+        ("--lr", "inf", "--lr"),
+        ("--lr", "-1e-3", "--lr"),
+        ("--beta", "-0.1", "--beta"),
+        ("--weight-decay", "nan", "--weight-decay"),
+        ("--max-grad-norm", "nan", "--max-grad-norm"),
+        ("--batch-size", "0", "--batch-size"),
+        ("--grad-accum", "0", "--grad-accum"),
+        ("--grad-accum", "18446744073709551615", "--grad-accum"),
+        ("--epochs", "0", "--epochs"),
+        ("--lora-dropout", "2", "--lora-dropout"),
+        ("--lora-r", "18446744073709551615", "--lora-r"),
+        ("--warmup-ratio", "1.5", "--warmup-ratio"),
+        ("--max-length", "100000", "--max-length"),
+    ] {
+        let mut flags = dpo_flags(&d.join("out"), &[&format!("{flag}={value}")]);
+        if flag == "--epochs" {
+            let i = flags.iter().position(|f| f == "--steps").unwrap();
+            flags.drain(i..i + 2);
+        }
+        let err = run(Mode::Dpo, &flags).unwrap_err();
+        assert!(err.contains(name), "{flag} {value}: {err}");
+        assert!(
+            !d.join("out/model.safetensors").exists(),
+            "{flag} {value} saved a model"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn non_finite_weights_are_never_saved() {
+    let d = tmp("nan-save");
+    let m = ponder::model::Model::load(
+        &root().join("qwen2-tied"),
+        ponder::model::LoadOpts {
+            device: ponder::Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    )
+    .unwrap();
+    let mut net = m.net;
+    let n = net.norm.numel();
+    let mut w = vec![1.0f32; n];
+    w[n / 2] = f32::NAN;
+    net.norm = ponder::Tensor::from_vec(w, &[n], ponder::Device::Cpu).unwrap();
+    let out = d.join("model");
+    let err = ponder::model::save::save_model(&net, None, &out, ponder::DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.norm.weight") && err.contains("non-finite"),
+        "{err}"
+    );
+    assert!(!out.join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn config_with(field: &str, value: serde_json::Value) -> String {
+    let text = std::fs::read_to_string(root().join("llama3-rope/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut at = &mut v;
+    let parts: Vec<&str> = field.split('.').collect();
+    for p in &parts[..parts.len() - 1] {
+        at = at.get_mut(*p).unwrap();
+    }
+    at[parts[parts.len() - 1]] = value;
+    ponder::model::Config::from_json(Path::new("config.json"), v)
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e.to_string())
+}
+
+#[test]
+fn configs_that_would_give_nan_logits_or_overflow_are_refused() {
+    use serde_json::json;
+    for (field, value) in [
+        ("rope_parameters.rope_theta", json!(0.0)),
+        ("rms_norm_eps", json!(-1e-6)),
+        ("rope_parameters.factor", json!(0.0)),
+        ("num_key_value_heads", json!(0)),
+        ("head_dim", json!(1u64 << 62)),
+        ("vocab_size", json!(0)),
+        ("num_hidden_layers", json!(1u64 << 40)),
+    ] {
+        let err = config_with(field, value.clone());
+        let leaf = field.rsplit('.').next().unwrap();
+        assert!(err.contains(leaf), "{field} = {value}: {err:?}");
+    }
+    assert_eq!(
+        config_with("rope_parameters.rope_theta", json!(500000.0)),
+        ""
+    );
+}
+
+#[test]
+fn generate_refuses_positions_past_the_model_and_huge_sample_counts() {
+    let m = root().join("qwen2-tied");
+    let ponder_bin = env!("CARGO_BIN_EXE_ponder");
+    for args in [
+        vec!["--max-new-tokens", "100000000"],
+        vec!["-n", "18446744073709551615"],
+        vec!["--temperature", "nan"],
+    ] {
+        let out = Command::new(ponder_bin)
+            .args([
+                "generate",
+                "--model",
+                m.to_str().unwrap(),
+                "--prompt-ids",
+                "3,4,5",
+                "--device",
+                "cpu",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.starts_with("error:") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_second_run_into_a_locked_output_is_refused() {
+    let d = tmp("lock");
+    let out = d.join("out");
+    let _held = ponder::files::DirLock::acquire(&out).unwrap();
+    let err = run(Mode::Dpo, &dpo_flags(&out, &[])).unwrap_err();
+    assert!(err.contains("in use by another ponder run"), "{err}");
+    assert!(!out.join("metrics.jsonl").exists());
+    drop(_held);
+    run(
+        Mode::Dpo,
+        &dpo_flags(&out, &["--ref-cache", d.join("c.logps").to_str().unwrap()]),
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_metrics_file_that_is_not_ours_is_kept() {
+    let d = tmp("metrics");
+    let mine = d.join("notes.txt");
+    std::fs::write(&mine, "my notes\nnot json\n").unwrap();
+    let err = run(
+        Mode::Dpo,
+        &dpo_flags(&d.join("out"), &["--metrics", mine.to_str().unwrap()]),
+    )
+    .unwrap_err();
+    assert!(err.contains("not a ponder metrics file"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&mine).unwrap(),
+        "my notes\nnot json\n"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn orphans_of_a_killed_run_are_removed_at_start() {
+    let d = tmp("orphans");
+    let out = d.join("out");
+    // what a kill during pruning or checkpoint writing leaves: a checkpoint-N without its
+    // state.json, a hidden temporary checkpoint directory, a temporary file of a dead pid
+    std::fs::create_dir_all(out.join("checkpoint-3")).unwrap();
+    std::fs::write(out.join("checkpoint-3/trainable.safetensors"), b"half").unwrap();
+    std::fs::create_dir_all(out.join(".checkpoint-4.999999-0-0.tmp")).unwrap();
+    std::fs::write(out.join(".model.safetensors.4194304-0-00000000.tmp"), b"x").unwrap();
+    std::fs::write(out.join("keep-me.txt"), b"mine").unwrap();
+    run(
+        Mode::Dpo,
+        &dpo_flags(&out, &["--ref-cache", d.join("c.logps").to_str().unwrap()]),
+    )
+    .unwrap();
+    assert!(!out.join("checkpoint-3").exists());
+    assert!(!out.join(".checkpoint-4.999999-0-0.tmp").exists());
+    assert!(!out
+        .join(".model.safetensors.4194304-0-00000000.tmp")
+        .exists());
+    assert_eq!(std::fs::read(out.join("keep-me.txt")).unwrap(), b"mine");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn save_into_an_existing_model_is_all_or_nothing() {
+    let d = tmp("save");
+    let out = d.join("model");
+    let src = root().join("qwen2-tied");
+    let bin = env!("CARGO_BIN_EXE_ponder");
+    let ok = Command::new(bin)
+        .args([
+            "save",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    // make one of the files the save must write impossible to replace: the whole save
+    // fails before any file is renamed into place, and nothing temporary is left
+    std::fs::remove_file(out.join("tokenizer_config.json")).unwrap();
+    std::fs::create_dir_all(out.join("tokenizer_config.json")).unwrap();
+    let bad = Command::new(bin)
+        .args([
+            "save",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_closed_stdout_is_a_quiet_exit() {
+    let m = root().join("qwen2-tied");
+    for args in [
+        vec!["info", "--device", "cpu"],
+        vec![
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt-ids",
+            "3,4,5",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "20",
+            "--ignore-eos",
+            "-n",
+            "3",
+        ],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ponder"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // the reader goes away before ponder writes: every write meets a broken pipe
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {err}");
+    }
+}
