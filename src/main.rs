@@ -112,6 +112,50 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// DPO-augmented self-training (Wang et al. 2024), or plain self-training with
+    /// --no-dpo: sample, check answers, DPO on correct x wrong, SFT from the base on the
+    /// correct ones, in rounds. Data: {"prompt"|"question", "answer", "completion"} JSONL
+    /// (completion = gold rationale; a GSM8K-style answer field also serves).
+    SelfTrain(SelfTrainArgs),
+    /// Thinking Preference Optimization (Yang et al. 2025): DPO from a long-CoT SFT model
+    /// with its long answers chosen over short ones (sampled from --short-model or read
+    /// from --short-data).
+    Thinkpo(ThinkPoArgs),
+    /// Thought Preference Optimization (Wu et al. 2024): sample thought + response, a
+    /// judge scores the response only, best vs worst under a length penalty, DPO, rounds.
+    Tpo(TpoArgs),
+    /// The three recipes on the bundled tiny models and the synthetic task, on the CPU:
+    /// SFT -> self-training and DPO-augmented self-training; SFT (long CoT) -> ThinkPO;
+    /// SFT -> TPO. Prints the table and writes OUT/summary.json and plots.
+    Demo {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        #[arg(long, default_value = "models/ponder-tiny")]
+        models: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Rounds of self-training, DPO-ST and TPO.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Samples per question in self-training.
+        #[arg(long, default_value_t = 4)]
+        k: usize,
+        /// Training questions with a gold rationale / with an answer only.
+        #[arg(long, default_value_t = 300)]
+        labelled: usize,
+        #[arg(long, default_value_t = 300)]
+        unlabelled: usize,
+        /// Held-out questions evaluated (at most 250).
+        #[arg(long, default_value_t = 250)]
+        test_questions: usize,
+        #[arg(long, default_value_t = 400)]
+        thinkpo_questions: usize,
+        /// TPO instructions per round.
+        #[arg(long, default_value_t = 300)]
+        tpo_questions: usize,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Make data sets.
     Data {
         #[command(subcommand)]
@@ -226,6 +270,183 @@ struct EvalArgs {
     #[arg(long)]
     device: Option<String>,
     /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct SelfTrainArgs {
+    /// The SFT model round 1 starts from.
+    #[arg(long)]
+    model: PathBuf,
+    /// The model SFT is retrained from each round (default: --model).
+    #[arg(long)]
+    base: Option<PathBuf>,
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out questions evaluated after every round.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Plain self-training (the paper's baseline): no DPO step.
+    #[arg(long)]
+    no_dpo: bool,
+    /// Samples per question.
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 300)]
+    max_new_tokens: usize,
+    /// Sample without calculator decoding (on by default, as in the paper).
+    #[arg(long)]
+    no_calculator: bool,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    dpo_lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    dpo_epochs: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    sft_lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    sft_epochs: f64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Use only the first N training questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Evaluate on only the first N held-out questions.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue after the last finished round in --out.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct ThinkPoArgs {
+    /// The long-CoT SFT model (policy and reference).
+    #[arg(long)]
+    model: PathBuf,
+    /// {"prompt"|"question", "completion" (the long answer), "answer"} JSONL.
+    #[arg(long)]
+    data: PathBuf,
+    /// Sample the short answers from this short-CoT model (T 0.7, top-p 0.9).
+    #[arg(
+        long,
+        conflicts_with = "short_data",
+        required_unless_present = "short_data"
+    )]
+    short_model: Option<PathBuf>,
+    /// Or read them: {"prompt"|"question", "completion"} JSONL, matched by prompt.
+    #[arg(long)]
+    short_data: Option<PathBuf>,
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Also keep pairs whose short answer is well-formed but wrong.
+    #[arg(long)]
+    keep_format_correct: bool,
+    /// Keep pairs whose long answer is at most this many tokens longer than the short one.
+    #[arg(long)]
+    max_length_gap: Option<usize>,
+    #[arg(long, default_value_t = 0.01)]
+    beta: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 300)]
+    max_new_tokens: usize,
+    /// Calculator decoding when sampling short answers and evaluating.
+    #[arg(long)]
+    calculator: bool,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct TpoArgs {
+    /// The model to train (and sample from).
+    #[arg(long)]
+    model: PathBuf,
+    /// Instructions: {"prompt"|"question", "answer"?} JSONL (the verifier needs answer).
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation questions: a round's model is kept only if it does at least as well.
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// generic ("Here is my thought process:" / "Here is my response:"), specific (<R>),
+    /// answer-line (the response is the final `#### N` line), or a file holding
+    /// `{instruction}` (then give --response-delimiter).
+    #[arg(long, default_value = "generic")]
+    template: String,
+    #[arg(long)]
+    response_delimiter: Option<String>,
+    /// verifier, or pairwise:DIR (a chat model judging two responses in both orders).
+    #[arg(long, default_value = "verifier")]
+    judge: String,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Fresh instructions per round.
+    #[arg(long, default_value_t = 200)]
+    per_round: usize,
+    #[arg(long, default_value_t = 8)]
+    k: usize,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 300)]
+    max_new_tokens: usize,
+    /// Length penalty (default: the smallest that keeps chosen responses no longer than
+    /// rejected ones).
+    #[arg(long)]
+    rho: Option<f64>,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    epochs_per_round: f64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Calculator decoding while sampling and evaluating.
+    #[arg(long)]
+    calculator: bool,
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    device: Option<String>,
     #[arg(long)]
     quiet: bool,
 }
@@ -460,6 +681,34 @@ fn main() -> ExitCode {
         Cmd::Eval(a) => eval_cmd(a),
         Cmd::Data { what } => data_cmd(what),
         Cmd::Tokenizer { what } => tokenizer_cmd(what),
+        Cmd::SelfTrain(a) => self_train_cmd(a),
+        Cmd::Thinkpo(a) => thinkpo_cmd(a),
+        Cmd::Tpo(a) => tpo_cmd(a),
+        Cmd::Demo {
+            out,
+            models,
+            seed,
+            rounds,
+            k,
+            labelled,
+            unlabelled,
+            test_questions,
+            thinkpo_questions,
+            tpo_questions,
+            quiet,
+        } => demo_cmd(ponder::recipes::demo::DemoOpts {
+            out,
+            models,
+            seed,
+            rounds,
+            k,
+            labelled,
+            unlabelled,
+            test: test_questions,
+            thinkpo_questions,
+            tpo_questions,
+            quiet,
+        }),
         Cmd::Init {
             config,
             tokenizer,
@@ -630,16 +879,7 @@ fn compare(
         .logits
         .to_vec_f32()?;
     let want = want.to_vec_f32()?;
-    let lsm = |x: &[f32]| -> Vec<f64> {
-        let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let z: f64 = x.iter().map(|&a| (a as f64 - mx).exp()).sum::<f64>().ln() + mx;
-        x.iter().map(|&a| a as f64 - z).collect()
-    };
-    let argmax = |x: &[f32]| {
-        x.iter()
-            .enumerate()
-            .fold(0, |b, (i, &a)| if a > x[b] { i } else { b })
-    };
+    let diffs = ponder::model::compare::compare_logits(&got, &want, v);
     outln!(
         "{:>4} {:>8} {:>12} {:>12} {:>6}",
         "pos",
@@ -649,16 +889,8 @@ fn compare(
         "top1"
     );
     let (mut worst, mut kl_sum, mut agree) = (0.0f64, 0.0f64, 0);
-    for t in 0..ids.len() {
-        let (g, w) = (&got[t * v..(t + 1) * v], &want[t * v..(t + 1) * v]);
-        let d = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs() as f64)
-            .fold(0.0, f64::max);
-        let (lg, lw) = (lsm(g), lsm(w));
-        let kl: f64 = lw.iter().zip(&lg).map(|(a, b)| a.exp() * (a - b)).sum();
-        let same = argmax(g) == argmax(w);
+    for (t, p) in diffs.iter().enumerate() {
+        let (d, kl, same) = (p.max_abs, p.kl, p.top1_agrees);
         outln!(
             "{t:>4} {:>8} {d:>12.3e} {kl:>12.3e} {:>6}",
             ids[t],
@@ -832,6 +1064,199 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     Ok(true)
 }
 
+fn self_train_cmd(a: SelfTrainArgs) -> Result<bool> {
+    use ponder::recipes::self_train::{run, SelfTrainOpts};
+    let d = SelfTrainOpts::default();
+    let o = SelfTrainOpts {
+        model: a.model,
+        base: a.base,
+        data: a.data,
+        eval_data: a.eval_data,
+        out: a.out,
+        rounds: a.rounds,
+        no_dpo: a.no_dpo,
+        sampling: ponder::recipes::sample::SampleOpts {
+            k: a.k,
+            temperature: a.temperature,
+            max_new_tokens: a.max_new_tokens,
+            calculator: !a.no_calculator,
+            seed: a.seed,
+            ..d.sampling.clone()
+        },
+        dpo: ponder::train::fit::FitOpts {
+            beta: a.beta,
+            lr: a.dpo_lr,
+            epochs: a.dpo_epochs,
+            batch_size: a.batch_size,
+            seed: a.seed,
+            ..d.dpo.clone()
+        },
+        sft: ponder::train::fit::FitOpts {
+            lr: a.sft_lr,
+            epochs: a.sft_epochs,
+            batch_size: a.batch_size,
+            seed: a.seed,
+            ..d.sft.clone()
+        },
+        limit: a.limit,
+        eval_limit: a.eval_limit,
+        device: device(a.device)?,
+        resume: a.resume,
+        quiet: a.quiet,
+        ..d
+    };
+    let s = run(&o)?;
+    for (i, (acc, len)) in s.accuracy.iter().zip(&s.mean_tokens).enumerate() {
+        outln!("round {}: accuracy {acc:.4}, mean tokens {len:.1}", i + 1);
+    }
+    outln!(
+        "reference forwards saved by recorded log-probs: {}; final model: {}",
+        s.reference_forwards_saved,
+        s.final_model.display()
+    );
+    Ok(true)
+}
+
+fn thinkpo_cmd(a: ThinkPoArgs) -> Result<bool> {
+    use ponder::recipes::thinkpo::{run, ThinkPoOpts};
+    let d = ThinkPoOpts::default();
+    let o = ThinkPoOpts {
+        model: a.model,
+        data: a.data,
+        short_model: a.short_model,
+        short_data: a.short_data,
+        eval_data: a.eval_data,
+        out: a.out,
+        keep_format_correct: a.keep_format_correct,
+        max_length_gap: a.max_length_gap,
+        sampling: ponder::recipes::sample::SampleOpts {
+            max_new_tokens: a.max_new_tokens,
+            seed: a.seed,
+            calculator: a.calculator,
+            ..d.sampling.clone()
+        },
+        dpo: ponder::train::fit::FitOpts {
+            beta: a.beta,
+            lr: a.lr,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            seed: a.seed,
+            ..d.dpo.clone()
+        },
+        limit: a.limit,
+        eval_limit: a.eval_limit,
+        calculator: a.calculator,
+        device: device(a.device)?,
+        quiet: a.quiet,
+        ..d
+    };
+    let s = run(&o)?;
+    outln!(
+        "pairs {} (mean chosen {:.1} tokens, rejected {:.1}); reference forwards {}",
+        s.pairs,
+        s.mean_chosen_tokens,
+        s.mean_rejected_tokens,
+        s.reference_forwards
+    );
+    if let (Some(b), Some(a)) = (s.before, s.after) {
+        outln!("before: accuracy {:.4}, mean tokens {:.1}", b.0, b.1);
+        outln!("after:  accuracy {:.4}, mean tokens {:.1}", a.0, a.1);
+    }
+    outln!("model: {}", s.model.display());
+    Ok(true)
+}
+
+fn tpo_cmd(a: TpoArgs) -> Result<bool> {
+    use ponder::recipes::tpo::{run, JudgeKind, ThoughtTemplate, TpoOpts};
+    let template = match a.template.as_str() {
+        "generic" => ThoughtTemplate::generic(),
+        "specific" => ThoughtTemplate::specific(),
+        "answer-line" => ThoughtTemplate::answer_line(),
+        path => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            if !text.contains("{instruction}") {
+                return Err(Error::file(
+                    path,
+                    "a thought template must hold {instruction}",
+                ));
+            }
+            let delim = a.response_delimiter.clone().ok_or_else(|| {
+                Error::invalid("tpo", "a template file needs --response-delimiter")
+            })?;
+            ThoughtTemplate {
+                text,
+                response_delimiter: delim,
+                keep_delimiter: false,
+            }
+        }
+    };
+    let judge = match a.judge.split_once(':') {
+        None if a.judge == "verifier" => JudgeKind::Verifier,
+        Some(("pairwise", dir)) => JudgeKind::Pairwise(PathBuf::from(dir)),
+        _ => {
+            return Err(Error::invalid(
+                "tpo",
+                format!("unknown judge '{}': verifier or pairwise:DIR", a.judge),
+            ))
+        }
+    };
+    let d = TpoOpts::default();
+    let o = TpoOpts {
+        model: a.model,
+        data: a.data,
+        val_data: a.val_data,
+        eval_data: a.eval_data,
+        out: a.out,
+        template,
+        judge,
+        rounds: a.rounds,
+        per_round: a.per_round,
+        sampling: ponder::recipes::sample::SampleOpts {
+            k: a.k,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            max_new_tokens: a.max_new_tokens,
+            calculator: a.calculator,
+            seed: a.seed,
+            ..d.sampling.clone()
+        },
+        rho: a.rho,
+        dpo: ponder::train::fit::FitOpts {
+            beta: a.beta,
+            lr: a.lr,
+            epochs: a.epochs_per_round,
+            batch_size: a.batch_size,
+            seed: a.seed,
+            ..d.dpo.clone()
+        },
+        eval_limit: a.eval_limit,
+        eval_max_new_tokens: a.max_new_tokens,
+        calculator: a.calculator,
+        device: device(a.device)?,
+        resume: a.resume,
+        quiet: a.quiet,
+        ..d
+    };
+    let s = run(&o)?;
+    for r in &s.rounds {
+        outln!("{}", serde_json::Value::Object(r.clone()));
+    }
+    outln!(
+        "reference forwards saved by recorded log-probs: {}; model: {}",
+        s.reference_forwards_saved,
+        s.model.display()
+    );
+    Ok(true)
+}
+
+fn demo_cmd(o: ponder::recipes::demo::DemoOpts) -> Result<bool> {
+    use ponder::recipes::demo::{run, table};
+    let (rows, secs) = run(&o)?;
+    out!("{}", table(&rows));
+    outln!("{:.0} s; {}", secs, o.out.join("summary.json").display());
+    Ok(true)
+}
+
 fn tokenizer_cmd(what: TokenizerCmd) -> Result<bool> {
     let TokenizerCmd::Train {
         files,
@@ -959,37 +1384,6 @@ fn train(mode: Mode, a: TrainArgs) -> Result<bool> {
     Ok(true)
 }
 
-/// Make every parameter of a (random) model a trainable f32 leaf.
-fn trainable(mut net: ponder::model::Transformer) -> Result<ponder::model::Transformer> {
-    let leaf = |t: &ponder::Tensor| -> Result<ponder::Tensor> {
-        Ok(t.to_dtype(DType::F32)?.detach().requires_grad_())
-    };
-    net.embed_tokens = leaf(&net.embed_tokens)?;
-    net.norm = leaf(&net.norm)?;
-    for l in &mut net.layers {
-        l.input_layernorm = leaf(&l.input_layernorm)?;
-        l.post_attention_layernorm = leaf(&l.post_attention_layernorm)?;
-        for lin in [
-            &mut l.q_proj,
-            &mut l.k_proj,
-            &mut l.v_proj,
-            &mut l.o_proj,
-            &mut l.gate_proj,
-            &mut l.up_proj,
-            &mut l.down_proj,
-        ] {
-            lin.weight = leaf(&lin.weight)?;
-            if let Some(b) = &lin.bias {
-                lin.bias = Some(leaf(b)?);
-            }
-        }
-    }
-    if let Some(h) = &mut net.lm_head {
-        h.weight = leaf(&h.weight)?;
-    }
-    Ok(net)
-}
-
 fn save(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
     let m = Model::load(
         &dir,
@@ -1057,12 +1451,9 @@ fn bench(what: BenchCmd) -> Result<bool> {
                     std::path::Path::new("<qwen2.5-0.5b shape>"),
                     ponder::bench::qwen25_05b_config(),
                 )?;
-                let p = trainable(ponder::model::Transformer::random(
-                    &cfg,
-                    dev,
-                    DType::F32,
-                    7,
-                )?)?;
+                let p = ponder::model::Transformer::into_trainable(
+                    ponder::model::Transformer::random(&cfg, dev, DType::F32, 7)?,
+                )?;
                 let r = if no_ref_cache {
                     Some(ponder::model::Transformer::random(
                         &cfg,

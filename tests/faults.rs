@@ -362,3 +362,149 @@ fn a_closed_stdout_is_a_quiet_exit() {
         assert!(out.status.success(), "{args:?}: {err}");
     }
 }
+
+/// A copy of the qwen2-tied tokenizer directory with tokenizer.json edited by `edit`.
+fn tokenizer_variant(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let d = tmp(tag);
+    let src = root().join("qwen2-tied");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), d.join(f)).unwrap();
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("tokenizer.json")).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(d.join("tokenizer.json"), v.to_string()).unwrap();
+    d
+}
+
+#[test]
+fn tokenizer_truncation_and_padding_blocks_are_ignored_as_transformers_does() {
+    let text = "Natalia sold 48 clips in April, and then she sold half as many clips in May.";
+    let plain = ponder::model::Tok::load(&root().join("qwen2-tied")).unwrap();
+    let want = plain.encode(text, false).unwrap();
+    assert!(want.len() > 6);
+    // a truncation block that would cut to 4 tokens (with a stride the crate panics on),
+    // and a padding block that would pad to 64
+    let d = tokenizer_variant("trunc", |v| {
+        v["truncation"] = serde_json::json!({"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 9});
+        v["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"});
+    });
+    let tok = ponder::model::Tok::load(&d).unwrap();
+    assert_eq!(tok.encode(text, false).unwrap(), want);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn malformed_tokenizer_files_are_errors_not_panics() {
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "empty-replace",
+            Box::new(|v: &mut serde_json::Value| {
+                v["normalizer"] = serde_json::json!({"type": "Replace", "pattern": {"String": ""}, "content": "x"});
+            }),
+            "empty pattern",
+        ),
+        (
+            "undefined-special",
+            Box::new(|v: &mut serde_json::Value| {
+                v["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                    "special_tokens": {}});
+            }),
+            "[CLS]",
+        ),
+    ];
+    for (tag, edit, want) in cases {
+        let d = tokenizer_variant(tag, edit);
+        let err = ponder::model::Tok::load(&d)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("tokenizer.json") && err.contains(want),
+            "{tag}: {err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn two_concurrent_cache_builders_never_share_a_temporary_file() {
+    // two processes building the same reference cache: each writes its own temporary
+    // file and renames it into place, so the cache that remains is whole and every run
+    // succeeds with the same losses
+    let d = tmp("concurrent-cache");
+    let cache = d.join("ref.logps");
+    let bin = env!("CARGO_BIN_EXE_ponder");
+    let spawn = |out: &str| {
+        let flags = dpo_flags(&d.join(out), &["--ref-cache", cache.to_str().unwrap()]);
+        let mut args = vec!["dpo".to_string()];
+        args.extend(flags);
+        Command::new(bin)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let kids: Vec<_> = (0..4).map(|i| spawn(&format!("out{i}"))).collect();
+    let mut losses = Vec::new();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        let last = err
+            .lines()
+            .find(|l| l.starts_with("done:"))
+            .unwrap_or("")
+            .to_string();
+        losses.push(last.split(", reference").next().unwrap_or("").to_string());
+    }
+    assert!(losses.windows(2).all(|w| w[0] == w[1]), "{losses:?}");
+    let names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_another_model() {
+    let d = tmp("resume-model");
+    let out = d.join("out");
+    let cache = d.join("c.logps");
+    let mut flags = dpo_flags(
+        &out,
+        &["--save-every", "1", "--ref-cache", cache.to_str().unwrap()],
+    );
+    let i = flags.iter().position(|f| f == "--steps").unwrap();
+    flags[i + 1] = "3".into();
+    run(Mode::Dpo, &flags).unwrap();
+    // the same architecture and tokenizer, other weights (a bf16 round trip)
+    let other = d.join("other");
+    let ok = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([
+            "save",
+            "--model",
+            root().join("qwen2-tied").to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let mut again = flags.clone();
+    let m = again.iter().position(|f| f == "--model").unwrap();
+    again[m + 1] = other.to_str().unwrap().into();
+    again.extend(["--resume".to_string(), out.to_str().unwrap().to_string()]);
+    let err = run(Mode::Dpo, &again).unwrap_err();
+    assert!(err.contains("model:"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

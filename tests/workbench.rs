@@ -461,12 +461,28 @@ fn sampled_logprobs_are_a_free_reference() {
             prompt_len: prompts[s.prompt].len(),
         })
         .collect();
+    let items: Vec<(&[u32], &[u32])> = full
+        .iter()
+        .map(|s| (&s.ids[..s.prompt_len], &s.ids[s.prompt_len..]))
+        .collect();
+    let scores = ponder::model::score::score_completions(&m.net, &items, 4).unwrap();
+    let pass: Vec<f64> = scores
+        .iter()
+        .flat_map(|c| c.per_token.iter().map(|&x| x as f64))
+        .collect();
+    // the batched scorer agrees with the differentiable log-probs it is built on
     let refs: Vec<&Seq> = full.iter().collect();
     let lp = {
         let _ng = ponder::NoGradGuard::new();
         sequence_logps(&m.net, &refs, LinearCtx::default(), false).unwrap()
     };
-    let pass = lp.per_token.to_vec_f64().unwrap();
+    common::assert_close(
+        "scorer vs sequence_logps",
+        &pass,
+        &lp.per_token.to_vec_f64().unwrap(),
+        1e-6,
+        0.0,
+    );
     let recorded: Vec<f64> = seqs
         .iter()
         .flat_map(|s| s.logprobs.iter().map(|&x| x as f64))

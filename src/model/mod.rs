@@ -2,10 +2,12 @@
 //! the decoder, generation, and saving back to a Hugging Face directory.
 
 pub mod chat;
+pub mod compare;
 pub mod config;
 pub mod generate;
 pub mod rope;
 pub mod save;
+pub mod score;
 pub mod tokenizer;
 pub mod tokenizer_train;
 pub mod transformer;

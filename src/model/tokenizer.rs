@@ -17,6 +17,8 @@ pub struct Tok {
     pub chat_template: Option<String>,
     /// EOS ids from generation_config.json (falls back to the tokenizer's EOS).
     pub eos_ids: Vec<u32>,
+    /// The tokenizer.json it came from (named in errors).
+    pub path: std::path::PathBuf,
 }
 
 /// A special-token entry: a string, or an AddedToken object {"content": ...}.
@@ -26,6 +28,116 @@ fn token_str(v: Option<&Value>) -> Option<String> {
         Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
         _ => None,
     }
+}
+
+/// Run a call into the tokenizers crate, turning its panics (it has several on malformed
+/// files) into an error naming tokenizer.json.
+fn guard<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Error::file(path, e)),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::file(
+                path,
+                format!("the tokenizers crate failed to {what} with this file ({msg}); the file is malformed"),
+            ))
+        }
+    }
+}
+
+/// Walk a normalizer or pre-tokenizer description, refusing what the tokenizers crate
+/// panics on: a `Replace` with an empty pattern.
+fn check_replace(path: &Path, field: &str, v: &Value) -> Result<()> {
+    match v {
+        Value::Object(o) => {
+            if o.get("type").and_then(|t| t.as_str()) == Some("Replace") {
+                let empty = match o.get("pattern") {
+                    Some(Value::Object(p)) => {
+                        p.values().any(|x| x.as_str().is_some_and(|s| s.is_empty()))
+                    }
+                    Some(Value::String(s)) => s.is_empty(),
+                    _ => false,
+                };
+                if empty {
+                    return Err(Error::file(
+                        path,
+                        format!("field `{field}`: a Replace with an empty pattern"),
+                    ));
+                }
+            }
+            o.values().try_for_each(|x| check_replace(path, field, x))
+        }
+        Value::Array(a) => a.iter().try_for_each(|x| check_replace(path, field, x)),
+        _ => Ok(()),
+    }
+}
+
+/// Make a tokenizer.json safe to load and faithful to transformers: its `truncation` and
+/// `padding` blocks are dropped (transformers ignores them unless asked, and ponder's own
+/// truncation is explicit and counted), saying so once; fields the tokenizers crate is
+/// known to panic on are refused with an error naming them.
+fn sanitize(path: &Path, v: &mut Value) -> Result<()> {
+    let Some(o) = v.as_object_mut() else {
+        return Err(Error::file(path, "expected a JSON object"));
+    };
+    let mut dropped = Vec::new();
+    for k in ["truncation", "padding"] {
+        if o.get(k).is_some_and(|x| !x.is_null()) {
+            o.insert(k.into(), Value::Null);
+            dropped.push(k);
+        }
+    }
+    if !dropped.is_empty() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "note: {}: ignoring its {} block(s), as transformers does; ponder truncates only with --max-length",
+                path.display(),
+                dropped.join(" and ")
+            )
+        });
+    }
+    for f in ["normalizer", "pre_tokenizer"] {
+        if let Some(x) = o.get(f) {
+            check_replace(path, f, x)?;
+        }
+    }
+    // a template post-processor may only name special tokens it defines
+    if let Some(pp) = o.get("post_processor") {
+        let mut stack = vec![pp];
+        while let Some(x) = stack.pop() {
+            let Some(m) = x.as_object() else { continue };
+            if m.get("type").and_then(|t| t.as_str()) == Some("TemplateProcessing") {
+                let defined = m.get("special_tokens").and_then(|t| t.as_object());
+                for part in ["single", "pair"] {
+                    for piece in m.get(part).and_then(|p| p.as_array()).into_iter().flatten() {
+                        if let Some(id) = piece.pointer("/SpecialToken/id").and_then(|i| i.as_str())
+                        {
+                            if !defined.is_some_and(|d| d.contains_key(id)) {
+                                return Err(Error::file(
+                                    path,
+                                    format!("field `post_processor`: the template names special token {id:?}, which its special_tokens do not define"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(list) = m.get("processors").and_then(|p| p.as_array()) {
+                stack.extend(list);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -47,8 +159,14 @@ impl Tok {
                 "missing: ponder needs the Hugging Face fast-tokenizer file tokenizer.json",
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::file(&path, format!("cannot load tokenizer: {e}")))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut json: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
+        sanitize(&path, &mut json)?;
+        let inner = guard(&path, "load", || {
+            serde_json::from_value::<tokenizers::Tokenizer>(json)
+                .map_err(|e| format!("cannot load tokenizer: {e}"))
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
         let lookup = |field: &str| -> Result<Option<(String, u32)>> {
@@ -110,7 +228,12 @@ impl Tok {
             pad,
             chat_template,
             eos_ids,
+            path,
         })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -119,17 +242,20 @@ impl Tok {
 
     /// Token ids of `text`. `special` applies the tokenizer's post-processor (e.g. a BOS).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, special)
-            .map_err(|e| Error::invalid("tokenizer", format!("cannot encode: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        guard(self.path(), "encode", || {
+            self.inner
+                .encode(text, special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| format!("cannot encode: {e}"))
+        })
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| Error::invalid("tokenizer", format!("cannot decode: {e}")))
+        guard(self.path(), "decode", || {
+            self.inner
+                .decode(ids, skip_special)
+                .map_err(|e| format!("cannot decode: {e}"))
+        })
     }
 
     /// Render the chat template (Hugging Face semantics) for `messages`.

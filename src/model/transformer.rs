@@ -322,6 +322,38 @@ impl Transformer {
         })
     }
 
+    /// Every parameter as a trainable f32 leaf (a random model made trainable, for benches).
+    pub fn into_trainable(mut self) -> Result<Transformer> {
+        let net = &mut self;
+        let leaf = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.to_dtype(DType::F32)?.detach().requires_grad_())
+        };
+        net.embed_tokens = leaf(&net.embed_tokens)?;
+        net.norm = leaf(&net.norm)?;
+        for l in &mut net.layers {
+            l.input_layernorm = leaf(&l.input_layernorm)?;
+            l.post_attention_layernorm = leaf(&l.post_attention_layernorm)?;
+            for lin in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ] {
+                lin.weight = leaf(&lin.weight)?;
+                if let Some(b) = &lin.bias {
+                    lin.bias = Some(leaf(b)?);
+                }
+            }
+        }
+        if let Some(h) = &mut net.lm_head {
+            h.weight = leaf(&h.weight)?;
+        }
+        Ok(self)
+    }
+
     /// Every parameter by its Hugging Face name, in checkpoint order.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![(

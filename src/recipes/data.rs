@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 pub struct Example {
     pub prompt: String,
     pub answer: String,
+    /// A gold rationale, when the line has one: its `completion` (or `rationale`) field,
+    /// else a GSM8K-style `answer` field (rationale, then `#### N`) itself.
+    pub rationale: Option<String>,
 }
 
 fn text_field(
@@ -50,9 +53,14 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
     crate::train::data::read_jsonl(path)?
         .into_iter()
         .map(|(line, o)| {
+            let raw = text_field(path, line, &o, &["answer"])?;
+            let rationale = text_field(path, line, &o, &["completion", "rationale"])
+                .ok()
+                .or_else(|| raw.contains("####").then(|| raw.clone()));
             Ok(Example {
                 prompt: text_field(path, line, &o, &["prompt", "question"])?,
-                answer: answer::gold_answer(&text_field(path, line, &o, &["answer"])?),
+                answer: answer::gold_answer(&raw),
+                rationale,
             })
         })
         .collect()

@@ -5,8 +5,16 @@
 pub mod answer;
 pub mod calculator;
 pub mod data;
+pub mod demo;
 pub mod eval;
+pub mod judges;
+pub mod pairs;
+pub mod run;
+pub mod sample;
+pub mod self_train;
 pub mod synth;
+pub mod thinkpo;
+pub mod tpo;
 
 use crate::error::Result;
 use crate::model::tokenizer::Tok;

@@ -38,6 +38,7 @@ pub(crate) struct State {
 /// The settings a resumed run must share with the run that wrote the checkpoint.
 pub(crate) fn fingerprint(
     args: &TrainArgs,
+    model_hash: u64,
     data_hash: u64,
     total_steps: usize,
     lr: f64,
@@ -45,6 +46,7 @@ pub(crate) fn fingerprint(
 ) -> Map<String, Value> {
     let v = json!({
         "data": format!("{data_hash:016x}"),
+        "model": format!("{model_hash:016x}"),
         "batch_size": args.batch_size,
         "grad_accum": args.grad_accum,
         "shuffle": args.shuffle,
@@ -219,12 +221,16 @@ pub(crate) fn load_checkpoint(dir: &Path, opt: &mut Optimizer) -> Result<State> 
         if !w.contains(n) {
             return Err(missing("trainable.safetensors"));
         }
-        p.assign_(&w.load_any(n)?)?;
+        let name_it =
+            |e: Error, file: &str| Error::file(dir.join(file), format!("tensor `{n}`: {e}"));
+        p.assign_(&w.load_any(n)?)
+            .map_err(|e| name_it(e, "trainable.safetensors"))?;
         for (key, t) in [(format!("m.{n}"), &opt.m[i]), (format!("v.{n}"), &opt.v[i])] {
             if !o.contains(&key) {
                 return Err(missing("optimizer.safetensors"));
             }
-            t.assign_(&o.load_any(&key)?)?;
+            t.assign_(&o.load_any(&key)?)
+                .map_err(|e| name_it(e, "optimizer.safetensors"))?;
         }
     }
     opt.step = st.step as u32;

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod checkpoint;
 pub mod data;
+pub mod fit;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -270,6 +270,8 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         };
         h.finish()
     };
+    // which starting weights: a resume from another model's checkpoint is refused
+    let model_hash = KeyHasher::default().model_dir(&args.model)?.finish();
     let n = examples.len();
     let bs = args.batch_size.max(1);
     let ga = args.grad_accum.max(1);
@@ -405,7 +407,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 format!("checkpoint used --seed {}, this run {}", st.seed, args.seed),
             ));
         }
-        let now = fingerprint(args, data_hash, total_steps, lr, warmup);
+        let now = fingerprint(args, model_hash, data_hash, total_steps, lr, warmup);
         let differ: Vec<String> = now
             .iter()
             .filter(|(k, v)| st.fingerprint.get(*k).is_some_and(|old| old != *v))
@@ -479,7 +481,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 seed: args.seed,
                 rng: "counter-based (seed, step, micro-batch)".into(),
                 mode,
-                fingerprint: fingerprint(args, data_hash, total_steps, lr, warmup),
+                fingerprint: fingerprint(args, model_hash, data_hash, total_steps, lr, warmup),
             };
             save_checkpoint(&args.out, &trainer.opt, &st)?;
         }

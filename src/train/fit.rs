@@ -1,0 +1,186 @@
+//! Training on data already in memory: epochs of shuffled micro-batches through
+//! [`Trainer::step`], for the recipes, which build SFT sets and preference pairs as they
+//! go and never write them to a file first.
+
+use super::data::{Pair, Seq};
+use super::loss::{DpoParams, LossType};
+use super::optim::{Schedule, Scheduler};
+use super::step::{MicroBatch, StepStats, Trainer};
+use crate::error::{Error, Result};
+use crate::model::Transformer;
+
+/// How a model is fitted to an in-memory set.
+#[derive(Clone, Debug)]
+pub struct FitOpts {
+    pub epochs: f64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub scheduler: Scheduler,
+    pub warmup_ratio: f64,
+    /// Floor of cosine_with_min_lr, as a fraction of lr.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub beta: f64,
+    pub loss_type: LossType,
+    pub seed: u64,
+    /// Progress bar label; hidden when `quiet`.
+    pub label: String,
+    pub quiet: bool,
+}
+
+impl Default for FitOpts {
+    fn default() -> Self {
+        FitOpts {
+            epochs: 1.0,
+            batch_size: 8,
+            lr: 1e-4,
+            scheduler: Scheduler::Cosine,
+            warmup_ratio: 0.0,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            beta: 0.1,
+            loss_type: LossType::Sigmoid,
+            seed: 0,
+            label: "train".into(),
+            quiet: true,
+        }
+    }
+}
+
+/// Micro-batches of `n` items for `epochs` passes, shuffled per epoch with a seeded
+/// counter-based order (the same for a seed on every run).
+fn batches(n: usize, bs: usize, epochs: f64, seed: u64) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    let per_epoch = n.div_ceil(bs);
+    let total = ((epochs * per_epoch as f64).ceil() as usize).max(1);
+    let mut out = Vec::with_capacity(total);
+    let mut epoch = 0u64;
+    while out.len() < total {
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.shuffle(&mut crate::util::rng(
+            seed ^ (epoch + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        ));
+        for c in idx.chunks(bs) {
+            if out.len() < total {
+                out.push(c.to_vec());
+            }
+        }
+        epoch += 1;
+    }
+    out
+}
+
+fn trainer(net: Transformer, o: &FitOpts, steps: usize) -> Result<Trainer> {
+    if !(o.epochs.is_finite() && o.epochs > 0.0) || o.batch_size == 0 {
+        return Err(Error::invalid(
+            "fit",
+            "epochs must be > 0 and batch_size >= 1",
+        ));
+    }
+    let schedule = Schedule {
+        kind: o.scheduler,
+        lr: o.lr,
+        warmup_steps: (o.warmup_ratio * steps as f64).ceil() as usize,
+        total_steps: steps,
+        min_lr: o.min_lr_ratio * o.lr,
+    };
+    let dpo = DpoParams {
+        beta: o.beta,
+        loss_type: o.loss_type,
+        label_smoothing: 0.0,
+        rpo_alpha: None,
+        length_normalize: false,
+    };
+    Trainer::new(
+        net,
+        false,
+        schedule,
+        o.weight_decay as f32,
+        o.max_grad_norm,
+        dpo,
+        o.seed,
+    )
+}
+
+fn run<'d>(
+    mut t: Trainer,
+    plan: &[Vec<usize>],
+    o: &FitOpts,
+    mut make: impl FnMut(&[usize]) -> MicroBatch<'d>,
+) -> Result<(Transformer, Vec<StepStats>)> {
+    let bar = crate::util::progress_bar(plan.len() as u64, &o.label, o.quiet);
+    let mut stats = Vec::with_capacity(plan.len());
+    for b in plan {
+        let st = t.step(&[make(b)])?;
+        bar.set_message(format!("loss {:.4}", st.loss));
+        bar.inc(1);
+        stats.push(st);
+    }
+    bar.finish_and_clear();
+    Ok((t.net, stats))
+}
+
+/// SFT of `net` (every parameter trainable) on `data`.
+pub fn sft(net: Transformer, data: &[Seq], o: &FitOpts) -> Result<(Transformer, Vec<StepStats>)> {
+    if data.is_empty() {
+        return Err(Error::invalid("fit", "no SFT examples"));
+    }
+    let plan = batches(data.len(), o.batch_size, o.epochs, o.seed);
+    let t = trainer(net, o, plan.len())?;
+    run(t, &plan, o, |b| {
+        MicroBatch::Sft(b.iter().map(|&i| &data[i]).collect())
+    })
+}
+
+/// DPO of `net` on `pairs`, whose reference log-prob sums (chosen, rejected) are given
+/// (recorded while sampling, or from a reference pass before training).
+pub fn dpo(
+    net: Transformer,
+    pairs: &[Pair],
+    refs: &[(f64, f64)],
+    o: &FitOpts,
+) -> Result<(Transformer, Vec<StepStats>)> {
+    if pairs.is_empty() || pairs.len() != refs.len() {
+        return Err(Error::invalid(
+            "fit",
+            format!("{} pairs with {} reference sums", pairs.len(), refs.len()),
+        ));
+    }
+    let plan = batches(pairs.len(), o.batch_size, o.epochs, o.seed);
+    let t = trainer(net, o, plan.len())?;
+    run(t, &plan, o, |b| MicroBatch::Dpo {
+        pairs: b.iter().map(|&i| &pairs[i]).collect(),
+        reference: Some(b.iter().map(|&i| refs[i]).unzip()),
+    })
+}
+
+/// Reference log-prob sums of pairs under `net` (for completions nobody sampled, such as
+/// gold rationales), in batches of `bs` pairs.
+pub fn reference_sums(net: &Transformer, pairs: &[Pair], bs: usize) -> Result<Vec<(f64, f64)>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(bs.max(1)) {
+        let ps: Vec<&Pair> = chunk.iter().collect();
+        let (c, r) = super::step::reference_sums(net, &ps, false)?;
+        out.extend(c.into_iter().zip(r));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_cover_each_epoch_once_and_are_seeded() {
+        let b = batches(10, 3, 2.0, 7);
+        assert_eq!(b.len(), 8);
+        let mut first: Vec<usize> = b[..4].concat();
+        first.sort();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+        assert_eq!(b, batches(10, 3, 2.0, 7));
+        assert_ne!(b, batches(10, 3, 2.0, 8));
+        assert_eq!(batches(10, 3, 0.5, 1).len(), 2);
+    }
+}
