@@ -508,3 +508,46 @@ fn resume_refuses_a_checkpoint_of_another_model() {
     assert!(err.contains("model:"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn hostile_chat_templates_are_errors_not_hangs_or_crashes() {
+    use ponder::model::chat::{render, Message};
+    let msgs = [Message::new("user", "hi")];
+    for (name, t) in [
+        (
+            "nested loops",
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        ),
+        (
+            "huge indent",
+            "{{ messages | tojson(indent=1000000000000) }}",
+        ),
+        (
+            "deep recursion",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ),
+        (
+            "huge output",
+            "{% for a in range(100000) %}{{ 'abcdefghij' * 10 }}{% endfor %}",
+        ),
+    ] {
+        let t0 = std::time::Instant::now();
+        let err = render(t, &msgs, true, None, None).unwrap_err().to_string();
+        assert!(err.contains("chat_template"), "{name}: {err}");
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "{name} took {:?}",
+            t0.elapsed()
+        );
+    }
+    // an ordinary template still renders
+    let ok = render(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}",
+        &msgs,
+        true,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok, "<user>hi");
+}

@@ -73,6 +73,15 @@ fn py_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut
 fn tojson(v: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    if indent.is_some_and(|i| i > MAX_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "tojson: indent {} is over {MAX_INDENT}",
+                indent.unwrap_or(0)
+            ),
+        ));
+    }
     let json = serde_json::to_value(&v)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();
@@ -80,8 +89,38 @@ fn tojson(v: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::E
     Ok(JValue::from_safe_string(out))
 }
 
+/// The sandbox a chat template runs in. Templates come with downloaded models, so they
+/// are bounded: an instruction budget (minijinja's fuel: a nested loop cannot spin for
+/// ever), a recursion limit well inside a test thread's stack, a bounded `tojson`
+/// indent, and a cap on the rendered text.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+const TEMPLATE_RECURSION: usize = 64;
+const MAX_INDENT: usize = 64;
+const MAX_RENDERED: usize = 4 << 20;
+
+/// A writer that refuses to grow past `MAX_RENDERED` bytes.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED {
+            return Err(std::io::Error::other(format!(
+                "the rendered chat is over {} MiB",
+                MAX_RENDERED >> 20
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -157,7 +196,8 @@ pub fn render(
         bos_token => bos.unwrap_or(""),
         eos_token => eos.unwrap_or(""),
     };
-    tmpl.render(ctx).map_err(|e| {
+    let mut out = Capped(Vec::new());
+    tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
         let mut msg = format!("chat_template failed: {e}");
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
@@ -165,5 +205,7 @@ pub fn render(
             src = s.source();
         }
         Error::invalid("chat", msg)
-    })
+    })?;
+    String::from_utf8(out.0)
+        .map_err(|_| Error::invalid("chat", "chat_template rendered invalid UTF-8"))
 }

@@ -172,7 +172,7 @@ struct Judged {
     samples: Vec<Sample>,
     /// Judge score; None when the output did not parse.
     scores: Vec<Option<f64>>,
-    /// Response length in tokens (0 when unparsed).
+    /// Response length in tokens (the whole output's when unparsed).
     lengths: Vec<f64>,
 }
 
@@ -322,11 +322,13 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
                 .iter()
                 .map(|x| o.template.split(&x.text).map(|p| p.1))
                 .collect();
+            // an unparsed output is all response: its length is the whole output's
             let lengths: Vec<f64> = parts
                 .iter()
-                .map(|p| {
-                    p.map(|r| tok.encode(r, false).map(|v| v.len() as f64).unwrap_or(0.0))
-                        .unwrap_or(0.0)
+                .zip(&ss)
+                .map(|(p, x)| match p {
+                    Some(r) => tok.encode(r, false).map(|v| v.len() as f64).unwrap_or(0.0),
+                    None => x.len_tokens(&tok.eos_ids) as f64,
                 })
                 .collect();
             let scores: Vec<Option<f64>> = match &pairwise {
