@@ -551,3 +551,43 @@ fn hostile_chat_templates_are_errors_not_hangs_or_crashes() {
     .unwrap();
     assert_eq!(ok, "<user>hi");
 }
+
+#[test]
+fn tensors_the_config_does_not_use_are_refused() {
+    let d = tmp("extra-tensors");
+    let src = root().join("qwen2-tied");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), d.join(f)).unwrap();
+    }
+    let m = ponder::model::Model::load(
+        &src,
+        ponder::model::LoadOpts {
+            device: ponder::Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    )
+    .unwrap();
+    let mut named = m.net.named_parameters();
+    // a stray lm_head beside tied embeddings, which the tied model would silently ignore
+    let emb = named[0].1.clone();
+    named.push(("lm_head.weight".into(), emb));
+    let bytes = ponder::model::save::safetensors_bytes(&named, ponder::DType::F32).unwrap();
+    std::fs::write(d.join("model.safetensors"), bytes).unwrap();
+    let err = ponder::model::Model::load(
+        &d,
+        ponder::model::LoadOpts {
+            device: ponder::Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("lm_head.weight") && err.contains("does not use"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -293,7 +293,9 @@ impl Transformer {
                 cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
             )
         };
-        Transformer::assemble(cfg, opts.device, |name, shape, matrix| {
+        let used = std::cell::RefCell::new(std::collections::HashSet::new());
+        let net = Transformer::assemble(cfg, opts.device, |name, shape, matrix| {
+            used.borrow_mut().insert(name.to_string());
             let keep = opts.keep_16bit && matrix && !opts.trainable;
             let t = ckpt.load(name, shape, opts.device, keep, &why(shape))?;
             Ok(if opts.trainable {
@@ -301,7 +303,30 @@ impl Transformer {
             } else {
                 t
             })
-        })
+        })?;
+        // a tensor the config does not account for (an extra layer, a bias the config
+        // does not ask for, an lm_head beside tied embeddings) would be silently dropped,
+        // changing the model: refuse it. Rotary inverse-frequency buffers that old
+        // checkpoints carry are recomputed from the config, so they are fine.
+        let used = used.into_inner();
+        let mut unused: Vec<&String> = ckpt
+            .names()
+            .filter(|n| !used.contains(*n) && !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            let more = unused.len().saturating_sub(5);
+            return Err(Error::invalid(
+                "load",
+                format!(
+                    "the checkpoint holds {} tensor(s) that config.json does not use: {}{} (does num_hidden_layers, attention_bias, mlp_bias or tie_word_embeddings match the weights?)",
+                    unused.len(),
+                    unused.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
+                ),
+            ));
+        }
+        Ok(net)
     }
 
     /// A model of this config with random weights (std 0.02, norms 1), for benches.
