@@ -186,13 +186,43 @@ fn calculator_completes_open_annotations(tok: &Tok) {
 }
 
 #[test]
-fn calculator_decoding_with_digit_splitting_tokenizer() {
-    let d = tmp("tok-split");
-    let tok = tokenizer(true, &d);
+fn calculator_decoding_with_the_bundled_digit_splitting_tokenizer() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny/sft-short");
+    let tok = Tok::load(&dir).unwrap();
     // every digit is its own token here
     assert_eq!(tok.encode("24", false).unwrap().len(), 2);
     calculator_completes_open_annotations(&tok);
-    let _ = std::fs::remove_dir_all(&d);
+    // and the bundled model itself, continuing a prompt that ends inside an annotation
+    let m = ponder::model::Model::load(
+        &dir,
+        ponder::model::LoadOpts {
+            device: Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    )
+    .unwrap();
+    let prompt = tok.encode("Mia has 48 marbles. She splits them into 2 equal parts and keeps one part. How many marbles does Mia have now?\nDivide by 2: 48 / 2 = <<48/2=", false).unwrap();
+    let p = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let mut calc = Calculator::new(&tok);
+    let mut hook = |_: usize, text: &str| calc.force(text);
+    let steer: &mut Steer<'_> = &mut hook;
+    let (seqs, _) = generate_steered(
+        &m.net,
+        &[prompt],
+        1,
+        &p,
+        Some(&tok),
+        &mut |_, _| {},
+        Some(steer),
+    )
+    .unwrap();
+    let text = tok.decode(&seqs[0].ids, true).unwrap();
+    assert!(text.starts_with("24>>"), "{text:?}");
 }
 
 #[test]

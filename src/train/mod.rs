@@ -9,5 +9,6 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod refcache;
+pub mod reference;
 pub mod step;
 pub mod trainer;

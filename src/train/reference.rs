@@ -1,0 +1,138 @@
+//! The reference side of DPO from the command line: where a run's reference cache
+//! lives, building it (or reusing a valid one) with a progress bar, and reading a batch's
+//! summed reference log-probs back out of it.
+
+use std::path::{Path, PathBuf};
+
+use super::args::TrainArgs;
+use super::data::{Pair, Seq};
+use super::loss;
+use super::refcache::{self, Invalid, RefCache, RefLogps};
+use super::trainer::Summary;
+use crate::error::{Error, Result};
+use crate::model::transformer::LinearCtx;
+use crate::model::Transformer;
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("{msg}");
+}
+
+/// Where the reference cache of this run lives.
+pub(crate) fn cache_path(args: &TrainArgs, key: u64) -> PathBuf {
+    if let Some(p) = &args.ref_cache {
+        return p.clone();
+    }
+    let dir = match std::env::var_os("PONDER_CACHE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => args
+            .data
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".ponder-cache"),
+    };
+    dir.join(format!("ref-{key:016x}.logps"))
+}
+
+/// Split the completion-token log-probs `(K,)` into one vector per sequence.
+fn completion_values(per_token: &[f32], counts: &[usize]) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    counts
+        .iter()
+        .map(|&c| {
+            at += c;
+            per_token[at - c..at].to_vec()
+        })
+        .collect()
+}
+
+/// The cached reference sums (chosen, rejected) of the pairs at `idx`, summed as the
+/// policy's are (f64 accumulation, an f32 result).
+pub(crate) fn cached_sums(c: &RefCache, idx: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    let sum32 = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() as f32 as f64;
+    idx.iter()
+        .map(|&i| {
+            let (c_, r_) = c.get(i);
+            (sum32(&c_), sum32(&r_))
+        })
+        .unzip()
+}
+
+/// Build (or reuse) the reference cache for `pairs`, computing with `net` when needed.
+pub(crate) fn build_cache(
+    args: &TrainArgs,
+    key: u64,
+    pairs: &[Pair],
+    ref_net: &dyn Fn() -> Result<Transformer>,
+    adapters_off: bool,
+    summary: &mut Summary,
+) -> Result<RefCache> {
+    let path = cache_path(args, key);
+    match RefCache::open(&path, key, pairs.len()) {
+        Ok(c) => {
+            log(format!("reference cache: hit, {} ({} pairs, {} token log-probs); no reference forward needed", path.display(), c.len(), c.values()));
+            summary.cache = Some(format!("hit {}", path.display()));
+            return Ok(c);
+        }
+        Err(Invalid::Missing) => log(format!(
+            "reference cache: miss, computing reference log-probs for {} pairs into {}",
+            pairs.len(),
+            path.display()
+        )),
+        Err(Invalid::Stale(why)) => log(format!(
+            "reference cache {} is stale ({why}); rebuilding",
+            path.display()
+        )),
+        Err(Invalid::Foreign(why)) => {
+            return Err(Error::file(
+                &path,
+                format!("refusing to use this as the reference cache: {why}, so ponder did not write it and will not overwrite it; pass --ref-cache with a new path"),
+            ))
+        }
+        Err(Invalid::Corrupt(why)) => log(format!(
+            "reference cache {} is corrupted ({why}); rebuilding",
+            path.display()
+        )),
+    }
+    let net = ref_net()?;
+    let _ng = crate::autograd::NoGradGuard::new();
+    let mut out = RefLogps {
+        chosen: Vec::new(),
+        rejected: Vec::new(),
+    };
+    let bar = super::trainer::progress(
+        args,
+        (pairs.len().div_ceil(args.batch_size.max(1))) as u64,
+        "reference",
+    );
+    for chunk in pairs.chunks(args.batch_size.max(1)) {
+        let seqs: Vec<&Seq> = chunk
+            .iter()
+            .map(|p| &p.chosen)
+            .chain(chunk.iter().map(|p| &p.rejected))
+            .collect();
+        let lp = loss::sequence_logps(
+            &net,
+            &seqs,
+            LinearCtx {
+                disable_adapters: adapters_off,
+                dropout_seed: None,
+            },
+            false,
+        )?;
+        summary.ref_forwards += 1;
+        let vals = completion_values(&lp.per_token.to_vec_f32()?, &lp.counts);
+        let n = chunk.len();
+        out.chosen.extend(vals[..n].iter().cloned());
+        out.rejected.extend(vals[n..].iter().cloned());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    refcache::write(&path, key, &out)?;
+    summary.cache = Some(format!("built {}", path.display()));
+    RefCache::open(&path, key, pairs.len()).map_err(|e| {
+        Error::file(
+            &path,
+            format!("cache unreadable right after writing: {e:?}"),
+        )
+    })
+}
