@@ -111,6 +111,34 @@ fn sanitize(path: &Path, v: &mut Value) -> Result<()> {
             check_replace(path, f, x)?;
         }
     }
+    // BPE merges must carry the continuing-subword prefix the model declares (the crate
+    // slices the second token by the prefix's length without checking)
+    if let Some(m) = o.get("model").and_then(|m| m.as_object()) {
+        let prefix = m
+            .get("continuing_subword_prefix")
+            .and_then(|p| p.as_str())
+            .unwrap_or("");
+        if !prefix.is_empty() {
+            for merge in m
+                .get("merges")
+                .and_then(|x| x.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let second = match merge {
+                    Value::String(t) => t.split_once(' ').map(|(_, b)| b.to_string()),
+                    Value::Array(a) => a.get(1).and_then(|b| b.as_str()).map(String::from),
+                    _ => None,
+                };
+                if second.is_some_and(|b| !b.starts_with(prefix)) {
+                    return Err(Error::file(
+                        path,
+                        format!("field `model.merges`: a merge's second token lacks the continuing_subword_prefix {prefix:?}"),
+                    ));
+                }
+            }
+        }
+    }
     // a template post-processor may only name special tokens it defines
     if let Some(pp) = o.get("post_processor") {
         let mut stack = vec![pp];
