@@ -62,6 +62,18 @@ impl RunDir {
     }
 }
 
+/// Question/answer lines from `path` (none when absent), the first `limit` of them.
+pub fn read_limited(path: Option<&Path>, limit: Option<usize>) -> Result<Vec<Example>> {
+    let mut v = match path {
+        Some(p) => super::data::read_examples(p)?,
+        None => Vec::new(),
+    };
+    if let Some(n) = limit {
+        v.truncate(n);
+    }
+    Ok(v)
+}
+
 /// Load a model directory's weights as trainable f32 on `device`.
 pub fn load_trainable(dir: &Path, device: Device) -> Result<(Transformer, Tok)> {
     let m = Model::load(

@@ -22,9 +22,9 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::answer;
-use super::data::{read_examples, write_jsonl, Example};
+use super::data::{write_jsonl, Example};
 use super::pairs::{dedup, least_similar_pairs, percentile_cap};
-use super::run::{eval, load_trainable, log, save, RunDir};
+use super::run::{eval, load_trainable, log, read_limited, save, RunDir};
 use super::sample::{sample, Sample, SampleOpts};
 use crate::error::{Error, Result};
 use crate::model::{Tok, Transformer};
@@ -327,17 +327,8 @@ pub struct SelfTrainSummary {
 /// Run the rounds.
 pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
     let mut dir = RunDir::open(&o.out, o.resume)?;
-    let mut qs = read_examples(&o.data)?;
-    if let Some(n) = o.limit {
-        qs.truncate(n);
-    }
-    let mut test = match &o.eval_data {
-        Some(p) => read_examples(p)?,
-        None => Vec::new(),
-    };
-    if let Some(n) = o.eval_limit {
-        test.truncate(n);
-    }
+    let qs = read_limited(Some(&o.data), o.limit)?;
+    let test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
     let base_dir = o.base.clone().unwrap_or_else(|| o.model.clone());
     let tok_dir = o.model.clone();
     let (mut m, tok) = load_trainable(&o.model, o.device)?;

@@ -19,8 +19,8 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::answer;
-use super::data::{read_examples, write_jsonl, Example};
-use super::run::{eval, load_trainable, log, save, RunDir};
+use super::data::{write_jsonl, Example};
+use super::run::{eval, load_trainable, log, read_limited, save, RunDir};
 use super::sample::{sample, SampleOpts};
 use super::self_train::seq_sums;
 use crate::error::{Error, Result};
@@ -209,17 +209,8 @@ fn build_pairs(
 pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
     let t0 = Instant::now();
     let mut dir = RunDir::open(&o.out, false)?;
-    let mut qs = read_examples(&o.data)?;
-    if let Some(n) = o.limit {
-        qs.truncate(n);
-    }
-    let mut test = match &o.eval_data {
-        Some(p) => read_examples(p)?,
-        None => Vec::new(),
-    };
-    if let Some(n) = o.eval_limit {
-        test.truncate(n);
-    }
+    let qs = read_limited(Some(&o.data), o.limit)?;
+    let test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
     let mut s = ThinkPoSummary::default();
     let shorts = short_answers(o, &qs)?;
     let (net, tok) = load_trainable(&o.model, o.device)?;

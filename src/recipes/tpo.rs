@@ -16,9 +16,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::data::{read_examples, write_jsonl, Example};
+use super::data::{read_examples, write_jsonl};
 use super::judges::{verify, PairwiseJudge};
-use super::run::{eval, load_trainable, log, save, RunDir};
+use super::run::{eval, load_trainable, log, read_limited, save, RunDir};
 use super::sample::{sample, Sample, SampleOpts};
 use crate::error::{Error, Result};
 use crate::tensor::Device;
@@ -260,18 +260,8 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
             ),
         ));
     }
-    let read = |p: &Option<PathBuf>, limit: Option<usize>| -> Result<Vec<Example>> {
-        let mut v = match p {
-            Some(p) => read_examples(p)?,
-            None => Vec::new(),
-        };
-        if let Some(n) = limit {
-            v.truncate(n);
-        }
-        Ok(v)
-    };
-    let val = read(&o.val_data, o.eval_limit)?;
-    let test = read(&o.eval_data, o.eval_limit)?;
+    let val = read_limited(o.val_data.as_deref(), o.eval_limit)?;
+    let test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
     let (mut net, tok) = load_trainable(&o.model, o.device)?;
     let pairwise = match &o.judge {
         JudgeKind::Pairwise(d) => {
