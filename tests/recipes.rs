@@ -279,5 +279,16 @@ fn demo_runs_end_to_end_at_a_small_size() {
     }
     assert!(s["seconds"].as_f64().unwrap() > 0.0);
     assert!(out.join("summary.svg").exists());
+    // the main command run twice: the first run is kept as OUT.previous
+    let m = models();
+    #[rustfmt::skip]
+    let again = [
+        "demo", "--models", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--labelled", "4",
+        "--unlabelled", "4", "--k", "2", "--test-questions", "4", "--thinkpo-questions", "4", "--tpo-questions", "4",
+        "--quiet",
+    ];
+    ponder(&again);
+    assert!(out.join("summary.json").exists());
+    assert!(d.join("demo.previous/summary.json").exists());
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -149,6 +149,45 @@ fn write_data(o: &DemoOpts, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A second `ponder demo` into the same directory keeps the last run as `OUT.previous`
+/// (replacing an older one) rather than failing or mixing rounds. Only a directory a demo
+/// wrote (its `data/self-train.jsonl` or `summary.json`) is moved; anything else at `OUT`
+/// is an error.
+fn set_aside_previous(out: &Path) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let ours =
+        |d: &Path| d.join("summary.json").is_file() || d.join("data/self-train.jsonl").is_file();
+    if !ours(out) {
+        return Err(Error::file(
+            out,
+            "exists and is not a ponder demo's output; choose another --out",
+        ));
+    }
+    let mut prev = out.as_os_str().to_owned();
+    prev.push(".previous");
+    let prev = PathBuf::from(prev);
+    if ours(&prev) {
+        std::fs::remove_dir_all(&prev).map_err(|e| Error::io(&prev, e))?;
+    } else if prev.exists() {
+        return Err(Error::file(
+            &prev,
+            "exists and is not a ponder demo's output; move it before running the demo again",
+        ));
+    }
+    std::fs::rename(out, &prev).map_err(|e| Error::io(out, e))?;
+    log(format!(
+        "demo: the previous run in {} is now {}",
+        out.display(),
+        prev.display()
+    ));
+    Ok(())
+}
+
 /// Run every stage; returns the rows and the seconds taken.
 pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
     let t0 = Instant::now();
@@ -160,12 +199,7 @@ pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
             ));
         }
     }
-    if o.out.join("summary.json").exists() {
-        return Err(Error::file(
-            &o.out,
-            "already holds a finished demo (summary.json); choose another --out",
-        ));
-    }
+    set_aside_previous(&o.out)?;
     let data = o.out.join("data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
     write_data(o, &data)?;
