@@ -223,6 +223,11 @@ fn tpo_with_the_verifier_keeps_chosen_responses_short() {
     ]);
     let r = rounds(&out);
     assert_eq!(r.len(), 2, "{text}");
+    // the check below must have pairs to check
+    assert!(
+        r.iter().any(|row| row["pairs"].as_u64().unwrap() > 0),
+        "{text}"
+    );
     for row in &r {
         assert_eq!(row["rho"].as_f64(), Some(0.5));
         if row["pairs"].as_u64().unwrap() > 0 {

@@ -251,7 +251,6 @@ pub(crate) fn init_cmd(
     Ok(true)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn data_cmd(what: DataCmd) -> Result<bool> {
     let DataCmd::Synth {
         out,

@@ -57,3 +57,17 @@ pub fn score_completions(
     }
     Ok(out)
 }
+
+/// Summed completion log-probs of training sequences, each rounded to f32 as the policy's
+/// sums are (f64 accumulation, an f32 result), so a reference computed here and a
+/// policy's own sum agree bit for bit when the weights are the same.
+pub fn completion_sums(net: &Transformer, seqs: &[&Seq], batch: usize) -> Result<Vec<f64>> {
+    let items: Vec<(&[u32], &[u32])> = seqs
+        .iter()
+        .map(|s| (&s.ids[..s.prompt_len], &s.ids[s.prompt_len..]))
+        .collect();
+    Ok(score_completions(net, &items, batch)?
+        .into_iter()
+        .map(|c| c.sum as f32 as f64)
+        .collect())
+}

@@ -27,6 +27,7 @@ use super::pairs::{dedup, least_similar_pairs, percentile_cap};
 use super::run::{eval, load_trainable, log, read_limited, save, RunDir};
 use super::sample::{sample, Sample, SampleOpts};
 use crate::error::{Error, Result};
+use crate::model::score::completion_sums;
 use crate::model::{Tok, Transformer};
 use crate::tensor::Device;
 use crate::train::data::{sft_example, Pair, Seq, Truncation, TruncationMode};
@@ -138,18 +139,6 @@ fn gold_seqs(tok: &Tok, qs: &[Example]) -> Result<Vec<Option<Seq>>> {
         .collect()
 }
 
-/// Summed log-probs of `seqs`' completions under `net` (a reference forward, in batches).
-pub fn seq_sums(net: &Transformer, seqs: &[&Seq], bs: usize) -> Result<Vec<f64>> {
-    let items: Vec<(&[u32], &[u32])> = seqs
-        .iter()
-        .map(|s| (&s.ids[..s.prompt_len], &s.ids[s.prompt_len..]))
-        .collect();
-    Ok(crate::model::score::score_completions(net, &items, bs)?
-        .into_iter()
-        .map(|c| c.per_token.iter().map(|&x| x as f64).sum::<f64>() as f32 as f64)
-        .collect())
-}
-
 /// One side of a question's pairs: a sequence and where its reference sum comes from.
 #[derive(Clone)]
 enum Side {
@@ -227,7 +216,7 @@ fn build_pairs(
     let gsums: HashMap<usize, f64> = golds
         .iter()
         .copied()
-        .zip(seq_sums(net, &gseqs, 16)?)
+        .zip(completion_sums(net, &gseqs, 16)?)
         .collect();
     let mut saved = 0;
     let (mut pairs, mut refs) = (Vec::new(), Vec::new());

@@ -22,7 +22,6 @@ use super::answer;
 use super::data::{write_jsonl, Example};
 use super::run::{eval, load_trainable, log, read_limited, save, RunDir};
 use super::sample::{sample, SampleOpts};
-use super::self_train::seq_sums;
 use crate::error::{Error, Result};
 use crate::model::Tok;
 use crate::tensor::Device;
@@ -245,7 +244,7 @@ pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
         .iter()
         .flat_map(|p| [&p.chosen, &p.rejected])
         .collect();
-    let sums = seq_sums(&net, &seqs, 16)?;
+    let sums = crate::model::score::completion_sums(&net, &seqs, 16)?;
     s.reference_forwards = seqs.len().div_ceil(16);
     let refs: Vec<(f64, f64)> = sums.chunks(2).map(|c| (c[0], c[1])).collect();
     let mut fo = o.dpo.clone();

@@ -156,18 +156,6 @@ pub fn dpo(
     })
 }
 
-/// Reference log-prob sums of pairs under `net` (for completions nobody sampled, such as
-/// gold rationales), in batches of `bs` pairs.
-pub fn reference_sums(net: &Transformer, pairs: &[Pair], bs: usize) -> Result<Vec<(f64, f64)>> {
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(bs.max(1)) {
-        let ps: Vec<&Pair> = chunk.iter().collect();
-        let (c, r) = super::step::reference_sums(net, &ps, false)?;
-        out.extend(c.into_iter().zip(r));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::batches;
