@@ -527,6 +527,18 @@ fn hostile_chat_templates_are_errors_not_hangs_or_crashes() {
             "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
         ),
         (
+            "string doubling",
+            "{% set s = 'ab' %}{% for i in range(64) %}{% set s = s ~ s %}{% endfor %}{{ s|length }}",
+        ),
+        (
+            "namespace doubling",
+            "{% set ns = namespace(t='ab') %}{% for i in range(64) %}{% set ns.t = ns.t + ns.t %}{% endfor %}{{ ns.t|length }}",
+        ),
+        (
+            "block-set doubling",
+            "{% set s = 'ab' %}{% for i in range(64) %}{% set s %}{{ s }}{{ s }}{% endset %}{% endfor %}{{ s|length }}",
+        ),
+        (
             "huge output",
             "{% for a in range(100000) %}{{ 'abcdefghij' * 10 }}{% endfor %}",
         ),

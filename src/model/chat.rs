@@ -92,7 +92,8 @@ fn tojson(v: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::E
 /// The sandbox a chat template runs in. Templates come with downloaded models, so they
 /// are bounded: an instruction budget (minijinja's fuel: a nested loop cannot spin for
 /// ever), a recursion limit well inside a test thread's stack, a bounded `tojson`
-/// indent, and a cap on the rendered text.
+/// indent, a cap on the rendered text, and a static refusal of string doubling
+/// (`check_doubling`).
 const TEMPLATE_FUEL: u64 = 5_000_000;
 const TEMPLATE_RECURSION: usize = 64;
 const MAX_INDENT: usize = 64;
@@ -178,6 +179,129 @@ fn strftime_now(fmt: &str) -> String {
         .replace("%B", FULL[(m - 1) as usize])
 }
 
+/// A name path in a template expression: `s`, `ns.text` or `ns['text']`, with the token
+/// index just past it.
+fn name_path(toks: &[(minijinja::machinery::Token<'_>, u16)], i: usize) -> Option<(String, usize)> {
+    use minijinja::machinery::Token;
+    let Token::Ident(first) = &toks[i].0 else {
+        return None;
+    };
+    let mut path = first.to_string();
+    let mut j = i + 1;
+    loop {
+        match (toks.get(j).map(|t| &t.0), toks.get(j + 1).map(|t| &t.0)) {
+            (Some(Token::Dot), Some(Token::Ident(a))) => {
+                path.push('.');
+                path.push_str(a);
+                j += 2;
+            }
+            (Some(Token::BracketOpen), Some(Token::Str(a)))
+                if matches!(toks.get(j + 2).map(|t| &t.0), Some(Token::BracketClose)) =>
+            {
+                path.push('.');
+                path.push_str(a);
+                j += 3;
+            }
+            _ => return Some((path, j)),
+        }
+    }
+}
+
+/// Refuse a template that builds a variable from two copies of a variable it assigns,
+/// as in `{% set s = s ~ s %}` inside a loop. Fuel counts instructions, not bytes, so
+/// sixty such steps would ask for 2^60 bytes; minijinja has no memory limit to stop
+/// that. Real chat templates append to a variable (`ns.text = ns.text + piece`), which
+/// grows linearly under the fuel budget and passes. This is a static check on the
+/// token stream: a string doubled through a macro's output is not caught here.
+fn check_doubling(template: &str) -> Result<()> {
+    use minijinja::machinery::{tokenize, Token, WhitespaceConfig};
+    let ws = WhitespaceConfig::default();
+    let mut toks = Vec::new();
+    for t in tokenize(template, false, Default::default(), ws) {
+        match t {
+            Ok((tok, span)) => toks.push((tok, span.start_line)),
+            // The parser reports syntax errors with better context.
+            Err(_) => return Ok(()),
+        }
+    }
+    let is_set = |i: usize| {
+        matches!(toks[i].0, Token::BlockStart)
+            && matches!(toks.get(i + 1).map(|t| &t.0), Some(Token::Ident("set")))
+    };
+    // Each set statement: (line, target paths, token range of its value).
+    let mut sets: Vec<(u16, Vec<String>, std::ops::Range<usize>)> = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if !is_set(i) {
+            i += 1;
+            continue;
+        }
+        let line = toks[i].1;
+        let mut j = i + 2;
+        let mut targets = Vec::new();
+        while j < toks.len() && !matches!(toks[j].0, Token::Assign | Token::BlockEnd) {
+            if let Some((p, next)) = name_path(&toks, j) {
+                targets.push(p);
+                j = next;
+            } else {
+                j += 1;
+            }
+        }
+        if j >= toks.len() {
+            break;
+        }
+        let start = j + 1;
+        let end = if matches!(toks[j].0, Token::Assign) {
+            (start..toks.len())
+                .find(|&k| matches!(toks[k].0, Token::BlockEnd))
+                .unwrap_or(toks.len())
+        } else {
+            // `{% set s %}body{% endset %}`: the body is the value.
+            (start..toks.len())
+                .find(|&k| {
+                    matches!(toks[k].0, Token::BlockStart)
+                        && matches!(toks.get(k + 1).map(|t| &t.0), Some(Token::Ident("endset")))
+                })
+                .unwrap_or(toks.len())
+        };
+        sets.push((line, targets, start..end));
+        i = end;
+    }
+    let assigned: std::collections::HashSet<&str> = sets
+        .iter()
+        .flat_map(|(_, t, _)| t.iter().map(String::as_str))
+        .collect();
+    for (line, _, range) in &sets {
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        let mut k = range.start;
+        while k < range.end {
+            // An attribute or method name after a dot is not a variable.
+            let after_dot = k > 0 && matches!(toks[k - 1].0, Token::Dot);
+            match name_path(&toks, k) {
+                Some((p, next)) if !after_dot => {
+                    if assigned.contains(p.as_str()) {
+                        let n = seen.entry(p.clone()).or_default();
+                        *n += 1;
+                        if *n == 2 {
+                            return Err(Error::invalid(
+                                "chat",
+                                format!(
+                                    "chat_template line {line}: a `set` uses `{p}` twice; a \
+                                     template that doubles a string can grow without bound, \
+                                     so ponder refuses it"
+                                ),
+                            ));
+                        }
+                    }
+                    k = next;
+                }
+                _ => k += 1,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Render `template` for `messages`.
 pub fn render(
     template: &str,
@@ -186,6 +310,7 @@ pub fn render(
     bos: Option<&str>,
     eos: Option<&str>,
 ) -> Result<String> {
+    check_doubling(template)?;
     let env = environment();
     let tmpl = env
         .template_from_str(template)
@@ -208,4 +333,38 @@ pub fn render(
     })?;
     String::from_utf8(out.0)
         .map_err(|_| Error::invalid("chat", "chat_template rendered invalid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appending_idioms_of_real_templates_pass_the_doubling_check() {
+        // Shapes taken from Qwen3, DeepSeek-R1 and Llama 3.1 templates: each appends to
+        // or rewrites a variable from one copy of itself.
+        let t = "{%- set ns = namespace(system_prompt='', last=messages|length - 1) %}\
+            {%- for message in messages %}\
+            {%- set index = (messages|length - 1) - loop.index0 %}\
+            {%- set ns.last = index %}\
+            {%- set content = message['content'] %}\
+            {%- set reasoning = content.split('</think>')[0].split('<think>')[-1] %}\
+            {%- set content = content.split('</think>')[-1].lstrip('\\n') %}\
+            {%- set ns.system_prompt = ns.system_prompt + '\\n\\n' + content %}\
+            {{- content }}{%- endfor %}{{ ns.system_prompt|length }}";
+        let out = render(t, &[Message::new("user", "a</think>b")], true, None, None).unwrap();
+        assert_eq!(out, "b3");
+    }
+
+    #[test]
+    fn doubling_is_refused_before_rendering() {
+        for t in [
+            "{% set s = 'x' %}{% set s = s ~ s %}",
+            "{% set ns = namespace(t='x') %}{% set ns.t = ns['t'] + ns.t %}",
+            "{% set s = 'x' %}{% set t = s + s %}",
+        ] {
+            let err = render(t, &[], false, None, None).unwrap_err().to_string();
+            assert!(err.contains("twice"), "{t}: {err}");
+        }
+    }
 }
