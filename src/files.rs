@@ -71,10 +71,36 @@ pub fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
 /// mixture, and a failed write (a full disk) leaves the old file as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = write_temp(path, bytes)?;
+    failpoint("before-rename");
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Fault injection for the crash-and-resume tests: with `PONDER_TEST_KILL_AT=NAME` or
+/// `NAME:N`, the process aborts the N-th time (default the first) it reaches the point
+/// `NAME`. An abort runs no destructors and cleans nothing up, as a SIGKILL would, but it
+/// lands exactly in the window a test wants (between writing a temporary file and
+/// renaming it, in the middle of pruning) instead of wherever a timer happens to fall.
+pub fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SPEC: std::sync::OnceLock<Option<(String, usize)>> = std::sync::OnceLock::new();
+    static HITS: AtomicUsize = AtomicUsize::new(0);
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("PONDER_TEST_KILL_AT").ok()?;
+        Some(match v.split_once(':') {
+            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+            None => (v, 1),
+        })
+    });
+    let Some((want, nth)) = spec else {
+        return;
+    };
+    if want == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+        eprintln!("ponder: test failpoint {name}:{nth} reached, aborting");
+        std::process::abort();
+    }
 }
 
 /// Write several files as one step: every file is written to a temporary name first, and
@@ -99,6 +125,9 @@ pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
                 let _ = std::fs::remove_file(t);
             }
             return Err(Error::io(path, e));
+        }
+        if i == 0 {
+            failpoint("between-renames");
         }
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! Training end to end: DPO learns on a few dozen pairs; the reference cache is hit, found
 //! stale or corrupt and rebuilt; LoRA trains and saves a PEFT adapter; a run killed with
-//! SIGKILL and resumed logs the same losses as one never interrupted; --config mirrors
+//! SIGKILL (at timed points, and at exact ones by fault injection: start-up, the metrics
+//! rewrite, publishing, pruning, the final save) and resumed logs the same losses as one
+//! never interrupted; --config mirrors
 //! the flags; bad data lines are reported with file and line.
 
 mod common;
@@ -336,13 +338,89 @@ fn sigkill_and_resume_reproduces_the_uninterrupted_run() {
         let (ok, log) = ponder(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
         assert!(ok, "resumed run {k} failed: {log}");
         assert!(log.contains("resumed from"), "{log}");
+        same_as_uninterrupted(&out, &full, &want, &k.to_string());
+    }
+
+    // Kills at exact points, by fault injection (ponder aborts there: no cleanup, as a
+    // SIGKILL): during start-up (after the orphan sweep, between writing the resume-time
+    // metrics rewrite and renaming it), just after a checkpoint is published and before
+    // pruning, half-way through pruning, and between the renames of the final save.
+    let has_checkpoint = |out: &Path| {
+        std::fs::read_dir(out)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+            })
+            .unwrap_or(false)
+    };
+    for (k, points) in [
+        ("start-up", vec!["start", "step-logged:5", "start"]),
+        ("metrics rewrite", vec!["step-logged:8", "before-rename:1"]),
+        ("pruning", vec!["prune-renamed:1", "prune-renamed:1"]),
+        ("publish", vec!["checkpoint-published:3", "step-logged:2"]),
+        ("final save", vec!["between-renames:1"]),
+    ] {
+        let out = dir.join(format!("failpoint-{}", k.replace(' ', "-")));
+        for point in &points {
+            let mut args = common_args(&out);
+            if has_checkpoint(&out) {
+                args.extend(["--resume".to_string(), out.to_str().unwrap().to_string()]);
+            }
+            let o = Command::new(env!("CARGO_BIN_EXE_ponder"))
+                .args(&args)
+                .env("PONDER_TEST_KILL_AT", point)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                !o.status.success() && err.contains("test failpoint"),
+                "{k}: the run was meant to die at {point}: {err}"
+            );
+        }
+        let mut args = common_args(&out);
+        if has_checkpoint(&out) {
+            args.extend(["--resume".to_string(), out.to_str().unwrap().to_string()]);
+        }
+        let (ok, log) = ponder(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert!(ok, "{k}: the run after the kills failed: {log}");
+        same_as_uninterrupted(&out, &full, &want, k);
+        // nothing left behind: no hidden temporary, no orphan checkpoint
+        for e in std::fs::read_dir(&out).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".tmp"),
+                "{k}: {name} left behind in {}",
+                out.display()
+            );
+            if name.starts_with("checkpoint-") {
+                assert!(e.path().join("state.json").exists(), "{k}: orphan {name}");
+            }
+        }
+        let kept = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+            .count();
+        assert!(kept <= 2, "{k}: {kept} checkpoints kept, pruning keeps 2");
+    }
+}
+
+/// The killed-and-resumed run in `out` logged what the uninterrupted one in `full` did,
+/// step for step, and saved the same weights byte for byte.
+fn same_as_uninterrupted(
+    out: &Path,
+    full: &Path,
+    want: &[serde_json::Map<String, serde_json::Value>],
+    k: &str,
+) {
+    {
         let got = metrics::read(&out.join("metrics.jsonl")).unwrap();
         assert_eq!(
             got.len(),
             want.len(),
             "killed run {k}: metrics lines differ"
         );
-        for (g, w) in got.iter().zip(&want) {
+        for (g, w) in got.iter().zip(want) {
             for key in [
                 "step",
                 "loss",

@@ -117,6 +117,7 @@ pub(crate) fn save_checkpoint(out: &Path, opt: &Optimizer, st: &State) -> Result
     }
     discard_dir(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    crate::files::failpoint("checkpoint-published");
     // keep the two most recent
     let mut steps = list_checkpoints(out);
     steps.sort();
@@ -137,6 +138,7 @@ fn discard_dir(dir: &Path) {
     let doomed = crate::files::temp_path(dir);
     match std::fs::rename(dir, &doomed) {
         Ok(()) => {
+            crate::files::failpoint("prune-renamed");
             let _ = std::fs::remove_dir_all(&doomed);
         }
         Err(_) => {

@@ -191,6 +191,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     // one run at a time per output directory; the OS drops the lock if this process dies
     let _lock = crate::files::DirLock::acquire(&args.out)?;
     remove_orphans(&args.out);
+    crate::files::failpoint("start");
 
     // reference for DPO
     let dpo = DpoParams {
@@ -349,6 +350,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         summary.ref_forwards += st.ref_forwards;
         last_loss = st.loss;
         mw.write(&st.metrics(((step + 1) * ga) as f64 / mb_per_epoch as f64))?;
+        crate::files::failpoint("step-logged");
         bar.set_message(match st.margin_accuracy() {
             Some((m, a)) => format!("loss {:.4} margin {m:.4} acc {a:.2}", st.loss),
             None => format!("loss {:.4}", st.loss),
