@@ -603,3 +603,57 @@ fn tensors_the_config_does_not_use_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_run_bigger_than_the_memory_is_refused_before_it_allocates() {
+    // PONDER_MEMORY_LIMIT stands in for a small machine: the tiny model's weights and
+    // optimizer fit in 1 MiB-ish, its activations for a batch of 8 long pairs do not
+    let d = tmp("memory");
+    let out = d.join("out");
+    let data = root().join("train/arith_pairs.jsonl");
+    let run = |limit: &str, bs: &str| {
+        let mut f = dpo_flags(&out, &["--batch-size", bs, "--no-ref-cache"]);
+        let i = f.iter().position(|x| x == "--data").unwrap();
+        f[i + 1] = data.to_str().unwrap().to_string();
+        std::process::Command::new(env!("CARGO_BIN_EXE_ponder"))
+            .arg("dpo")
+            .args(&f)
+            .env("PONDER_MEMORY_LIMIT", limit)
+            .output()
+            .unwrap()
+    };
+    let o = run("100", "8");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("only 0.0 MiB is available") && err.contains("--lora-r"),
+        "{err}"
+    );
+    assert!(!out.join("metrics.jsonl").exists(), "it started training");
+    let o = run("4000000", "8");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("for a micro-batch of 16 x"),
+        "{err}"
+    );
+    assert!(err.contains("--batch-size"), "{err}");
+    let o = run("4000000", "1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // generation: the KV cache is checked against the same figure
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny/base");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "12+7",
+        ])
+        .args(["-n", "64", "--max-new-tokens", "200", "--device", "cpu"])
+        .env("PONDER_MEMORY_LIMIT", "1000000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("KV cache of"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::tokenizer::Tok;
 use super::transformer::{Forward, KvCache, Transformer};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// Largest KV cache a generation call may allocate.
 const MAX_KV_BYTES: usize = 64 << 30;
@@ -309,12 +309,23 @@ pub fn generate_steered(
     ]
     .iter()
     .try_fold(1usize, |a, &b| a.checked_mul(b));
+    // on the CPU, also within what the machine has free (see train::memory::available)
+    let limit = match net.device {
+        Device::Cpu => {
+            crate::train::memory::available().map_or(MAX_KV_BYTES, |a| MAX_KV_BYTES.min(a as usize))
+        }
+        Device::Gpu => MAX_KV_BYTES,
+    };
     match kv_bytes {
-        Some(b) if b <= MAX_KV_BYTES => {}
+        Some(b) if b <= limit => {}
         _ => {
             return Err(Error::invalid(
                 "generate",
-                format!("{rows} rows x {cap} positions need a KV cache over {} GiB; use fewer samples or new tokens", MAX_KV_BYTES >> 30),
+                format!(
+                    "{rows} rows x {cap} positions need a KV cache of {}, over the {} this machine can give; use fewer samples or new tokens",
+                    kv_bytes.map_or("more than 2^64 bytes".into(), |b| crate::train::memory::gib(b as u64)),
+                    crate::train::memory::gib(limit as u64)
+                ),
             ))
         }
     }

@@ -122,11 +122,24 @@ fn run<'d>(
     Ok((t.net, stats))
 }
 
+/// Refuse, before the first step allocates, training that would not fit in memory on the
+/// CPU (see [`super::memory`]).
+fn fits(net: &Transformer, rows: usize, t: usize) -> Result<()> {
+    if !matches!(net.device, crate::tensor::Device::Cpu) {
+        return Ok(());
+    }
+    let p = net.num_parameters() as u64;
+    let e = super::memory::estimate(&net.cfg, p, false, rows as u64, t as u64);
+    super::memory::check("fit", &e, rows as u64, t as u64, super::memory::available())
+}
+
 /// SFT of `net` (every parameter trainable) on `data`.
 pub fn sft(net: Transformer, data: &[Seq], o: &FitOpts) -> Result<(Transformer, Vec<StepStats>)> {
     if data.is_empty() {
         return Err(Error::invalid("fit", "no SFT examples"));
     }
+    let longest = data.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+    fits(&net, o.batch_size, longest)?;
     let plan = batches(data.len(), o.batch_size, o.epochs, o.seed);
     let t = trainer(net, o, plan.len())?;
     run(t, &plan, o, |b| {
@@ -148,6 +161,12 @@ pub fn dpo(
             format!("{} pairs with {} reference sums", pairs.len(), refs.len()),
         ));
     }
+    let longest = pairs
+        .iter()
+        .map(|p| p.chosen.ids.len().max(p.rejected.ids.len()))
+        .max()
+        .unwrap_or(0);
+    fits(&net, 2 * o.batch_size, longest)?;
     let plan = batches(pairs.len(), o.batch_size, o.epochs, o.seed);
     let t = trainer(net, o, plan.len())?;
     run(t, &plan, o, |b| MicroBatch::Dpo {

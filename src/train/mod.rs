@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod fit;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod refcache;

@@ -96,6 +96,15 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         None => Device::from_env(),
     }?;
     let lora = args.lora_r.is_some();
+    // the weights and optimizer alone must fit before anything is loaded
+    let on_cpu = matches!(device, Device::Cpu);
+    let avail = on_cpu.then(super::memory::available).flatten();
+    {
+        let cfg = crate::model::config::Config::load(&args.model)?;
+        let p = super::memory::parameter_count(&cfg);
+        let e = super::memory::estimate(&cfg, if lora { 0 } else { p }, lora, 0, 0);
+        super::memory::check("train", &e, 0, 0, avail)?;
+    }
     // the trainable policy: f32 leaves, or a frozen (16-bit kept) base with f32 adapters
     let mut m = Model::load(
         &args.model,
@@ -142,6 +151,28 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         }
     };
     log(format!("data {}: {stats}", args.data.display()));
+    let bs = args.batch_size.max(1);
+    {
+        // a micro-batch holds bs sequences (2 bs for DPO: chosen and rejected rows), each
+        // padded at most to the longest in the data
+        let (rows, t) = match &examples {
+            Examples::Sft(v) => (bs, v.iter().map(|s| s.ids.len()).max().unwrap_or(0)),
+            Examples::Dpo(v) => (
+                2 * bs,
+                v.iter()
+                    .map(|p| p.chosen.ids.len().max(p.rejected.ids.len()))
+                    .max()
+                    .unwrap_or(0),
+            ),
+        };
+        let trainable: usize = if lora {
+            m.net.lora_parameters().iter().map(|(_, p)| p.numel()).sum()
+        } else {
+            m.net.num_parameters()
+        };
+        let e = super::memory::estimate(&m.net.cfg, trainable as u64, lora, rows as u64, t as u64);
+        super::memory::check("train", &e, rows as u64, t as u64, avail)?;
+    }
     let data_hash = {
         let mut h = KeyHasher::default();
         match &examples {
@@ -153,7 +184,6 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     // which starting weights: a resume from another model's checkpoint is refused
     let model_hash = KeyHasher::default().model_dir(&args.model)?.finish();
     let n = examples.len();
-    let bs = args.batch_size.max(1);
     let ga = args.grad_accum.max(1);
     let mb_per_epoch = n.div_ceil(bs);
     let steps_per_epoch = mb_per_epoch.div_ceil(ga).max(1);

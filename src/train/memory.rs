@@ -1,0 +1,200 @@
+//! A memory estimate made before training allocates, so that a run too big for the
+//! machine stops at once with a message saying what to change, instead of being killed by
+//! the kernel part-way through (or after an hour of reference-cache building).
+//!
+//! The count, in f32 bytes, for a decoder of width C, MLP width F, L layers, NH query
+//! heads and vocabulary V, trained on micro-batches of R = rows x T positions:
+//!
+//! - weights: every parameter (16-bit where kept so for LoRA), plus for each trainable
+//!   one its gradient and AdamW's two moments: 4 + 4 + 8 bytes;
+//! - saved activations, per layer: about 10 C + 3 F values per position (norm inputs and
+//!   outputs, q/k/v, the attention output, the residuals, gate, up and their product) and
+//!   NH log-sum-exps (attention is flash-style: no T x T matrix is kept);
+//! - the LM head: the logits, their log-softmax and its gradient, 3 V values per position.
+//!
+//! It is an estimate (allocator slack and transient buffers are not counted), so the
+//! refusal only fires when the estimate alone is over what is available.
+
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+
+/// What one training run needs, in bytes, by part.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Estimate {
+    pub weights: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+    pub logits: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u64 {
+        self.weights + self.optimizer + self.activations + self.logits
+    }
+}
+
+/// Parameters of the decoder `cfg` describes, counted from the config alone.
+pub fn parameter_count(cfg: &Config) -> u64 {
+    let (c, f, v) = (
+        cfg.hidden_size as u64,
+        cfg.intermediate_size as u64,
+        cfg.vocab_size as u64,
+    );
+    let (q, kv) = (
+        (cfg.num_attention_heads * cfg.head_dim) as u64,
+        (cfg.num_key_value_heads * cfg.head_dim) as u64,
+    );
+    let mut layer = c * q + 2 * c * kv + q * c + 3 * c * f + 2 * c;
+    if cfg.qkv_bias {
+        layer += q + 2 * kv;
+    }
+    if cfg.o_bias {
+        layer += c;
+    }
+    if cfg.mlp_bias {
+        layer += 2 * f + c;
+    }
+    let embed = if cfg.tie_word_embeddings {
+        v * c
+    } else {
+        2 * v * c
+    };
+    embed + c + layer * cfg.num_hidden_layers as u64
+}
+
+/// The estimate for training `cfg` with `trainable` trainable parameters (all of them, or
+/// the LoRA adapters), on micro-batches of `rows` sequences of at most `t` tokens.
+pub fn estimate(cfg: &Config, trainable: u64, lora: bool, rows: u64, t: u64) -> Estimate {
+    let params = parameter_count(cfg);
+    let weight_bytes = if lora { 2 } else { 4 };
+    let positions = rows.saturating_mul(t);
+    let (c, f, nh, l, v) = (
+        cfg.hidden_size as u64,
+        cfg.intermediate_size as u64,
+        cfg.num_attention_heads as u64,
+        cfg.num_hidden_layers as u64,
+        cfg.vocab_size as u64,
+    );
+    let per_position = l.saturating_mul(10 * c + 3 * f + nh);
+    Estimate {
+        weights: params.saturating_mul(weight_bytes) + if lora { trainable * 4 } else { 0 },
+        optimizer: trainable.saturating_mul(12),
+        activations: positions.saturating_mul(per_position).saturating_mul(4),
+        logits: positions.saturating_mul(3 * v).saturating_mul(4),
+    }
+}
+
+/// Memory the operating system can give this process now: Linux's MemAvailable, or
+/// `PONDER_MEMORY_LIMIT` (bytes) where set, for a machine shared with other jobs. `None`
+/// where neither can be read (another OS), and then nothing is refused.
+pub fn available() -> Option<u64> {
+    if let Some(v) = std::env::var("PONDER_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(v);
+    }
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes in GiB, or MiB under one GiB, for messages.
+pub fn gib(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Refuse a run whose estimate is over `available` bytes, naming the parts and the flags
+/// that shrink them. `what` names the run for the message.
+pub fn check(
+    what: &'static str,
+    e: &Estimate,
+    rows: u64,
+    t: u64,
+    available: Option<u64>,
+) -> Result<()> {
+    let Some(avail) = available else {
+        return Ok(());
+    };
+    if e.total() <= avail {
+        return Ok(());
+    }
+    if rows == 0 {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "the weights ({}) with their gradients and AdamW moments ({}) need about {}, \
+                 but only {} is available; train LoRA adapters (--lora-r) or use a machine \
+                 with more memory",
+                gib(e.weights),
+                gib(e.optimizer),
+                gib(e.total()),
+                gib(avail)
+            ),
+        ));
+    }
+    Err(Error::invalid(
+        what,
+        format!(
+            "this run needs about {} (weights {}, gradients and AdamW moments {}, \
+             activations {} and logits {} for a micro-batch of {rows} x {t} tokens), but \
+             only {} is available; lower --batch-size (raise --grad-accum to keep the \
+             effective batch), lower --max-length, or train LoRA adapters (--lora-r)",
+            gib(e.total()),
+            gib(e.weights),
+            gib(e.optimizer),
+            gib(e.activations),
+            gib(e.logits),
+            gib(avail),
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen05() -> Config {
+        // Qwen2.5-0.5B's shape
+        let raw = serde_json::json!({
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+            "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+            "max_position_embeddings": 32768
+        });
+        Config::from_json(std::path::Path::new("config.json"), raw).unwrap()
+    }
+
+    #[test]
+    fn parameter_count_matches_the_published_size() {
+        // Qwen2.5-0.5B: 494,032,768 parameters (the model card's 0.49B)
+        assert_eq!(parameter_count(&qwen05()), 494_032_768);
+    }
+
+    #[test]
+    fn a_run_over_the_available_memory_is_refused_naming_the_flags() {
+        let cfg = qwen05();
+        let p = parameter_count(&cfg);
+        let small = estimate(&cfg, p, false, 8, 512);
+        // weights 2 GB, optimizer 6 GB, logits 8 x 512 x 3V x 4 = 7.5 GB
+        assert!(
+            small.total() > 10 << 30 && small.total() < 24 << 30,
+            "{small:?}"
+        );
+        assert!(check("dpo", &small, 8, 512, Some(64 << 30)).is_ok());
+        let err = check("dpo", &small, 8, 512, Some(8 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--batch-size") && err.contains("8 x 512"),
+            "{err}"
+        );
+        assert!(check("dpo", &small, 8, 512, None).is_ok());
+    }
+}
