@@ -169,3 +169,96 @@ fn gradients_match_pytorch_gpu() {
         gradient_parity(Device::Gpu, 1e-3);
     }
 }
+
+/// Reward models (models/reference/make_reward_fixtures.py): the score head at the last
+/// non-pad token of each chat-rendered (instruction, answer), against transformers' padded
+/// batch, within `tol`. The ids ponder renders and tokenises must equal transformers' too.
+fn reward_parity(dev: Device, tol: f64) {
+    use ponder::model::reward::RewardModel;
+    for name in ["qwen2-reward", "llama-reward"] {
+        let r = reference(name);
+        let rm = RewardModel::load(&dir(name), dev).unwrap();
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir(name).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        let pairs = meta["pairs"].as_array().unwrap();
+        let x = r.load_any("input_ids").unwrap();
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let x = x.to_vec_u32().unwrap();
+        let mask = ids(&r, "attention_mask");
+        let want = r.load_any("scores").unwrap().to_vec_f64().unwrap();
+        let nl = rm.num_labels();
+        assert_eq!(want.len(), b * nl);
+        let mut worst = 0.0f64;
+        for i in 0..b {
+            // the unpadded sequence, wherever the padding side put the pads
+            let row: Vec<u32> = (0..t)
+                .filter(|&j| mask[i * t + j] == 1)
+                .map(|j| x[i * t + j])
+                .collect();
+            let p = &pairs[i];
+            let enc = rm
+                .encode(
+                    p["instruction"].as_str().unwrap(),
+                    p["answer"].as_str().unwrap(),
+                )
+                .unwrap();
+            assert_eq!(enc, row, "{name} row {i}: ids differ from transformers'");
+            let got = rm.score_ids(&row).unwrap();
+            let d = common::max_abs_diff(
+                &got.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                &want[i * nl..(i + 1) * nl],
+            );
+            worst = worst.max(d);
+        }
+        eprintln!("{name} on {dev}: reward scores max |diff| {worst:.2e}");
+        assert!(
+            worst <= tol,
+            "{name} on {dev}: scores differ by {worst:.3e} (> {tol})"
+        );
+    }
+    // the one-label model is a judge; the three-label one is refused as a judge
+    let q = RewardModel::load(&dir("qwen2-reward"), dev).unwrap();
+    let s = q.score("Say hello.", "Hello!").unwrap();
+    let want = reference("qwen2-reward")
+        .load_any("scores")
+        .unwrap()
+        .to_vec_f64()
+        .unwrap()[3];
+    assert!((s - want).abs() <= tol, "judge score {s} vs {want}");
+    let l = RewardModel::load(&dir("llama-reward"), dev).unwrap();
+    let err = l.score("Say hello.", "Hello!").unwrap_err().to_string();
+    assert!(err.contains("num_labels 1"), "{err}");
+}
+
+#[test]
+fn reward_model_scores_match_transformers_on_cpu() {
+    reward_parity(Device::Cpu, 1e-4);
+}
+
+#[test]
+fn reward_model_scores_match_transformers_on_gpu() {
+    if common::gpu_ok("reward_parity") {
+        reward_parity(Device::Gpu, 1e-3);
+    }
+}
+
+#[test]
+fn a_reward_model_is_not_loaded_as_a_causal_lm_nor_the_reverse() {
+    let opts = LoadOpts {
+        device: Device::Cpu,
+        keep_16bit: true,
+        trainable: false,
+    };
+    let err = Model::load(&dir("qwen2-reward"), opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("SequenceClassification"), "{err}");
+    let err = ponder::model::reward::RewardModel::load(&dir("qwen2-tied"), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("causal LM"), "{err}");
+}

@@ -297,3 +297,45 @@ fn demo_runs_end_to_end_at_a_small_size() {
     assert!(d.join("demo.previous/summary.json").exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn tpo_with_a_reward_model_judge_pairs_by_its_scores() {
+    use ponder::model::reward::RewardModel;
+    use ponder::recipes::tpo::ThoughtTemplate;
+    let d = tmp("tpo-rm");
+    let data = data(&d);
+    let rm_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/qwen2-reward");
+    let out = d.join("tpo");
+    let judge = format!("reward-model:{}", rm_dir.display());
+    #[rustfmt::skip]
+    let text = ponder(&[
+        "tpo", "--model", models().join("sft-short").to_str().unwrap(),
+        "--data", data.join("train-short.jsonl").to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--template", "answer-line", "--judge", &judge,
+        "--rounds", "1", "--per-round", "6", "--k", "4", "--calculator",
+        "--max-new-tokens", "120", "--lr", "1e-5", "--quiet",
+    ]);
+    let r = rounds(&out);
+    assert_eq!(r.len(), 1, "{text}");
+    let pairs: Vec<serde_json::Value> = std::fs::read_to_string(out.join("round-1/pairs.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!pairs.is_empty(), "no pairs: {text}");
+    // every recorded score is the reward model's score of (instruction, response)
+    let rm = RewardModel::load(&rm_dir, ponder::Device::Cpu).unwrap();
+    let t = ThoughtTemplate::answer_line();
+    for p in &pairs {
+        let prompt = p["prompt"].as_str().unwrap();
+        for (side, score) in [("chosen", "chosen_score"), ("rejected", "rejected_score")] {
+            let Some((_, resp)) = t.split(p[side].as_str().unwrap()) else {
+                continue; // an unparsed sample is rejected without a score
+            };
+            let want = rm.score(prompt, resp).unwrap();
+            let got = p[score].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-5, "{side}: {got} vs {want}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

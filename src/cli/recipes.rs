@@ -140,7 +140,9 @@ pub(crate) struct TpoArgs {
     pub(crate) template: String,
     #[arg(long)]
     pub(crate) response_delimiter: Option<String>,
-    /// verifier, or pairwise:DIR (a chat model judging two responses in both orders).
+    /// verifier (the answer checker against the gold answer), reward-model:DIR (a
+    /// Qwen2/LlamaForSequenceClassification checkpoint scoring instruction + response), or
+    /// pairwise:DIR (a chat model judging two responses in both orders).
     #[arg(long, default_value = "verifier")]
     pub(crate) judge: String,
     #[arg(long, default_value_t = 3)]
@@ -312,10 +314,14 @@ pub(crate) fn tpo_cmd(a: TpoArgs) -> Result<bool> {
     let judge = match a.judge.split_once(':') {
         None if a.judge == "verifier" => JudgeKind::Verifier,
         Some(("pairwise", dir)) => JudgeKind::Pairwise(PathBuf::from(dir)),
+        Some(("reward-model", dir)) => JudgeKind::RewardModel(PathBuf::from(dir)),
         _ => {
             return Err(Error::invalid(
                 "tpo",
-                format!("unknown judge '{}': verifier or pairwise:DIR", a.judge),
+                format!(
+                    "unknown judge '{}': verifier, reward-model:DIR or pairwise:DIR",
+                    a.judge
+                ),
             ))
         }
     };

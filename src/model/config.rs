@@ -60,6 +60,12 @@ pub struct Config {
     pub dtype: Option<String>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// `pad_token_id`: a sequence classifier reads its score at the last token that is not
+    /// this one.
+    pub pad_token_id: Option<u32>,
+    /// `Some(num_labels)` for a `...ForSequenceClassification` checkpoint (a `score` head
+    /// instead of the LM head), `None` for a causal LM.
+    pub num_labels: Option<usize>,
     /// The file as read, written back (with edits) when saving.
     pub raw: Value,
 }
@@ -152,11 +158,27 @@ impl Config {
                 .map(|m| m.to_string())
                 .unwrap_or_default(),
         };
-        let arch = match arch_name.as_str() {
-            "LlamaForCausalLM" | "llama" => Arch::Llama,
-            "Qwen2ForCausalLM" | "qwen2" => Arch::Qwen2,
+        let (arch, classifier) = match arch_name.as_str() {
+            "LlamaForCausalLM" | "llama" => (Arch::Llama, false),
+            "Qwen2ForCausalLM" | "qwen2" => (Arch::Qwen2, false),
+            "LlamaForSequenceClassification" => (Arch::Llama, true),
+            "Qwen2ForSequenceClassification" => (Arch::Qwen2, true),
             "" => return Err(f.err("architectures", "missing (expected LlamaForCausalLM or Qwen2ForCausalLM)")),
-            other => return Err(f.err("architectures", &format!("unsupported architecture '{other}' (supported: LlamaForCausalLM, Qwen2ForCausalLM)"))),
+            other => return Err(f.err("architectures", &format!("unsupported architecture '{other}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, and their ...ForSequenceClassification reward models)"))),
+        };
+        // transformers writes id2label; num_labels itself only sometimes; its default is 2
+        let num_labels = if classifier {
+            let n = match (f.opt("num_labels"), f.opt("id2label")) {
+                (Some(_), _) => f.usize("num_labels")?,
+                (None, Some(Value::Object(m))) => m.len(),
+                _ => 2,
+            };
+            if !(1..=MAX_DIM).contains(&n) {
+                return Err(f.err("num_labels", &format!("{n} is out of range 1..={MAX_DIM}")));
+            }
+            Some(n)
+        } else {
+            None
         };
         let hidden_size = f.usize("hidden_size")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
@@ -230,6 +252,8 @@ impl Config {
             dtype,
             bos_token_id: f.ids("bos_token_id")?.first().copied(),
             eos_token_ids: f.ids("eos_token_id")?,
+            pad_token_id: f.ids("pad_token_id")?.first().copied(),
+            num_labels,
             raw: v.clone(),
         };
         cfg.check_ranges(&f)?;

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod compare;
 pub mod config;
 pub mod generate;
+pub mod reward;
 pub mod rope;
 pub mod save;
 pub mod score;
@@ -30,9 +31,22 @@ pub struct Model {
 }
 
 impl Model {
-    /// Load `dir` (config.json, safetensors, tokenizer files).
+    /// Load the causal LM in `dir` (config.json, safetensors, tokenizer files). A
+    /// sequence classifier (a reward model) is refused here: it has no LM head to
+    /// generate or train with; [`reward::RewardModel`] loads those.
     pub fn load(dir: &Path, opts: LoadOpts) -> Result<Model> {
         let cfg = Config::load(dir)?;
+        if cfg.num_labels.is_some() {
+            return Err(crate::error::Error::file(
+                dir.join("config.json"),
+                "is a ...ForSequenceClassification model (a score head, no LM head): it can judge answers (tpo --judge reward-model:DIR) but not generate or train here",
+            ));
+        }
+        Model::load_any(dir, cfg, opts)
+    }
+
+    /// Load `dir` with its config already read, whatever its head.
+    pub(crate) fn load_any(dir: &Path, cfg: Config, opts: LoadOpts) -> Result<Model> {
         let ckpt = weights::Checkpoint::open(dir)?;
         let net = Transformer::load(&cfg, &ckpt, opts)?;
         let tok = if dir.join("tokenizer.json").exists() {

@@ -154,8 +154,10 @@ pub struct Transformer {
     pub embed_tokens: Tensor,
     pub layers: Vec<Layer>,
     pub norm: Tensor,
-    /// None when the embeddings are tied.
+    /// None when the embeddings are tied, and for a sequence classifier.
     pub lm_head: Option<Linear>,
+    /// A sequence classifier's `score` head `(num_labels, C)`, in place of the LM head.
+    pub score: Option<Linear>,
     pub rope: Rope,
     pub device: Device,
 }
@@ -220,7 +222,9 @@ impl Transformer {
             }
         }
         out.push(("model.norm.weight".to_string(), vec![c], false));
-        if !cfg.tie_word_embeddings {
+        if let Some(n) = cfg.num_labels {
+            out.push(("score.weight".to_string(), vec![n, c], true));
+        } else if !cfg.tie_word_embeddings {
             out.push(("lm_head.weight".to_string(), vec![v, c], true));
         }
         out
@@ -269,10 +273,10 @@ impl Transformer {
             });
         }
         let norm = g("model.norm.weight", &[c], false)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(lin(g, "lm_head", v, c, false)?)
+        let (lm_head, score) = match cfg.num_labels {
+            Some(n) => (None, Some(lin(g, "score", n, c, false)?)),
+            None if cfg.tie_word_embeddings => (None, None),
+            None => (Some(lin(g, "lm_head", v, c, false)?), None),
         };
         Ok(Transformer {
             cfg: cfg.clone(),
@@ -280,6 +284,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
+            score,
             rope: Rope::new(cfg),
             device,
         })
@@ -376,6 +381,9 @@ impl Transformer {
         if let Some(h) = &mut net.lm_head {
             h.weight = leaf(&h.weight)?;
         }
+        if let Some(h) = &mut net.score {
+            h.weight = leaf(&h.weight)?;
+        }
         Ok(self)
     }
 
@@ -420,6 +428,9 @@ impl Transformer {
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.weight.clone()));
+        }
+        if let Some(h) = &self.score {
+            out.push(("score.weight".to_string(), h.weight.clone()));
         }
         out
     }
@@ -638,9 +649,10 @@ impl Transformer {
             (None, true) => hn.narrow(1, t - 1, 1)?,
             (None, false) => hn.clone(),
         };
-        let logits = match &self.lm_head {
-            Some(head) => head.forward_ctx(&hl, &fwd.linear, 1 << 40)?,
-            None => hl.matmul(&self.embed_tokens.t()?)?,
+        // a sequence classifier's "logits" are its scores, (.., num_labels)
+        let logits = match (&self.score, &self.lm_head) {
+            (Some(head), _) | (None, Some(head)) => head.forward_ctx(&hl, &fwd.linear, 1 << 40)?,
+            (None, None) => hl.matmul(&self.embed_tokens.t()?)?,
         };
         Ok(Output {
             logits,

@@ -88,6 +88,8 @@ impl ThoughtTemplate {
 pub enum JudgeKind {
     Verifier,
     Pairwise(PathBuf),
+    /// A `...ForSequenceClassification` checkpoint: one score per (instruction, response).
+    RewardModel(PathBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -268,7 +270,23 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
             let (jn, jt) = load_trainable(d, o.device)?;
             Some(PairwiseJudge::new(jn, jt)?)
         }
-        JudgeKind::Verifier => None,
+        _ => None,
+    };
+    let reward_model = match &o.judge {
+        JudgeKind::RewardModel(d) => {
+            let rm = crate::model::reward::RewardModel::load(d, o.device)?;
+            if rm.num_labels() != 1 {
+                return Err(Error::file(
+                    d.join("config.json"),
+                    format!(
+                        "has {} labels; a reward-model judge needs num_labels 1",
+                        rm.num_labels()
+                    ),
+                ));
+            }
+            Some(rm)
+        }
+        _ => None,
     };
     let mut s = TpoSummary::default();
     let done = dir.rows().len();
@@ -321,12 +339,17 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
                     None => x.len_tokens(&tok.eos_ids) as f64,
                 })
                 .collect();
-            let scores: Vec<Option<f64>> = match &pairwise {
-                None => parts
+            let scores: Vec<Option<f64>> = match (&pairwise, &reward_model) {
+                // the reward model sees the bare instruction and the response, no thought
+                (None, Some(rm)) => parts
+                    .iter()
+                    .map(|p| p.map(|r| rm.score(&batch[q].prompt, r)).transpose())
+                    .collect::<Result<_>>()?,
+                (None, None) => parts
                     .iter()
                     .map(|p| p.map(|r| verify(r, &batch[q].answer)))
                     .collect(),
-                Some(j) => {
+                (Some(j), _) => {
                     let ok: Vec<String> = parts.iter().flatten().map(|r| r.to_string()).collect();
                     let elo = j.elo(&batch[q].prompt, &ok)?;
                     let mut it = elo.into_iter();
