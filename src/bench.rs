@@ -44,6 +44,39 @@ impl std::fmt::Display for BenchResult {
     }
 }
 
+static PROFILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static PROFILE_TABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// `--profile`: every benchmark below then runs its timed work once more under the GPU
+/// profiler, and [`take_profile`] returns the table.
+pub fn set_profile(on: bool) {
+    PROFILE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The last profile's table, if one was taken.
+pub fn take_profile() -> Option<String> {
+    PROFILE_TABLE.lock().unwrap().take()
+}
+
+/// When profiling is on, run `f` once more under the GPU profiler and keep the table;
+/// on the CPU there are no kernels to time, which the kept line says.
+fn maybe_profile(dev: Device, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    if !PROFILE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    let table = if dev != Device::Gpu {
+        "--profile times GPU kernels; this run was on the CPU".to_string()
+    } else {
+        let ctx = crate::backend::gpu::context()?;
+        ctx.sync()?;
+        ctx.profile_start();
+        f()?;
+        ctx.profile_finish()?.table()
+    };
+    *PROFILE_TABLE.lock().unwrap() = Some(table);
+    Ok(())
+}
+
 fn wait(dev: Device) -> Result<()> {
     if dev == Device::Gpu {
         crate::backend::gpu::context()?.sync()?;
@@ -71,6 +104,7 @@ pub fn time(
         wait(dev)?;
         ts.push(t0.elapsed().as_secs_f64());
     }
+    maybe_profile(dev, &mut f)?;
     ts.sort_by(|a, b| a.total_cmp(b));
     Ok(BenchResult {
         name: name.to_string(),
@@ -209,6 +243,9 @@ pub fn generation(
         ..Default::default()
     };
     let (_, stats) = generate(net, &prompts, 1, &p, None, &mut |_, _| {})?;
+    maybe_profile(net.device, || {
+        generate(net, &prompts, 1, &p, None, &mut |_, _| {}).map(|_| ())
+    })?;
     Ok(stats)
 }
 
@@ -286,6 +323,13 @@ pub fn dpo_step(
         }
         times.push(t0.elapsed().as_secs_f64());
     }
+    maybe_profile(device, || {
+        let batch = MicroBatch::Dpo {
+            pairs: ps.clone(),
+            reference: cached.clone(),
+        };
+        trainer.step(&[batch]).map(|_| ())
+    })?;
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(DpoBench {
         steps,

@@ -231,6 +231,9 @@ enum BenchCmd {
     Matmul {
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
         #[arg(long, default_value_t = 1024)]
         m: usize,
         #[arg(long, default_value_t = 1024)]
@@ -249,6 +252,9 @@ enum BenchCmd {
     Attention {
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
         #[arg(long, default_value_t = 1)]
         b: usize,
         #[arg(long, default_value_t = 512)]
@@ -287,6 +293,9 @@ enum BenchCmd {
         steps: usize,
         #[arg(long)]
         device: Option<String>,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
     },
     /// Prefill and generation tokens/s of a model directory, or of a random model with
     /// Qwen2.5-0.5B's shapes (--qwen-0.5b).
@@ -307,6 +316,9 @@ enum BenchCmd {
         new_tokens: usize,
         #[arg(long)]
         device: Option<String>,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
         /// Write the random model to this directory (Hugging Face layout) and stop, so that
         /// loading it can be measured with --model.
         #[arg(long)]
@@ -764,6 +776,19 @@ fn save(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
 }
 
 fn bench(what: BenchCmd) -> Result<bool> {
+    let profile = match &what {
+        BenchCmd::Matmul { profile, .. }
+        | BenchCmd::Attention { profile, .. }
+        | BenchCmd::Dpo { profile, .. }
+        | BenchCmd::Generate { profile, .. } => *profile,
+    };
+    ponder::bench::set_profile(profile);
+    let print_profile = || -> Result<()> {
+        if let Some(t) = ponder::bench::take_profile() {
+            outln!("{t}");
+        }
+        Ok(())
+    };
     let r = match what {
         BenchCmd::Matmul {
             device: d,
@@ -773,6 +798,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
             weight_t,
             reps,
             warmup,
+            ..
         } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, weight_t, warmup, reps)?,
         BenchCmd::Attention {
             device: d,
@@ -784,6 +810,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
             backward,
             reps,
             warmup,
+            ..
         } => ponder::bench::attention(
             Device::parse(&d)?,
             b,
@@ -804,6 +831,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
             completion_len,
             steps,
             device: d,
+            ..
         } => {
             let dev = device(d)?;
             let (policy, reference, name) = if qwen_05b {
@@ -859,6 +887,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
                 r.tokens_per_step as f64 / r.median_step_s,
                 r.peak_rss_mib
             );
+            print_profile()?;
             return Ok(true);
         }
         BenchCmd::Generate {
@@ -870,6 +899,7 @@ fn bench(what: BenchCmd) -> Result<bool> {
             new_tokens,
             device: d,
             save_random,
+            ..
         } => {
             let dev = device(d)?;
             let t0 = std::time::Instant::now();
@@ -909,10 +939,12 @@ fn bench(what: BenchCmd) -> Result<bool> {
                 "peak RSS {:.0} MiB",
                 ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
             );
+            print_profile()?;
             return Ok(true);
         }
     };
     outln!("{r}");
+    print_profile()?;
     if r.device == Device::Gpu {
         let ctx = ponder::backend::gpu::context()?;
         if ctx.info.device_type == wgpu::DeviceType::Cpu {

@@ -168,6 +168,10 @@ pub(crate) struct TpoArgs {
     pub(crate) lr: f64,
     #[arg(long, default_value_t = 1.0)]
     pub(crate) epochs_per_round: f64,
+    /// Add this times the NLL of the chosen responses to the DPO loss (TRL's rpo_alpha);
+    /// off by default, as in the paper.
+    #[arg(long)]
+    pub(crate) rpo_alpha: Option<f64>,
     #[arg(long, default_value_t = 8)]
     pub(crate) batch_size: usize,
     /// Calculator decoding while sampling and evaluating.
@@ -350,6 +354,7 @@ pub(crate) fn tpo_cmd(a: TpoArgs) -> Result<bool> {
             beta: a.beta,
             lr: a.lr,
             epochs: a.epochs_per_round,
+            rpo_alpha: a.rpo_alpha,
             batch_size: a.batch_size,
             seed: a.seed,
             ..d.dpo.clone()

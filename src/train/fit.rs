@@ -23,6 +23,8 @@ pub struct FitOpts {
     pub max_grad_norm: f64,
     pub beta: f64,
     pub loss_type: LossType,
+    /// DPO only: add this times the NLL of the chosen completions (TRL's rpo_alpha).
+    pub rpo_alpha: Option<f64>,
     pub seed: u64,
     /// Progress bar label; hidden when `quiet`.
     pub label: String,
@@ -42,6 +44,7 @@ impl Default for FitOpts {
             max_grad_norm: 1.0,
             beta: 0.1,
             loss_type: LossType::Sigmoid,
+            rpo_alpha: None,
             seed: 0,
             label: "train".into(),
             quiet: true,
@@ -90,7 +93,7 @@ fn trainer(net: Transformer, o: &FitOpts, steps: usize) -> Result<Trainer> {
         beta: o.beta,
         loss_type: o.loss_type,
         label_smoothing: 0.0,
-        rpo_alpha: None,
+        rpo_alpha: o.rpo_alpha,
         length_normalize: false,
     };
     Trainer::new(

@@ -368,6 +368,13 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         g.m.div_ceil(bm as usize) as u32,
         g.batch as u32,
     ];
+    // for the profiler: 2 M N K FLOPs; A and C once, B once per batch it is not shared by
+    let b_elt = if f32b == 1 { 4.0 } else { 2.0 };
+    let b_batches = if g.b.sb == 0 { 1 } else { g.batch };
+    super::profile::cost(
+        2.0 * (g.batch * g.m * g.n) as f64 * g.k as f64,
+        4.0 * (g.batch * g.m * (g.k + g.n)) as f64 + b_elt * (b_batches * g.k * g.n) as f64,
+    );
     ctx.dispatch(
         "matmul",
         "gemm",
@@ -642,6 +649,11 @@ pub fn attention(
     };
     let u = attn_uniform(d, ranges.is_some());
     let groups = [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32];
+    // for the profiler: QK^T and PV over the causal half; q, k, v read and o written once
+    super::profile::cost(
+        (if d.causal { 2.0 } else { 4.0 }) * (d.b * d.nh * d.t * d.s * d.hd) as f64,
+        4.0 * (2 * d.b * d.t * d.nh * d.hd + 2 * d.b * d.s * d.nkv * d.hd) as f64,
+    );
     context()?.dispatch(
         "attention",
         "attn_fwd",

@@ -4,6 +4,7 @@
 //! explicit readback ([`GpuContext::read`]) or [`GpuContext::sync`].
 
 pub mod kernels;
+pub mod profile;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +67,8 @@ pub struct GpuContext {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     pending: Mutex<Pending>,
+    /// The open profile, if any (locked after `pending` when both are held).
+    prof: Mutex<profile::State>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -281,7 +284,11 @@ impl GpuContext {
         };
         let info = adapter.get_info();
         let offered = adapter.features();
-        let features = offered & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        // timestamp queries only serve the profiler; asking for them costs nothing else
+        let features = offered
+            & (wgpu::Features::SHADER_F16
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::TIMESTAMP_QUERY);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ponder"),
@@ -310,6 +317,7 @@ impl GpuContext {
             others,
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            prof: Mutex::new(profile::State::default()),
             pending: Mutex::new(Pending {
                 encoder: None,
                 dispatches: 0,
@@ -478,9 +486,113 @@ impl GpuContext {
     /// while another thread's taken encoder is not yet on the queue.
     fn flush_locked(&self, p: &mut Pending) {
         p.dispatches = 0;
-        if let Some(enc) = p.encoder.take() {
+        if let Some(mut enc) = p.encoder.take() {
+            let mut prof = self.prof.lock().unwrap();
+            if prof.on {
+                // resolve this encoder's timestamps into a buffer read when the profile closes
+                let records = std::mem::take(&mut prof.current);
+                let readback = prof
+                    .query_set
+                    .take()
+                    .filter(|_| !records.is_empty())
+                    .map(|qs| {
+                        let size = (records.len() * 2 * 8) as u64;
+                        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("profile resolve"),
+                            size,
+                            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                            mapped_at_creation: false,
+                        });
+                        let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("profile readback"),
+                            size,
+                            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        });
+                        enc.resolve_query_set(&qs, 0..(records.len() * 2) as u32, &resolve, 0);
+                        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, size);
+                        read
+                    });
+                prof.done.push((records, readback));
+            }
+            drop(prof);
+            profile::SUBMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.queue.submit(Some(enc.finish()));
         }
+    }
+
+    /// Open a profile: from now on every dispatch is timed (see [`profile`]).
+    pub fn profile_start(&self) {
+        let mut p = self.pending.lock().unwrap();
+        self.flush_locked(&mut p);
+        let mut prof = self.prof.lock().unwrap();
+        *prof = profile::State {
+            on: true,
+            timestamps: self.features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            started: Some(std::time::Instant::now()),
+            counters_at_start: profile::counters(),
+            ..Default::default()
+        };
+    }
+
+    /// Close the open profile: wait for the GPU, read the timestamps, and group them.
+    pub fn profile_finish(&self) -> Result<profile::Profile> {
+        self.sync()?;
+        let st = std::mem::take(&mut *self.prof.lock().unwrap());
+        let wall_s = st.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let (d0, s0, r0) = st.counters_at_start;
+        let (d1, s1, r1) = profile::counters();
+        let period = self.queue.get_timestamp_period() as f64;
+        let mut records = Vec::new();
+        let (mut first, mut last) = (u64::MAX, 0u64);
+        for (recs, buf) in st.done {
+            let ticks: Option<Vec<u64>> = match &buf {
+                Some(b) => {
+                    let slice = b.slice(..);
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    slice.map_async(wgpu::MapMode::Read, move |r| {
+                        let _ = tx.send(r);
+                    });
+                    self.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+                    rx.recv()
+                        .map_err(|_| Error::Gpu("profile readback never ran".into()))?
+                        .map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
+                    let data = slice
+                        .get_mapped_range()
+                        .map_err(|e| Error::Gpu(format!("map range: {e}")))?;
+                    let v = bytemuck::pod_collect_to_vec::<u8, u64>(&data);
+                    drop(data);
+                    b.unmap();
+                    Some(v)
+                }
+                None => None,
+            };
+            for (i, r) in recs.into_iter().enumerate() {
+                let ns = ticks.as_ref().map(|t| {
+                    let (a, b) = (t[2 * i], t[2 * i + 1]);
+                    first = first.min(a);
+                    last = last.max(b);
+                    b.saturating_sub(a) as f64 * period
+                });
+                records.push((r, ns));
+            }
+        }
+        Ok(profile::Profile {
+            rows: profile::rows(records),
+            timestamps: st.timestamps,
+            // the profile's own readbacks are not ponder's
+            dispatches: d1 - d0,
+            submits: s1 - s0,
+            readbacks: r1 - r0,
+            wall_s,
+            gpu_span_ns: if last > first {
+                (last - first) as f64 * period
+            } else {
+                0.0
+            },
+        })
     }
 
     /// Submit and wait until the GPU is idle; report any validation error.
@@ -497,6 +609,7 @@ impl GpuContext {
         if len == 0 {
             return Ok(Vec::new());
         }
+        profile::READBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let start = (offset & !3) as u64;
         let end = ((offset + len + 3) & !3) as u64;
         let size = end - start;
@@ -590,6 +703,8 @@ impl GpuContext {
         bindings: &[(u32, &GpuBuffer)],
         groups: [u32; 3],
     ) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let cost = profile::take_cost();
         if groups.contains(&0) {
             return Ok(());
         }
@@ -633,15 +748,40 @@ impl GpuContext {
                         label: Some("ponder ops"),
                     })
             });
+            let mut prof = self.prof.lock().unwrap();
+            if prof.on && prof.timestamps && prof.query_set.is_none() {
+                prof.query_set = Some(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: (2 * MAX_PENDING_DISPATCHES) as u32,
+                }));
+            }
             {
+                let k = prof.current.len() as u32;
+                let timestamp_writes = prof.query_set.as_ref().filter(|_| prof.on).map(|qs| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: qs,
+                        beginning_of_pass_write_index: Some(2 * k),
+                        end_of_pass_write_index: Some(2 * k + 1),
+                    }
+                });
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(entry),
-                    timestamp_writes: None,
+                    timestamp_writes,
                 });
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
+            if prof.on {
+                prof.current.push(profile::Record {
+                    kernel: format!("{shader}:{entry}"),
+                    host_ns: t0.elapsed().as_nanos() as u64,
+                    cost,
+                });
+            }
+            drop(prof);
+            profile::DISPATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             p.dispatches += 1;
             p.dispatches >= MAX_PENDING_DISPATCHES
         };
