@@ -99,6 +99,10 @@ pub(crate) struct ThinkPoArgs {
     pub(crate) lr: f64,
     #[arg(long, default_value_t = 1.0)]
     pub(crate) epochs: f64,
+    /// Add this times the NLL of the chosen (long) answers to the DPO loss (TRL's
+    /// rpo_alpha); off by default, as in the paper.
+    #[arg(long)]
+    pub(crate) rpo_alpha: Option<f64>,
     #[arg(long, default_value_t = 8)]
     pub(crate) batch_size: usize,
     #[arg(long, default_value_t = 300)]
@@ -264,6 +268,7 @@ pub(crate) fn thinkpo_cmd(a: ThinkPoArgs) -> Result<bool> {
             beta: a.beta,
             lr: a.lr,
             epochs: a.epochs,
+            rpo_alpha: a.rpo_alpha,
             batch_size: a.batch_size,
             seed: a.seed,
             ..d.dpo.clone()

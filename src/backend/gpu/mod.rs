@@ -10,8 +10,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 
 /// Submit the pending encoder after this many recorded dispatches.
@@ -51,7 +49,15 @@ struct PipelineKey {
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
+    /// The uniform ring of the encoder now recording: every dispatch's shape parameters
+    /// at its own aligned offset, uploaded with one write just before the submit (one
+    /// buffer per submit instead of one per dispatch).
+    ring: Option<wgpu::Buffer>,
+    uniforms: Vec<u8>,
 }
+
+/// Bytes of the uniform ring: room for every dispatch of one encoder.
+const RING_BYTES: u64 = (MAX_PENDING_DISPATCHES * 512) as u64;
 
 /// The process-wide GPU context.
 pub struct GpuContext {
@@ -321,6 +327,8 @@ impl GpuContext {
             pending: Mutex::new(Pending {
                 encoder: None,
                 dispatches: 0,
+                ring: None,
+                uniforms: Vec::new(),
             }),
             error,
         })
@@ -486,6 +494,11 @@ impl GpuContext {
     /// while another thread's taken encoder is not yet on the queue.
     fn flush_locked(&self, p: &mut Pending) {
         p.dispatches = 0;
+        if let Some(ring) = p.ring.take() {
+            // applied before the command buffer below runs (queue order)
+            self.queue.write_buffer(&ring, 0, &p.uniforms);
+        }
+        p.uniforms.clear();
         if let Some(mut enc) = p.encoder.take() {
             let mut prof = self.prof.lock().unwrap();
             if prof.on {
@@ -715,33 +728,45 @@ impl GpuContext {
             )));
         }
         let pipeline = self.pipeline(shader, entry, spec)?;
-        // Every uniform is padded to 256 bytes, at least as large as any shader's Params.
+        // Every uniform is padded to 256 bytes, at least as large as any shader's Params
+        // and a multiple of every adapter's uniform offset alignment (at most 256).
         let mut u = uniform.to_vec();
         u.resize(uniform.len().div_ceil(64).max(1) * 64, 0);
-        let ubuf = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("uniform"),
-                contents: bytemuck::cast_slice(&u),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: ubuf.as_entire_binding(),
-        }];
-        for (b, buf) in bindings {
-            entries.push(wgpu::BindGroupEntry {
-                binding: *b,
-                resource: buf.raw().as_entire_binding(),
-            });
-        }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let ubytes: &[u8] = bytemuck::cast_slice(&u);
         let submit = {
             let mut p = self.pending.lock().unwrap();
+            if p.uniforms.len() + ubytes.len() > RING_BYTES as usize {
+                self.flush_locked(&mut p);
+            }
+            let offset = p.uniforms.len() as u64;
+            p.uniforms.extend_from_slice(ubytes);
+            let ring = p.ring.get_or_insert_with(|| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("uniform ring"),
+                    size: RING_BYTES,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: ring,
+                    offset,
+                    size: std::num::NonZeroU64::new(ubytes.len() as u64),
+                }),
+            }];
+            for (b, buf) in bindings {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: *b,
+                    resource: buf.raw().as_entire_binding(),
+                });
+            }
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
             let enc = p.encoder.get_or_insert_with(|| {
                 self.device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
