@@ -13,9 +13,28 @@ pub struct SeqLogps {
     pub sum: Tensor,
     /// Completion tokens per sequence (they partition `per_token`).
     pub counts: Vec<usize>,
-    /// Per sequence: sum over its completion positions of the mean logit over the vocab
-    /// (TRL's logits/chosen is the mean of these over positions).
-    pub logit_sums: Vec<f64>,
+    /// `(K,)` each completion position's sum of logits over the vocabulary (detached; when
+    /// asked for): TRL's logits/chosen is their mean over positions, divided by V. Kept on
+    /// the device until the step's one readback.
+    pub logit_rows: Option<Tensor>,
+    pub vocab_size: usize,
+}
+
+impl SeqLogps {
+    /// Per sequence: the sum over its completion positions of the mean logit over the
+    /// vocabulary, from the read-back `logit_rows`.
+    pub fn logit_sums(&self, rows: &[f32]) -> Vec<f64> {
+        let v = self.vocab_size as f64;
+        let mut at = 0;
+        self.counts
+            .iter()
+            .map(|&c| {
+                let s = rows[at..at + c].iter().map(|&m| m as f64 / v).sum();
+                at += c;
+                s
+            })
+            .collect()
+    }
 }
 
 /// Right-pad `seqs` to one `(N, T)` batch. Returns the ids, T, and for every completion
@@ -82,21 +101,17 @@ pub fn sequence_logps(
     let table = Tensor::cat(&[&per_token, &zero], 0)?.reshape(&[k + 1, 1])?;
     let idx = Tensor::from_u32(idx, &[n, lmax], dev)?;
     let sum = table.embedding(&idx)?.reshape(&[n, lmax])?.sum(-1, false)?;
-    let mut logit_sums = vec![0.0; n];
-    if want_logits {
-        let v = net.cfg.vocab_size as f64;
-        let means = crate::autograd::no_grad(|| logits.detach().sum(-1, false))?.to_vec_f32()?;
-        let mut at = 0;
-        for (r, &c) in counts.iter().enumerate() {
-            logit_sums[r] = means[at..at + c].iter().map(|&m| m as f64 / v).sum();
-            at += c;
-        }
-    }
+    let logit_rows = if want_logits {
+        Some(crate::autograd::no_grad(|| logits.detach().sum(-1, false))?)
+    } else {
+        None
+    };
     Ok(SeqLogps {
         per_token,
         sum,
         counts,
-        logit_sums,
+        logit_rows,
+        vocab_size: net.cfg.vocab_size,
     })
 }
 
@@ -149,6 +164,23 @@ pub fn dpo_loss(
     ref_r: &[f64],
     p: &DpoParams,
 ) -> Result<(Tensor, DpoBatchStats)> {
+    let loss = dpo_objective(policy, ref_c, ref_r, p)?;
+    let sums = crate::autograd::no_grad(|| policy.sum.detach().to_vec_f64())?;
+    let rows = match &policy.logit_rows {
+        Some(t) => Some(t.to_vec_f32()?),
+        None => None,
+    };
+    let st = dpo_stats(policy, &sums, rows.as_deref(), ref_c, ref_r, p.beta);
+    Ok((loss, st))
+}
+
+/// The DPO loss alone, left on the device (see [`dpo_loss`]).
+pub fn dpo_objective(
+    policy: &SeqLogps,
+    ref_c: &[f64],
+    ref_r: &[f64],
+    p: &DpoParams,
+) -> Result<Tensor> {
     let n = ref_c.len();
     let dev = policy.sum.device();
     let counts: Vec<f64> = policy.counts.iter().map(|&c| c as f64).collect();
@@ -192,9 +224,21 @@ pub fn dpo_loss(
             .scale(-1.0 / chosen_tokens.max(1) as f64)?;
         loss = loss.add(&nll.scale(a)?)?;
     }
-    // metrics: rewards are beta times the summed log-ratios, as TRL 1.x logs them (also for
-    // IPO and length-normalised losses, whose loss compares averages)
-    let sums = crate::autograd::no_grad(|| policy.sum.detach().to_vec_f64())?;
+    Ok(loss)
+}
+
+/// The metrics of a DPO micro-batch from its read-back policy sums (`2N`) and logit rows.
+/// Rewards are beta times the summed log-ratios, as TRL 1.x logs them (also for IPO and
+/// length-normalised losses, whose loss compares averages).
+pub fn dpo_stats(
+    policy: &SeqLogps,
+    sums: &[f64],
+    logit_rows: Option<&[f32]>,
+    ref_c: &[f64],
+    ref_r: &[f64],
+    b: f64,
+) -> DpoBatchStats {
+    let n = ref_c.len();
     let mut st = DpoBatchStats {
         tokens: policy.counts.iter().sum(),
         ..Default::default()
@@ -205,15 +249,12 @@ pub fn dpo_loss(
         st.logps_chosen.push(sums[i]);
         st.logps_rejected.push(sums[n + i]);
     }
-    st.logits_chosen = (
-        policy.logit_sums[..n].iter().sum(),
-        policy.counts[..n].iter().sum(),
-    );
-    st.logits_rejected = (
-        policy.logit_sums[n..].iter().sum(),
-        policy.counts[n..].iter().sum(),
-    );
-    Ok((loss, st))
+    let ls = logit_rows
+        .map(|r| policy.logit_sums(r))
+        .unwrap_or_else(|| vec![0.0; 2 * n]);
+    st.logits_chosen = (ls[..n].iter().sum(), policy.counts[..n].iter().sum());
+    st.logits_rejected = (ls[n..].iter().sum(), policy.counts[n..].iter().sum());
+    st
 }
 
 /// SFT loss contribution of a micro-batch: summed completion NLL divided by `denom` (the

@@ -96,36 +96,42 @@ impl Optimizer {
         })
     }
 
-    /// L2 norm of all gradients together (before clipping), one readback.
-    pub fn grad_norm(&self) -> Result<f64> {
+    /// The squared L2 norm of all gradients together (before clipping), as a `(1,)`
+    /// tensor on the device: nothing is read back.
+    pub fn grad_norm_sq(&self) -> Result<Option<Tensor>> {
         let _ng = crate::autograd::NoGradGuard::new();
         let mut total: Option<Tensor> = None;
         for (_, p) in &self.params {
             if let Some(g) = p.grad() {
-                let s = g.mul(&g)?.sum_all()?;
+                let s = g.mul(&g)?.sum_all()?.reshape(&[1])?;
                 total = Some(match total {
                     Some(t) => t.add(&s)?,
                     None => s,
                 });
             }
         }
-        Ok(match total {
-            Some(t) => (t.item()? as f64).sqrt(),
-            None => 0.0,
-        })
+        Ok(total)
     }
 
-    /// Scale every gradient by `max_norm / (norm + 1e-6)` when that is below 1
-    /// (torch.nn.utils.clip_grad_norm_).
-    pub fn clip(&self, norm: f64, max_norm: f64) -> Result<()> {
-        let coef = max_norm / (norm + 1e-6);
-        if max_norm <= 0.0 || coef >= 1.0 {
+    /// Scale every gradient by min(1, max_norm / (norm + 1e-6)) (torch's
+    /// clip_grad_norm_), the coefficient computed on the device from `norm_sq`.
+    pub fn clip_on_device(&self, norm_sq: &Tensor, max_norm: f64) -> Result<()> {
+        if max_norm <= 0.0 {
             return Ok(());
         }
         let _ng = crate::autograd::NoGradGuard::new();
+        // coef = max_norm / (sqrt(n2) + 1e-6); min(1, coef) = 1 - relu(1 - coef)
+        let coef = norm_sq
+            .sqrt()?
+            .add_scalar(1e-6)?
+            .powf(-1.0)?
+            .scale(max_norm)?
+            .affine(-1.0, 1.0)?
+            .relu()?
+            .affine(-1.0, 1.0)?;
         for (_, p) in &self.params {
             if let Some(g) = p.grad() {
-                p.set_grad(Some(g.scale(coef)?));
+                p.set_grad(Some(g.mul(&coef)?));
             }
         }
         Ok(())

@@ -13,6 +13,7 @@ use super::optim::{Optimizer, Schedule};
 use crate::error::{Error, Result};
 use crate::model::transformer::LinearCtx;
 use crate::model::Transformer;
+use crate::tensor::Tensor;
 
 /// A reference computed on the fly (no cache, no recorded log-probs).
 pub enum LiveReference {
@@ -195,7 +196,11 @@ impl Trainer {
             })
             .sum();
         let mut st = StepStats::default();
-        let mut dstats: Option<DpoBatchStats> = None;
+        // Everything the metrics need stays on the device until one readback after the
+        // optimizer step: [grad norm^2, each micro-batch's loss, then per DPO micro-batch
+        // its policy sums (2N) and logit rows (K)].
+        let mut pack: Vec<Tensor> = Vec::new();
+        let mut dpo_pending: Vec<(loss::SeqLogps, Vec<f64>, Vec<f64>)> = Vec::new();
         for (mbi, b) in batches.iter().enumerate() {
             let linear = LinearCtx {
                 disable_adapters: false,
@@ -209,7 +214,7 @@ impl Trainer {
                     st.tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
                     let lp = loss::sequence_logps(&self.net, seqs, linear, false)?;
                     let l = loss::sft_loss(&lp, sft_denom)?;
-                    st.loss += l.item()? as f64;
+                    pack.push(l.detach().reshape(&[1])?);
                     l.backward()?;
                 }
                 MicroBatch::Dpo { pairs, reference } => {
@@ -246,24 +251,60 @@ impl Trainer {
                         .collect();
                     st.tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
                     let lp = loss::sequence_logps(&self.net, &seqs, linear, true)?;
-                    let (l, s) = loss::dpo_loss(&lp, &rc, &rr, &self.dpo)?;
+                    let l = loss::dpo_objective(&lp, &rc, &rr, &self.dpo)?;
                     let l = l.scale(pairs.len() as f64 / items as f64)?;
-                    st.loss += l.item()? as f64;
+                    pack.push(l.detach().reshape(&[1])?);
                     l.backward()?;
-                    let d = dstats.get_or_insert_with(Default::default);
-                    d.chosen_rewards.extend(s.chosen_rewards);
-                    d.rejected_rewards.extend(s.rejected_rewards);
-                    d.logps_chosen.extend(s.logps_chosen);
-                    d.logps_rejected.extend(s.logps_rejected);
-                    d.logits_chosen.0 += s.logits_chosen.0;
-                    d.logits_chosen.1 += s.logits_chosen.1;
-                    d.logits_rejected.0 += s.logits_rejected.0;
-                    d.logits_rejected.1 += s.logits_rejected.1;
+                    dpo_pending.push((lp, rc, rr));
                 }
             }
         }
-        let grad_norm = self.opt.grad_norm()?;
+        let norm_sq = match self.opt.grad_norm_sq()? {
+            Some(t) => t,
+            None => Tensor::zeros(&[1], self.net.device)?,
+        };
+        self.opt.clip_on_device(&norm_sq, self.max_grad_norm)?;
+        let lr = self.schedule.lr_at(step);
+        self.opt.step(lr)?;
+        // the one readback of the step
+        let mut parts: Vec<&Tensor> = vec![&norm_sq];
+        parts.extend(pack.iter());
+        let mut extra = Vec::new();
+        for (lp, _, _) in &dpo_pending {
+            extra.push(lp.sum.detach());
+            if let Some(r) = &lp.logit_rows {
+                extra.push(r.clone());
+            }
+        }
+        parts.extend(extra.iter());
+        let packed = crate::autograd::no_grad(|| Tensor::cat(&parts, 0)?.to_vec_f64())?;
+        let grad_norm = packed[0].sqrt();
+        st.loss = packed[1..1 + pack.len()].iter().sum();
+        let mut at = 1 + pack.len();
+        let mut dstats: Option<DpoBatchStats> = None;
+        for (lp, rc, rr) in &dpo_pending {
+            let n2 = lp.counts.len();
+            let sums = &packed[at..at + n2];
+            at += n2;
+            let rows: Option<Vec<f32>> = lp.logit_rows.as_ref().map(|r| {
+                let k = r.numel();
+                let v = packed[at..at + k].iter().map(|&x| x as f32).collect();
+                at += k;
+                v
+            });
+            let s = loss::dpo_stats(lp, sums, rows.as_deref(), rc, rr, self.dpo.beta);
+            let d = dstats.get_or_insert_with(Default::default);
+            d.chosen_rewards.extend(s.chosen_rewards);
+            d.rejected_rewards.extend(s.rejected_rewards);
+            d.logps_chosen.extend(s.logps_chosen);
+            d.logps_rejected.extend(s.logps_rejected);
+            d.logits_chosen.0 += s.logits_chosen.0;
+            d.logits_chosen.1 += s.logits_chosen.1;
+            d.logits_rejected.0 += s.logits_rejected.0;
+            d.logits_rejected.1 += s.logits_rejected.1;
+        }
         if !grad_norm.is_finite() {
+            // the update already ran on the device; the caller stops and saves nothing
             return Err(Error::invalid(
                 "train",
                 format!(
@@ -273,9 +314,6 @@ impl Trainer {
                 ),
             ));
         }
-        self.opt.clip(grad_norm, self.max_grad_norm)?;
-        let lr = self.schedule.lr_at(step);
-        self.opt.step(lr)?;
         st.step = step + 1;
         st.grad_norm = grad_norm;
         st.learning_rate = lr;
