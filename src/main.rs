@@ -156,7 +156,7 @@ enum Cmd {
         #[arg(long, default_value_t = 400)]
         thinkpo_questions: usize,
         /// TPO instructions per round.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 600)]
         tpo_questions: usize,
         #[arg(long)]
         quiet: bool,

@@ -263,3 +263,50 @@ fn token_logprobs() {
         );
     }
 }
+
+#[test]
+fn chunked_lm_head_logprobs() {
+    // the chunked LM head + log-softmax + gather against the whole-logits path, forward
+    // and the gradients of h and W, for chunks of 1, 4 and all rows; one row ignored
+    use ponder::ops::lm_head::lm_head_logprobs;
+    for (dev, tol) in devices("chunked lm head") {
+        let s = seed("lm head input");
+        let (k, c, v) = (13, 9, 37);
+        let targets: Vec<i32> = (0..k as i32)
+            .map(|i| if i == 5 { -100 } else { (i * 7 + 3) % v as i32 })
+            .collect();
+        let tg = Tensor::from_cpu_data(CpuData::I32(targets), &[k])
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        for chunk in [1, 4, 100] {
+            compare(
+                &format!("lm_head chunk {chunk}"),
+                &[randn(&[k, c], s), randn(&[v, c], s + 1).scale(0.7).unwrap()],
+                dev,
+                tol,
+                |t| Ok(lm_head_logprobs(&t[0], &t[1], &tg, chunk, false)?.0),
+                |t| t[0].matmul(&t[1].t()?)?.token_logprobs(&tg),
+            );
+        }
+        // chunk size never changes a result beyond 1e-6, logit sums included
+        let h = randn(&[k, c], s + 2).to_device(dev).unwrap();
+        let w = randn(&[v, c], s + 3).to_device(dev).unwrap();
+        let (a, sa) = lm_head_logprobs(&h, &w, &tg, 1, true).unwrap();
+        let (b, sb) = lm_head_logprobs(&h, &w, &tg, k, true).unwrap();
+        assert_close(
+            "chunk 1 vs all",
+            &a.to_vec_f64().unwrap(),
+            &b.to_vec_f64().unwrap(),
+            1e-6,
+            0.0,
+        );
+        assert_close(
+            "logit sums, chunk 1 vs all",
+            &sa.unwrap().to_vec_f64().unwrap(),
+            &sb.unwrap().to_vec_f64().unwrap(),
+            1e-5,
+            1e-6,
+        );
+    }
+}

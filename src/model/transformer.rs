@@ -138,6 +138,10 @@ pub struct Forward<'a> {
     /// Project only these flattened positions (`b * T + t`) to logits, which then have
     /// shape `(K, V)`: training needs logits on completion tokens only.
     pub logit_rows: Option<Vec<u32>>,
+    /// Stop before the LM head: `logits` then holds the final-norm hidden states of the
+    /// rows that would have been projected, `(K, C)` (or `(B, T, C)`), for
+    /// [`crate::ops::lm_head::lm_head_logprobs`] with [`Transformer::head_weight`].
+    pub no_head: bool,
 }
 
 pub struct Output {
@@ -385,6 +389,20 @@ impl Transformer {
             h.weight = leaf(&h.weight)?;
         }
         Ok(self)
+    }
+
+    /// The LM head's weight `(V, C)`: `lm_head.weight`, or the embeddings when tied.
+    pub fn head_weight(&self) -> Result<&Tensor> {
+        if self.score.is_some() {
+            return Err(Error::invalid(
+                "forward",
+                "a sequence classifier has a score head, not an LM head",
+            ));
+        }
+        Ok(match &self.lm_head {
+            Some(h) => &h.weight,
+            None => &self.embed_tokens,
+        })
     }
 
     /// Every parameter by its Hugging Face name, in checkpoint order.
@@ -649,6 +667,13 @@ impl Transformer {
             (None, true) => hn.narrow(1, t - 1, 1)?,
             (None, false) => hn.clone(),
         };
+        if fwd.no_head {
+            return Ok(Output {
+                logits: hl,
+                hidden,
+                final_norm: fwd.hidden_states.then_some(hn),
+            });
+        }
         // a sequence classifier's "logits" are its scores, (.., num_labels)
         let logits = match (&self.score, &self.lm_head) {
             (Some(head), _) | (None, Some(head)) => head.forward_ctx(&hl, &fwd.linear, 1 << 40)?,

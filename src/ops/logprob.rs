@@ -8,11 +8,59 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
+/// The kernels under [`Tensor::token_logprobs`], without autograd: contiguous logits
+/// `(N, V)` (any leading shape) and targets give (log p(target), logsumexp), both flat.
+pub(crate) fn logprobs_fwd(x: &Tensor, tg: &Tensor, v: usize) -> Result<(Tensor, Tensor)> {
+    let n = x.numel() / v.max(1);
+    match x.device() {
+        Device::Cpu => {
+            let ids: Vec<i32> = tg
+                .cpu_ids("token_logprobs")?
+                .into_iter()
+                .map(|i| i as i32)
+                .collect();
+            if let Some(bad) = ids.iter().find(|&&i| i >= 0 && i as usize >= v) {
+                return Err(Error::invalid(
+                    "token_logprobs",
+                    format!("target {bad} is out of range for a vocabulary of {v}"),
+                ));
+            }
+            with_real!("token_logprobs", x.dtype(), T => {
+                let (lp, lse) = x.cpu_read("token_logprobs", |xs: &[T]| cpu::token_logprobs(xs, &ids, v))?;
+                Ok((cpu_tensor(lp, &[n])?, cpu_tensor(lse, &[n])?))
+            })
+        }
+        Device::Gpu => {
+            let (lp, lse) = kernels::token_logprobs(x, tg, v)?;
+            Ok((lp.reshape(&[n])?, lse.reshape(&[n])?))
+        }
+    }
+}
+
+/// Its backward: dlogits[n, j] = g_n * ([j == t_n] - softmax(x_n)_j), 0 for ignored rows.
+pub(crate) fn logprobs_bwd(
+    x: &Tensor,
+    tg: &Tensor,
+    lse: &Tensor,
+    g: &Tensor,
+    v: usize,
+) -> Result<Tensor> {
+    let g = g.contiguous()?;
+    Ok(match g.device() {
+        Device::Cpu => with_real!("token_logprobs", g.dtype(), T => {
+            let ids: Vec<i32> = tg.cpu_ids("token_logprobs")?.into_iter().map(|i| i as i32).collect();
+            let v2 = x.cpu_read("token_logprobs", |xs: &[T]| lse.cpu_read("token_logprobs", |ls: &[T]| g.cpu_read("token_logprobs", |gs: &[T]| cpu::token_logprobs_bwd(xs, &ids, ls, gs, v))))???;
+            cpu_tensor(v2, x.shape())?
+        }),
+        Device::Gpu => kernels::token_logprobs_bwd(x, tg, lse, &g, v)?,
+    })
+}
+
 impl Tensor {
     /// Per-position log p(target): logits `(..., V)`, targets `(...)` i32 or u32. A negative
     /// target (e.g. -100) marks an ignored position, which gives 0 and no gradient.
     pub fn token_logprobs(&self, targets: &Tensor) -> Result<Tensor> {
-        let (dev, dt) = check("token_logprobs", &[self])?;
+        check("token_logprobs", &[self])?;
         super::same_device("token_logprobs", &[self, targets])?;
         let v = last_dim("token_logprobs", self)?;
         if targets.shape() != &self.shape()[..self.rank() - 1] {
@@ -40,44 +88,12 @@ impl Tensor {
         let x = self.contiguous()?;
         let tg = targets.contiguous()?;
         let shape = targets.shape().to_vec();
-        let (lp, lse) = match dev {
-            Device::Cpu => {
-                let ids: Vec<i32> = tg
-                    .cpu_ids("token_logprobs")?
-                    .into_iter()
-                    .map(|i| i as i32)
-                    .collect();
-                if let Some(bad) = ids.iter().find(|&&i| i >= 0 && i as usize >= v) {
-                    return Err(Error::invalid(
-                        "token_logprobs",
-                        format!("target {bad} is out of range for a vocabulary of {v}"),
-                    ));
-                }
-                with_real!("token_logprobs", dt, T => {
-                    let (lp, lse) = x.cpu_read("token_logprobs", |xs: &[T]| cpu::token_logprobs(xs, &ids, v))?;
-                    (cpu_tensor(lp, &shape)?, cpu_tensor(lse, &shape)?)
-                })
-            }
-            Device::Gpu => {
-                let (lp, lse) = kernels::token_logprobs(&x, &tg, v)?;
-                (lp.reshape(&shape)?, lse.reshape(&shape)?)
-            }
-        };
+        let (lp, lse) = logprobs_fwd(&x, &tg, v)?;
+        let (lp, lse) = (lp.reshape(&shape)?, lse.reshape(&shape)?);
         Ok(record(lp, "token_logprobs", &[self], move |g| {
-            // backward: dlogits[n, j] = g_n * ([j == t_n] - softmax(x_n)_j), 0 for ignored rows
-            let g = g.contiguous()?;
-            let dx = match g.device() {
-                Device::Cpu => with_real!("token_logprobs", g.dtype(), T => {
-                    let ids: Vec<i32> = tg.cpu_ids("token_logprobs")?.into_iter().map(|i| i as i32).collect();
-                    let v2 = x.cpu_read("token_logprobs", |xs: &[T]| lse.cpu_read("token_logprobs", |ls: &[T]| g.cpu_read("token_logprobs", |gs: &[T]| cpu::token_logprobs_bwd(xs, &ids, ls, gs, v))))???;
-                    cpu_tensor(v2, x.shape())?
-                }),
-                Device::Gpu => kernels::token_logprobs_bwd(&x, &tg, &lse, &g, v)?,
-            };
-            Ok(vec![Some(dx)])
+            Ok(vec![Some(logprobs_bwd(&x, &tg, &lse, g, v)?)])
         }))
     }
-
     /// Mean negative log-likelihood over positions whose target is not `ignore_index`
     /// (which must be negative, as PyTorch's default -100).
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i32) -> Result<Tensor> {

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod cast;
 pub mod elementwise;
 pub mod embedding;
+pub mod lm_head;
 pub mod logprob;
 pub mod matmul;
 pub mod movement;

@@ -78,13 +78,21 @@ pub fn sequence_logps(
         Forward {
             linear,
             logit_rows: Some(rows),
+            no_head: true,
             ..Default::default()
         },
     )?;
-    let logits = out.logits; // (K, V)
+    let h = out.logits; // (K, C): the head runs chunk by chunk below, never (K, V) at once
     let dev = net.device;
     let tg = Tensor::from_cpu_data(CpuData::I32(targets), &[k])?.to_device(dev)?;
-    let per_token = logits.token_logprobs(&tg)?; // (K,)
+    let v = net.cfg.vocab_size;
+    let (per_token, logit_rows) = crate::ops::lm_head::lm_head_logprobs(
+        &h,
+        net.head_weight()?,
+        &tg,
+        crate::ops::lm_head::default_chunk(v),
+        want_logits,
+    )?; // (K,)
     let counts: Vec<usize> = seqs.iter().map(|s| s.completion_len()).collect();
     // per-sequence sums: gather each sequence's tokens into a zero-padded (N, L) table and
     // reduce it (the same f64-accumulated sum the reference cache uses)
@@ -101,11 +109,6 @@ pub fn sequence_logps(
     let table = Tensor::cat(&[&per_token, &zero], 0)?.reshape(&[k + 1, 1])?;
     let idx = Tensor::from_u32(idx, &[n, lmax], dev)?;
     let sum = table.embedding(&idx)?.reshape(&[n, lmax])?.sum(-1, false)?;
-    let logit_rows = if want_logits {
-        Some(crate::autograd::no_grad(|| logits.detach().sum(-1, false))?)
-    } else {
-        None
-    };
     Ok(SeqLogps {
         per_token,
         sum,
