@@ -33,6 +33,8 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
+from make_fixtures import randomize  # every parameter random, norms and biases included
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 
 PAIRS = [
@@ -42,18 +44,6 @@ PAIRS = [
     ("Say hello.", "Hello!"),
     ("A farmer has 7 cows and buys 5 more. How many cows?", "7 + 5 = 12. Answer: 12."),
 ]
-
-
-def randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.08 * torch.randn(p.shape, generator=g))
 
 
 def build(name, arch, tok_from, num_labels, pad_token, seed):

@@ -17,6 +17,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::Config;
+use crate::model::Transformer;
 
 /// What one training run needs, in bytes, by part.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -33,33 +34,13 @@ impl Estimate {
     }
 }
 
-/// Parameters of the decoder `cfg` describes, counted from the config alone.
+/// Parameters of the decoder `cfg` describes, counted from the config alone: the
+/// tensors [`Transformer::expected`] lists for it.
 pub fn parameter_count(cfg: &Config) -> u64 {
-    let (c, f, v) = (
-        cfg.hidden_size as u64,
-        cfg.intermediate_size as u64,
-        cfg.vocab_size as u64,
-    );
-    let (q, kv) = (
-        (cfg.num_attention_heads * cfg.head_dim) as u64,
-        (cfg.num_key_value_heads * cfg.head_dim) as u64,
-    );
-    let mut layer = c * q + 2 * c * kv + q * c + 3 * c * f + 2 * c;
-    if cfg.qkv_bias {
-        layer += q + 2 * kv;
-    }
-    if cfg.o_bias {
-        layer += c;
-    }
-    if cfg.mlp_bias {
-        layer += 2 * f + c;
-    }
-    let embed = if cfg.tie_word_embeddings {
-        v * c
-    } else {
-        2 * v * c
-    };
-    embed + c + layer * cfg.num_hidden_layers as u64
+    Transformer::expected(cfg)
+        .iter()
+        .map(|(_, shape, _)| shape.iter().map(|&d| d as u64).product::<u64>())
+        .sum()
 }
 
 /// The estimate for training `cfg` with `trainable` trainable parameters (all of them, or

@@ -144,11 +144,13 @@ impl Profile {
             self.host_record_ns() / 1e6
         ));
         if self.timestamps {
+            // idle: the gaps between kernels, from the first start to the last end
+            let idle = (self.gpu_span_ns - busy).max(0.0);
             s.push_str(&format!(
-                ", GPU busy {:.3} ms, GPU idle {:.3} ms of the wall time ({:.0}%)",
+                ", GPU busy {:.3} ms, GPU idle between kernels {:.3} ms ({:.0}% of the GPU span)",
                 busy / 1e6,
-                (wall_ns - busy).max(0.0) / 1e6,
-                100.0 * (wall_ns - busy).max(0.0) / wall_ns.max(1.0)
+                idle / 1e6,
+                100.0 * idle / self.gpu_span_ns.max(1.0)
             ));
         }
         s
