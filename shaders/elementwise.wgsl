@@ -6,7 +6,7 @@ struct Params {
     n: u32,
     p0: f32,
     p1: f32,
-    _pad0: u32,
+    od: u32,
     shape: array<vec4<u32>, 2>,
     sa: array<vec4<u32>, 2>,
     sb: array<vec4<u32>, 2>,
@@ -118,17 +118,17 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if (i >= P.n) {
         return;
     }
-    O[i] = apply_unary(A[offsets(i).x]);
+    O[P.od + i] = apply_unary(A[offsets(i).x]);
 }
 
-// dx = g * f'(x), both dense.
+// dx = g * f'(x), both dense (from offsets oa and ob).
 @compute @workgroup_size(256)
 fn unary_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(gid, nwg);
     if (i >= P.n) {
         return;
     }
-    O[i] = B[i] * unary_deriv(A[i]);
+    O[P.od + i] = B[P.ob + i] * unary_deriv(A[P.oa + i]);
 }
 
 @compute @workgroup_size(256)
@@ -138,7 +138,7 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let o = offsets(i);
-    O[i] = apply_binary(A[o.x], B[o.y]);
+    O[P.od + i] = apply_binary(A[o.x], B[o.y]);
 }
 
 // out = C != 0 ? A : B
@@ -149,5 +149,5 @@ fn where3(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let o = offsets(i);
-    O[i] = select(B[o.y], A[o.x], C[o.z] != 0.0);
+    O[P.od + i] = select(B[o.y], A[o.x], C[o.z] != 0.0);
 }

@@ -1,12 +1,23 @@
 // Embedding gather out[n, j] = W[ids[n], j], and its backward, a scatter-add
 // dW[ids[n], j] += g[n, j]. WGSL has no float atomics, so the add is a compare-exchange
 // loop on the f32 bits; repeated ids may sum in any order.
+// A table over the binding limit is bound in vocabulary blocks: one dispatch per block
+// of rows v0..v0+vb, each handling only the ids inside it (ids past v gather zeros, in
+// the block that starts at 0).
 
 struct Params {
     n: u32,
     c: u32,
     v: u32,
-    _pad: u32,
+    // this dispatch's vocabulary block, and where its row v0 starts in W (gather) or
+    // DW (scatter_add)
+    v0: u32,
+    vb: u32,
+    w_off: u32,
+    // offsets of this dispatch's first id in IDS and first row in OUT (gather) or in
+    // the gradient W (scatter_add): long sequences go in blocks of tokens too
+    ids_off: u32,
+    o_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -36,12 +47,17 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (i >= P.n * P.c) {
         return;
     }
-    let id = IDS[i / P.c];
-    var v = 0.0;
-    if (id < P.v) {
-        v = load_w(id * P.c + i % P.c);
+    let id = IDS[P.ids_off + i / P.c];
+    if (id >= P.v) {
+        if (P.v0 == 0u) {
+            OUT[P.o_off + i] = 0.0;
+        }
+        return;
     }
-    OUT[i] = v;
+    let local = id - P.v0; // wraps past vb when id < v0
+    if (local < P.vb) {
+        OUT[P.o_off + i] = load_w(P.w_off + local * P.c + i % P.c);
+    }
 }
 
 // W holds g here.
@@ -51,12 +67,13 @@ fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (i >= P.n * P.c) {
         return;
     }
-    let id = IDS[i / P.c];
-    if (id >= P.v) {
+    let id = IDS[P.ids_off + i / P.c];
+    let local = id - P.v0; // wraps past vb when id < v0
+    if (id >= P.v || local >= P.vb) {
         return;
     }
-    let dst = id * P.c + i % P.c;
-    let g = load_w(i);
+    let dst = P.w_off + local * P.c + i % P.c;
+    let g = load_w(P.o_off + i);
     var old = atomicLoad(&DW[dst]);
     loop {
         let next = bitcast<u32>(bitcast<f32>(old) + g);

@@ -19,6 +19,11 @@ struct Params {
     b_sb: u32,
     b_sr: u32,
     b_sc: u32,
+    // C's offset, batch and row strides (dense rows unless the matmul is split)
+    c_off: u32,
+    c_sb: u32,
+    c_sr: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -56,6 +61,8 @@ const TM: u32 = {{TM}}u;
 const TN: u32 = {{TN}}u;
 const A_KFAST: u32 = {{A_KFAST}}u;
 const B_NFAST: u32 = {{B_NFAST}}u;
+// ACC = 1: add to C instead of overwriting it (the later K blocks of a split matmul)
+const ACC: u32 = {{ACC}}u;
 
 // k-major tiles: As[kk * BM + m], Bs[kk * BN + n]
 var<workgroup> As: array<f32, BM * BK>;
@@ -128,7 +135,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    let cbase = wid.z * P.m * P.n;
+    let cbase = P.c_off + wid.z * P.c_sb;
     for (var i = 0u; i < TM; i = i + 1u) {
         let gm = row0 + tr + i * (BM / TM);
         if (gm >= P.m) {
@@ -137,7 +144,12 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var j = 0u; j < TN; j = j + 1u) {
             let gn = col0 + tc + j * (BN / TN);
             if (gn < P.n) {
-                C[cbase + gm * P.n + gn] = acc[i * TN + j];
+                let ci = cbase + gm * P.c_sr + gn;
+                if (ACC == 1u) {
+                    C[ci] = C[ci] + acc[i * TN + j];
+                } else {
+                    C[ci] = acc[i * TN + j];
+                }
             }
         }
     }

@@ -5,7 +5,11 @@ struct Params {
     outer: u32,
     n: u32,
     inner: u32,
-    _pad: u32,
+    // element offsets of X and of V/I inside their bindings (split dispatches)
+    x_off: u32,
+    v_off: u32,
+    // scatter_dim only: I's offset (the reductions write I beside V, at v_off)
+    i_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -14,6 +18,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> I: array<u32>;
 
 const OP: u32 = {{OP}}u;
+// ACC = 1: a sum adds into V (the later blocks of a slice split over the binding limit)
+const ACC: u32 = {{ACC}}u;
 
 var<workgroup> sidx: array<u32, 256>;
 
@@ -25,7 +31,7 @@ fn reduce_rows(ids: RowIds) {
     if (row >= P.outer) {
         return;
     }
-    let base = row * P.n;
+    let base = P.x_off + row * P.n;
     if (OP == 0u) {
         var acc = 0.0;
         for (var j = lid; j < P.n; j = j + 256u) {
@@ -33,7 +39,11 @@ fn reduce_rows(ids: RowIds) {
         }
         let total = wg_sum(acc, lid);
         if (lid == 0u) {
-            V[row] = total;
+            if (ACC == 1u) {
+                V[P.v_off + row] = V[P.v_off + row] + total;
+            } else {
+                V[P.v_off + row] = total;
+            }
         }
         return;
     }
@@ -62,8 +72,8 @@ fn reduce_rows(ids: RowIds) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        V[row] = red_f[0];
-        I[row] = sidx[0];
+        V[P.v_off + row] = red_f[0];
+        I[P.v_off + row] = sidx[0];
     }
 }
 
@@ -76,13 +86,17 @@ fn reduce_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     let o = e / P.inner;
     let i = e % P.inner;
-    let base = o * P.n * P.inner + i;
+    let base = P.x_off + o * P.n * P.inner + i;
     if (OP == 0u) {
         var acc = 0.0;
         for (var j = 0u; j < P.n; j = j + 1u) {
             acc = acc + X[base + j * P.inner];
         }
-        V[e] = acc;
+        if (ACC == 1u) {
+            V[P.v_off + e] = V[P.v_off + e] + acc;
+        } else {
+            V[P.v_off + e] = acc;
+        }
     } else {
         var best = X[base];
         var arg = 0u;
@@ -93,8 +107,8 @@ fn reduce_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
                 arg = j;
             }
         }
-        V[e] = best;
-        I[e] = arg;
+        V[P.v_off + e] = best;
+        I[P.v_off + e] = arg;
     }
 }
 
@@ -109,5 +123,5 @@ fn scatter_dim(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let j = (e / P.inner) % P.n;
     let o = e / (P.inner * P.n);
     let k = o * P.inner + i;
-    V[e] = select(0.0, X[k], I[k] == j);
+    V[P.v_off + e] = select(0.0, X[P.x_off + k], I[P.i_off + k] == j);
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{context, grid_1d, GpuBuffer, Uniform};
+use super::{context, grid_1d, split, GpuBuffer, Uniform};
 use crate::backend::cpu::AdamW;
 use crate::backend::{AttnDims, BinaryOp, Gemm, ReduceOp, UnaryOp};
 use crate::dtype::DType;
@@ -73,12 +73,6 @@ fn rank_check(op: &'static str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// Elements of a (possibly broadcast) layout, padded to 8 dims from the left.
-fn strides8(l: &Layout, rank: usize) -> Vec<usize> {
-    let mut s = vec![0; MAX_RANK - rank];
-    s.extend(&l.strides);
-    s
-}
 fn shape8(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; MAX_RANK - shape.len()];
     s.extend(shape);
@@ -87,39 +81,82 @@ fn shape8(shape: &[usize]) -> Vec<usize> {
 
 // ------------------------------------------------------------------ elementwise
 
-/// Uniform of `elementwise.wgsl`: n, p0, p1, pad, shape, sa, sb, sc, oa, ob, oc, pad.
-fn ew_uniform(shape: &[usize], p: (f64, f64), ls: [Option<&Layout>; 3]) -> Uniform {
-    let r = shape.len();
-    let mut u = Uniform::new()
-        .u(numel(shape))
-        .f(p.0 as f32)
-        .f(p.1 as f32)
-        .u(0)
-        .v8(&shape8(shape), 1);
-    for l in ls {
-        u = match l {
-            Some(l) => u.v8(&strides8(l, r), 0),
-            None => u.v8(&[], 0),
-        };
+/// Strides padded to 8 dims from the left.
+fn pad8(strides: &[usize]) -> Vec<usize> {
+    let mut s = vec![0; MAX_RANK - strides.len()];
+    s.extend(strides);
+    s
+}
+
+/// Record an `elementwise.wgsl` entry over `shape`: inputs A, B, C (bindings 1-3) read
+/// through their layouts, output O (binding 4) dense. Split into blocks when a tensor is
+/// over the binding limit. Uniform: n, p0, p1, od, shape, sa, sb, sc, oa, ob, oc, pad.
+fn ew_dispatch(
+    entry: &'static str,
+    code: u32,
+    p: (f64, f64),
+    shape: &[usize],
+    ins: [Option<(&Tensor, &Layout)>; 3],
+    out: &Tensor,
+) -> Result<()> {
+    let mut ops = Vec::new();
+    let mut slot_of = [None; 3];
+    for (k, i) in ins.iter().enumerate() {
+        if let Some((t, l)) = i {
+            slot_of[k] = Some(ops.len());
+            ops.push(split::Operand {
+                slot: k as u32 + 1,
+                buf: buf(t),
+                elt: 4,
+                off: l.offset,
+                strides: l.strides.clone(),
+            });
+        }
     }
-    for l in ls {
-        u = u.u(l.map(|l| l.offset).unwrap_or(0));
+    let o = ops.len();
+    ops.push(split::Operand::dense(4, buf(out), 4, 0, shape));
+    let ctx = context()?;
+    for blk in split::plan(shape, &ops, 1)? {
+        let n = numel(&blk.shape);
+        let mut u = Uniform::new()
+            .u(n)
+            .f(p.0 as f32)
+            .f(p.1 as f32)
+            .u(blk.offs[o])
+            .v8(&shape8(&blk.shape), 1);
+        for k in slot_of {
+            u = match k {
+                Some(k) => u.v8(&pad8(&ops[k].strides[blk.dim..]), 0),
+                None => u.v8(&[], 0),
+            };
+        }
+        for k in slot_of {
+            u = u.u(k.map_or(0, |k| blk.offs[k]));
+        }
+        let u = u.u(0);
+        ctx.dispatch_bound(
+            "elementwise",
+            entry,
+            &[("OP", code)],
+            &u.0,
+            &blk.binds,
+            grid_1d(n, WG),
+        )?;
     }
-    u.u(0)
+    Ok(())
 }
 
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     require_f32(op.name(), &[x])?;
     rank_check(op.name(), x.shape())?;
     let out = f32_out(x.shape())?;
-    let u = ew_uniform(x.shape(), op.params(), [Some(x.layout()), None, None]);
-    context()?.dispatch(
-        "elementwise",
+    ew_dispatch(
         "unary",
-        &[("OP", op.code())],
-        &u.0,
-        &[(1, buf(x)), (4, buf(&out))],
-        grid_1d(x.numel(), WG),
+        op.code(),
+        op.params(),
+        x.shape(),
+        [Some((x, x.layout())), None, None],
+        &out,
     )?;
     Ok(out)
 }
@@ -128,14 +165,14 @@ pub fn unary_grad(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Tensor> {
     require_f32(op.name(), &[x, g])?;
     let (x, g) = (dense(x)?, dense(g)?);
     let out = f32_out(x.shape())?;
-    let u = ew_uniform(&[x.numel()], op.params(), [None, None, None]);
-    context()?.dispatch(
-        "elementwise",
+    let flat = Layout::contiguous(&[x.numel()]);
+    ew_dispatch(
         "unary_grad",
-        &[("OP", op.code())],
-        &u.0,
-        &[(1, buf(&x)), (2, buf(&g)), (4, buf(&out))],
-        grid_1d(x.numel(), WG),
+        op.code(),
+        op.params(),
+        &[x.numel()],
+        [Some((&x, &flat)), Some((&g, &flat)), None],
+        &out,
     )?;
     Ok(out)
 }
@@ -151,14 +188,13 @@ pub fn binary(
     require_f32(op.name(), &[a, b])?;
     rank_check(op.name(), shape)?;
     let out = f32_out(shape)?;
-    let u = ew_uniform(shape, (0.0, 0.0), [Some(la), Some(lb), None]);
-    context()?.dispatch(
-        "elementwise",
+    ew_dispatch(
         "binary",
-        &[("OP", op.code())],
-        &u.0,
-        &[(1, buf(a)), (2, buf(b)), (4, buf(&out))],
-        grid_1d(numel(shape), WG),
+        op.code(),
+        (0.0, 0.0),
+        shape,
+        [Some((a, la)), Some((b, lb)), None],
+        &out,
     )?;
     Ok(out)
 }
@@ -175,14 +211,13 @@ pub fn where_select(
     require_f32("where", &[c, a, b])?;
     rank_check("where", shape)?;
     let out = f32_out(shape)?;
-    let u = ew_uniform(shape, (0.0, 0.0), [Some(la), Some(lb), Some(lc)]);
-    context()?.dispatch(
-        "elementwise",
+    ew_dispatch(
         "where3",
-        &[("OP", 0)],
-        &u.0,
-        &[(1, buf(a)), (2, buf(b)), (3, buf(c)), (4, buf(&out))],
-        grid_1d(numel(shape), WG),
+        0,
+        (0.0, 0.0),
+        shape,
+        [Some((a, la)), Some((b, lb)), Some((c, lc))],
+        &out,
     )?;
     Ok(out)
 }
@@ -205,23 +240,36 @@ pub fn copy(src: &Tensor, dst: &Tensor, dl: &Layout) -> Result<()> {
             "source and destination share storage",
         ));
     }
-    let r = src.rank();
-    let u = Uniform::new()
-        .u(src.numel())
-        .u(src.layout().offset)
-        .u(dl.offset)
-        .u(0)
-        .v8(&shape8(src.shape()), 1)
-        .v8(&strides8(src.layout(), r), 0)
-        .v8(&strides8(dl, r), 0);
-    context()?.dispatch(
-        "copy",
-        "copy",
-        &[],
-        &u.0,
-        &[(1, buf(src)), (2, buf(dst))],
-        grid_1d(src.numel(), WG),
-    )
+    let ops = [
+        split::Operand {
+            slot: 1,
+            buf: buf(src),
+            elt: 4,
+            off: src.layout().offset,
+            strides: src.layout().strides.clone(),
+        },
+        split::Operand {
+            slot: 2,
+            buf: buf(dst),
+            elt: 4,
+            off: dl.offset,
+            strides: dl.strides.clone(),
+        },
+    ];
+    let ctx = context()?;
+    for blk in split::plan(src.shape(), &ops, 1)? {
+        let n = numel(&blk.shape);
+        let u = Uniform::new()
+            .u(n)
+            .u(blk.offs[0])
+            .u(blk.offs[1])
+            .u(0)
+            .v8(&shape8(&blk.shape), 1)
+            .v8(&pad8(&ops[0].strides[blk.dim..]), 0)
+            .v8(&pad8(&ops[1].strides[blk.dim..]), 0);
+        ctx.dispatch_bound("copy", "copy", &[], &u.0, &blk.binds, grid_1d(n, WG))?;
+    }
+    Ok(())
 }
 
 /// Fill a dense tensor with `v` (f32 bits, or the u32 value for integer tensors).
@@ -235,8 +283,31 @@ pub fn fill(t: &Tensor, v: f32) -> Result<()> {
 }
 
 pub(super) fn fill_words(b: &GpuBuffer, off: usize, n: usize, bits: u32) -> Result<()> {
-    let u = Uniform::new().u(n).u(0).u(off).u(bits as usize);
-    context()?.dispatch("copy", "fill", &[], &u.0, &[(2, b)], grid_1d(n, WG))
+    let ops = [split::Operand::dense(2, b, 4, off, &[n])];
+    let ctx = context()?;
+    for blk in split::plan(&[n], &ops, 1)? {
+        let n = blk.shape[0];
+        let u = Uniform::new().u(n).u(0).u(blk.offs[0]).u(bits as usize);
+        ctx.dispatch_bound("copy", "fill", &[], &u.0, &blk.binds, grid_1d(n, WG))?;
+    }
+    Ok(())
+}
+
+/// The blocks of a 1-D dense kernel with no offsets in its uniform: every operand starts
+/// at element 0 and blocks are whole multiples of 128 elements, so every window starts
+/// exactly at its block (checked).
+fn dense_blocks<'a>(n: usize, ops: &[(u32, &'a GpuBuffer)]) -> Result<Vec<split::Block<'a>>> {
+    let ops: Vec<split::Operand> = ops
+        .iter()
+        .map(|&(slot, b)| split::Operand::dense(slot, b, 4, 0, &[n]))
+        .collect();
+    let blocks = split::plan(&[n], &ops, 128)?;
+    if blocks.iter().any(|b| b.offs.iter().any(|&o| o != 0)) {
+        return Err(Error::Gpu(
+            "split: a dense block does not start its window".into(),
+        ));
+    }
+    Ok(blocks)
 }
 
 // ------------------------------------------------------------------ reductions
@@ -252,30 +323,79 @@ pub fn reduce(
     let x = dense(x)?;
     let vals = f32_out(&[outer * inner])?;
     let idx = empty(&[outer * inner], DType::U32)?;
-    let u = Uniform::new().u(outer).u(n).u(inner).u(0);
-    let spec = [("OP", if op == ReduceOp::Sum { 0 } else { 1 }), sg()?];
-    let binds = [(1, buf(&x)), (2, buf(&vals)), (3, buf(&idx))];
-    let ctx = context()?;
-    if inner == 1 {
-        ctx.dispatch(
-            "reduce",
-            "reduce_rows",
-            &spec,
-            &u.0,
-            &binds,
-            grid_1d(outer, 1),
-        )?;
-    } else {
-        ctx.dispatch(
-            "reduce",
-            "reduce_cols",
-            &spec,
-            &u.0,
-            &binds,
-            grid_1d(outer * inner, WG),
-        )?;
+    let opc = if op == ReduceOp::Sum { 0 } else { 1 };
+    let (spec, spec_acc) = (
+        [("OP", opc), sg()?, ("ACC", 0)],
+        [("OP", opc), sg()?, ("ACC", 1)],
+    );
+    // over [outer, n, inner]: X dense, V and I indexed by (outer, inner)
+    let ops = [
+        split::Operand::dense(1, buf(&x), 4, 0, &[outer, n, inner]),
+        split::Operand {
+            slot: 2,
+            buf: buf(&vals),
+            elt: 4,
+            off: 0,
+            strides: vec![inner, 0, 1],
+        },
+        split::Operand {
+            slot: 3,
+            buf: buf(&idx),
+            elt: 4,
+            off: 0,
+            strides: vec![inner, 0, 1],
+        },
+    ];
+    let blocks = split::plan(&[outer, n, inner], &ops, 1)?;
+    if blocks.iter().any(|b| b.dim > 1)
+        || (op != ReduceOp::Sum && blocks.iter().any(|b| b.dim == 1))
+    {
+        return Err(Error::DeviceLimit {
+            what: format!(
+                "reduce over [{outer}, {n}, {inner}] (a row of {inner} elements, or a max over {n} x {inner}, is not split)"
+            ),
+            requested: (n * inner * 4) as u64,
+            limit: context()?.binding_limit(),
+            limit_name: "max_storage_buffer_binding_size",
+        });
+    }
+    // Blocks of whole outer slices reduce on their own. Where one slice is over the
+    // limit, its blocks of rows follow each other (dim 1): the first writes the sums,
+    // the rest add to them.
+    let mut prev: Option<(usize, Option<(u64, u64)>)> = None;
+    for b in &blocks {
+        let (outer_b, n_b, first) = if b.dim == 0 {
+            (b.shape[0], n, true)
+        } else {
+            let key = (b.offs[1], b.binds[1].2);
+            let first = prev != Some(key);
+            prev = Some(key);
+            (1, b.shape[0], first)
+        };
+        let spec = if first { &spec[..] } else { &spec_acc[..] };
+        reduce_block(spec, outer_b, n_b, inner, b.offs[0], b.offs[1], &b.binds)?;
     }
     Ok((vals, (op == ReduceOp::Max).then_some(idx)))
+}
+
+/// One `reduce.wgsl` dispatch over [outer, n, inner] elements from X offset `x_off`,
+/// writing V (and I) from offset `v_off`.
+fn reduce_block(
+    spec: &[(&'static str, u32)],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    x_off: usize,
+    v_off: usize,
+    binds: &[super::Binding],
+) -> Result<()> {
+    let u = Uniform::new().u(outer).u(n).u(inner).u(x_off).u(v_off);
+    let (entry, groups) = if inner == 1 {
+        ("reduce_rows", grid_1d(outer, 1))
+    } else {
+        ("reduce_cols", grid_1d(outer * inner, WG))
+    };
+    context()?.dispatch_bound("reduce", entry, spec, &u.0, binds, groups)
 }
 
 pub fn scatter_dim(
@@ -288,15 +408,46 @@ pub fn scatter_dim(
     require_f32("max", &[g])?;
     let (g, idx) = (dense(g)?, dense(idx)?);
     let out = f32_out(&[outer * n * inner])?;
-    let u = Uniform::new().u(outer).u(n).u(inner).u(0);
-    context()?.dispatch(
-        "reduce",
-        "scatter_dim",
-        &[("OP", 0)],
-        &u.0,
-        &[(1, buf(&g)), (3, buf(&idx)), (2, buf(&out))],
-        grid_1d(outer * n * inner, WG),
-    )?;
+    // over [outer, n, inner]: g and the argmax indexed by (outer, inner), dx dense
+    let by_oi = |slot, t| split::Operand {
+        slot,
+        buf: buf(t),
+        elt: 4,
+        off: 0,
+        strides: vec![inner, 0, 1],
+    };
+    let ops = [
+        by_oi(1, &g),
+        by_oi(3, &idx),
+        split::Operand::dense(2, buf(&out), 4, 0, &[outer, n, inner]),
+    ];
+    let ctx = context()?;
+    for b in split::plan(&[outer, n, inner], &ops, 1)? {
+        if b.dim != 0 {
+            return Err(Error::DeviceLimit {
+                what: format!("max backward over [{outer}, {n}, {inner}] (slices are not split)"),
+                requested: (n * inner * 4) as u64,
+                limit: ctx.binding_limit(),
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        let cnt = b.shape[0] * n * inner;
+        let u = Uniform::new()
+            .u(b.shape[0])
+            .u(n)
+            .u(inner)
+            .u(b.offs[0])
+            .u(b.offs[2])
+            .u(b.offs[1]);
+        ctx.dispatch_bound(
+            "reduce",
+            "scatter_dim",
+            &[("OP", 0), ("ACC", 0)],
+            &u.0,
+            &b.binds,
+            grid_1d(cnt, WG),
+        )?;
+    }
     Ok(out)
 }
 
@@ -324,12 +475,145 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         }
     };
     let out = f32_out(&[g.batch, g.m, g.n])?;
-    if g.m * g.n * g.batch == 0 {
+    if g.m * g.n * g.batch * g.k == 0 {
+        if g.m * g.n * g.batch > 0 {
+            fill(&out, 0.0)?;
+        }
         return Ok(out);
     }
-    let t = if g.m >= 512 && g.n >= 512 {
+    let storage = Storage16 {
+        f32b,
+        f16n,
+        f16u,
+        bf16,
+    };
+    let b_elt = if f32b == 1 { 4 } else { 2 };
+    let limit = ctx.binding_limit();
+    let (a_big, b_big, c_big) = (
+        buf(a).raw().size() > limit,
+        buf(b).raw().size() > limit,
+        buf(&out).raw().size() > limit,
+    );
+    if !(a_big || b_big || c_big) {
+        let blk = GemmBlock {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            batch: g.batch,
+            a: (g.a.off, g.a.sb),
+            b: (g.b.off, g.b.sb),
+            c: (0, g.m * g.n),
+            acc: false,
+        };
+        let binds = [(1, buf(a), None), (2, buf(b), None), (3, buf(&out), None)];
+        gemm_block(g, &storage, &blk, &binds)?;
+        return Ok(out);
+    }
+    // Split: blocks of (rows, columns, K) whose every big operand fits one window, one
+    // batch at a time; the K blocks after the first add into C.
+    let room = |elt: usize| (limit.saturating_sub(ctx.binding_align()) / elt as u64) as usize;
+    let span = |n1: usize, s1: usize, n2: usize, s2: usize| (n1 - 1) * s1 + (n2 - 1) * s2 + 1;
+    let halve = |x: &mut usize| *x = x.div_ceil(2);
+    let (mut mb, mut nb, mut kb) = (g.m, g.n, g.k);
+    loop {
+        let over_a = a_big && span(mb, g.a.sr, kb, g.a.sc) > room(4);
+        let over_b = b_big && span(kb, g.b.sr, nb, g.b.sc) > room(b_elt);
+        let over_c = c_big && span(mb, g.n, nb, 1) > room(4);
+        if !(over_a || over_b || over_c) {
+            break;
+        }
+        let before = (mb, nb, kb);
+        if over_a {
+            if (mb - 1) * g.a.sr >= (kb - 1) * g.a.sc && mb > 1 {
+                halve(&mut mb)
+            } else {
+                halve(&mut kb)
+            }
+        } else if over_b {
+            if (kb - 1) * g.b.sr >= (nb - 1) * g.b.sc && kb > 1 {
+                halve(&mut kb)
+            } else {
+                halve(&mut nb)
+            }
+        } else if (mb - 1) * g.n >= nb - 1 && mb > 1 {
+            halve(&mut mb)
+        } else {
+            halve(&mut nb)
+        }
+        if (mb, nb, kb) == before {
+            return Err(Error::Gpu(format!(
+                "split: no block of matmul {}x{}x{} fits a binding of {limit} bytes",
+                g.m, g.n, g.k
+            )));
+        }
+    }
+    // whole tiles where the blocks are large enough
+    let round = |x: usize, t: usize| if x >= t { x - x % t } else { x };
+    let (mb, nb, kb) = (round(mb, 128), round(nb, 128), round(kb, 16));
+    for z in 0..g.batch {
+        for m0 in (0..g.m).step_by(mb) {
+            for n0 in (0..g.n).step_by(nb) {
+                for k0 in (0..g.k).step_by(kb) {
+                    let (ml, nl, kl) = (mb.min(g.m - m0), nb.min(g.n - n0), kb.min(g.k - k0));
+                    let af = g.a.off + z * g.a.sb + m0 * g.a.sr + k0 * g.a.sc;
+                    let bf = g.b.off + z * g.b.sb + k0 * g.b.sr + n0 * g.b.sc;
+                    let cf = z * g.m * g.n + m0 * g.n + n0;
+                    let place = |t: &Tensor, big: bool, elt: usize, first: usize, last: usize| {
+                        if big {
+                            let (w, off) = split::window(buf(t), elt, first, last);
+                            (Some(w), off)
+                        } else {
+                            (None, first)
+                        }
+                    };
+                    let (aw, ao) = place(a, a_big, 4, af, af + span(ml, g.a.sr, kl, g.a.sc) - 1);
+                    let (bw, bo) =
+                        place(b, b_big, b_elt, bf, bf + span(kl, g.b.sr, nl, g.b.sc) - 1);
+                    let (cw, co) = place(&out, c_big, 4, cf, cf + span(ml, g.n, nl, 1) - 1);
+                    let blk = GemmBlock {
+                        m: ml,
+                        n: nl,
+                        k: kl,
+                        batch: 1,
+                        a: (ao, 0),
+                        b: (bo, 0),
+                        c: (co, 0),
+                        acc: k0 > 0,
+                    };
+                    let binds = [(1, buf(a), aw), (2, buf(b), bw), (3, buf(&out), cw)];
+                    gemm_block(g, &storage, &blk, &binds)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// How a matmul's B is stored: f32, f16 read natively, f16 or bf16 unpacked from words.
+struct Storage16 {
+    f32b: u32,
+    f16n: u32,
+    f16u: u32,
+    bf16: u32,
+}
+
+/// One matmul dispatch: sizes, (offset, batch stride) of A, B and C inside their
+/// bindings, and whether it adds into C.
+struct GemmBlock {
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    a: (usize, usize),
+    b: (usize, usize),
+    c: (usize, usize),
+    acc: bool,
+}
+
+fn gemm_block(g: &Gemm, s: &Storage16, blk: &GemmBlock, binds: &[super::Binding]) -> Result<()> {
+    let t = if blk.m >= 512 && blk.n >= 512 {
         TILES[0]
-    } else if g.m <= 16 {
+    } else if blk.m <= 16 {
         TILES[2]
     } else {
         TILES[1]
@@ -344,46 +628,44 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         // load order: walk k fastest when A's k stride is 1; n fastest when B's n stride is 1
         ("A_KFAST", (g.a.sc == 1) as u32),
         ("B_NFAST", (g.b.sc == 1 || g.b.sr != 1) as u32),
-        ("B_F32", f32b),
-        ("B_F16N", f16n),
-        ("F16", f16n),
-        ("B_F16U", f16u),
-        ("B_BF16", bf16),
+        ("B_F32", s.f32b),
+        ("B_F16N", s.f16n),
+        ("F16", s.f16n),
+        ("B_F16U", s.f16u),
+        ("B_BF16", s.bf16),
+        ("ACC", blk.acc as u32),
     ];
     let u = Uniform::new()
-        .u(g.m)
-        .u(g.n)
-        .u(g.k)
+        .u(blk.m)
+        .u(blk.n)
+        .u(blk.k)
         .u(0)
-        .u(g.a.off)
-        .u(g.a.sb)
+        .u(blk.a.0)
+        .u(blk.a.1)
         .u(g.a.sr)
         .u(g.a.sc)
-        .u(g.b.off)
-        .u(g.b.sb)
+        .u(blk.b.0)
+        .u(blk.b.1)
         .u(g.b.sr)
-        .u(g.b.sc);
+        .u(g.b.sc)
+        .u(blk.c.0)
+        .u(blk.c.1)
+        .u(g.n)
+        .u(0);
     let groups = [
-        g.n.div_ceil(bn as usize) as u32,
-        g.m.div_ceil(bm as usize) as u32,
-        g.batch as u32,
+        blk.n.div_ceil(bn as usize) as u32,
+        blk.m.div_ceil(bm as usize) as u32,
+        blk.batch as u32,
     ];
     // for the profiler: 2 M N K FLOPs; A and C once, B once per batch it is not shared by
-    let b_elt = if f32b == 1 { 4.0 } else { 2.0 };
-    let b_batches = if g.b.sb == 0 { 1 } else { g.batch };
+    let b_elt = if s.f32b == 1 { 4.0 } else { 2.0 };
+    let b_batches = if blk.b.1 == 0 { 1 } else { blk.batch };
     super::profile::cost(
-        2.0 * (g.batch * g.m * g.n) as f64 * g.k as f64,
-        4.0 * (g.batch * g.m * (g.k + g.n)) as f64 + b_elt * (b_batches * g.k * g.n) as f64,
+        2.0 * (blk.batch * blk.m * blk.n) as f64 * blk.k as f64,
+        4.0 * (blk.batch * blk.m * (blk.k + blk.n)) as f64
+            + b_elt * (b_batches * blk.k * blk.n) as f64,
     );
-    ctx.dispatch(
-        "matmul",
-        "gemm",
-        &spec,
-        &u.0,
-        &[(1, buf(a)), (2, buf(b)), (3, buf(&out))],
-        groups,
-    )?;
-    Ok(out)
+    context()?.dispatch_bound("matmul", "gemm", &spec, &u.0, binds, groups)
 }
 
 // ------------------------------------------------------------------ softmax, rmsnorm
@@ -492,15 +774,18 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     require_f32("swiglu", &[gate, up])?;
     let (a, u_) = (dense(gate)?, dense(up)?);
     let out = f32_out(a.shape())?;
-    let u = Uniform::new().u(a.numel()).u(0).u(0).u(0);
-    context()?.dispatch(
-        "swiglu",
-        "swiglu_fwd",
-        &[],
-        &u.0,
-        &[(1, buf(&a)), (2, buf(&u_)), (4, buf(&out))],
-        grid_1d(a.numel(), WG),
-    )?;
+    let ctx = context()?;
+    for b in dense_blocks(a.numel(), &[(1, buf(&a)), (2, buf(&u_)), (4, buf(&out))])? {
+        let u = Uniform::new().u(b.shape[0]).u(0).u(0).u(0);
+        ctx.dispatch_bound(
+            "swiglu",
+            "swiglu_fwd",
+            &[],
+            &u.0,
+            &b.binds,
+            grid_1d(b.shape[0], WG),
+        )?;
+    }
     Ok(out)
 }
 
@@ -509,21 +794,25 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Ten
     let (a, u_, g) = (dense(gate)?, dense(up)?, dense(g)?);
     let da = f32_out(a.shape())?;
     let du = f32_out(a.shape())?;
-    let u = Uniform::new().u(a.numel()).u(0).u(0).u(0);
-    context()?.dispatch(
-        "swiglu",
-        "swiglu_bwd",
-        &[],
-        &u.0,
-        &[
-            (1, buf(&a)),
-            (2, buf(&u_)),
-            (3, buf(&g)),
-            (4, buf(&da)),
-            (5, buf(&du)),
-        ],
-        grid_1d(a.numel(), WG),
-    )?;
+    let ctx = context()?;
+    let ops = [
+        (1, buf(&a)),
+        (2, buf(&u_)),
+        (3, buf(&g)),
+        (4, buf(&da)),
+        (5, buf(&du)),
+    ];
+    for b in dense_blocks(a.numel(), &ops)? {
+        let u = Uniform::new().u(b.shape[0]).u(0).u(0).u(0);
+        ctx.dispatch_bound(
+            "swiglu",
+            "swiglu_bwd",
+            &[],
+            &u.0,
+            &b.binds,
+            grid_1d(b.shape[0], WG),
+        )?;
+    }
     Ok((da, du))
 }
 
@@ -555,15 +844,83 @@ pub fn embedding(w: &Tensor, ids: &Tensor, c: usize) -> Result<Tensor> {
     let ids = dense(ids)?;
     let n = ids.numel();
     let out = f32_out(&[n, c])?;
-    let u = Uniform::new().u(n).u(c).u(w.shape()[0]).u(0);
-    context()?.dispatch(
-        "embedding",
-        "gather",
-        &[("W16", w16), ("BF16", bf16)],
-        &u.0,
-        &[(1, buf(&w)), (2, buf(&ids)), (3, buf(&out))],
-        grid_1d(n * c, WG),
-    )?;
+    let v = w.shape()[0];
+    let spec = [("W16", w16), ("BF16", bf16)];
+    let ctx = context()?;
+    for tb in token_blocks(&ids, buf(&out), n, c)? {
+        let rows = tb.shape[0];
+        for (v0, vb, win, w_off) in vocab_blocks(buf(&w), w.dtype().size(), v, c)? {
+            let u = Uniform::new()
+                .u(rows)
+                .u(c)
+                .u(v)
+                .u(v0)
+                .u(vb)
+                .u(w_off)
+                .u(tb.offs[0])
+                .u(tb.offs[1]);
+            let binds = [(1, buf(&w), win), tb.binds[0], tb.binds[1]];
+            ctx.dispatch_bound(
+                "embedding",
+                "gather",
+                &spec,
+                &u.0,
+                &binds,
+                grid_1d(rows * c, WG),
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// Blocks of tokens for the embedding kernels: the ids (binding 2) and the `(n, c)` rows
+/// of `rows` (the gathered output, binding 3, or the incoming gradient, binding 1).
+fn token_blocks<'a>(
+    ids: &'a Tensor,
+    rows: &'a GpuBuffer,
+    n: usize,
+    c: usize,
+) -> Result<Vec<split::Block<'a>>> {
+    split::plan(
+        &[n, c],
+        &[
+            split::Operand {
+                slot: 2,
+                buf: buf(ids),
+                elt: 4,
+                off: 0,
+                strides: vec![1, 0],
+            },
+            split::Operand::dense(3, rows, 4, 0, &[n, c]),
+        ],
+        1,
+    )
+}
+
+/// The vocabulary blocks of a `(v, c)` table of `elt`-byte elements: (first row, rows,
+/// window, element offset of the first row in the window). One block, bound whole,
+/// when the table fits a binding.
+#[allow(clippy::type_complexity)]
+fn vocab_blocks(
+    table: &GpuBuffer,
+    elt: usize,
+    v: usize,
+    c: usize,
+) -> Result<Vec<(usize, usize, Option<(u64, u64)>, usize)>> {
+    let ctx = context()?;
+    let limit = ctx.binding_limit();
+    if table.raw().size() <= limit {
+        return Ok(vec![(0, v, None, 0)]);
+    }
+    let rows = ((limit - ctx.binding_align()) as usize / (c * elt).max(1)).max(1);
+    let mut out = Vec::new();
+    let mut v0 = 0;
+    while v0 < v {
+        let vb = rows.min(v - v0);
+        let (win, off) = split::window(table, elt, v0 * c, (v0 + vb) * c - 1);
+        out.push((v0, vb, Some(win), off));
+        v0 += vb;
+    }
     Ok(out)
 }
 
@@ -573,15 +930,32 @@ pub fn embedding_bwd(g: &Tensor, ids: &Tensor, v: usize, c: usize) -> Result<Ten
     let n = ids.numel();
     let dw = f32_out(&[v, c])?;
     fill(&dw, 0.0)?;
-    let u = Uniform::new().u(n).u(c).u(v).u(0);
-    context()?.dispatch(
-        "embedding",
-        "scatter_add",
-        &[("W16", 0), ("BF16", 0)],
-        &u.0,
-        &[(1, buf(&g)), (2, buf(&ids)), (4, buf(&dw))],
-        grid_1d(n * c, WG),
-    )?;
+    let ctx = context()?;
+    for tb in token_blocks(&ids, buf(&g), n, c)? {
+        let rows = tb.shape[0];
+        for (v0, vb, win, w_off) in vocab_blocks(buf(&dw), 4, v, c)? {
+            let u = Uniform::new()
+                .u(rows)
+                .u(c)
+                .u(v)
+                .u(v0)
+                .u(vb)
+                .u(w_off)
+                .u(tb.offs[0])
+                .u(tb.offs[1]);
+            // the gradient rows go to binding 1 here
+            let (_, gb, gw) = tb.binds[1];
+            let binds = [(1, gb, gw), tb.binds[0], (4, buf(&dw), win)];
+            ctx.dispatch_bound(
+                "embedding",
+                "scatter_add",
+                &[("W16", 0), ("BF16", 0)],
+                &u.0,
+                &binds,
+                grid_1d(rows * c, WG),
+            )?;
+        }
+    }
     Ok(dw)
 }
 
@@ -816,17 +1190,24 @@ pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
         }
     };
     let out = empty(x.shape(), to)?;
-    let off = x.layout().offset;
-    let u = Uniform::new().u(n).u(off).u(0).u(0);
-    let threads = if to.size() == 2 { n.div_ceil(2) } else { n };
-    context()?.dispatch(
-        "cast",
-        entry,
-        &[],
-        &u.0,
-        &[(1, buf(x)), (2, buf(&out))],
-        grid_1d(threads, WG),
-    )?;
+    // the source may start anywhere (its offset goes in the uniform); the output is
+    // dense from 0 and cut in blocks of 128 elements, so its windows start on a word
+    let ops = [
+        split::Operand::dense(1, buf(x), from.size(), x.layout().offset, &[n]),
+        split::Operand::dense(2, buf(&out), to.size(), 0, &[n]),
+    ];
+    let ctx = context()?;
+    for b in split::plan(&[n], &ops, 128)? {
+        if b.offs[1] != 0 {
+            return Err(Error::Gpu(
+                "split: a cast block does not start its window".into(),
+            ));
+        }
+        let len = b.shape[0];
+        let u = Uniform::new().u(len).u(b.offs[0]).u(0).u(0);
+        let threads = if to.size() == 2 { len.div_ceil(2) } else { len };
+        ctx.dispatch_bound("cast", entry, &[], &u.0, &b.binds, grid_1d(threads, WG))?;
+    }
     Ok(out)
 }
 
@@ -834,22 +1215,26 @@ pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamW) -> Resul
     require_f32("adamw", &[p, g, m, v])?;
     let g = dense(g)?;
     let (bc1, bc2) = h.bias_corrections();
-    let n = p.numel();
-    let u = Uniform::new()
-        .u(n)
-        .f(h.lr)
-        .f(h.beta1)
-        .f(h.beta2)
-        .f(h.eps)
-        .f(h.weight_decay)
-        .f(bc1)
-        .f(bc2);
-    context()?.dispatch(
-        "adamw",
-        "adamw",
-        &[],
-        &u.0,
-        &[(1, buf(&g)), (2, buf(p)), (3, buf(m)), (4, buf(v))],
-        grid_1d(n, WG),
-    )
+    let ctx = context()?;
+    let ops = [(1, buf(&g)), (2, buf(p)), (3, buf(m)), (4, buf(v))];
+    for b in dense_blocks(p.numel(), &ops)? {
+        let u = Uniform::new()
+            .u(b.shape[0])
+            .f(h.lr)
+            .f(h.beta1)
+            .f(h.beta2)
+            .f(h.eps)
+            .f(h.weight_decay)
+            .f(bc1)
+            .f(bc2);
+        ctx.dispatch_bound(
+            "adamw",
+            "adamw",
+            &[],
+            &u.0,
+            &b.binds,
+            grid_1d(b.shape[0], WG),
+        )?;
+    }
+    Ok(())
 }

@@ -5,9 +5,10 @@
 
 pub mod kernels;
 pub mod profile;
+pub mod split;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
@@ -78,6 +79,10 @@ pub struct GpuContext {
     error: Arc<Mutex<Option<String>>>,
 }
 
+/// One storage binding of a dispatch: (binding number, buffer, window). The window is
+/// `Some((byte offset, byte size))` for part of the buffer, `None` for the whole tensor.
+pub type Binding<'a> = (u32, &'a GpuBuffer, Option<(u64, u64)>);
+
 /// A pooled storage buffer. Dropping it returns the buffer to its size bucket.
 pub struct GpuBuffer {
     buf: Option<wgpu::Buffer>,
@@ -132,6 +137,22 @@ fn read_env_flags() {
     if on("PONDER_SHADER_CHECKS") {
         SHADER_CHECKS.store(true, Ordering::Relaxed);
     }
+    if let Some(b) = std::env::var("PONDER_BINDING_LIMIT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        set_binding_limit(Some(b));
+    }
+}
+
+/// A lower storage-binding limit than the adapter's (0: none). See [`set_binding_limit`].
+static BINDING_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Pretend the adapter's `max_storage_buffer_binding_size` is `bytes` (at least 4 KiB),
+/// so that the split paths of [`split`] run on small tensors: the tests use it, as does
+/// `PONDER_BINDING_LIMIT=BYTES`. `None` restores the adapter's own limit.
+pub fn set_binding_limit(bytes: Option<u64>) {
+    BINDING_LIMIT.store(bytes.map_or(0, |b| b.max(4096)), Ordering::Relaxed);
 }
 
 static NO_SUBGROUPS: AtomicBool = AtomicBool::new(false);
@@ -372,24 +393,35 @@ impl GpuContext {
         }
     }
 
-    /// Check a buffer request against the device limits.
-    pub fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
-        let lim = self
+    /// The most bytes one storage binding may span: the adapter's
+    /// `max_storage_buffer_binding_size`, or the lower test limit of [`set_binding_limit`].
+    /// A tensor over it lives in one buffer (up to `max_buffer_size`) and the kernels
+    /// bind it in windows (see [`split`]).
+    pub fn binding_limit(&self) -> u64 {
+        let adapter = self
             .limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
-        if bucket(bytes) > lim {
-            let name = if self.limits.max_storage_buffer_binding_size <= self.limits.max_buffer_size
-            {
-                "max_storage_buffer_binding_size"
-            } else {
-                "max_buffer_size"
-            };
+        match BINDING_LIMIT.load(Ordering::Relaxed) {
+            0 => adapter,
+            b => b.min(adapter),
+        }
+    }
+
+    /// The alignment of a window's start (`min_storage_buffer_offset_alignment`).
+    pub fn binding_align(&self) -> u64 {
+        (self.limits.min_storage_buffer_offset_alignment as u64).max(4)
+    }
+
+    /// Check a buffer request against the device's largest buffer.
+    pub fn check_size(&self, bytes: u64, what: &str) -> Result<()> {
+        let lim = self.limits.max_buffer_size;
+        if bytes.div_ceil(4) * 4 > lim {
             return Err(Error::DeviceLimit {
                 what: what.to_string(),
                 requested: bytes,
                 limit: lim,
-                limit_name: name,
+                limit_name: "max_buffer_size",
             });
         }
         Ok(())
@@ -399,7 +431,11 @@ impl GpuContext {
     pub fn alloc(&self, bytes: usize, what: &str) -> Result<GpuBuffer> {
         let bytes = bytes as u64;
         self.check_size(bytes, what)?;
-        let size = bucket(bytes);
+        // the bucket, unless it would pass the largest buffer the device allows
+        let size = match bucket(bytes) {
+            b if b > self.limits.max_buffer_size => bytes.max(4).div_ceil(4) * 4,
+            b => b,
+        };
         let reused = self
             .pool
             .lock()
@@ -706,7 +742,8 @@ impl GpuContext {
     }
 
     /// Record one compute dispatch. `uniform` goes to binding 0; `bindings` are
-    /// (binding number, buffer) pairs for the storage buffers the entry point uses.
+    /// (binding number, buffer) pairs for the storage buffers the entry point uses, each
+    /// bound whole.
     pub fn dispatch(
         &self,
         shader: &'static str,
@@ -714,6 +751,24 @@ impl GpuContext {
         spec: &[(&'static str, u32)],
         uniform: &[u32],
         bindings: &[(u32, &GpuBuffer)],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let bound: Vec<Binding> = bindings.iter().map(|&(b, buf)| (b, buf, None)).collect();
+        self.dispatch_bound(shader, entry, spec, uniform, &bound, groups)
+    }
+
+    /// [`dispatch`](Self::dispatch) with a window per binding: `Some((offset, size))`
+    /// binds those bytes of the buffer (offset a multiple of [`binding_align`](Self::binding_align)),
+    /// `None` the whole tensor. A tensor over [`binding_limit`](Self::binding_limit) bound
+    /// whole is refused with the kernel's name: the kernels that can meet one split it
+    /// first ([`split`]).
+    pub fn dispatch_bound(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        spec: &[(&'static str, u32)],
+        uniform: &[u32],
+        bindings: &[Binding],
         groups: [u32; 3],
     ) -> Result<()> {
         let t0 = std::time::Instant::now();
@@ -726,6 +781,27 @@ impl GpuContext {
             return Err(Error::Gpu(format!(
                 "{shader}:{entry}: grid {groups:?} exceeds {max} workgroups per dimension"
             )));
+        }
+        let limit = self.binding_limit();
+        let mut windows = Vec::with_capacity(bindings.len());
+        for &(b, buf, window) in bindings {
+            let (offset, size) = match window {
+                Some(w) => w,
+                // a pool bucket may be larger than the tensor in it: bind the tensor
+                None if buf.raw().size() > limit => (0, buf.len.max(4).div_ceil(4) * 4),
+                None => (0, buf.raw().size()),
+            };
+            if size > limit {
+                return Err(Error::DeviceLimit {
+                    what: format!(
+                        "{shader}:{entry} binding {b} (a tensor this kernel does not split)"
+                    ),
+                    requested: size,
+                    limit,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+            windows.push((offset, size));
         }
         let pipeline = self.pipeline(shader, entry, spec)?;
         // Every uniform is padded to 256 bytes, at least as large as any shader's Params
@@ -756,10 +832,14 @@ impl GpuContext {
                     size: std::num::NonZeroU64::new(ubytes.len() as u64),
                 }),
             }];
-            for (b, buf) in bindings {
+            for (&(b, buf, _), &(offset, size)) in bindings.iter().zip(&windows) {
                 entries.push(wgpu::BindGroupEntry {
-                    binding: *b,
-                    resource: buf.raw().as_entire_binding(),
+                    binding: b,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: buf.raw(),
+                        offset,
+                        size: std::num::NonZeroU64::new(size),
+                    }),
                 });
             }
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

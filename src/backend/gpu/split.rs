@@ -1,0 +1,194 @@
+//! Tensors over the storage-binding limit. A device binds at most
+//! `max_storage_buffer_binding_size` bytes of a buffer to one kernel (128 MiB on lavapipe,
+//! 2 GiB on an H100), yet one buffer may be larger (`max_buffer_size`): Qwen2.5-0.5B's
+//! embedding is 151,936 x 896 f32 = 519 MiB. Such a tensor lives in one buffer, and a
+//! kernel that meets it runs as several dispatches, each binding a window of it: at most
+//! the limit, starting on the device's offset alignment, with the element offset inside
+//! the window passed in the kernel's uniform.
+//!
+//! [`plan`] cuts an iteration shape along its leading dimension into blocks whose every
+//! operand fits one window; the elementwise, copy, cast, fill, AdamW and reduction kernels
+//! use it. The matmul splits over row, column and K blocks, and the embedding over
+//! vocabulary blocks (both in `kernels.rs`). A kernel with no split path refuses an
+//! oversized binding with a [`DeviceLimit`](crate::error::Error::DeviceLimit) error that
+//! names it.
+
+use super::{context, Binding, GpuBuffer};
+use crate::error::{Error, Result};
+
+/// One operand of a split dispatch: its binding number, buffer and element size in bytes,
+/// and where its elements lie over the iteration shape (element offset and strides).
+pub struct Operand<'a> {
+    pub slot: u32,
+    pub buf: &'a GpuBuffer,
+    pub elt: usize,
+    pub off: usize,
+    pub strides: Vec<usize>,
+}
+
+impl<'a> Operand<'a> {
+    /// A dense operand laid out contiguously over `shape` from element `off`.
+    pub fn dense(slot: u32, buf: &'a GpuBuffer, elt: usize, off: usize, shape: &[usize]) -> Self {
+        let mut strides = vec![1; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        Operand {
+            slot,
+            buf,
+            elt,
+            off,
+            strides,
+        }
+    }
+
+    fn is_big(&self, limit: u64) -> bool {
+        self.buf.raw().size() > limit
+    }
+}
+
+/// One dispatch of a split op: the block's shape, each operand's element offset inside
+/// its binding, and the bindings (a window for each operand over the limit).
+pub struct Block<'a> {
+    /// The dimension of the iteration shape the block's shape starts at: dimensions
+    /// before it are fixed (their index is folded into `offs`).
+    pub dim: usize,
+    pub shape: Vec<usize>,
+    pub offs: Vec<usize>,
+    pub binds: Vec<Binding<'a>>,
+}
+
+/// The window of `buf` holding elements `first..=last` (of `elt` bytes): its byte offset
+/// and size, and the element offset of `first` inside it.
+pub fn window(buf: &GpuBuffer, elt: usize, first: usize, last: usize) -> ((u64, u64), usize) {
+    let align = context().map(|c| c.binding_align()).unwrap_or(256);
+    let start = (first * elt) as u64 / align * align;
+    let end = (((last + 1) * elt) as u64)
+        .div_ceil(4)
+        .saturating_mul(4)
+        .min(buf.raw().size());
+    ((start, end - start), first - start as usize / elt)
+}
+
+/// Elements from an operand's first to its last over `shape` (its span minus one).
+fn reach(shape: &[usize], strides: &[usize]) -> usize {
+    shape.iter().zip(strides).map(|(&n, &s)| (n - 1) * s).sum()
+}
+
+/// Cut the iteration `shape` into blocks along its leading dimension so that every
+/// operand over the binding limit fits one window per block. Where one slice of the
+/// leading dimension is still too large, each slice is cut again along the next one.
+/// Block lengths are multiples of `granule` where they can be (kernels without offsets
+/// in their uniform keep every window start on an element boundary that way). An operand
+/// under the limit is bound whole with its own offset. One block when nothing is over.
+pub fn plan<'a>(shape: &[usize], ops: &[Operand<'a>], granule: usize) -> Result<Vec<Block<'a>>> {
+    let ctx = context()?;
+    let limit = ctx.binding_limit();
+    let shape: Vec<usize> = if shape.is_empty() {
+        vec![1]
+    } else {
+        shape.to_vec()
+    };
+    if shape.contains(&0) {
+        return Ok(Vec::new());
+    }
+    let whole = |offs: Vec<usize>| Block {
+        dim: 0,
+        shape: shape.clone(),
+        offs,
+        binds: ops.iter().map(|o| (o.slot, o.buf, None)).collect(),
+    };
+    if !ops.iter().any(|o| o.is_big(limit)) {
+        return Ok(vec![whole(ops.iter().map(|o| o.off).collect())]);
+    }
+    let offs: Vec<usize> = ops.iter().map(|o| o.off).collect();
+    let mut out = Vec::new();
+    cut(
+        &shape,
+        ops,
+        &offs,
+        0,
+        granule,
+        limit,
+        ctx.binding_align(),
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cut<'a>(
+    shape: &[usize],
+    ops: &[Operand<'a>],
+    offs: &[usize],
+    dim: usize,
+    granule: usize,
+    limit: u64,
+    align: u64,
+    out: &mut Vec<Block<'a>>,
+) -> Result<()> {
+    let n0 = shape[dim];
+    let inner = &shape[dim + 1..];
+    // the longest block along `dim` that keeps every big operand inside one window
+    let mut len = n0;
+    for o in ops.iter().filter(|o| o.is_big(limit)) {
+        let room = (limit.saturating_sub(align) / o.elt as u64) as usize;
+        let rest = reach(inner, &o.strides[dim + 1..]) + 1;
+        let s0 = o.strides[dim];
+        let fit = if rest > room {
+            0
+        } else if s0 == 0 {
+            n0
+        } else {
+            (room - rest) / s0 + 1
+        };
+        len = len.min(fit);
+    }
+    if len == 0 {
+        if dim + 1 == shape.len() {
+            return Err(Error::Gpu(format!(
+                "split: one element does not fit a binding window of {limit} bytes"
+            )));
+        }
+        // one slice is too large: cut each slice along the next dimension
+        for i in 0..n0 {
+            let o: Vec<usize> = ops
+                .iter()
+                .zip(offs)
+                .map(|(op, &f)| f + i * op.strides[dim])
+                .collect();
+            cut(shape, ops, &o, dim + 1, granule, limit, align, out)?;
+        }
+        return Ok(());
+    }
+    if len >= granule && len < n0 {
+        len -= len % granule;
+    }
+    let mut i0 = 0;
+    while i0 < n0 {
+        let b = len.min(n0 - i0);
+        let mut bshape = vec![b];
+        bshape.extend_from_slice(inner);
+        let (mut boffs, mut binds) = (Vec::new(), Vec::new());
+        for (o, &f) in ops.iter().zip(offs) {
+            let first = f + i0 * o.strides[dim];
+            if o.is_big(limit) {
+                let last = first + reach(&bshape, &o.strides[dim..]);
+                let (w, skip) = window(o.buf, o.elt, first, last);
+                boffs.push(skip);
+                binds.push((o.slot, o.buf, Some(w)));
+            } else {
+                boffs.push(first);
+                binds.push((o.slot, o.buf, None));
+            }
+        }
+        out.push(Block {
+            dim,
+            shape: bshape,
+            offs: boffs,
+            binds,
+        });
+        i0 += b;
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Tensors over the storage-binding limit, on the GPU against the CPU. The binding limit
+//! is lowered to 4 KiB for this whole test binary (`set_binding_limit`), so every tensor
+//! of more than 1,024 f32 is bound in windows and each op below runs as several
+//! dispatches: the same split paths a 519 MiB embedding takes under lavapipe's 128 MiB.
+//! Shapes are awkward (windows start mid-row, blocks end ragged), outputs are poisoned.
+//! `tests/big_vocab.rs` runs a whole DPO step under the real limit.
+
+mod common;
+use common::*;
+use ponder::{DType, Device, Tensor};
+
+const LIMIT: u64 = 4096;
+
+fn split_ok(name: &str) -> bool {
+    if !gpu_ok(name) {
+        return false;
+    }
+    ponder::backend::gpu::set_binding_limit(Some(LIMIT));
+    true
+}
+
+/// The tensor is over the test limit, so the op under test really splits.
+fn big(shape: &[usize]) {
+    let bytes = shape.iter().product::<usize>() * 4;
+    assert!(bytes as u64 > LIMIT, "{shape:?} fits one binding");
+}
+
+#[test]
+fn elementwise_over_the_limit() {
+    if !split_ok("split elementwise") {
+        return;
+    }
+    let s = seed("split elementwise");
+    big(&[129, 70]);
+    let x = randn(&[129, 70], s);
+    gpu_vs_cpu("exp", std::slice::from_ref(&x), true, 1e-4, |t| t[0].exp());
+    gpu_vs_cpu(
+        "silu of transpose",
+        std::slice::from_ref(&x),
+        true,
+        1e-4,
+        |t| t[0].t()?.silu(),
+    );
+    // broadcasting a bias row and a column over the big operand
+    gpu_vs_cpu(
+        "add bias",
+        &[x.clone(), randn(&[70], s + 1)],
+        true,
+        1e-4,
+        |t| t[0].add(&t[1]),
+    );
+    gpu_vs_cpu(
+        "mul column",
+        &[x.clone(), randn(&[129, 1], s + 2)],
+        true,
+        1e-4,
+        |t| t[0].mul(&t[1]),
+    );
+    gpu_vs_cpu(
+        "sub of two strided views",
+        &[randn(&[70, 129], s + 3), x.clone()],
+        true,
+        1e-4,
+        |t| t[0].t()?.sub(&t[1]),
+    );
+    let c = randn(&[129, 70], s + 4)
+        .gt(&Tensor::scalar(0.0, Device::Cpu).unwrap())
+        .unwrap();
+    gpu_vs_cpu(
+        "where",
+        &[c, x.clone(), randn(&[70], s + 5)],
+        true,
+        1e-4,
+        |t| Tensor::where_cond(&t[0], &t[1], &t[2]),
+    );
+    // a rank-3 tensor whose single leading slice is itself over the limit
+    big(&[2, 40, 33]);
+    gpu_vs_cpu(
+        "neg rank 3",
+        &[randn(&[2, 40, 33], s + 6)],
+        true,
+        1e-4,
+        |t| t[0].neg(),
+    );
+    gpu_vs_cpu(
+        "swiglu",
+        &[x.clone(), randn(&[129, 70], s + 7)],
+        true,
+        1e-4,
+        |t| t[0].swiglu(&t[1]),
+    );
+}
+
+#[test]
+fn reductions_over_the_limit() {
+    if !split_ok("split reductions") {
+        return;
+    }
+    let s = seed("split reductions");
+    // (shape, dims to sum over): every reduced slice is over the limit or split in rows
+    // of the whole tensor; a row of `inner` elements always fits (at 4 KiB, 1,024 f32)
+    for (shape, dims) in [
+        (&[2usize, 3000][..], &[1isize][..]),
+        (&[3000, 2], &[0, 1]),
+        (&[3, 129, 5], &[0, 1, 2]),
+        (&[5000], &[0]),
+    ] {
+        big(shape);
+        let x = randn(shape, s);
+        for &d in dims {
+            gpu_vs_cpu("sum", std::slice::from_ref(&x), true, 1e-3, |t| {
+                t[0].sum(d, false)
+            });
+        }
+        gpu_vs_cpu("sum_all", std::slice::from_ref(&x), true, 1e-3, |t| {
+            t[0].sum_all()
+        });
+    }
+    // max over short rows of a big tensor: blocks of whole rows
+    big(&[300, 7]);
+    gpu_vs_cpu("max", &[randn(&[300, 7], s + 1)], true, 1e-4, |t| {
+        t[0].max(-1, false)
+    });
+}
+
+#[test]
+fn matmul_over_the_limit() {
+    if !split_ok("split matmul") {
+        return;
+    }
+    let s = seed("split matmul");
+    // (batch, m, n, k): big A, big B, big C, and a K long enough to split
+    for &(b, m, n, k) in &[
+        (1, 70, 33, 40),
+        (2, 33, 129, 17),
+        (1, 5, 7, 3000),
+        (1, 600, 520, 3),
+    ] {
+        let x = randn(&[b, m, k], s);
+        let y = randn(&[b, k, n], s + 1);
+        gpu_vs_cpu("matmul", &[x.clone(), y.clone()], true, 1e-3, |t| {
+            t[0].matmul(&t[1])
+        });
+        let w = randn(&[n, k], s + 2);
+        gpu_vs_cpu("x @ w^T", &[x.clone(), w], true, 1e-3, |t| {
+            t[0].matmul(&t[1].t()?)
+        });
+        let xt = randn(&[b, k, m], s + 3);
+        gpu_vs_cpu("x^T @ y", &[xt, y], true, 1e-3, |t| t[0].t()?.matmul(&t[1]));
+    }
+    // the LM head's shape: a wide 16-bit weight used as W^T
+    for dt in [DType::BF16, DType::F16] {
+        let w = randn(&[1001, 24], s + 4).to_dtype(dt).unwrap();
+        gpu_vs_cpu("x @ w16^T", &[randn(&[9, 24], s + 5), w], true, 1e-3, |t| {
+            t[0].matmul(&t[1].t()?)
+        });
+    }
+}
+
+#[test]
+fn embedding_over_the_limit() {
+    if !split_ok("split embedding") {
+        return;
+    }
+    let s = seed("split embedding");
+    let (v, c) = (501, 33);
+    big(&[v, c]);
+    let ids: Vec<u32> = (0..40).map(|i| (i * 97 + 13) % v as u32).collect();
+    let ids = Tensor::from_u32(ids, &[40], Device::Cpu).unwrap();
+    gpu_vs_cpu(
+        "embedding",
+        &[randn(&[v, c], s), ids.clone()],
+        true,
+        1e-4,
+        |t| t[0].embedding(&t[1]),
+    );
+    for dt in [DType::BF16, DType::F16] {
+        let w = randn(&[v, c], s + 1).to_dtype(dt).unwrap();
+        gpu_vs_cpu("embedding 16-bit", &[w, ids.clone()], false, 0.0, |t| {
+            t[0].embedding(&t[1])
+        });
+    }
+}
+
+#[test]
+fn movement_casts_and_adamw_over_the_limit() {
+    if !split_ok("split movement") {
+        return;
+    }
+    let s = seed("split movement");
+    let x = randn(&[3, 70, 33], s);
+    big(&[3, 70, 33]);
+    gpu_vs_cpu("permute", std::slice::from_ref(&x), true, 0.0, |t| {
+        t[0].permute(&[2, 0, 1])?.contiguous()
+    });
+    gpu_vs_cpu("narrow", std::slice::from_ref(&x), true, 0.0, |t| {
+        t[0].narrow(1, 3, 60)?.contiguous()
+    });
+    gpu_vs_cpu(
+        "cat",
+        &[x.clone(), randn(&[3, 9, 33], s + 1)],
+        true,
+        0.0,
+        |t| Tensor::cat(&[&t[0], &t[1]], 1),
+    );
+    for dt in [DType::F16, DType::BF16] {
+        gpu_vs_cpu(
+            "cast round trip",
+            std::slice::from_ref(&x),
+            false,
+            0.0,
+            |t| t[0].to_dtype(dt)?.to_dtype(DType::F32),
+        );
+        // a 16-bit view that starts mid-buffer
+        let h = randn(&[3001], s + 2).to_dtype(dt).unwrap();
+        gpu_vs_cpu("cast of an offset view", &[h], false, 0.0, |t| {
+            t[0].narrow(0, 7, 2990)?.to_dtype(DType::F32)
+        });
+    }
+    // AdamW over a parameter bound in windows
+    let n = [129, 70];
+    let h = ponder::AdamW {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 0,
+    };
+    let p = randn(&n, s + 3);
+    let pc = Tensor::from_vec(p.to_vec_f32().unwrap(), &n, Device::Cpu).unwrap();
+    let pg = p.to_device(Device::Gpu).unwrap();
+    let (mc, vc) = (pc.zeros_like().unwrap(), pc.zeros_like().unwrap());
+    let (mg, vg) = (
+        Tensor::zeros(&n, Device::Gpu).unwrap(),
+        Tensor::zeros(&n, Device::Gpu).unwrap(),
+    );
+    for step in 1..=3 {
+        let g = randn(&n, s + 10 + step as u64);
+        let h = ponder::AdamW { step, ..h };
+        ponder::adamw_step(&pc, &g, &mc, &vc, &h).unwrap();
+        ponder::adamw_step(&pg, &g.to_device(Device::Gpu).unwrap(), &mg, &vg, &h).unwrap();
+    }
+    for (what, g, c) in [("params", &pg, &pc), ("m", &mg, &mc), ("v", &vg, &vc)] {
+        assert_close(
+            &format!("adamw {what}"),
+            &g.to_vec_f64().unwrap(),
+            &c.to_vec_f64().unwrap(),
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn an_unsplit_kernel_names_itself() {
+    if !split_ok("split refusal") {
+        return;
+    }
+    // softmax rows are not split: a row over the limit is a clear error, not a wgpu panic
+    let x = randn(&[2, 3000], seed("split refusal"))
+        .to_device(Device::Gpu)
+        .unwrap();
+    let e = x.softmax().and_then(|y| y.to_vec_f32()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("softmax") && msg.contains("max_storage_buffer_binding_size"),
+        "{msg}"
+    );
+}
