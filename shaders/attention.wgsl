@@ -24,11 +24,13 @@ struct Params {
     q_sb: u32,
     q_st: u32,
     q_off: u32,
-    _p0: u32,
+    // attn_bwd_dkdv: the one query head of the group this dispatch sums over, and
+    // whether it adds to dk/dv (the heads after the first)
+    hh: u32,
     k_sb: u32,
     k_st: u32,
     k_off: u32,
-    _p1: u32,
+    acc: u32,
     v_sb: u32,
     v_st: u32,
     v_off: u32,
@@ -48,6 +50,11 @@ struct Params {
 const HD: u32 = {{HD}}u;
 const BKV: u32 = {{BKV}}u;
 const WQ: u32 = {{WQ}}u;
+// U4 = 1 when HD is a multiple of 4: the loops over a head's HD elements take four per
+// iteration. Besides fewer branches, this keeps a thread's loop iterations under
+// llvmpipe's limiter (lavapipe ends every loop of an invocation once their iterations
+// together reach 65,535, silently: a 448-token forward with HD 64 hit it).
+const STEP: u32 = {{STEP}}u;
 
 // Row stats for masked rows: exp(s - LSE_MASKED) == 0.
 const LSE_MASKED: f32 = 1.0e30;
@@ -123,8 +130,13 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var kr = vec2<u32>(0u, 0u);
     if (live) {
         let qo = q_index(bi, t, h);
-        for (var e = 0u; e < HD; e = e + 1u) {
+        for (var e = 0u; e < HD; e = e + STEP) {
             q[e] = Q[qo + e] * P.scale;
+#if U4
+            q[(e + 1u)] = Q[qo + (e + 1u)] * P.scale;
+            q[(e + 2u)] = Q[qo + (e + 2u)] * P.scale;
+            q[(e + 3u)] = Q[qo + (e + 3u)] * P.scale;
+#endif
         }
         kr = key_range(bi, t);
     }
@@ -141,15 +153,25 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
                 continue;
             }
             var sc = 0.0;
-            for (var e = 0u; e < HD; e = e + 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
                 sc = sc + q[e] * T1[jj * HD + e];
+#if U4
+                sc = sc + q[(e + 1u)] * T1[jj * HD + (e + 1u)];
+                sc = sc + q[(e + 2u)] * T1[jj * HD + (e + 2u)];
+                sc = sc + q[(e + 3u)] * T1[jj * HD + (e + 3u)];
+#endif
             }
             let mn = max(m, sc);
             let corr = exp(m - mn);
             let p = exp(sc - mn);
             l = l * corr + p;
-            for (var e = 0u; e < HD; e = e + 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
                 acc[e] = acc[e] * corr + p * T2[jj * HD + e];
+#if U4
+                acc[(e + 1u)] = acc[(e + 1u)] * corr + p * T2[jj * HD + (e + 1u)];
+                acc[(e + 2u)] = acc[(e + 2u)] * corr + p * T2[jj * HD + (e + 2u)];
+                acc[(e + 3u)] = acc[(e + 3u)] * corr + p * T2[jj * HD + (e + 3u)];
+#endif
             }
             m = mn;
         }
@@ -160,13 +182,23 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         let li = (bi * P.nh + h) * P.t + t;
         if (l > 0.0) {
             let inv = 1.0 / l;
-            for (var e = 0u; e < HD; e = e + 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
                 O[oo + e] = acc[e] * inv;
+#if U4
+                O[oo + (e + 1u)] = acc[(e + 1u)] * inv;
+                O[oo + (e + 2u)] = acc[(e + 2u)] * inv;
+                O[oo + (e + 3u)] = acc[(e + 3u)] * inv;
+#endif
             }
             L[li] = m + log(l);
         } else {
-            for (var e = 0u; e < HD; e = e + 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
                 O[oo + e] = 0.0;
+#if U4
+                O[oo + (e + 1u)] = 0.0;
+                O[oo + (e + 2u)] = 0.0;
+                O[oo + (e + 3u)] = 0.0;
+#endif
             }
             L[li] = LSE_MASKED;
         }
@@ -186,8 +218,13 @@ fn attn_bwd_pre(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let bi = r / (P.t * P.nh);
     let oo = o_index(bi, t, h);
     var d = 0.0;
-    for (var e = 0u; e < HD; e = e + 1u) {
+    for (var e = 0u; e < HD; e = e + STEP) {
         d = d + DO[oo + e] * Q[oo + e];
+#if U4
+        d = d + DO[oo + (e + 1u)] * Q[oo + (e + 1u)];
+        d = d + DO[oo + (e + 2u)] * Q[oo + (e + 2u)];
+        d = d + DO[oo + (e + 3u)] * Q[oo + (e + 3u)];
+#endif
     }
     L[2u * r] = K[r];
     L[2u * r + 1u] = d;
@@ -211,9 +248,17 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (live) {
         let qo = q_index(bi, t, h);
         let oo = o_index(bi, t, h);
-        for (var e = 0u; e < HD; e = e + 1u) {
+        for (var e = 0u; e < HD; e = e + STEP) {
             q[e] = Q[qo + e] * P.scale;
             dout[e] = DO[oo + e];
+#if U4
+            q[(e + 1u)] = Q[qo + (e + 1u)] * P.scale;
+            dout[(e + 1u)] = DO[oo + (e + 1u)];
+            q[(e + 2u)] = Q[qo + (e + 2u)] * P.scale;
+            dout[(e + 2u)] = DO[oo + (e + 2u)];
+            q[(e + 3u)] = Q[qo + (e + 3u)] * P.scale;
+            dout[(e + 3u)] = DO[oo + (e + 3u)];
+#endif
         }
         kr = key_range(bi, t);
         let r = (bi * P.nh + h) * P.t + t;
@@ -232,21 +277,39 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             }
             var sc = 0.0;
             var dp = 0.0;
-            for (var e = 0u; e < HD; e = e + 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
                 sc = sc + q[e] * T1[jj * HD + e];
                 dp = dp + dout[e] * T2[jj * HD + e];
+#if U4
+                sc = sc + q[(e + 1u)] * T1[jj * HD + (e + 1u)];
+                dp = dp + dout[(e + 1u)] * T2[jj * HD + (e + 1u)];
+                sc = sc + q[(e + 2u)] * T1[jj * HD + (e + 2u)];
+                dp = dp + dout[(e + 2u)] * T2[jj * HD + (e + 2u)];
+                sc = sc + q[(e + 3u)] * T1[jj * HD + (e + 3u)];
+                dp = dp + dout[(e + 3u)] * T2[jj * HD + (e + 3u)];
+#endif
             }
             let ds = exp(sc - lse) * (dp - dd);
-            for (var e = 0u; e < HD; e = e + 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
                 dq[e] = dq[e] + ds * T1[jj * HD + e];
+#if U4
+                dq[(e + 1u)] = dq[(e + 1u)] + ds * T1[jj * HD + (e + 1u)];
+                dq[(e + 2u)] = dq[(e + 2u)] + ds * T1[jj * HD + (e + 2u)];
+                dq[(e + 3u)] = dq[(e + 3u)] + ds * T1[jj * HD + (e + 3u)];
+#endif
             }
         }
         workgroupBarrier();
     }
     if (live) {
         let oo = o_index(bi, t, h);
-        for (var e = 0u; e < HD; e = e + 1u) {
+        for (var e = 0u; e < HD; e = e + STEP) {
             O[oo + e] = dq[e] * P.scale;
+#if U4
+            O[oo + (e + 1u)] = dq[(e + 1u)] * P.scale;
+            O[oo + (e + 2u)] = dq[(e + 2u)] * P.scale;
+            O[oo + (e + 3u)] = dq[(e + 3u)] * P.scale;
+#endif
         }
     }
 }
@@ -268,9 +331,17 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (valid) {
         let ko = k_index(bi, j, g);
         let vo = v_index(bi, j, g);
-        for (var e = 0u; e < HD; e = e + 1u) {
+        for (var e = 0u; e < HD; e = e + STEP) {
             k[e] = K[ko + e] * P.scale;
             v[e] = V[vo + e];
+#if U4
+            k[(e + 1u)] = K[ko + (e + 1u)] * P.scale;
+            v[(e + 1u)] = V[vo + (e + 1u)];
+            k[(e + 2u)] = K[ko + (e + 2u)] * P.scale;
+            v[(e + 2u)] = V[vo + (e + 2u)];
+            k[(e + 3u)] = K[ko + (e + 3u)] * P.scale;
+            v[(e + 3u)] = V[vo + (e + 3u)];
+#endif
         }
         if (P.has_ranges == 1u) {
             valid = j >= R[2u * bi] && j < R[2u * bi + 1u];
@@ -281,8 +352,8 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (P.causal == 1u && j0 + P.t > P.s) {
         tstart = j0 + P.t - P.s;
     }
-    for (var hh = 0u; hh < group; hh = hh + 1u) {
-        let h = g * group + hh;
+    {
+        let h = g * group + P.hh;
         for (var ta = tstart; ta < P.t; ta = ta + BKV) {
             // T1 = q rows, T2 = dO rows, RL/RD = their lse and D
             for (var e = lid; e < BKV * HD; e = e + WQ) {
@@ -319,15 +390,31 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                     }
                     var sc = 0.0;
                     var dp = 0.0;
-                    for (var e = 0u; e < HD; e = e + 1u) {
+                    for (var e = 0u; e < HD; e = e + STEP) {
                         sc = sc + T1[ti * HD + e] * k[e];
                         dp = dp + T2[ti * HD + e] * v[e];
+#if U4
+                        sc = sc + T1[ti * HD + (e + 1u)] * k[(e + 1u)];
+                        dp = dp + T2[ti * HD + (e + 1u)] * v[(e + 1u)];
+                        sc = sc + T1[ti * HD + (e + 2u)] * k[(e + 2u)];
+                        dp = dp + T2[ti * HD + (e + 2u)] * v[(e + 2u)];
+                        sc = sc + T1[ti * HD + (e + 3u)] * k[(e + 3u)];
+                        dp = dp + T2[ti * HD + (e + 3u)] * v[(e + 3u)];
+#endif
                     }
                     let p = exp(sc - RL[ti]);
                     let ds = p * (dp - RD[ti]);
-                    for (var e = 0u; e < HD; e = e + 1u) {
+                    for (var e = 0u; e < HD; e = e + STEP) {
                         dv[e] = dv[e] + p * T2[ti * HD + e];
                         dk[e] = dk[e] + ds * T1[ti * HD + e];
+#if U4
+                        dv[(e + 1u)] = dv[(e + 1u)] + p * T2[ti * HD + (e + 1u)];
+                        dk[(e + 1u)] = dk[(e + 1u)] + ds * T1[ti * HD + (e + 1u)];
+                        dv[(e + 2u)] = dv[(e + 2u)] + p * T2[ti * HD + (e + 2u)];
+                        dk[(e + 2u)] = dk[(e + 2u)] + ds * T1[ti * HD + (e + 2u)];
+                        dv[(e + 3u)] = dv[(e + 3u)] + p * T2[ti * HD + (e + 3u)];
+                        dk[(e + 3u)] = dk[(e + 3u)] + ds * T1[ti * HD + (e + 3u)];
+#endif
                     }
                 }
             }
@@ -336,9 +423,32 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     if (j < P.s) {
         let o = ((bi * P.s + j) * P.nkv + g) * HD;
-        for (var e = 0u; e < HD; e = e + 1u) {
-            O[o + e] = dk[e] * P.scale;
-            L[o + e] = dv[e];
+        if (P.acc == 1u) {
+            for (var e = 0u; e < HD; e = e + STEP) {
+                O[o + e] = O[o + e] + dk[e] * P.scale;
+                L[o + e] = L[o + e] + dv[e];
+#if U4
+                O[o + (e + 1u)] = O[o + (e + 1u)] + dk[(e + 1u)] * P.scale;
+                L[o + (e + 1u)] = L[o + (e + 1u)] + dv[(e + 1u)];
+                O[o + (e + 2u)] = O[o + (e + 2u)] + dk[(e + 2u)] * P.scale;
+                L[o + (e + 2u)] = L[o + (e + 2u)] + dv[(e + 2u)];
+                O[o + (e + 3u)] = O[o + (e + 3u)] + dk[(e + 3u)] * P.scale;
+                L[o + (e + 3u)] = L[o + (e + 3u)] + dv[(e + 3u)];
+#endif
+            }
+        } else {
+            for (var e = 0u; e < HD; e = e + STEP) {
+                O[o + e] = dk[e] * P.scale;
+                L[o + e] = dv[e];
+#if U4
+                O[o + (e + 1u)] = dk[(e + 1u)] * P.scale;
+                L[o + (e + 1u)] = dv[(e + 1u)];
+                O[o + (e + 2u)] = dk[(e + 2u)] * P.scale;
+                L[o + (e + 2u)] = dv[(e + 2u)];
+                O[o + (e + 3u)] = dk[(e + 3u)] * P.scale;
+                L[o + (e + 3u)] = dv[(e + 3u)];
+#endif
+            }
         }
     }
 }

@@ -268,3 +268,51 @@ fn an_unsplit_kernel_names_itself() {
         "{msg}"
     );
 }
+
+#[test]
+fn lm_head_over_the_limit() {
+    if !split_ok("split lm head") {
+        return;
+    }
+    let s = seed("split lm head");
+    // a (V, C) head over the limit; chunks of 2 rows keep each chunk's logits
+    // (2 x 501 f32) under it, as the real chunking does under a real limit
+    let (v, c) = (501, 24);
+    big(&[v, c]);
+    let tg: Vec<u32> = (0..9).map(|i| (i * 131 + 7) % v as u32).collect();
+    let tg = Tensor::from_u32(tg, &[9], Device::Cpu).unwrap();
+    gpu_vs_cpu(
+        "lm_head_logprobs",
+        &[randn(&[9, c], s), randn(&[v, c], s + 1), tg],
+        true,
+        1e-4,
+        |t| {
+            let (lp, _) = ponder::ops::lm_head::lm_head_logprobs(&t[0], &t[1], &t[2], 2, false)?;
+            Ok(lp)
+        },
+    );
+    // tied: the table feeds the embedding and the head, its gradient sums both
+    let ids = Tensor::from_u32(
+        (0..9).map(|i| (i * 53 + 3) % v as u32).collect(),
+        &[9],
+        Device::Cpu,
+    )
+    .unwrap();
+    let tg2 = Tensor::from_u32(
+        (0..9).map(|i| (i * 17 + 400) % v as u32).collect(),
+        &[9],
+        Device::Cpu,
+    )
+    .unwrap();
+    gpu_vs_cpu(
+        "tied embedding + head",
+        &[randn(&[v, c], s + 2), ids, tg2],
+        true,
+        1e-4,
+        |t| {
+            let h = t[0].embedding(&t[1])?.silu()?;
+            let (lp, _) = ponder::ops::lm_head::lm_head_logprobs(&h, &t[0], &t[2], 2, false)?;
+            Ok(lp)
+        },
+    );
+}

@@ -118,6 +118,35 @@ fn reductions() {
     }
 }
 
+/// Long loops per thread: llvmpipe stops all loops of a shader invocation after 65,535
+/// iterations in all, so sums over millions of elements and a vocabulary-long K must
+/// still come out whole there.
+#[test]
+fn long_reductions_and_k() {
+    if !gpu_ok("long loops") {
+        return;
+    }
+    let s = seed("long loops");
+    let x = uniform(&[5_000_000], 0.5, 1.5, s);
+    gpu_vs_cpu("sum of 5M", std::slice::from_ref(&x), false, 1e-3, |t| {
+        t[0].sum_all()
+    });
+    let x = uniform(&[2, 20_000, 3], 0.5, 1.5, s + 1);
+    gpu_vs_cpu(
+        "column sum of 20k",
+        std::slice::from_ref(&x),
+        false,
+        1e-3,
+        |t| t[0].sum(1, false),
+    );
+    // dh = dlogits @ W over a 151,936-token vocabulary
+    let a = randn(&[3, 151_936], s + 2);
+    let w = randn(&[151_936, 40], s + 3);
+    gpu_vs_cpu("matmul with K = 151936", &[a, w], false, 1e-3, |t| {
+        t[0].matmul(&t[1])
+    });
+}
+
 #[test]
 fn matmul_shapes() {
     if !gpu_ok("matmul") {
@@ -242,6 +271,10 @@ fn attention_fused() {
         (2, 5, 70, 2, 2, 8, true),
         (1, 9, 13, 2, 1, 8, false),
         (1, 70, 70, 2, 1, 32, true),
+        // Qwen2.5-0.5B's heads (7 query heads per kv head, HD 64) over 512 tokens: on
+        // lavapipe the backward lost its dk/dv writes here until a dispatch took one
+        // head of the group, and loops took four elements per iteration
+        (1, 512, 512, 7, 1, 64, true),
     ] {
         let q = randn(&[b, t, nh, hd], s);
         let k = randn(&[b, sl, nkv, hd], s + 1);

@@ -372,8 +372,37 @@ pub fn reduce(
             prev = Some(key);
             (1, b.shape[0], first)
         };
-        let spec = if first { &spec[..] } else { &spec_acc[..] };
-        reduce_block(spec, outer_b, n_b, inner, b.offs[0], b.offs[1], &b.binds)?;
+        // A thread walks n / 256 elements (rows) or n (columns); past `cap`, each row
+        // goes in pieces that add up, as llvmpipe silently stops a shader's loops after
+        // 65,535 iterations in all.
+        let cap = if inner == 1 { 256 * 16_384 } else { 16_384 };
+        if n_b <= cap {
+            let spec = if first { &spec[..] } else { &spec_acc[..] };
+            reduce_block(spec, outer_b, n_b, inner, b.offs[0], b.offs[1], &b.binds)?;
+            continue;
+        }
+        if op != ReduceOp::Sum {
+            return Err(Error::invalid(
+                "max",
+                format!(
+                    "a max over {n_b} elements per row is not supported on the gpu (at most {cap})"
+                ),
+            ));
+        }
+        for o in 0..outer_b {
+            for c0 in (0..n_b).step_by(cap) {
+                let add = c0 > 0 || !first;
+                reduce_block(
+                    if add { &spec_acc[..] } else { &spec[..] },
+                    1,
+                    cap.min(n_b - c0),
+                    inner,
+                    b.offs[0] + (o * n_b + c0) * inner,
+                    b.offs[1] + o * inner,
+                    &b.binds,
+                )?;
+            }
+        }
     }
     Ok((vals, (op == ReduceOp::Max).then_some(idx)))
 }
@@ -453,6 +482,12 @@ pub fn scatter_dim(
 
 // ------------------------------------------------------------------ matmul
 
+/// The most K one matmul dispatch walks; a longer K goes in blocks that add into C.
+/// llvmpipe (lavapipe) silently ends all loops of a shader invocation after 65,535
+/// iterations in all, and a K tile costs up to ~50 of them (measured: K = 60,000 came
+/// out wrong there, 20,000 right); elsewhere the extra dispatches cost nothing visible.
+const GEMM_MAX_K: usize = 16_384;
+
 /// Tile configurations: (BM, BN, BK, TM, TN). Threads = (BM/TM) * (BN/TN) = 256.
 const TILES: [(u32, u32, u32, u32, u32); 3] =
     [(128, 128, 8, 8, 8), (64, 64, 16, 4, 4), (16, 64, 16, 1, 4)];
@@ -494,7 +529,7 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         buf(b).raw().size() > limit,
         buf(&out).raw().size() > limit,
     );
-    if !(a_big || b_big || c_big) {
+    if !(a_big || b_big || c_big) && g.k <= GEMM_MAX_K {
         let blk = GemmBlock {
             m: g.m,
             n: g.n,
@@ -514,7 +549,7 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let room = |elt: usize| (limit.saturating_sub(ctx.binding_align()) / elt as u64) as usize;
     let span = |n1: usize, s1: usize, n2: usize, s2: usize| (n1 - 1) * s1 + (n2 - 1) * s2 + 1;
     let halve = |x: &mut usize| *x = x.div_ceil(2);
-    let (mut mb, mut nb, mut kb) = (g.m, g.n, g.k);
+    let (mut mb, mut nb, mut kb) = (g.m, g.n, g.k.min(GEMM_MAX_K));
     loop {
         let over_a = a_big && span(mb, g.a.sr, kb, g.a.sc) > room(4);
         let over_b = b_big && span(kb, g.b.sr, nb, g.b.sc) > room(b_elt);
@@ -969,7 +1004,14 @@ fn attn_spec(hd: usize) -> Result<Vec<(&'static str, u32)>> {
     // share the workgroup memory the device offers (16 KiB on the smallest).
     let budget = context()?.limits.max_compute_workgroup_storage_size as usize;
     let bkv = (budget.saturating_sub(64) / (8 * hd + 8)).clamp(1, 64) as u32;
-    Ok(vec![("HD", hd as u32), ("BKV", bkv), ("WQ", ATT_Q as u32)])
+    let u4 = hd.is_multiple_of(4) as u32;
+    Ok(vec![
+        ("HD", hd as u32),
+        ("BKV", bkv),
+        ("WQ", ATT_Q as u32),
+        ("U4", u4),
+        ("STEP", if u4 == 1 { 4 } else { 1 }),
+    ])
 }
 
 fn attn_uniform(d: &AttnDims, has_ranges: bool) -> Uniform {
@@ -1002,6 +1044,27 @@ fn check_hd(d: &AttnDims) -> Result<()> {
             "attention",
             format!("head dim {} is above the gpu kernel's 256", d.hd),
         ));
+    }
+    // llvmpipe (lavapipe) ends all loops of a shader invocation, silently, once their
+    // iterations together pass 65,535. A thread here walks every key (or query) once,
+    // with two loops over the head dim per key (four elements per iteration when HD is
+    // a multiple of 4): refuse what would pass that rather than return garbage.
+    let ctx = context()?;
+    if ctx.is_software() {
+        let step = if d.hd.is_multiple_of(4) { 4 } else { 1 };
+        let per_key = 2 * d.hd.div_ceil(step) + 3;
+        let iters = d.s.max(d.t) * per_key + 8 * d.hd;
+        if iters > 60_000 {
+            return Err(Error::invalid(
+                "attention",
+                format!(
+                    "{} keys x head dim {} is more than a software rasteriser ({}) runs in one shader invocation (its loop limiter stops at 65,535 iterations); use --device cpu",
+                    d.s.max(d.t),
+                    d.hd,
+                    ctx.info.name
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -1102,23 +1165,32 @@ pub fn attention_bwd(
         ],
         [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32],
     )?;
-    ctx.dispatch(
-        "attention",
-        "attn_bwd_dkdv",
-        &spec,
-        &u.0,
-        &[
-            (1, buf(q)),
-            (2, buf(k)),
-            (3, buf(v)),
-            (4, buf(&r)),
-            (5, buf(&dk)),
-            (6, buf(&dv)),
-            (7, buf(&stats)),
-            (8, buf(&dout)),
-        ],
-        [d.s.div_ceil(ATT_Q) as u32, d.nkv as u32, d.b as u32],
-    )?;
+    // One dispatch per query head of each kv group, the later ones adding to dk and dv:
+    // a thread then walks T queries instead of T x group. (Summing the whole group in one
+    // thread lost its writes on lavapipe once group x T reached about 500 with HD 64, so
+    // every GQA model's backward there: see tests/gpu_vs_cpu.rs attention_fused.)
+    for hh in 0..(d.nh / d.nkv.max(1)).max(1) {
+        let mut u = u.0.clone();
+        u[11] = hh as u32; // hh
+        u[15] = (hh > 0) as u32; // acc
+        ctx.dispatch(
+            "attention",
+            "attn_bwd_dkdv",
+            &spec,
+            &u,
+            &[
+                (1, buf(q)),
+                (2, buf(k)),
+                (3, buf(v)),
+                (4, buf(&r)),
+                (5, buf(&dk)),
+                (6, buf(&dv)),
+                (7, buf(&stats)),
+                (8, buf(&dout)),
+            ],
+            [d.s.div_ceil(ATT_Q) as u32, d.nkv as u32, d.b as u32],
+        )?;
+    }
     Ok((dq, dk, dv))
 }
 
