@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use ponder::model::chat::Message;
 use ponder::model::generate::SamplingParams;
-use ponder::model::{Forward, LoadOpts, Model};
+use ponder::model::{LoadOpts, Model};
 use ponder::train::trainer::{Mode, SaveDType, TrainArgs};
 use ponder::{DType, Device, Error, Result};
 
@@ -562,12 +562,23 @@ fn info(dev: Option<String>) -> Result<bool> {
 
 fn logits(dir: PathBuf, ids: Vec<u32>, dev: Option<String>) -> Result<bool> {
     let m = Model::load(&dir, frozen(device(dev)?))?;
-    let out = ponder::no_grad(|| m.net.forward(&ids, 1, ids.len(), Forward::default()))?;
-    let v = out.logits.to_vec_f32()?;
+    let v = m.cfg.vocab_size;
     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-    let json = serde_json::json!({"shape": [ids.len(), m.cfg.vocab_size], "logits": v});
-    serde_json::to_writer(&mut w, &json).map_err(|e| Error::invalid("logits", e.to_string()))?;
-    writeln!(w).map_err(|e| Error::io("stdout", e))?;
+    let io = |e| Error::io("stdout", e);
+    // streamed chunk by chunk: never a whole (T, V) logits tensor on the device
+    write!(w, "{{\"shape\":[{},{v}],\"logits\":[", ids.len()).map_err(io)?;
+    let mut first = true;
+    m.net
+        .logits_in_chunks(&ids, ponder::ops::lm_head::default_chunk(v), |_, rows| {
+            for x in rows {
+                let x = serde_json::to_string(&x)
+                    .map_err(|e| Error::invalid("logits", e.to_string()))?;
+                write!(w, "{}{x}", if first { "" } else { "," }).map_err(io)?;
+                first = false;
+            }
+            Ok(())
+        })?;
+    writeln!(w, "]}}").map_err(io)?;
     Ok(true)
 }
 
@@ -602,11 +613,15 @@ fn compare(
             ),
         ));
     }
-    let got = ponder::no_grad(|| m.net.forward(&ids, 1, ids.len(), Forward::default()))?
-        .logits
-        .to_vec_f32()?;
     let want = want.to_vec_f32()?;
-    let diffs = ponder::model::compare::compare_logits(&got, &want, v);
+    let mut diffs = Vec::with_capacity(ids.len());
+    m.net
+        .logits_in_chunks(&ids, ponder::ops::lm_head::default_chunk(v), |r0, got| {
+            let n = got.len() / v;
+            let w = &want[r0 * v..(r0 + n) * v];
+            diffs.extend(ponder::model::compare::compare_logits(&got, w, v));
+            Ok(())
+        })?;
     outln!(
         "{:>4} {:>8} {:>12} {:>12} {:>6}",
         "pos",

@@ -392,6 +392,46 @@ impl Transformer {
     }
 
     /// The LM head's weight `(V, C)`: `lm_head.weight`, or the embeddings when tied.
+    /// The head applied to final-norm hidden states `h` (`(.., C)` -> `(.., V)`): the LM
+    /// head, the tied embedding, or a sequence classifier's score head.
+    pub fn project(&self, h: &Tensor, linear: &LinearCtx) -> Result<Tensor> {
+        // a sequence classifier's "logits" are its scores, (.., num_labels)
+        match (&self.score, &self.lm_head) {
+            (Some(head), _) | (None, Some(head)) => head.forward_ctx(h, linear, 1 << 40),
+            (None, None) => h.matmul(&self.embed_tokens.t()?),
+        }
+    }
+
+    /// The logits of one sequence `ids`, `chunk` positions at a time: `f(first position,
+    /// chunk x V values)`. The device never holds more than one chunk of logits, so a
+    /// long sequence with a large vocabulary fits (`ponder logits`, `ponder compare`).
+    pub fn logits_in_chunks(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        mut f: impl FnMut(usize, Vec<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let _ng = crate::autograd::NoGradGuard::new();
+        let t = ids.len();
+        let out = self.forward(
+            ids,
+            1,
+            t,
+            Forward {
+                no_head: true,
+                ..Default::default()
+            },
+        )?;
+        let h = out.logits.reshape(&[t, self.cfg.hidden_size])?;
+        let chunk = chunk.max(1);
+        for r0 in (0..t).step_by(chunk) {
+            let n = chunk.min(t - r0);
+            let logits = self.project(&h.narrow(0, r0, n)?, &LinearCtx::default())?;
+            f(r0, logits.to_vec_f32()?)?;
+        }
+        Ok(())
+    }
+
     pub fn head_weight(&self) -> Result<&Tensor> {
         if self.score.is_some() {
             return Err(Error::invalid(
@@ -674,11 +714,7 @@ impl Transformer {
                 final_norm: fwd.hidden_states.then_some(hn),
             });
         }
-        // a sequence classifier's "logits" are its scores, (.., num_labels)
-        let logits = match (&self.score, &self.lm_head) {
-            (Some(head), _) | (None, Some(head)) => head.forward_ctx(&hl, &fwd.linear, 1 << 40)?,
-            (None, None) => hl.matmul(&self.embed_tokens.t()?)?,
-        };
+        let logits = self.project(&hl, &fwd.linear)?;
         Ok(Output {
             logits,
             hidden,
