@@ -18,6 +18,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> PARAM: array<f32>;
 @group(0) @binding(3) var<storage, read_write> M: array<f32>;
 @group(0) @binding(4) var<storage, read_write> VV: array<f32>;
+#if CLIP
+// the gradient-clipping coefficient min(1, max_norm / norm), computed on the device
+@group(0) @binding(5) var<storage, read> COEF: array<f32>;
+#endif
 
 @compute @workgroup_size(256)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -25,7 +29,11 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if (i >= P.n) {
         return;
     }
+#if CLIP
+    let g = G[i] * COEF[0];
+#else
     let g = G[i];
+#endif
     var p = PARAM[i];
     p = p - P.lr * P.wd * p;
     let m = P.b1 * M[i] + (1.0 - P.b1) * g;

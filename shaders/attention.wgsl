@@ -24,8 +24,8 @@ struct Params {
     q_sb: u32,
     q_st: u32,
     q_off: u32,
-    // attn_bwd_dkdv: the one query head of the group this dispatch sums over, and
-    // whether it adds to dk/dv (the heads after the first)
+    // attn_bwd_dkdv: the first of the hn query heads of the group this dispatch sums
+    // over, and whether it adds to dk/dv (dispatches after the first)
     hh: u32,
     k_sb: u32,
     k_st: u32,
@@ -34,7 +34,7 @@ struct Params {
     v_sb: u32,
     v_st: u32,
     v_off: u32,
-    _p2: u32,
+    hn: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -352,8 +352,8 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (P.causal == 1u && j0 + P.t > P.s) {
         tstart = j0 + P.t - P.s;
     }
-    {
-        let h = g * group + P.hh;
+    for (var hh = P.hh; hh < P.hh + P.hn; hh = hh + 1u) {
+        let h = g * group + hh;
         for (var ta = tstart; ta < P.t; ta = ta + BKV) {
             // T1 = q rows, T2 = dO rows, RL/RD = their lse and D
             for (var e = lid; e < BKV * HD; e = e + WQ) {

@@ -20,6 +20,15 @@ struct Params {
 const OP: u32 = {{OP}}u;
 // ACC = 1: a sum adds into V (the later blocks of a slice split over the binding limit)
 const ACC: u32 = {{ACC}}u;
+// SQ = 1: a sum of squares (the gradient norm)
+const SQ: u32 = {{SQ}}u;
+
+fn term(x: f32) -> f32 {
+    if (SQ == 1u) {
+        return x * x;
+    }
+    return x;
+}
 
 var<workgroup> sidx: array<u32, 256>;
 
@@ -35,7 +44,7 @@ fn reduce_rows(ids: RowIds) {
     if (OP == 0u) {
         var acc = 0.0;
         for (var j = lid; j < P.n; j = j + 256u) {
-            acc = acc + X[base + j];
+            acc = acc + term(X[base + j]);
         }
         let total = wg_sum(acc, lid);
         if (lid == 0u) {
@@ -90,7 +99,7 @@ fn reduce_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (OP == 0u) {
         var acc = 0.0;
         for (var j = 0u; j < P.n; j = j + 1u) {
-            acc = acc + X[base + j * P.inner];
+            acc = acc + term(X[base + j * P.inner]);
         }
         if (ACC == 1u) {
             V[P.v_off + e] = V[P.v_off + e] + acc;

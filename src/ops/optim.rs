@@ -7,6 +7,20 @@ use crate::tensor::{Device, Tensor};
 
 /// One AdamW step on `param` in place, with moments `m`, `v` (same shape, updated in place).
 pub fn adamw_step(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &AdamW) -> Result<()> {
+    adamw_step_clipped(param, grad, m, v, h, None)
+}
+
+/// [`adamw_step`] with the gradient scaled by `clip[0]` first (a `(1,)` tensor on the
+/// parameter's device: the clipping coefficient, which then never leaves the device and
+/// costs no dispatch of its own on the GPU).
+pub fn adamw_step_clipped(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: &AdamW,
+    clip: Option<&Tensor>,
+) -> Result<()> {
     let dev = super::same_device("adamw", &[param, grad, m, v])?;
     super::same_float("adamw", &[param, grad, m, v])?;
     for t in [grad, m, v] {
@@ -27,7 +41,10 @@ pub fn adamw_step(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &Ada
             ));
         }
     }
-    let g = grad.contiguous()?;
+    let g = match (clip, dev) {
+        (Some(c), Device::Cpu) => grad.mul(c)?.contiguous()?,
+        _ => grad.contiguous()?,
+    };
     match dev {
         Device::Cpu => {
             use std::sync::Arc;
@@ -52,6 +69,6 @@ pub fn adamw_step(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &Ada
                 })))
             })
         }
-        Device::Gpu => kernels::adamw(param, &g, m, v, h),
+        Device::Gpu => kernels::adamw(param, &g, m, v, h, clip),
     }
 }

@@ -3,7 +3,7 @@
 //! the learning-rate schedules of transformers' `get_scheduler`.
 
 use crate::error::{Error, Result};
-use crate::ops::optim::{adamw_step, AdamW};
+use crate::ops::optim::{adamw_step_clipped, AdamW};
 use crate::tensor::Tensor;
 
 /// `constant`, `linear`, `cosine`, `cosine_with_min_lr`, each after a linear warmup.
@@ -63,6 +63,9 @@ pub struct Optimizer {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// On the GPU, the clipping coefficient of [`clip_on_device`](Self::clip_on_device),
+    /// applied inside the next AdamW update instead of by a pass over every gradient.
+    clip_coef: Option<Tensor>,
 }
 
 /// Biases and norm weights take no weight decay (the HF Trainer's parameter groups).
@@ -93,6 +96,7 @@ impl Optimizer {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
+            clip_coef: None,
         })
     }
 
@@ -100,6 +104,14 @@ impl Optimizer {
     /// tensor on the device: nothing is read back.
     pub fn grad_norm_sq(&self) -> Result<Option<Tensor>> {
         let _ng = crate::autograd::NoGradGuard::new();
+        let grads: Vec<Tensor> = self.params.iter().filter_map(|(_, p)| p.grad()).collect();
+        if grads
+            .first()
+            .is_some_and(|g| g.device() == crate::tensor::Device::Gpu)
+        {
+            // one dispatch per gradient, not three (square, sum, add)
+            return crate::backend::gpu::kernels::sum_squares(&grads).map(Some);
+        }
         let mut total: Option<Tensor> = None;
         for (_, p) in &self.params {
             if let Some(g) = p.grad() {
@@ -115,7 +127,9 @@ impl Optimizer {
 
     /// Scale every gradient by min(1, max_norm / (norm + 1e-6)) (torch's
     /// clip_grad_norm_), the coefficient computed on the device from `norm_sq`.
-    pub fn clip_on_device(&self, norm_sq: &Tensor, max_norm: f64) -> Result<()> {
+    /// On the GPU the gradients stay as they are and the next [`step`](Self::step) scales
+    /// them inside the AdamW kernel.
+    pub fn clip_on_device(&mut self, norm_sq: &Tensor, max_norm: f64) -> Result<()> {
         if max_norm <= 0.0 {
             return Ok(());
         }
@@ -129,6 +143,10 @@ impl Optimizer {
             .affine(-1.0, 1.0)?
             .relu()?
             .affine(-1.0, 1.0)?;
+        if coef.device() == crate::tensor::Device::Gpu {
+            self.clip_coef = Some(coef);
+            return Ok(());
+        }
         for (_, p) in &self.params {
             if let Some(g) = p.grad() {
                 p.set_grad(Some(g.mul(&coef)?));
@@ -151,8 +169,9 @@ impl Optimizer {
                 weight_decay: if decays(name) { self.weight_decay } else { 0.0 },
                 step: self.step,
             };
-            adamw_step(p, &g, &self.m[i], &self.v[i], &h)?;
+            adamw_step_clipped(p, &g, &self.m[i], &self.v[i], &h, self.clip_coef.as_ref())?;
         }
+        self.clip_coef = None;
         self.zero_grad();
         Ok(())
     }

@@ -323,26 +323,63 @@ pub fn reduce(
     let x = dense(x)?;
     let vals = f32_out(&[outer * inner])?;
     let idx = empty(&[outer * inner], DType::U32)?;
+    reduce_into(op, false, &x, outer, n, inner, &vals, &idx, 0)?;
+    Ok((vals, (op == ReduceOp::Max).then_some(idx)))
+}
+
+/// The squared L2 norm of all `xs` together, `(1,)`: each tensor's sum of squares goes
+/// to its own slot of a partials buffer (one dispatch per tensor, more for one over the
+/// binding limit), then one more sums the partials.
+pub fn sum_squares(xs: &[Tensor]) -> Result<Tensor> {
+    let parts = f32_out(&[xs.len().max(1)])?;
+    let idx = empty(&[xs.len().max(1)], DType::U32)?;
+    if xs.is_empty() {
+        fill(&parts, 0.0)?;
+    }
+    for (i, x) in xs.iter().enumerate() {
+        require_f32("sum_squares", &[x])?;
+        let x = dense(x)?;
+        reduce_into(ReduceOp::Sum, true, &x, 1, x.numel(), 1, &parts, &idx, i)?;
+    }
+    let (total, _) = reduce(ReduceOp::Sum, &parts, 1, xs.len().max(1), 1)?;
+    Ok(total)
+}
+
+/// Reduce dense `x` over `[outer, n, inner]` into `vals`/`idx` from element `v_base`
+/// (`square`: sum x^2).
+#[allow(clippy::too_many_arguments)]
+fn reduce_into(
+    op: ReduceOp,
+    square: bool,
+    x: &Tensor,
+    outer: usize,
+    n: usize,
+    inner: usize,
+    vals: &Tensor,
+    idx: &Tensor,
+    v_base: usize,
+) -> Result<()> {
     let opc = if op == ReduceOp::Sum { 0 } else { 1 };
+    let sq = ("SQ", square as u32);
     let (spec, spec_acc) = (
-        [("OP", opc), sg()?, ("ACC", 0)],
-        [("OP", opc), sg()?, ("ACC", 1)],
+        [("OP", opc), sg()?, ("ACC", 0), sq],
+        [("OP", opc), sg()?, ("ACC", 1), sq],
     );
     // over [outer, n, inner]: X dense, V and I indexed by (outer, inner)
     let ops = [
-        split::Operand::dense(1, buf(&x), 4, 0, &[outer, n, inner]),
+        split::Operand::dense(1, buf(x), 4, 0, &[outer, n, inner]),
         split::Operand {
             slot: 2,
-            buf: buf(&vals),
+            buf: buf(vals),
             elt: 4,
-            off: 0,
+            off: v_base,
             strides: vec![inner, 0, 1],
         },
         split::Operand {
             slot: 3,
-            buf: buf(&idx),
+            buf: buf(idx),
             elt: 4,
-            off: 0,
+            off: v_base,
             strides: vec![inner, 0, 1],
         },
     ];
@@ -404,7 +441,7 @@ pub fn reduce(
             }
         }
     }
-    Ok((vals, (op == ReduceOp::Max).then_some(idx)))
+    Ok(())
 }
 
 /// One `reduce.wgsl` dispatch over [outer, n, inner] elements from X offset `x_off`,
@@ -471,7 +508,7 @@ pub fn scatter_dim(
         ctx.dispatch_bound(
             "reduce",
             "scatter_dim",
-            &[("OP", 0), ("ACC", 0)],
+            &[("OP", 0), ("ACC", 0), ("SQ", 0)],
             &u.0,
             &b.binds,
             grid_1d(cnt, WG),
@@ -1165,14 +1202,22 @@ pub fn attention_bwd(
         ],
         [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32],
     )?;
-    // One dispatch per query head of each kv group, the later ones adding to dk and dv:
-    // a thread then walks T queries instead of T x group. (Summing the whole group in one
-    // thread lost its writes on lavapipe once group x T reached about 500 with HD 64, so
-    // every GQA model's backward there: see tests/gpu_vs_cpu.rs attention_fused.)
-    for hh in 0..(d.nh / d.nkv.max(1)).max(1) {
+    // A thread sums its key's gradient over the query heads of its kv group. On a
+    // software rasteriser that can pass llvmpipe's loop limiter (65,535 iterations per
+    // invocation: group x T x HD), so there the heads go in as many dispatches as it
+    // takes, the later ones adding to dk and dv.
+    let group = (d.nh / d.nkv.max(1)).max(1);
+    let per_dispatch = if ctx.is_software() {
+        let per_key = 2 * d.hd.div_ceil(if d.hd.is_multiple_of(4) { 4 } else { 1 }) + 3;
+        (60_000 / (d.t.max(1) * per_key).max(1)).clamp(1, group)
+    } else {
+        group
+    };
+    for hh in (0..group).step_by(per_dispatch) {
         let mut u = u.0.clone();
         u[11] = hh as u32; // hh
         u[15] = (hh > 0) as u32; // acc
+        u[19] = per_dispatch.min(group - hh) as u32; // hn
         ctx.dispatch(
             "attention",
             "attn_bwd_dkdv",
@@ -1283,12 +1328,20 @@ pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
     Ok(out)
 }
 
-pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamW) -> Result<()> {
+pub fn adamw(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: &AdamW,
+    clip: Option<&Tensor>,
+) -> Result<()> {
     require_f32("adamw", &[p, g, m, v])?;
     let g = dense(g)?;
     let (bc1, bc2) = h.bias_corrections();
     let ctx = context()?;
     let ops = [(1, buf(&g)), (2, buf(p)), (3, buf(m)), (4, buf(v))];
+    let spec = [("CLIP", clip.is_some() as u32)];
     for b in dense_blocks(p.numel(), &ops)? {
         let u = Uniform::new()
             .u(b.shape[0])
@@ -1299,12 +1352,16 @@ pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamW) -> Resul
             .f(h.weight_decay)
             .f(bc1)
             .f(bc2);
+        let mut binds = b.binds.clone();
+        if let Some(c) = clip {
+            binds.push((5, buf(c), None));
+        }
         ctx.dispatch_bound(
             "adamw",
             "adamw",
-            &[],
+            &spec,
             &u.0,
-            &b.binds,
+            &binds,
             grid_1d(b.shape[0], WG),
         )?;
     }
