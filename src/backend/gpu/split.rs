@@ -137,10 +137,9 @@ fn cut<'a>(
         let s0 = o.strides[dim];
         let fit = if rest > room {
             0
-        } else if s0 == 0 {
-            n0
         } else {
-            (room - rest) / s0 + 1
+            // a broadcast operand (stride 0) fits whatever the block's length
+            (room - rest).checked_div(s0).map_or(n0, |k| k + 1)
         };
         len = len.min(fit);
     }
