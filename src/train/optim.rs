@@ -104,12 +104,21 @@ impl Optimizer {
     /// tensor on the device: nothing is read back.
     pub fn grad_norm_sq(&self) -> Result<Option<Tensor>> {
         let _ng = crate::autograd::NoGradGuard::new();
-        let grads: Vec<Tensor> = self.params.iter().filter_map(|(_, p)| p.grad()).collect();
-        if grads
-            .first()
-            .is_some_and(|g| g.device() == crate::tensor::Device::Gpu)
-        {
-            // one dispatch per gradient, not three (square, sum, add)
+        let on_gpu = self.params.iter().any(|(_, p)| {
+            p.grad()
+                .is_some_and(|g| g.device() == crate::tensor::Device::Gpu)
+        });
+        if on_gpu {
+            // one dispatch per gradient, not three (square, sum, add); a strided gradient
+            // is made dense here once, for this and for the AdamW step
+            let mut grads = Vec::new();
+            for (_, p) in &self.params {
+                if let Some(g) = p.grad() {
+                    let g = g.contiguous()?;
+                    p.set_grad(Some(g.clone()));
+                    grads.push(g);
+                }
+            }
             return crate::backend::gpu::kernels::sum_squares(&grads).map(Some);
         }
         let mut total: Option<Tensor> = None;
