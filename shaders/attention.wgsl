@@ -24,8 +24,8 @@ struct Params {
     q_sb: u32,
     q_st: u32,
     q_off: u32,
-    // attn_bwd_dkdv: the first of the hn query heads of the group this dispatch sums
-    // over, and whether it adds to dk/dv (dispatches after the first)
+    // attn_bwd_dkdv: the first of the hn query heads of the kv group this dispatch sums
+    // over, and whether it adds to dk/dv (the dispatches after the first)
     hh: u32,
     k_sb: u32,
     k_st: u32,
@@ -50,10 +50,10 @@ struct Params {
 const HD: u32 = {{HD}}u;
 const BKV: u32 = {{BKV}}u;
 const WQ: u32 = {{WQ}}u;
-// U4 = 1 when HD is a multiple of 4: the loops over a head's HD elements take four per
-// iteration. Besides fewer branches, this keeps a thread's loop iterations under
-// llvmpipe's limiter (lavapipe ends every loop of an invocation once their iterations
-// together reach 65,535, silently: a 448-token forward with HD 64 hit it).
+// U4 = 1 when HD is a multiple of 4: the per-key loops over a head's HD elements take
+// four per iteration (same order of operations). This keeps a thread's loop iterations
+// under llvmpipe's limiter: lavapipe ends every loop of an invocation, silently, once
+// their iterations together reach 65,535 (a 448-token forward at HD 64 hit it).
 const STEP: u32 = {{STEP}}u;
 
 // Row stats for masked rows: exp(s - LSE_MASKED) == 0.
@@ -130,13 +130,8 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var kr = vec2<u32>(0u, 0u);
     if (live) {
         let qo = q_index(bi, t, h);
-        for (var e = 0u; e < HD; e = e + STEP) {
+        for (var e = 0u; e < HD; e = e + 1u) {
             q[e] = Q[qo + e] * P.scale;
-#if U4
-            q[(e + 1u)] = Q[qo + (e + 1u)] * P.scale;
-            q[(e + 2u)] = Q[qo + (e + 2u)] * P.scale;
-            q[(e + 3u)] = Q[qo + (e + 3u)] * P.scale;
-#endif
         }
         kr = key_range(bi, t);
     }
@@ -182,23 +177,13 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         let li = (bi * P.nh + h) * P.t + t;
         if (l > 0.0) {
             let inv = 1.0 / l;
-            for (var e = 0u; e < HD; e = e + STEP) {
+            for (var e = 0u; e < HD; e = e + 1u) {
                 O[oo + e] = acc[e] * inv;
-#if U4
-                O[oo + (e + 1u)] = acc[(e + 1u)] * inv;
-                O[oo + (e + 2u)] = acc[(e + 2u)] * inv;
-                O[oo + (e + 3u)] = acc[(e + 3u)] * inv;
-#endif
             }
             L[li] = m + log(l);
         } else {
-            for (var e = 0u; e < HD; e = e + STEP) {
+            for (var e = 0u; e < HD; e = e + 1u) {
                 O[oo + e] = 0.0;
-#if U4
-                O[oo + (e + 1u)] = 0.0;
-                O[oo + (e + 2u)] = 0.0;
-                O[oo + (e + 3u)] = 0.0;
-#endif
             }
             L[li] = LSE_MASKED;
         }
@@ -218,13 +203,8 @@ fn attn_bwd_pre(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let bi = r / (P.t * P.nh);
     let oo = o_index(bi, t, h);
     var d = 0.0;
-    for (var e = 0u; e < HD; e = e + STEP) {
+    for (var e = 0u; e < HD; e = e + 1u) {
         d = d + DO[oo + e] * Q[oo + e];
-#if U4
-        d = d + DO[oo + (e + 1u)] * Q[oo + (e + 1u)];
-        d = d + DO[oo + (e + 2u)] * Q[oo + (e + 2u)];
-        d = d + DO[oo + (e + 3u)] * Q[oo + (e + 3u)];
-#endif
     }
     L[2u * r] = K[r];
     L[2u * r + 1u] = d;
@@ -248,17 +228,9 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (live) {
         let qo = q_index(bi, t, h);
         let oo = o_index(bi, t, h);
-        for (var e = 0u; e < HD; e = e + STEP) {
+        for (var e = 0u; e < HD; e = e + 1u) {
             q[e] = Q[qo + e] * P.scale;
             dout[e] = DO[oo + e];
-#if U4
-            q[(e + 1u)] = Q[qo + (e + 1u)] * P.scale;
-            dout[(e + 1u)] = DO[oo + (e + 1u)];
-            q[(e + 2u)] = Q[qo + (e + 2u)] * P.scale;
-            dout[(e + 2u)] = DO[oo + (e + 2u)];
-            q[(e + 3u)] = Q[qo + (e + 3u)] * P.scale;
-            dout[(e + 3u)] = DO[oo + (e + 3u)];
-#endif
         }
         kr = key_range(bi, t);
         let r = (bi * P.nh + h) * P.t + t;
@@ -303,13 +275,8 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     if (live) {
         let oo = o_index(bi, t, h);
-        for (var e = 0u; e < HD; e = e + STEP) {
+        for (var e = 0u; e < HD; e = e + 1u) {
             O[oo + e] = dq[e] * P.scale;
-#if U4
-            O[oo + (e + 1u)] = dq[(e + 1u)] * P.scale;
-            O[oo + (e + 2u)] = dq[(e + 2u)] * P.scale;
-            O[oo + (e + 3u)] = dq[(e + 3u)] * P.scale;
-#endif
         }
     }
 }
@@ -331,17 +298,9 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (valid) {
         let ko = k_index(bi, j, g);
         let vo = v_index(bi, j, g);
-        for (var e = 0u; e < HD; e = e + STEP) {
+        for (var e = 0u; e < HD; e = e + 1u) {
             k[e] = K[ko + e] * P.scale;
             v[e] = V[vo + e];
-#if U4
-            k[(e + 1u)] = K[ko + (e + 1u)] * P.scale;
-            v[(e + 1u)] = V[vo + (e + 1u)];
-            k[(e + 2u)] = K[ko + (e + 2u)] * P.scale;
-            v[(e + 2u)] = V[vo + (e + 2u)];
-            k[(e + 3u)] = K[ko + (e + 3u)] * P.scale;
-            v[(e + 3u)] = V[vo + (e + 3u)];
-#endif
         }
         if (P.has_ranges == 1u) {
             valid = j >= R[2u * bi] && j < R[2u * bi + 1u];
@@ -423,32 +382,15 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     if (j < P.s) {
         let o = ((bi * P.s + j) * P.nkv + g) * HD;
-        if (P.acc == 1u) {
-            for (var e = 0u; e < HD; e = e + STEP) {
-                O[o + e] = O[o + e] + dk[e] * P.scale;
-                L[o + e] = L[o + e] + dv[e];
-#if U4
-                O[o + (e + 1u)] = O[o + (e + 1u)] + dk[(e + 1u)] * P.scale;
-                L[o + (e + 1u)] = L[o + (e + 1u)] + dv[(e + 1u)];
-                O[o + (e + 2u)] = O[o + (e + 2u)] + dk[(e + 2u)] * P.scale;
-                L[o + (e + 2u)] = L[o + (e + 2u)] + dv[(e + 2u)];
-                O[o + (e + 3u)] = O[o + (e + 3u)] + dk[(e + 3u)] * P.scale;
-                L[o + (e + 3u)] = L[o + (e + 3u)] + dv[(e + 3u)];
-#endif
+        for (var e = 0u; e < HD; e = e + 1u) {
+            var prev_k = 0.0;
+            var prev_v = 0.0;
+            if (P.acc == 1u) {
+                prev_k = O[o + e];
+                prev_v = L[o + e];
             }
-        } else {
-            for (var e = 0u; e < HD; e = e + STEP) {
-                O[o + e] = dk[e] * P.scale;
-                L[o + e] = dv[e];
-#if U4
-                O[o + (e + 1u)] = dk[(e + 1u)] * P.scale;
-                L[o + (e + 1u)] = dv[(e + 1u)];
-                O[o + (e + 2u)] = dk[(e + 2u)] * P.scale;
-                L[o + (e + 2u)] = dv[(e + 2u)];
-                O[o + (e + 3u)] = dk[(e + 3u)] * P.scale;
-                L[o + (e + 3u)] = dv[(e + 3u)];
-#endif
-            }
+            O[o + e] = prev_k + dk[e] * P.scale;
+            L[o + e] = prev_v + dv[e];
         }
     }
 }

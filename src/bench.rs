@@ -271,7 +271,7 @@ pub fn dpo_step(
     steps: usize,
 ) -> Result<DpoBench> {
     use crate::train::data::{Pair, Seq};
-    use crate::train::loss::{DpoParams, LossType};
+    use crate::train::loss::DpoParams;
     use crate::train::optim::{Schedule, Scheduler};
     use crate::train::step::{reference_sums, LiveReference, MicroBatch, Trainer};
     let v = policy.cfg.vocab_size as u32;
@@ -288,13 +288,7 @@ pub fn dpo_step(
         })
         .collect();
     let ps: Vec<&Pair> = data.iter().collect();
-    let p = DpoParams {
-        beta: 0.1,
-        loss_type: LossType::Sigmoid,
-        label_smoothing: 0.0,
-        rpo_alpha: None,
-        length_normalize: false,
-    };
+    let p = DpoParams::sigmoid(0.1);
     let schedule = Schedule {
         kind: Scheduler::Constant,
         lr: 1e-6,

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use ponder::model::{Config, Transformer};
 use ponder::train::data::{Pair, Seq};
-use ponder::train::loss::{DpoParams, LossType};
+use ponder::train::loss::DpoParams;
 use ponder::train::optim::{Schedule, Scheduler};
 use ponder::train::step::{reference_sums, MicroBatch, Trainer};
 use ponder::{DType, Device};
@@ -40,13 +40,7 @@ fn losses(device: Device, pair: &Pair) -> Vec<(f64, f64)> {
         total_steps: 2,
         min_lr: 2e-5,
     };
-    let p = DpoParams {
-        beta: 0.1,
-        loss_type: LossType::Sigmoid,
-        label_smoothing: 0.0,
-        rpo_alpha: None,
-        length_normalize: false,
-    };
+    let p = DpoParams::sigmoid(0.1);
     let mut trainer = Trainer::new(net, false, schedule, 0.01, 1.0, p, 0).unwrap();
     (0..2)
         .map(|_| {

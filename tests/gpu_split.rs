@@ -136,17 +136,7 @@ fn matmul_over_the_limit() {
         (1, 5, 7, 3000),
         (1, 600, 520, 3),
     ] {
-        let x = randn(&[b, m, k], s);
-        let y = randn(&[b, k, n], s + 1);
-        gpu_vs_cpu("matmul", &[x.clone(), y.clone()], true, 1e-3, |t| {
-            t[0].matmul(&t[1])
-        });
-        let w = randn(&[n, k], s + 2);
-        gpu_vs_cpu("x @ w^T", &[x.clone(), w], true, 1e-3, |t| {
-            t[0].matmul(&t[1].t()?)
-        });
-        let xt = randn(&[b, k, m], s + 3);
-        gpu_vs_cpu("x^T @ y", &[xt, y], true, 1e-3, |t| t[0].t()?.matmul(&t[1]));
+        matmul_layouts_vs_cpu(b, m, n, k, s);
     }
     // the LM head's shape: a wide 16-bit weight used as W^T
     for dt in [DType::BF16, DType::F16] {
@@ -218,38 +208,8 @@ fn movement_casts_and_adamw_over_the_limit() {
         });
     }
     // AdamW over a parameter bound in windows
-    let n = [129, 70];
-    let h = ponder::AdamW {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        step: 0,
-    };
-    let p = randn(&n, s + 3);
-    let pc = Tensor::from_vec(p.to_vec_f32().unwrap(), &n, Device::Cpu).unwrap();
-    let pg = p.to_device(Device::Gpu).unwrap();
-    let (mc, vc) = (pc.zeros_like().unwrap(), pc.zeros_like().unwrap());
-    let (mg, vg) = (
-        Tensor::zeros(&n, Device::Gpu).unwrap(),
-        Tensor::zeros(&n, Device::Gpu).unwrap(),
-    );
-    for step in 1..=3 {
-        let g = randn(&n, s + 10 + step as u64);
-        let h = ponder::AdamW { step, ..h };
-        ponder::adamw_step(&pc, &g, &mc, &vc, &h).unwrap();
-        ponder::adamw_step(&pg, &g.to_device(Device::Gpu).unwrap(), &mg, &vg, &h).unwrap();
-    }
-    for (what, g, c) in [("params", &pg, &pc), ("m", &mg, &mc), ("v", &vg, &vc)] {
-        assert_close(
-            &format!("adamw {what}"),
-            &g.to_vec_f64().unwrap(),
-            &c.to_vec_f64().unwrap(),
-            1e-6,
-            1e-5,
-        );
-    }
+    big(&[129, 70]);
+    adamw_vs_cpu(&[129, 70], s + 3, 1e-6);
 }
 
 #[test]

@@ -161,19 +161,7 @@ fn matmul_shapes() {
         (1, 600, 520, 40),
         (1, 5, 300, 70),
     ] {
-        let x = randn(&[b, m, k], s);
-        let y = randn(&[b, k, n], s + 1);
-        gpu_vs_cpu("matmul batched", &[x.clone(), y.clone()], true, 1e-3, |t| {
-            t[0].matmul(&t[1])
-        });
-        let w = randn(&[n, k], s + 2);
-        gpu_vs_cpu("matmul x @ w^T", &[x.clone(), w], true, 1e-3, |t| {
-            t[0].matmul(&t[1].t()?)
-        });
-        let xt = randn(&[b, k, m], s + 3);
-        gpu_vs_cpu("matmul x^T @ y", &[xt, y], true, 1e-3, |t| {
-            t[0].t()?.matmul(&t[1])
-        });
+        matmul_layouts_vs_cpu(b, m, n, k, s);
     }
 }
 
@@ -347,53 +335,7 @@ fn adamw_update() {
     if !gpu_ok("adamw") {
         return;
     }
-    let s = seed("adamw");
-    let h = ponder::AdamW {
-        lr: 1e-2,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        step: 0,
-    };
-    let p = randn(&[7, 33], s);
-    let (pc, pg) = (
-        p.to_device(Device::Cpu).unwrap().contiguous().unwrap(),
-        p.to_device(Device::Gpu).unwrap(),
-    );
-    let pc = Tensor::from_vec(pc.to_vec_f32().unwrap(), pc.shape(), Device::Cpu).unwrap();
-    let (mc, vc) = (pc.zeros_like().unwrap(), pc.zeros_like().unwrap());
-    let (mg, vg) = (
-        Tensor::zeros(&[7, 33], Device::Gpu).unwrap(),
-        Tensor::zeros(&[7, 33], Device::Gpu).unwrap(),
-    );
-    for step in 1..=3 {
-        let g = randn(&[7, 33], s + step as u64);
-        let h = ponder::AdamW { step, ..h };
-        ponder::adamw_step(&pc, &g, &mc, &vc, &h).unwrap();
-        ponder::adamw_step(&pg, &g.to_device(Device::Gpu).unwrap(), &mg, &vg, &h).unwrap();
-    }
-    assert_close(
-        "adamw params",
-        &pg.to_vec_f64().unwrap(),
-        &pc.to_vec_f64().unwrap(),
-        1e-5,
-        1e-5,
-    );
-    assert_close(
-        "adamw m",
-        &mg.to_vec_f64().unwrap(),
-        &mc.to_vec_f64().unwrap(),
-        1e-6,
-        1e-5,
-    );
-    assert_close(
-        "adamw v",
-        &vg.to_vec_f64().unwrap(),
-        &vc.to_vec_f64().unwrap(),
-        1e-6,
-        1e-5,
-    );
+    adamw_vs_cpu(&[7, 33], seed("adamw"), 1e-5);
 }
 
 #[test]

@@ -129,13 +129,7 @@ fn first_step_dpo(dev: Device, tol: f64) {
         tol,
     );
     // policy = reference
-    let p = DpoParams {
-        beta: 0.1,
-        loss_type: LossType::Sigmoid,
-        label_smoothing: 0.0,
-        rpo_alpha: None,
-        length_normalize: false,
-    };
+    let p = DpoParams::sigmoid(0.1);
     let (l, _) = loss::dpo_loss(&lp, &sums[..n], &sums[n..], &p).unwrap();
     loss_and_grads("dpo", &m, l, &r, dev, tol);
 }

@@ -457,7 +457,7 @@ fn sampled_logprobs_are_a_free_reference() {
     use ponder::model::generate::generate;
     use ponder::model::transformer::LinearCtx;
     use ponder::train::data::{Pair, Seq};
-    use ponder::train::loss::{sequence_logps, DpoParams, LossType};
+    use ponder::train::loss::{sequence_logps, DpoParams};
     use ponder::train::optim::{Schedule, Scheduler};
     use ponder::train::step::{MicroBatch, Trainer};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/qwen2-tied");
@@ -538,13 +538,7 @@ fn sampled_logprobs_are_a_free_reference() {
         total_steps: 1,
         min_lr: 1e-3,
     };
-    let dpo = DpoParams {
-        beta: 0.1,
-        loss_type: LossType::Sigmoid,
-        label_smoothing: 0.0,
-        rpo_alpha: None,
-        length_normalize: false,
-    };
+    let dpo = DpoParams::sigmoid(0.1);
     let mut t = Trainer::new(m.net, false, schedule, 0.0, 1.0, dpo, 0).unwrap();
     let st = t
         .step(&[MicroBatch::Dpo {

@@ -146,6 +146,19 @@ pub struct DpoParams {
     pub length_normalize: bool,
 }
 
+impl DpoParams {
+    /// TRL's default loss: sigmoid, no label smoothing, no NLL term, summed log-probs.
+    pub fn sigmoid(beta: f64) -> DpoParams {
+        DpoParams {
+            beta,
+            loss_type: LossType::Sigmoid,
+            label_smoothing: 0.0,
+            rpo_alpha: None,
+            length_normalize: false,
+        }
+    }
+}
+
 /// Host-side numbers of one DPO batch, for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct DpoBatchStats {

@@ -225,3 +225,61 @@ pub fn gpu_vs_cpu(
         );
     }
 }
+
+/// The three matmul layouts the model uses, GPU against CPU with gradients:
+/// batched `x @ y`, `x @ w^T` (a linear layer) and `x^T @ y` (a weight gradient).
+pub fn matmul_layouts_vs_cpu(b: usize, m: usize, n: usize, k: usize, s: u64) {
+    let x = randn(&[b, m, k], s);
+    let y = randn(&[b, k, n], s + 1);
+    gpu_vs_cpu("matmul batched", &[x.clone(), y.clone()], true, 1e-3, |t| {
+        t[0].matmul(&t[1])
+    });
+    let w = randn(&[n, k], s + 2);
+    gpu_vs_cpu("matmul x @ w^T", &[x, w], true, 1e-3, |t| {
+        t[0].matmul(&t[1].t()?)
+    });
+    let xt = randn(&[b, k, m], s + 3);
+    gpu_vs_cpu("matmul x^T @ y", &[xt, y], true, 1e-3, |t| {
+        t[0].t()?.matmul(&t[1])
+    });
+}
+
+/// Three AdamW steps (weight decay 0.1) on a parameter of `shape`, GPU against the CPU
+/// loop: parameters (to `param_atol`) and both moments (to 1e-6).
+pub fn adamw_vs_cpu(shape: &[usize], s: u64, param_atol: f64) {
+    let h = ponder::AdamW {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 0,
+    };
+    let p = randn(shape, s);
+    let pc = Tensor::from_vec(p.to_vec_f32().unwrap(), shape, Device::Cpu).unwrap();
+    let pg = p.to_device(Device::Gpu).unwrap();
+    let (mc, vc) = (pc.zeros_like().unwrap(), pc.zeros_like().unwrap());
+    let (mg, vg) = (
+        Tensor::zeros(shape, Device::Gpu).unwrap(),
+        Tensor::zeros(shape, Device::Gpu).unwrap(),
+    );
+    for step in 1..=3 {
+        let g = randn(shape, s + step as u64);
+        let h = ponder::AdamW { step, ..h };
+        ponder::adamw_step(&pc, &g, &mc, &vc, &h).unwrap();
+        ponder::adamw_step(&pg, &g.to_device(Device::Gpu).unwrap(), &mg, &vg, &h).unwrap();
+    }
+    for (what, g, c, atol) in [
+        ("params", &pg, &pc, param_atol),
+        ("m", &mg, &mc, 1e-6),
+        ("v", &vg, &vc, 1e-6),
+    ] {
+        assert_close(
+            &format!("adamw {what}"),
+            &g.to_vec_f64().unwrap(),
+            &c.to_vec_f64().unwrap(),
+            atol,
+            1e-5,
+        );
+    }
+}

@@ -919,7 +919,7 @@ pub fn embedding(w: &Tensor, ids: &Tensor, c: usize) -> Result<Tensor> {
     let v = w.shape()[0];
     let spec = [("W16", w16), ("BF16", bf16)];
     let ctx = context()?;
-    for tb in token_blocks(&ids, buf(&out), n, c)? {
+    for tb in token_blocks(&ids, buf(&out), 3, n, c)? {
         let rows = tb.shape[0];
         for (v0, vb, win, w_off) in vocab_blocks(buf(&w), w.dtype().size(), v, c)? {
             let u = Uniform::new()
@@ -946,10 +946,11 @@ pub fn embedding(w: &Tensor, ids: &Tensor, c: usize) -> Result<Tensor> {
 }
 
 /// Blocks of tokens for the embedding kernels: the ids (binding 2) and the `(n, c)` rows
-/// of `rows` (the gathered output, binding 3, or the incoming gradient, binding 1).
+/// of `rows` at binding `slot` (the gathered output, 3, or the incoming gradient, 1).
 fn token_blocks<'a>(
     ids: &'a Tensor,
     rows: &'a GpuBuffer,
+    slot: u32,
     n: usize,
     c: usize,
 ) -> Result<Vec<split::Block<'a>>> {
@@ -963,7 +964,7 @@ fn token_blocks<'a>(
                 off: 0,
                 strides: vec![1, 0],
             },
-            split::Operand::dense(3, rows, 4, 0, &[n, c]),
+            split::Operand::dense(slot, rows, 4, 0, &[n, c]),
         ],
         1,
     )
@@ -1003,7 +1004,7 @@ pub fn embedding_bwd(g: &Tensor, ids: &Tensor, v: usize, c: usize) -> Result<Ten
     let dw = f32_out(&[v, c])?;
     fill(&dw, 0.0)?;
     let ctx = context()?;
-    for tb in token_blocks(&ids, buf(&g), n, c)? {
+    for tb in token_blocks(&ids, buf(&g), 1, n, c)? {
         let rows = tb.shape[0];
         for (v0, vb, win, w_off) in vocab_blocks(buf(&dw), 4, v, c)? {
             let u = Uniform::new()
@@ -1015,9 +1016,7 @@ pub fn embedding_bwd(g: &Tensor, ids: &Tensor, v: usize, c: usize) -> Result<Ten
                 .u(w_off)
                 .u(tb.offs[0])
                 .u(tb.offs[1]);
-            // the gradient rows go to binding 1 here
-            let (_, gb, gw) = tb.binds[1];
-            let binds = [(1, gb, gw), tb.binds[0], (4, buf(&dw), win)];
+            let binds = [tb.binds[1], tb.binds[0], (4, buf(&dw), win)];
             ctx.dispatch_bound(
                 "embedding",
                 "scatter_add",
@@ -1051,7 +1050,9 @@ fn attn_spec(hd: usize) -> Result<Vec<(&'static str, u32)>> {
     ])
 }
 
-fn attn_uniform(d: &AttnDims, has_ranges: bool) -> Uniform {
+/// The attention uniform. `heads` is for `attn_bwd_dkdv` only: (first query head of the
+/// kv group this dispatch sums, how many, whether it adds to dk/dv).
+fn attn_uniform(d: &AttnDims, has_ranges: bool, heads: (usize, usize, bool)) -> Uniform {
     Uniform::new()
         .u(d.b)
         .u(d.t)
@@ -1064,15 +1065,25 @@ fn attn_uniform(d: &AttnDims, has_ranges: bool) -> Uniform {
         .u(d.q_str.0)
         .u(d.q_str.1)
         .u(d.q_str.2)
-        .u(0)
+        .u(heads.0)
         .u(d.k_str.0)
         .u(d.k_str.1)
         .u(d.k_str.2)
-        .u(0)
+        .u(heads.2 as usize)
         .u(d.v_str.0)
         .u(d.v_str.1)
         .u(d.v_str.2)
-        .u(0)
+        .u(heads.1)
+}
+
+/// llvmpipe (lavapipe) ends all loops of a shader invocation, silently, once their
+/// iterations together pass 65,535; the share of that the attention kernels plan for.
+const LLVMPIPE_LOOP_BUDGET: usize = 60_000;
+
+/// Loop iterations an attention thread spends per key (or query) it walks: two loops
+/// over the head dim, four elements an iteration when HD is a multiple of 4 (`U4`).
+fn attn_iters_per_row(hd: usize) -> usize {
+    2 * hd.div_ceil(if hd.is_multiple_of(4) { 4 } else { 1 }) + 3
 }
 
 fn check_hd(d: &AttnDims) -> Result<()> {
@@ -1082,16 +1093,12 @@ fn check_hd(d: &AttnDims) -> Result<()> {
             format!("head dim {} is above the gpu kernel's 256", d.hd),
         ));
     }
-    // llvmpipe (lavapipe) ends all loops of a shader invocation, silently, once their
-    // iterations together pass 65,535. A thread here walks every key (or query) once,
-    // with two loops over the head dim per key (four elements per iteration when HD is
-    // a multiple of 4): refuse what would pass that rather than return garbage.
+    // A thread walks every key (or query) once: refuse, on a software rasteriser, what
+    // would pass llvmpipe's loop limiter rather than return garbage.
     let ctx = context()?;
     if ctx.is_software() {
-        let step = if d.hd.is_multiple_of(4) { 4 } else { 1 };
-        let per_key = 2 * d.hd.div_ceil(step) + 3;
-        let iters = d.s.max(d.t) * per_key + 8 * d.hd;
-        if iters > 60_000 {
+        let iters = d.s.max(d.t) * attn_iters_per_row(d.hd) + 8 * d.hd;
+        if iters > LLVMPIPE_LOOP_BUDGET {
             return Err(Error::invalid(
                 "attention",
                 format!(
@@ -1121,7 +1128,7 @@ pub fn attention(
         Some(r) => dense(r)?,
         None => empty(&[2], DType::U32)?,
     };
-    let u = attn_uniform(d, ranges.is_some());
+    let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
     let groups = [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32];
     // for the profiler: QK^T and PV over the causal half; q, k, v read and o written once
     super::profile::cost(
@@ -1165,7 +1172,7 @@ pub fn attention_bwd(
         None => empty(&[2], DType::U32)?,
     };
     let ctx = context()?;
-    let u = attn_uniform(d, ranges.is_some());
+    let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
     let spec = attn_spec(d.hd)?;
     let rows = d.b * d.nh * d.t;
     // stats[row] = (lse, D = dO . O)
@@ -1208,21 +1215,18 @@ pub fn attention_bwd(
     // takes, the later ones adding to dk and dv.
     let group = (d.nh / d.nkv.max(1)).max(1);
     let per_dispatch = if ctx.is_software() {
-        let per_key = 2 * d.hd.div_ceil(if d.hd.is_multiple_of(4) { 4 } else { 1 }) + 3;
-        (60_000 / (d.t.max(1) * per_key).max(1)).clamp(1, group)
+        (LLVMPIPE_LOOP_BUDGET / (d.t.max(1) * attn_iters_per_row(d.hd))).clamp(1, group)
     } else {
         group
     };
     for hh in (0..group).step_by(per_dispatch) {
-        let mut u = u.0.clone();
-        u[11] = hh as u32; // hh
-        u[15] = (hh > 0) as u32; // acc
-        u[19] = per_dispatch.min(group - hh) as u32; // hn
+        let heads = (hh, per_dispatch.min(group - hh), hh > 0);
+        let u = attn_uniform(d, ranges.is_some(), heads);
         ctx.dispatch(
             "attention",
             "attn_bwd_dkdv",
             &spec,
-            &u,
+            &u.0,
             &[
                 (1, buf(q)),
                 (2, buf(k)),

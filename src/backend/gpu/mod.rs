@@ -596,26 +596,11 @@ impl GpuContext {
         let (mut first, mut last) = (u64::MAX, 0u64);
         for (recs, buf) in st.done {
             let ticks: Option<Vec<u64>> = match &buf {
-                Some(b) => {
-                    let slice = b.slice(..);
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    slice.map_async(wgpu::MapMode::Read, move |r| {
-                        let _ = tx.send(r);
-                    });
-                    self.device
-                        .poll(wgpu::PollType::wait_indefinitely())
-                        .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
-                    rx.recv()
-                        .map_err(|_| Error::Gpu("profile readback never ran".into()))?
-                        .map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
-                    let data = slice
-                        .get_mapped_range()
-                        .map_err(|e| Error::Gpu(format!("map range: {e}")))?;
-                    let v = bytemuck::pod_collect_to_vec::<u8, u64>(&data);
-                    drop(data);
-                    b.unmap();
-                    Some(v)
-                }
+                Some(b) => Some(bytemuck::pod_collect_to_vec::<u8, u64>(&self.map_read(
+                    b,
+                    0,
+                    b.size() as usize,
+                )?)),
                 None => None,
             };
             for (i, r) in recs.into_iter().enumerate() {
@@ -670,6 +655,11 @@ impl GpuContext {
         });
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(buf.raw(), start, &staging, 0, size));
         self.flush();
+        self.map_read(&staging, offset - start as usize, len)
+    }
+
+    /// Wait for the queue, map a `MAP_READ` buffer and copy out `len` bytes from `skip`.
+    fn map_read(&self, staging: &wgpu::Buffer, skip: usize, len: usize) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -685,8 +675,7 @@ impl GpuContext {
         let data = slice
             .get_mapped_range()
             .map_err(|e| Error::Gpu(format!("map range: {e}")))?;
-        let s = offset - start as usize;
-        let out = data[s..s + len].to_vec();
+        let out = data[skip..skip + len].to_vec();
         drop(data);
         staging.unmap();
         Ok(out)
