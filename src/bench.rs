@@ -58,9 +58,19 @@ pub fn take_profile() -> Option<String> {
     PROFILE_TABLE.lock().unwrap().take()
 }
 
+fn counters() -> crate::backend::gpu::profile::Counters {
+    crate::backend::gpu::profile::counters()
+}
+
 /// When profiling is on, run `f` once more under the GPU profiler and keep the table;
 /// on the CPU there are no kernels to time, which the kept line says.
-fn maybe_profile(dev: Device, f: impl FnOnce() -> Result<()>) -> Result<()> {
+/// `last` holds the free counts of the last unprofiled run: a profiled dispatch gets a
+/// compute pass of its own, so only an unprofiled run shows how many passes are shared.
+fn maybe_profile(
+    dev: Device,
+    last: Option<crate::backend::gpu::profile::Counters>,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     if !PROFILE.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
@@ -71,7 +81,14 @@ fn maybe_profile(dev: Device, f: impl FnOnce() -> Result<()>) -> Result<()> {
         ctx.sync()?;
         ctx.profile_start();
         f()?;
-        ctx.profile_finish()?.table()
+        let mut t = ctx.profile_finish()?.table();
+        if let Some(c) = last {
+            t.push_str(&format!(
+                "\nlast timed run, unprofiled: dispatches {}, compute passes {}, bind groups created {}, submits {}, readbacks {}",
+                c.dispatches, c.passes, c.bind_groups, c.submits, c.readbacks
+            ));
+        }
+        t
     };
     *PROFILE_TABLE.lock().unwrap() = Some(table);
     Ok(())
@@ -98,13 +115,16 @@ pub fn time(
         wait(dev)?;
     }
     let mut ts = Vec::with_capacity(reps);
+    let mut last = None;
     for _ in 0..reps.max(1) {
+        let c0 = counters();
         let t0 = Instant::now();
         f()?;
         wait(dev)?;
         ts.push(t0.elapsed().as_secs_f64());
+        last = Some(counters() - c0);
     }
-    maybe_profile(dev, &mut f)?;
+    maybe_profile(dev, last, &mut f)?;
     ts.sort_by(|a, b| a.total_cmp(b));
     Ok(BenchResult {
         name: name.to_string(),
@@ -242,8 +262,10 @@ pub fn generation(
         ignore_eos: true,
         ..Default::default()
     };
+    let c0 = counters();
     let (_, stats) = generate(net, &prompts, 1, &p, None, &mut |_, _| {})?;
-    maybe_profile(net.device, || {
+    let last = Some(counters() - c0);
+    maybe_profile(net.device, last, || {
         generate(net, &prompts, 1, &p, None, &mut |_, _| {}).map(|_| ())
     })?;
     Ok(stats)
@@ -305,7 +327,9 @@ pub fn dpo_step(
     let mut trainer = Trainer::new(policy, false, schedule, 0.0, 1.0, p, 0)?;
     trainer.reference = reference.map(|r| LiveReference::Model(Box::new(r)));
     let mut times = Vec::new();
+    let mut last = None;
     for _ in 0..steps {
+        let c0 = counters();
         let t0 = Instant::now();
         let batch = MicroBatch::Dpo {
             pairs: ps.clone(),
@@ -316,8 +340,9 @@ pub fn dpo_step(
             crate::backend::gpu::context()?.sync()?;
         }
         times.push(t0.elapsed().as_secs_f64());
+        last = Some(counters() - c0);
     }
-    maybe_profile(device, || {
+    maybe_profile(device, last, || {
         let batch = MicroBatch::Dpo {
             pairs: ps.clone(),
             reference: cached.clone(),

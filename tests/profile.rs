@@ -4,11 +4,15 @@
 mod common;
 use ponder::{Device, Tensor};
 
+/// The counters and the profile are process-wide: the tests here take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_profile_counts_and_times_each_kernel() {
     if !common::gpu_ok("profile") {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ctx = ponder::backend::gpu::context().unwrap();
     let (m, n, k) = (33, 65, 17);
     let a = Tensor::randn(&[m, k], 1.0, 1, Device::Gpu).unwrap();
@@ -49,4 +53,51 @@ fn a_profile_counts_and_times_each_kernel() {
     ctx.profile_start();
     let p = ctx.profile_finish().unwrap();
     assert!(p.rows.is_empty() && p.dispatches == 0, "{}", p.table());
+}
+
+/// Unprofiled, consecutive dispatches share one compute pass, and once a computation has
+/// run, running it again over the same pooled buffers creates no bind group: the shape
+/// parameters ride in the uniform ring at a dynamic offset, so a cached group serves.
+#[test]
+fn repeated_work_shares_passes_and_reuses_bind_groups() {
+    if !common::gpu_ok("profile") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    use ponder::backend::gpu::profile::counters;
+    let ctx = ponder::backend::gpu::context().unwrap();
+    let x = Tensor::randn(&[37, 53], 0.1, 3, Device::Gpu).unwrap();
+    let w = Tensor::randn(&[53, 29], 0.1, 4, Device::Gpu).unwrap();
+    let run = || {
+        let y = x.matmul(&w).unwrap();
+        let z = y.mul(&y).unwrap().add(&y).unwrap().exp().unwrap();
+        let s = z.sum(1, false).unwrap();
+        s.to_vec_f64().unwrap()
+    };
+    let want = run();
+    ctx.sync().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let c0 = counters();
+        let got = run();
+        seen.push(counters() - c0);
+        assert_eq!(got, want, "the same work gave another result");
+    }
+    eprintln!("counts of three runs: {seen:?}");
+    let last = seen[2];
+    assert!(last.dispatches >= 5, "{seen:?}");
+    assert!(
+        last.passes < last.dispatches,
+        "every dispatch had its own compute pass: {seen:?}"
+    );
+    assert_eq!(last.bind_groups, 0, "bind groups were made again: {seen:?}");
+    // and the results are right, not only repeatable
+    let (xc, wc) = (
+        x.to_device(Device::Cpu).unwrap(),
+        w.to_device(Device::Cpu).unwrap(),
+    );
+    let y = xc.matmul(&wc).unwrap();
+    let z = y.mul(&y).unwrap().add(&y).unwrap().exp().unwrap();
+    let cpu = z.sum(1, false).unwrap().to_vec_f64().unwrap();
+    common::assert_close("matmul, mul, add, exp, sum", &want, &cpu, 1e-4, 1e-4);
 }

@@ -45,15 +45,44 @@ struct PipelineKey {
     spec: Vec<(&'static str, u32)>,
     /// Compiled with naga's runtime checks (see [`set_shader_checks`]).
     checked: bool,
+    /// The storage binding numbers the entry point uses (its explicit layout).
+    bindings: Vec<u32>,
 }
+
+/// A compiled entry point and its explicit bind-group layout. Binding 0 is the uniform
+/// ring at a dynamic offset, so one bind group serves every dispatch of this kernel over
+/// the same buffers, whatever its shape parameters.
+struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    /// Index in creation order: part of the bind-group cache key.
+    id: usize,
+}
+
+/// A bind group is reused when the kernel, the uniform window size and every storage
+/// window (buffer, offset, size) are the same.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    kernel: usize,
+    uniform_size: u64,
+    storage: Vec<(u32, wgpu::Buffer, u64, u64)>,
+}
+
+/// Cached bind groups kept at most; past this the cache starts over. A training step
+/// meets the same (pooled) buffers in the same order every step, so a few thousand
+/// entries cover it.
+const MAX_BIND_GROUPS: usize = 16384;
 
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
+    /// The compute pass now recording into `encoder`: consecutive dispatches share it
+    /// (wgpu orders each dispatch after the writes of the ones before it). It is ended
+    /// before anything else is recorded into the encoder, and before the submit.
+    pass: Option<wgpu::ComputePass<'static>>,
     dispatches: usize,
-    /// The uniform ring of the encoder now recording: every dispatch's shape parameters
-    /// at its own aligned offset, uploaded with one write just before the submit (one
-    /// buffer per submit instead of one per dispatch).
-    ring: Option<wgpu::Buffer>,
+    /// Shape parameters of the dispatches recorded since the last submit, each at its
+    /// own 256-byte-aligned offset of the uniform ring; uploaded with one write just
+    /// before the submit (queue order puts it after the previous submit's reads).
     uniforms: Vec<u8>,
 }
 
@@ -71,7 +100,10 @@ pub struct GpuContext {
     pub reason: String,
     /// Other adapters that were seen.
     pub others: Vec<String>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+    /// The uniform ring: one buffer for the life of the context (see [`Pending`]).
+    ring: wgpu::Buffer,
     pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     pending: Mutex<Pending>,
     /// The open profile, if any (locked after `pending` when both are held).
@@ -334,6 +366,12 @@ impl GpuContext {
                 *s = Some(e.to_string());
             }
         }));
+        let ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform ring"),
+            size: RING_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(GpuContext {
             device,
             queue,
@@ -343,12 +381,14 @@ impl GpuContext {
             reason,
             others,
             pipelines: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(HashMap::new()),
+            ring,
             pool: Mutex::new(HashMap::new()),
             prof: Mutex::new(profile::State::default()),
             pending: Mutex::new(Pending {
                 encoder: None,
+                pass: None,
                 dispatches: 0,
-                ring: None,
                 uniforms: Vec::new(),
             }),
             error,
@@ -511,6 +551,8 @@ impl GpuContext {
 
     fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut p = self.pending.lock().unwrap();
+        // the encoder is locked while a pass is open
+        p.pass = None;
         let enc = p.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -529,10 +571,12 @@ impl GpuContext {
     /// Submit under the pending lock, so that no thread can observe "nothing pending"
     /// while another thread's taken encoder is not yet on the queue.
     fn flush_locked(&self, p: &mut Pending) {
+        p.pass = None;
         p.dispatches = 0;
-        if let Some(ring) = p.ring.take() {
-            // applied before the command buffer below runs (queue order)
-            self.queue.write_buffer(&ring, 0, &p.uniforms);
+        if !p.uniforms.is_empty() {
+            // applied before the command buffer below runs, and after the reads of the
+            // previous submit (queue order)
+            self.queue.write_buffer(&self.ring, 0, &p.uniforms);
         }
         p.uniforms.clear();
         if let Some(mut enc) = p.encoder.take() {
@@ -589,8 +633,7 @@ impl GpuContext {
         self.sync()?;
         let st = std::mem::take(&mut *self.prof.lock().unwrap());
         let wall_s = st.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let (d0, s0, r0) = st.counters_at_start;
-        let (d1, s1, r1) = profile::counters();
+        let c = profile::counters() - st.counters_at_start;
         let period = self.queue.get_timestamp_period() as f64;
         let mut records = Vec::new();
         let (mut first, mut last) = (u64::MAX, 0u64);
@@ -617,9 +660,11 @@ impl GpuContext {
             rows: profile::rows(records),
             timestamps: st.timestamps,
             // the profile's own readbacks are not ponder's
-            dispatches: d1 - d0,
-            submits: s1 - s0,
-            readbacks: r1 - r0,
+            dispatches: c.dispatches,
+            submits: c.submits,
+            readbacks: c.readbacks,
+            passes: c.passes,
+            bind_groups: c.bind_groups,
             wall_s,
             gpu_span_ns: if last > first {
                 (last - first) as f64 * period
@@ -686,19 +731,60 @@ impl GpuContext {
         shader: &'static str,
         entry: &'static str,
         spec: &[(&'static str, u32)],
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        bindings: &[u32],
+    ) -> Result<Arc<Kernel>> {
         let checked = shader_checks();
         let key = PipelineKey {
             shader,
             entry,
             spec: spec.to_vec(),
             checked,
+            bindings: bindings.to_vec(),
         };
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         let src = specialise(shader, entry, spec);
+        let access = storage_access(&src);
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for &b in bindings {
+            let read_only = *access.get(&b).unwrap_or_else(|| {
+                panic!("{shader}.wgsl:{entry}: binding {b} is not a storage buffer")
+            });
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: b,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(entry),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -714,7 +800,7 @@ impl GpuContext {
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
-                layout: None,
+                layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
@@ -725,9 +811,65 @@ impl GpuContext {
                 "compiling {shader}.wgsl:{entry} {spec:?}: {e}"
             )));
         }
-        let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap().insert(key, p.clone());
+        let mut cache = self.pipelines.lock().unwrap();
+        let p = Arc::new(Kernel {
+            pipeline,
+            layout,
+            id: cache.len(),
+        });
+        cache.insert(key, p.clone());
         Ok(p)
+    }
+
+    /// The bind group of one dispatch: the uniform ring (at a dynamic offset) and the
+    /// storage windows, reused from the cache when this kernel met the same windows before.
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        uniform_size: u64,
+        storage: &[(u32, &wgpu::Buffer, u64, u64)],
+    ) -> wgpu::BindGroup {
+        let key = BindKey {
+            kernel: kernel.id,
+            uniform_size,
+            storage: storage
+                .iter()
+                .map(|&(b, buf, o, n)| (b, buf.clone(), o, n))
+                .collect(),
+        };
+        let mut cache = self.bind_groups.lock().unwrap();
+        if let Some(g) = cache.get(&key) {
+            return g.clone();
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.ring,
+                offset: 0,
+                size: std::num::NonZeroU64::new(uniform_size),
+            }),
+        }];
+        for &(b, buf, offset, size) in storage {
+            entries.push(wgpu::BindGroupEntry {
+                binding: b,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: buf,
+                    offset,
+                    size: std::num::NonZeroU64::new(size),
+                }),
+            });
+        }
+        let g = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        profile::BIND_GROUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if cache.len() >= MAX_BIND_GROUPS {
+            cache.clear();
+        }
+        cache.insert(key, g.clone());
+        g
     }
 
     /// Record one compute dispatch. `uniform` goes to binding 0; `bindings` are
@@ -792,56 +934,26 @@ impl GpuContext {
             }
             windows.push((offset, size));
         }
-        let pipeline = self.pipeline(shader, entry, spec)?;
+        let numbers: Vec<u32> = bindings.iter().map(|&(b, _, _)| b).collect();
+        let kernel = self.pipeline(shader, entry, spec, &numbers)?;
         // Every uniform is padded to 256 bytes, at least as large as any shader's Params
         // and a multiple of every adapter's uniform offset alignment (at most 256).
         let mut u = uniform.to_vec();
         u.resize(uniform.len().div_ceil(64).max(1) * 64, 0);
         let ubytes: &[u8] = bytemuck::cast_slice(&u);
+        let storage: Vec<(u32, &wgpu::Buffer, u64, u64)> = bindings
+            .iter()
+            .zip(&windows)
+            .map(|(&(b, buf, _), &(offset, size))| (b, buf.raw(), offset, size))
+            .collect();
+        let bind_group = self.bind_group(&kernel, ubytes.len() as u64, &storage);
         let submit = {
             let mut p = self.pending.lock().unwrap();
             if p.uniforms.len() + ubytes.len() > RING_BYTES as usize {
                 self.flush_locked(&mut p);
             }
-            let offset = p.uniforms.len() as u64;
+            let offset = p.uniforms.len() as u32;
             p.uniforms.extend_from_slice(ubytes);
-            let ring = p.ring.get_or_insert_with(|| {
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("uniform ring"),
-                    size: RING_BYTES,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            });
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: ring,
-                    offset,
-                    size: std::num::NonZeroU64::new(ubytes.len() as u64),
-                }),
-            }];
-            for (&(b, buf, _), &(offset, size)) in bindings.iter().zip(&windows) {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: b,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: buf.raw(),
-                        offset,
-                        size: std::num::NonZeroU64::new(size),
-                    }),
-                });
-            }
-            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(entry),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
-            let enc = p.encoder.get_or_insert_with(|| {
-                self.device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("ponder ops"),
-                    })
-            });
             let mut prof = self.prof.lock().unwrap();
             if prof.on && prof.timestamps && prof.query_set.is_none() {
                 prof.query_set = Some(self.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -850,22 +962,39 @@ impl GpuContext {
                     count: (2 * MAX_PENDING_DISPATCHES) as u32,
                 }));
             }
-            {
+            let timed = prof.on && prof.query_set.is_some();
+            if timed {
+                // a profiled dispatch has a pass of its own, timed at its two ends
+                p.pass = None;
+            }
+            let Pending { encoder, pass, .. } = &mut *p;
+            let enc = encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("ponder ops"),
+                    })
+            });
+            let pass = pass.get_or_insert_with(|| {
                 let k = prof.current.len() as u32;
-                let timestamp_writes = prof.query_set.as_ref().filter(|_| prof.on).map(|qs| {
+                let timestamp_writes = prof.query_set.as_ref().filter(|_| timed).map(|qs| {
                     wgpu::ComputePassTimestampWrites {
                         query_set: qs,
                         beginning_of_pass_write_index: Some(2 * k),
                         end_of_pass_write_index: Some(2 * k + 1),
                     }
                 });
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(entry),
+                profile::PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("ponder ops"),
                     timestamp_writes,
-                });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                })
+                .forget_lifetime()
+            });
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &bind_group, &[offset]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            if timed {
+                p.pass = None;
             }
             if prof.on {
                 prof.current.push(profile::Record {
@@ -884,6 +1013,31 @@ impl GpuContext {
         }
         Ok(())
     }
+}
+
+/// Whether each storage binding of a specialised source is read-only, from its
+/// declaration `@group(0) @binding(N) var<storage, read>` (or `read_write`). The explicit
+/// bind-group layouts need it: wgpu requires a layout's access to equal the shader's.
+fn storage_access(src: &str) -> HashMap<u32, bool> {
+    let mut out = HashMap::new();
+    for line in src.lines() {
+        let Some(at) = line.find("@binding(") else {
+            continue;
+        };
+        let rest = &line[at + "@binding(".len()..];
+        let (Some(end), Some(var)) = (rest.find(')'), rest.find("var<storage")) else {
+            continue;
+        };
+        let Ok(b) = rest[..end].trim().parse::<u32>() else {
+            continue;
+        };
+        let decl = rest[var..].split('>').next().unwrap_or("");
+        let read_only = !decl.contains("read_write");
+        // a binding declared twice (two entry points) is writable if either says so
+        let e = out.entry(b).or_insert(read_only);
+        *e &= read_only;
+    }
+    out
 }
 
 /// Build a shader's final source: the prelude, then the shader, with `#if NAME` /

@@ -15,18 +15,47 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Dispatches, submits and readbacks since start-up.
+/// Dispatches, submits, readbacks, compute passes begun and bind groups created since
+/// start-up.
 pub(crate) static DISPATCHES: AtomicU64 = AtomicU64::new(0);
 pub(crate) static SUBMITS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static READBACKS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static PASSES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static BIND_GROUPS: AtomicU64 = AtomicU64::new(0);
 
-/// (dispatches, submits, readbacks) so far: subtract two readings to count a step.
-pub fn counters() -> (u64, u64, u64) {
-    (
-        DISPATCHES.load(Ordering::Relaxed),
-        SUBMITS.load(Ordering::Relaxed),
-        READBACKS.load(Ordering::Relaxed),
-    )
+/// The free counts, read at one moment: subtract two readings to count a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub dispatches: u64,
+    pub submits: u64,
+    pub readbacks: u64,
+    /// Compute passes begun: consecutive dispatches share one unless profiled.
+    pub passes: u64,
+    /// Bind groups created: a dispatch over buffers its kernel met before reuses one.
+    pub bind_groups: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - o.dispatches,
+            submits: self.submits - o.submits,
+            readbacks: self.readbacks - o.readbacks,
+            passes: self.passes - o.passes,
+            bind_groups: self.bind_groups - o.bind_groups,
+        }
+    }
+}
+
+pub fn counters() -> Counters {
+    Counters {
+        dispatches: DISPATCHES.load(Ordering::Relaxed),
+        submits: SUBMITS.load(Ordering::Relaxed),
+        readbacks: READBACKS.load(Ordering::Relaxed),
+        passes: PASSES.load(Ordering::Relaxed),
+        bind_groups: BIND_GROUPS.load(Ordering::Relaxed),
+    }
 }
 
 thread_local! {
@@ -62,7 +91,7 @@ pub(crate) struct State {
     /// Submitted encoders: their records and the buffer their timestamps land in.
     pub done: Vec<(Vec<Record>, Option<wgpu::Buffer>)>,
     pub started: Option<Instant>,
-    pub counters_at_start: (u64, u64, u64),
+    pub counters_at_start: Counters,
 }
 
 /// One kernel's row.
@@ -85,6 +114,10 @@ pub struct Profile {
     pub dispatches: u64,
     pub submits: u64,
     pub readbacks: u64,
+    /// Compute passes begun and bind groups created (a profiled dispatch has a pass of its
+    /// own, so `passes` equals `dispatches` here; [`counters`] counts unprofiled steps).
+    pub passes: u64,
+    pub bind_groups: u64,
     /// Wall time from opening to closing the profile.
     pub wall_s: f64,
     /// First dispatch start to last dispatch end, on the GPU's clock.
@@ -136,10 +169,11 @@ impl Profile {
         }
         let wall_ns = self.wall_s * 1e9;
         s.push_str(&format!(
-            "dispatches {}, submits {}, readbacks {}; wall {:.3} ms, host recording {:.3} ms",
+            "dispatches {}, submits {}, readbacks {}, bind groups created {}; wall {:.3} ms, host recording {:.3} ms",
             self.dispatches,
             self.submits,
             self.readbacks,
+            self.bind_groups,
             wall_ns / 1e6,
             self.host_record_ns() / 1e6
         ));
