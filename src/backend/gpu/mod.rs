@@ -7,7 +7,7 @@ pub mod kernels;
 pub mod profile;
 pub mod split;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -104,7 +104,10 @@ pub struct GpuContext {
     bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     /// The uniform ring: one buffer for the life of the context (see [`Pending`]).
     ring: wgpu::Buffer,
-    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Free buffers by bucket size. A set, not a stack: a buffer is taken lowest first, so
+    /// a step that allocates and frees in the same order as the last one gets the same
+    /// buffers, and its bind groups come from the cache.
+    pool: Mutex<HashMap<u64, BTreeSet<wgpu::Buffer>>>,
     pending: Mutex<Pending>,
     /// The open profile, if any (locked after `pending` when both are held).
     prof: Mutex<profile::State>,
@@ -136,7 +139,7 @@ impl Drop for GpuBuffer {
                 .unwrap()
                 .entry(buf.size())
                 .or_default()
-                .push(buf);
+                .insert(buf);
         }
     }
 }
@@ -481,7 +484,7 @@ impl GpuContext {
             .lock()
             .unwrap()
             .get_mut(&size)
-            .and_then(|v| v.pop());
+            .and_then(|v| v.pop_first());
         let buf = match reused {
             Some(b) => b,
             None => self.device.create_buffer(&wgpu::BufferDescriptor {
