@@ -14,7 +14,15 @@
 //!   moves the model lowered accuracy (lr 1e-4: 0.228 -> 0.136); at lr 2e-5, with or
 //!   without the NLL term, accuracy stays within one or two test questions of sft-long
 //!   (0.220-0.232 against 0.228 over the runs measured), so ThinkPO's accuracy effect is
-//!   not resolved here.
+//!   not resolved here. Why a learning rate that moves the model lowers accuracy: the
+//!   rejected short answers state the same arithmetic facts (`70 - 64 = 6`) that the long
+//!   style writes column by column (`10-4=6`), and DPO pushes their log-probs down by
+//!   ~2 nats a token (logps/rejected -51 -> -187 over one epoch at lr 1e-4). Afterwards
+//!   the long model's column results are off by one (`14-8=5`, `2+3=6`). Neither beta
+//!   (0.01 to 5), stripping the calculator annotations from the rejected side, nor
+//!   rejected answers with wrong arithmetic (`--keep-format-correct`, sampled without the
+//!   calculator) avoided it at lr >= 5e-5; SFT on the chosen answers alone does not lower
+//!   accuracy (lr 1e-4: 0.232, three epochs: 0.244).
 //! - `tpo`: sft-short with the verifier judge; the thought is the working, the response
 //!   the `#### N` line. One round of 600 fresh instructions (with 300, the 124 pairs
 //!   moved test accuracy by less than one question).
