@@ -507,6 +507,14 @@ fn info(dev: Option<String>) -> Result<bool> {
             );
             outln!("  max_buffer_size: {} MiB", l.max_buffer_size >> 20);
             outln!(
+                "  immediates (shape parameters without the uniform ring): {}",
+                if ctx.features.contains(wgpu::Features::IMMEDIATES) {
+                    format!("{} B", l.max_immediate_size)
+                } else {
+                    "not offered".into()
+                }
+            );
+            outln!(
                 "  max_compute_workgroup_storage_size: {} B",
                 l.max_compute_workgroup_storage_size
             );

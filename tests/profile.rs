@@ -91,6 +91,18 @@ fn repeated_work_shares_passes_and_reuses_bind_groups() {
         "every dispatch had its own compute pass: {seen:?}"
     );
     assert_eq!(last.bind_groups, 0, "bind groups were made again: {seen:?}");
+    // shape parameters go as immediates where the adapter offers them; the uniform ring
+    // (the path without them) gives the same numbers
+    if ctx.features.contains(wgpu::Features::IMMEDIATES) {
+        assert!(last.immediates > 0, "no dispatch took immediates: {seen:?}");
+    }
+    ponder::backend::gpu::set_immediates(false);
+    let c0 = counters();
+    let ring = run();
+    let c = counters() - c0;
+    ponder::backend::gpu::set_immediates(true);
+    assert_eq!(c.immediates, 0, "{c:?}");
+    assert_eq!(ring, want, "the uniform ring and immediates disagree");
     // and the results are right, not only repeatable
     let (xc, wc) = (
         x.to_device(Device::Cpu).unwrap(),

@@ -47,6 +47,8 @@ struct PipelineKey {
     checked: bool,
     /// The storage binding numbers the entry point uses (its explicit layout).
     bindings: Vec<u32>,
+    /// Asked for with its shape parameters in immediates rather than the uniform ring.
+    immediates: bool,
 }
 
 /// A compiled entry point and its explicit bind-group layout. Binding 0 is the uniform
@@ -55,6 +57,9 @@ struct PipelineKey {
 struct Kernel {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    /// Bytes of immediates the shape parameters go in; 0: they go in the uniform ring
+    /// (binding 0).
+    immediate_size: u32,
     /// Index in creation order: part of the bind-group cache key.
     id: usize,
 }
@@ -169,6 +174,9 @@ fn read_env_flags() {
     if on("PONDER_NO_F16") {
         NO_F16.store(true, Ordering::Relaxed);
     }
+    if on("PONDER_NO_IMMEDIATES") {
+        NO_IMMEDIATES.store(true, Ordering::Relaxed);
+    }
     if on("PONDER_SHADER_CHECKS") {
         SHADER_CHECKS.store(true, Ordering::Relaxed);
     }
@@ -245,6 +253,15 @@ pub fn set_subgroups(on: bool) {
 }
 pub fn set_f16(on: bool) {
     NO_F16.store(!on, Ordering::Relaxed);
+}
+
+static NO_IMMEDIATES: AtomicBool = AtomicBool::new(false);
+
+/// Pass shape parameters as immediates (push constants) where the adapter offers them
+/// (the default), or always through the uniform ring (`PONDER_NO_IMMEDIATES=1`), to run
+/// and test both paths on one adapter.
+pub fn set_immediates(on: bool) {
+    NO_IMMEDIATES.store(!on, Ordering::Relaxed);
 }
 
 static CONTEXT: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
@@ -350,7 +367,8 @@ impl GpuContext {
         let features = offered
             & (wgpu::Features::SHADER_F16
                 | wgpu::Features::SUBGROUP
-                | wgpu::Features::TIMESTAMP_QUERY);
+                | wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::IMMEDIATES);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ponder"),
@@ -400,6 +418,16 @@ impl GpuContext {
 
     pub fn has_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
+    }
+    /// Bytes of immediates a kernel may take now (0: the uniform ring for every kernel).
+    fn immediate_budget(&self) -> u32 {
+        if self.features.contains(wgpu::Features::IMMEDIATES)
+            && !NO_IMMEDIATES.load(Ordering::Relaxed)
+        {
+            self.limits.max_immediate_size.min(256) / 4 * 4
+        } else {
+            0
+        }
     }
     pub fn has_subgroups(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
@@ -735,6 +763,7 @@ impl GpuContext {
         entry: &'static str,
         spec: &[(&'static str, u32)],
         bindings: &[u32],
+        immediates: bool,
     ) -> Result<Arc<Kernel>> {
         let checked = shader_checks();
         let key = PipelineKey {
@@ -743,22 +772,57 @@ impl GpuContext {
             spec: spec.to_vec(),
             checked,
             bindings: bindings.to_vec(),
+            immediates,
         };
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let src = specialise(shader, entry, spec);
-        let access = storage_access(&src);
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: None,
+        let kernel = match immediates {
+            true => match self.compile(shader, entry, spec, bindings, self.immediate_budget()) {
+                Ok(k) => k,
+                // Params larger than the adapter's immediates: this kernel keeps the ring
+                Err(_) => self.compile(shader, entry, spec, bindings, 0)?,
             },
-            count: None,
-        }];
+            false => self.compile(shader, entry, spec, bindings, 0)?,
+        };
+        let mut cache = self.pipelines.lock().unwrap();
+        let p = Arc::new(Kernel {
+            id: cache.len(),
+            ..kernel
+        });
+        cache.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Compile one entry point with an explicit layout: its shape parameters in
+    /// `immediate_size` bytes of immediates, or (0) in the uniform ring at binding 0.
+    fn compile(
+        &self,
+        shader: &'static str,
+        entry: &'static str,
+        spec: &[(&'static str, u32)],
+        bindings: &[u32],
+        immediate_size: u32,
+    ) -> Result<Kernel> {
+        let mut src = specialise(shader, entry, spec);
+        let access = storage_access(&src);
+        let mut entries = Vec::new();
+        if immediate_size > 0 {
+            let decl = "@group(0) @binding(0) var<uniform> P: Params;";
+            assert!(src.contains(decl), "{shader}.wgsl: expected `{decl}`");
+            src = src.replace(decl, "var<immediate> P: Params;");
+        } else {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
         for &b in bindings {
             let read_only = *access.get(&b).unwrap_or_else(|| {
                 panic!("{shader}.wgsl:{entry}: binding {b} is not a storage buffer")
@@ -786,7 +850,7 @@ impl GpuContext {
             .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(entry),
                 bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
+                immediate_size,
             });
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader),
@@ -814,14 +878,12 @@ impl GpuContext {
                 "compiling {shader}.wgsl:{entry} {spec:?}: {e}"
             )));
         }
-        let mut cache = self.pipelines.lock().unwrap();
-        let p = Arc::new(Kernel {
+        Ok(Kernel {
             pipeline,
             layout,
-            id: cache.len(),
-        });
-        cache.insert(key, p.clone());
-        Ok(p)
+            immediate_size,
+            id: 0,
+        })
     }
 
     /// The bind group of one dispatch: the uniform ring (at a dynamic offset) and the
@@ -844,14 +906,17 @@ impl GpuContext {
         if let Some(g) = cache.get(&key) {
             return g.clone();
         }
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.ring,
-                offset: 0,
-                size: std::num::NonZeroU64::new(uniform_size),
-            }),
-        }];
+        let mut entries = Vec::new();
+        if kernel.immediate_size == 0 {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.ring,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(uniform_size),
+                }),
+            });
+        }
         for &(b, buf, offset, size) in storage {
             entries.push(wgpu::BindGroupEntry {
                 binding: b,
@@ -938,25 +1003,43 @@ impl GpuContext {
             windows.push((offset, size));
         }
         let numbers: Vec<u32> = bindings.iter().map(|&(b, _, _)| b).collect();
-        let kernel = self.pipeline(shader, entry, spec, &numbers)?;
-        // Every uniform is padded to 256 bytes, at least as large as any shader's Params
-        // and a multiple of every adapter's uniform offset alignment (at most 256).
+        let budget = self.immediate_budget() as usize;
+        let kernel = self.pipeline(
+            shader,
+            entry,
+            spec,
+            &numbers,
+            budget > 0 && 4 * uniform.len() <= budget,
+        )?;
+        // In the ring every uniform is padded to 256 bytes, at least as large as any
+        // shader's Params and a multiple of every adapter's uniform offset alignment (at
+        // most 256). As immediates, all the layout's bytes are written.
         let mut u = uniform.to_vec();
-        u.resize(uniform.len().div_ceil(64).max(1) * 64, 0);
+        match kernel.immediate_size {
+            0 => u.resize(uniform.len().div_ceil(64).max(1) * 64, 0),
+            n => u.resize(n as usize / 4, 0),
+        }
         let ubytes: &[u8] = bytemuck::cast_slice(&u);
         let storage: Vec<(u32, &wgpu::Buffer, u64, u64)> = bindings
             .iter()
             .zip(&windows)
             .map(|(&(b, buf, _), &(offset, size))| (b, buf.raw(), offset, size))
             .collect();
-        let bind_group = self.bind_group(&kernel, ubytes.len() as u64, &storage);
+        let in_ring = kernel.immediate_size == 0;
+        let bind_group = self.bind_group(
+            &kernel,
+            if in_ring { ubytes.len() as u64 } else { 0 },
+            &storage,
+        );
         let submit = {
             let mut p = self.pending.lock().unwrap();
-            if p.uniforms.len() + ubytes.len() > RING_BYTES as usize {
+            if in_ring && p.uniforms.len() + ubytes.len() > RING_BYTES as usize {
                 self.flush_locked(&mut p);
             }
             let offset = p.uniforms.len() as u32;
-            p.uniforms.extend_from_slice(ubytes);
+            if in_ring {
+                p.uniforms.extend_from_slice(ubytes);
+            }
             let mut prof = self.prof.lock().unwrap();
             if prof.on && prof.timestamps && prof.query_set.is_none() {
                 prof.query_set = Some(self.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -994,7 +1077,13 @@ impl GpuContext {
                 .forget_lifetime()
             });
             pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[offset]);
+            if in_ring {
+                pass.set_bind_group(0, &bind_group, &[offset]);
+            } else {
+                profile::IMMEDIATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pass.set_immediates(0, ubytes);
+                pass.set_bind_group(0, &bind_group, &[]);
+            }
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             if timed {
                 p.pass = None;

@@ -22,6 +22,7 @@ pub(crate) static SUBMITS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static READBACKS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static PASSES: AtomicU64 = AtomicU64::new(0);
 pub(crate) static BIND_GROUPS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static IMMEDIATES: AtomicU64 = AtomicU64::new(0);
 
 /// The free counts, read at one moment: subtract two readings to count a step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Counters {
     pub passes: u64,
     /// Bind groups created: a dispatch over buffers its kernel met before reuses one.
     pub bind_groups: u64,
+    /// Dispatches whose shape parameters went as immediates rather than the ring.
+    pub immediates: u64,
 }
 
 impl std::ops::Sub for Counters {
@@ -44,6 +47,7 @@ impl std::ops::Sub for Counters {
             readbacks: self.readbacks - o.readbacks,
             passes: self.passes - o.passes,
             bind_groups: self.bind_groups - o.bind_groups,
+            immediates: self.immediates - o.immediates,
         }
     }
 }
@@ -55,6 +59,7 @@ pub fn counters() -> Counters {
         readbacks: READBACKS.load(Ordering::Relaxed),
         passes: PASSES.load(Ordering::Relaxed),
         bind_groups: BIND_GROUPS.load(Ordering::Relaxed),
+        immediates: IMMEDIATES.load(Ordering::Relaxed),
     }
 }
 
