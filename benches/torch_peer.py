@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""PyTorch peer of `ponder bench`: the same four figures on the same card, same shapes.
+
+Run it beside ponder in one session on the machine with the GPU, e.g.
+
+    ponder bench matmul --device gpu --m 4096 --n 4096 --k 4096
+    python3 benches/torch_peer.py matmul --m 4096 --n 4096 --k 4096
+
+Subcommands mirror ponder's: `matmul` (f32, TF32 off), `attention` (causal SDPA in f32,
+grouped-query heads; `--backward` times the backward pass alone, as ponder does),
+`dpo` (full DPO optimizer steps on a random Qwen2.5-0.5B-shaped model trained in f32,
+reference log-probs computed once beforehand, AdamW, clip 1.0) and `generate` (greedy
+decode with bf16 weights). FLOP counts follow ponder's: 2MNK for matmul; 2 B NH T^2 HD
+for causal attention forward (half of the 4 B NH T^2 HD of the full square), 2.5x that
+for the backward. Each figure is the median of `--reps` timed runs after warm-up, with
+the GPU synchronised around each. Nothing is downloaded: the models are built from a
+config written here.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(f, warmup, reps):
+    for _ in range(warmup):
+        f()
+    sync()
+    ts = []
+    for _ in range(max(reps, 1)):
+        t0 = time.perf_counter()
+        f()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def device():
+    if not torch.cuda.is_available():
+        raise SystemExit("torch sees no CUDA device")
+    # the same arithmetic as ponder's f32 kernels: no TF32 anywhere
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device("cuda"), torch.cuda.get_device_name()
+
+
+def matmul(a):
+    dev, name = device()
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = torch.randn(a.m, a.k, device=dev, generator=g)
+    # --weight-t: B is the transpose of a row-major (N, K) weight, as in x @ W^T
+    w = torch.randn((a.n, a.k) if a.weight_t else (a.k, a.n), device=dev, generator=g)
+    f = (lambda: x @ w.t()) if a.weight_t else (lambda: x @ w)
+    s = timed(f, a.warmup, a.reps)
+    flops = 2.0 * a.m * a.n * a.k
+    print(f"torch matmul f32 {a.m}x{a.n}x{a.k} on {name}: {s * 1e3:.3f} ms, {flops / s / 1e12:.2f} TFLOP/s")
+
+
+def attention(a):
+    dev, name = device()
+    a.nh, a.nkv, a.hd = a.heads, a.kv_heads, a.head_dim
+    g = torch.Generator(device=dev).manual_seed(1)
+    q = torch.randn(a.b, a.nh, a.t, a.hd, device=dev, generator=g)
+    k = torch.randn(a.b, a.nkv, a.t, a.hd, device=dev, generator=g)
+    v = torch.randn(a.b, a.nkv, a.t, a.hd, device=dev, generator=g)
+    # grouped-query heads: each key/value head serves nh / nkv query heads
+    rep = a.nh // a.nkv
+    fwd = 4.0 * a.b * a.nh * a.t * a.t * a.hd / 2.0
+
+    def run(q, k, v):
+        return F.scaled_dot_product_attention(
+            q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), is_causal=True
+        )
+
+    if not a.backward:
+        with torch.no_grad():
+            s = timed(lambda: run(q, k, v), a.warmup, a.reps)
+        flops, what = fwd, "fwd"
+    else:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        y = run(q, k, v)
+        dy = torch.randn(y.shape, device=dev, generator=g)
+
+        def bwd():
+            for t in (q, k, v):
+                t.grad = None
+            y.backward(dy, retain_graph=True)
+
+        s = timed(bwd, a.warmup, a.reps)
+        flops, what = 2.5 * fwd, "bwd"
+    print(
+        f"torch attention {what} B{a.b} T{a.t} NH{a.nh} NKV{a.nkv} HD{a.hd} on {name}: "
+        f"{s * 1e3:.3f} ms, {flops / s / 1e12:.2f} TFLOP/s"
+    )
+
+
+def qwen_05b(dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+        max_position_embeddings=32768, eos_token_id=151643,
+    )
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(cfg).to(dtype)
+
+
+def ids(n, length, salt, v):
+    # the same synthetic ids as `ponder bench`: deterministic, not all the same token
+    return [[(i * 7919 + (salt + r) * 104729 + 17) % v for i in range(length)] for r in range(n)]
+
+
+def completion_logps(model, x, prompt_len):
+    logits = model(input_ids=x).logits[:, :-1].float()
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, x[:, 1:, None]).squeeze(-1)
+    return lp[:, prompt_len - 1:].sum(-1)
+
+
+def dpo(a):
+    dev, name = device()
+    model = qwen_05b(torch.float32).to(dev).train()
+    v = model.config.vocab_size
+    length = a.prompt_len + a.completion_len
+    # rows 0..pairs are chosen, pairs..2 pairs rejected
+    x = torch.tensor(ids(2 * a.pairs, length, 0, v), device=dev)
+    with torch.no_grad():
+        ref = completion_logps(model, x, a.prompt_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+    beta = 0.1
+
+    def step():
+        lp = completion_logps(model, x, a.prompt_len)
+        margin = (lp[: a.pairs] - ref[: a.pairs]) - (lp[a.pairs:] - ref[a.pairs:])
+        loss = -F.logsigmoid(beta * margin).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    torch.cuda.reset_peak_memory_stats()
+    s = timed(step, 1, a.steps)
+    tokens = 2 * a.pairs * length
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    print(
+        f"torch dpo step, random Qwen2.5-0.5B shape, {a.pairs} pairs x {length} tokens on {name}: "
+        f"{s:.3f} s per step, {tokens / s:.0f} tokens/s, peak GPU memory {peak:.0f} MiB"
+    )
+
+
+def generate(a):
+    dev, name = device()
+    model = qwen_05b(torch.bfloat16).to(dev).eval()
+    v = model.config.vocab_size
+    for b in a.batch:
+        x = torch.tensor(ids(b, a.prompt_len, 1, v), device=dev)
+        kw = dict(
+            max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, do_sample=False,
+            pad_token_id=0, attention_mask=torch.ones_like(x),
+        )
+        with torch.no_grad():
+            s = timed(lambda: model.generate(x, **kw), 1, a.reps)
+        print(
+            f"torch generate bf16, batch {b}, prompt {a.prompt_len}, {a.new_tokens} new on {name}: "
+            f"{b * a.new_tokens / s:.1f} tokens/s"
+        )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("matmul")
+    m.add_argument("--m", type=int, default=1024)
+    m.add_argument("--n", type=int, default=1024)
+    m.add_argument("--k", type=int, default=1024)
+    m.add_argument("--weight-t", action="store_true")
+    m.add_argument("--reps", type=int, default=7)
+    m.add_argument("--warmup", type=int, default=2)
+    t = sub.add_parser("attention")
+    t.add_argument("--b", type=int, default=1)
+    t.add_argument("--t", type=int, default=512)
+    t.add_argument("--heads", type=int, default=14)
+    t.add_argument("--kv-heads", type=int, default=2)
+    t.add_argument("--head-dim", type=int, default=64)
+    t.add_argument("--backward", action="store_true")
+    t.add_argument("--reps", type=int, default=5)
+    t.add_argument("--warmup", type=int, default=1)
+    d = sub.add_parser("dpo")
+    d.add_argument("--pairs", type=int, default=2)
+    d.add_argument("--prompt-len", type=int, default=64)
+    d.add_argument("--completion-len", type=int, default=64)
+    d.add_argument("--steps", type=int, default=3)
+    g = sub.add_parser("generate")
+    g.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
+    g.add_argument("--prompt-len", type=int, default=128)
+    g.add_argument("--new-tokens", type=int, default=32)
+    g.add_argument("--reps", type=int, default=3)
+    a = p.parse_args()
+    {"matmul": matmul, "attention": attention, "dpo": dpo, "generate": generate}[a.what](a)
+
+
+if __name__ == "__main__":
+    main()
