@@ -115,9 +115,9 @@ def qwen_05b(dtype):
     return Qwen2ForCausalLM(cfg).to(dtype)
 
 
-def ids(n, length, salt, v):
-    # the same synthetic ids as `ponder bench`: deterministic, not all the same token
-    return [[(i * 7919 + (salt + r) * 104729 + 17) % v for i in range(length)] for r in range(n)]
+def ids(salts, length, c, v):
+    # the same synthetic ids as `ponder bench`: row s is (i * 7919 + s * 104729 + c) % v
+    return [[(i * 7919 + s * 104729 + c) % v for i in range(length)] for s in salts]
 
 
 def completion_logps(model, x, prompt_len):
@@ -131,8 +131,9 @@ def dpo(a):
     model = qwen_05b(torch.float32).to(dev).train()
     v = model.config.vocab_size
     length = a.prompt_len + a.completion_len
-    # rows 0..pairs are chosen, pairs..2 pairs rejected
-    x = torch.tensor(ids(2 * a.pairs, length, 0, v), device=dev)
+    # rows 0..pairs are chosen (ponder's pair i: salt 2i), pairs..2 pairs rejected (2i + 1)
+    salts = [2 * i for i in range(a.pairs)] + [2 * i + 1 for i in range(a.pairs)]
+    x = torch.tensor(ids(salts, length, 17, v), device=dev)
     with torch.no_grad():
         ref = completion_logps(model, x, a.prompt_len)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
@@ -162,7 +163,7 @@ def generate(a):
     model = qwen_05b(torch.bfloat16).to(dev).eval()
     v = model.config.vocab_size
     for b in a.batch:
-        x = torch.tensor(ids(b, a.prompt_len, 1, v), device=dev)
+        x = torch.tensor(ids(range(b), a.prompt_len, 13, v), device=dev)
         kw = dict(
             max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, do_sample=False,
             pad_token_id=0, attention_mask=torch.ones_like(x),

@@ -29,7 +29,11 @@ fn a_profile_counts_and_times_each_kernel() {
         .unwrap_or_else(|| panic!("{}", p.table()));
     assert_eq!(row.count, 2, "{}", p.table());
     assert_eq!(row.flops, Some(2.0 * (m * n * k + m * k * n) as f64));
-    assert!(p.dispatches >= 2 && p.submits >= 1, "{}", p.table());
+    assert!(
+        p.counts.dispatches >= 2 && p.counts.submits >= 1,
+        "{}",
+        p.table()
+    );
     if p.timestamps {
         assert!(row.gpu_ns > 0.0, "{}", p.table());
         assert!(p.table().contains("GPU busy"));
@@ -52,7 +56,11 @@ fn a_profile_counts_and_times_each_kernel() {
     let _ = d;
     ctx.profile_start();
     let p = ctx.profile_finish().unwrap();
-    assert!(p.rows.is_empty() && p.dispatches == 0, "{}", p.table());
+    assert!(
+        p.rows.is_empty() && p.counts.dispatches == 0,
+        "{}",
+        p.table()
+    );
 }
 
 /// Unprofiled, consecutive dispatches share one compute pass, and once a computation has

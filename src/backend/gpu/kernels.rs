@@ -1193,20 +1193,21 @@ pub fn attention_bwd(
     let dq = f32_out(&[d.b, d.t, d.nh, d.hd])?;
     let dk = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
     let dv = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
+    // the inputs both gradient kernels read; each adds its outputs
+    let inputs = [
+        (1, buf(q)),
+        (2, buf(k)),
+        (3, buf(v)),
+        (4, buf(&r)),
+        (7, buf(&stats)),
+        (8, buf(&dout)),
+    ];
     ctx.dispatch(
         "attention",
         "attn_bwd_dq",
         &spec,
         &u.0,
-        &[
-            (1, buf(q)),
-            (2, buf(k)),
-            (3, buf(v)),
-            (4, buf(&r)),
-            (5, buf(&dq)),
-            (7, buf(&stats)),
-            (8, buf(&dout)),
-        ],
+        &[&inputs[..], &[(5, buf(&dq))]].concat(),
         [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32],
     )?;
     // A thread sums its key's gradient over the query heads of its kv group. On a
@@ -1227,16 +1228,7 @@ pub fn attention_bwd(
             "attn_bwd_dkdv",
             &spec,
             &u.0,
-            &[
-                (1, buf(q)),
-                (2, buf(k)),
-                (3, buf(v)),
-                (4, buf(&r)),
-                (5, buf(&dk)),
-                (6, buf(&dv)),
-                (7, buf(&stats)),
-                (8, buf(&dout)),
-            ],
+            &[&inputs[..], &[(5, buf(&dk)), (6, buf(&dv))]].concat(),
             [d.s.div_ceil(ATT_Q) as u32, d.nkv as u32, d.b as u32],
         )?;
     }

@@ -51,9 +51,9 @@ struct PipelineKey {
     immediates: bool,
 }
 
-/// A compiled entry point and its explicit bind-group layout. Binding 0 is the uniform
-/// ring at a dynamic offset, so one bind group serves every dispatch of this kernel over
-/// the same buffers, whatever its shape parameters.
+/// A compiled entry point and its explicit bind-group layout. The shape parameters go as
+/// immediates, or in the uniform ring (binding 0) at a dynamic offset: either way one bind
+/// group serves every dispatch of this kernel over the same buffers, whatever its shapes.
 struct Kernel {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
@@ -664,7 +664,6 @@ impl GpuContext {
         self.sync()?;
         let st = std::mem::take(&mut *self.prof.lock().unwrap());
         let wall_s = st.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let c = profile::counters() - st.counters_at_start;
         let period = self.queue.get_timestamp_period() as f64;
         let mut records = Vec::new();
         let (mut first, mut last) = (u64::MAX, 0u64);
@@ -691,11 +690,7 @@ impl GpuContext {
             rows: profile::rows(records),
             timestamps: st.timestamps,
             // the profile's own readbacks are not ponder's
-            dispatches: c.dispatches,
-            submits: c.submits,
-            readbacks: c.readbacks,
-            passes: c.passes,
-            bind_groups: c.bind_groups,
+            counts: profile::counters() - st.counters_at_start,
             wall_s,
             gpu_span_ns: if last > first {
                 (last - first) as f64 * period
@@ -940,7 +935,8 @@ impl GpuContext {
         g
     }
 
-    /// Record one compute dispatch. `uniform` goes to binding 0; `bindings` are
+    /// Record one compute dispatch. `uniform` (the shader's `P: Params`) goes as
+    /// immediates where they fit, else to binding 0 from the uniform ring; `bindings` are
     /// (binding number, buffer) pairs for the storage buffers the entry point uses, each
     /// bound whole.
     pub fn dispatch(

@@ -52,6 +52,21 @@ impl std::ops::Sub for Counters {
     }
 }
 
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dispatches {} ({} with immediates), compute passes {}, bind groups created {}, submits {}, readbacks {}",
+            self.dispatches,
+            self.immediates,
+            self.passes,
+            self.bind_groups,
+            self.submits,
+            self.readbacks
+        )
+    }
+}
+
 pub fn counters() -> Counters {
     Counters {
         dispatches: DISPATCHES.load(Ordering::Relaxed),
@@ -116,13 +131,10 @@ pub struct KernelRow {
 pub struct Profile {
     pub rows: Vec<KernelRow>,
     pub timestamps: bool,
-    pub dispatches: u64,
-    pub submits: u64,
-    pub readbacks: u64,
-    /// Compute passes begun and bind groups created (a profiled dispatch has a pass of its
-    /// own, so `passes` equals `dispatches` here; [`counters`] counts unprofiled steps).
-    pub passes: u64,
-    pub bind_groups: u64,
+    /// The free counts of the profiled work. A profiled dispatch has a compute pass of
+    /// its own, so `passes` equals `dispatches` here: read [`counters`] around unprofiled
+    /// work to see the passes shared.
+    pub counts: Counters,
     /// Wall time from opening to closing the profile.
     pub wall_s: f64,
     /// First dispatch start to last dispatch end, on the GPU's clock.
@@ -174,11 +186,8 @@ impl Profile {
         }
         let wall_ns = self.wall_s * 1e9;
         s.push_str(&format!(
-            "dispatches {}, submits {}, readbacks {}, bind groups created {}; wall {:.3} ms, host recording {:.3} ms",
-            self.dispatches,
-            self.submits,
-            self.readbacks,
-            self.bind_groups,
+            "{}; wall {:.3} ms, host recording {:.3} ms",
+            self.counts,
             wall_ns / 1e6,
             self.host_record_ns() / 1e6
         ));
