@@ -2,6 +2,8 @@
 // Backward, with gw = g * w:
 //   dx_j = rstd * gw_j - x_j * rstd^3 * mean_i(gw_i x_i)     (one workgroup per row)
 //   dw_j = sum_rows g_j x_j rstd                              (one thread per column)
+// Over the binding limit the host binds blocks of whole rows, so every kernel still sees
+// its rows from 0; dw's blocks after the first add in (ACC).
 
 struct Params {
     rows: u32,
@@ -73,5 +75,10 @@ fn rmsnorm_bwd_dw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         let e = row * P.c + j;
         acc = acc + G[e] * X[e] * R[row];
     }
+#if ACC
+    // a later block of rows adds to the earlier ones
+    DW[j] = DW[j] + acc;
+#else
     DW[j] = acc;
+#endif
 }

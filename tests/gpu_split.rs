@@ -213,11 +213,41 @@ fn movement_casts_and_adamw_over_the_limit() {
 }
 
 #[test]
+fn row_kernels_over_the_limit() {
+    if !split_ok("split rows") {
+        return;
+    }
+    let s = seed("split rows");
+    // 333 rows of 12: blocks of 64 whole rows, the last one ragged; RMSNorm's weight
+    // gradient sums the blocks, forward and backward checked against the CPU
+    big(&[333, 12]);
+    let x = randn(&[333, 12], s);
+    gpu_vs_cpu("softmax rows", std::slice::from_ref(&x), true, 1e-4, |t| {
+        t[0].softmax()
+    });
+    gpu_vs_cpu(
+        "log_softmax rows",
+        std::slice::from_ref(&x),
+        true,
+        1e-4,
+        |t| t[0].log_softmax(),
+    );
+    gpu_vs_cpu(
+        "rms_norm rows",
+        &[x.clone(), randn(&[12], s + 1)],
+        true,
+        1e-4,
+        |t| t[0].rms_norm(&t[1], 1e-5),
+    );
+}
+
+#[test]
 fn an_unsplit_kernel_names_itself() {
     if !split_ok("split refusal") {
         return;
     }
-    // softmax rows are not split: a row over the limit is a clear error, not a wgpu panic
+    // softmax splits over whole rows: one row (of 64, the smallest block) over the limit
+    // is a clear error, not a wgpu panic
     let x = randn(&[2, 3000], seed("split refusal"))
         .to_device(Device::Gpu)
         .unwrap();

@@ -145,6 +145,15 @@ fn long_reductions_and_k() {
     gpu_vs_cpu("matmul with K = 151936", &[a, w], false, 1e-3, |t| {
         t[0].matmul(&t[1])
     });
+    // RMSNorm's weight gradient walks every row: 70,000 rows, more than llvmpipe's loop
+    // limiter lets one invocation walk, so it sums blocks of rows
+    gpu_vs_cpu(
+        "rms_norm over 70k rows",
+        &[randn(&[70_000, 3], s + 4), randn(&[3], s + 5)],
+        true,
+        1e-3,
+        |t| t[0].rms_norm(&t[1], 1e-5),
+    );
 }
 
 #[test]

@@ -122,6 +122,31 @@ fn synth_cli_is_deterministic_and_its_splits_are_disjoint() {
         }
     }
     assert_eq!(questions.len(), 200);
+    // ThinkPO's mixed SFT set: each training problem once, its long rationale, or the
+    // short one where it has a single step
+    let lines = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(a.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (mixed, short, long) = (
+        lines("train-mixed.jsonl"),
+        lines("train-short.jsonl"),
+        lines("train-long.jsonl"),
+    );
+    assert_eq!(mixed.len(), 150);
+    let mut one_step = 0;
+    for ((m, s), l) in mixed.iter().zip(&short).zip(&long) {
+        let steps = m["steps"].as_u64().unwrap();
+        one_step += (steps == 1) as usize;
+        assert_eq!(m, if steps == 1 { s } else { l });
+    }
+    assert!(
+        one_step > 0 && one_step < 150,
+        "{one_step} one-step problems"
+    );
     let (ok, out, err) = ponder(&[
         "data",
         "synth",

@@ -26,8 +26,9 @@ step "pre-train (base)" "$P" sft --model "$W/init" --data "$W/data/pretrain.json
 head -300 "$W/data/train-short.jsonl" > "$W/train300-short.jsonl"
 step "sft-short" "$P" sft --model base --data "$W/train300-short.jsonl" --out sft-short \
     --epochs 2 --batch-size 16 --lr 5e-4 --lr-scheduler cosine --shuffle --device cpu --quiet
-# sft-long: every long rationale (ThinkPO's long-CoT starting point)
-step "sft-long" "$P" sft --model base --data "$W/data/train-long.jsonl" --out sft-long \
+# sft-long: ThinkPO's long-CoT starting point: the long rationale of every multi-step
+# training problem, the short one of every one-step problem (train-mixed.jsonl)
+step "sft-long" "$P" sft --model base --data "$W/data/train-mixed.jsonl" --out sft-long \
     --epochs 2 --batch-size 16 --lr 1e-3 --lr-scheduler cosine --warmup-ratio 0.03 --shuffle --device cpu --quiet
 for m in base sft-short sft-long; do
     for c in "" --calculator; do

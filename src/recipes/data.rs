@@ -104,6 +104,7 @@ fn sft_row(p: &Problem, completion: &str) -> Value {
 
 /// Write the synthetic task under `dir`: for each split `S` of train/dev/test,
 /// `S-short.jsonl` and `S-long.jsonl` (SFT format, `answer` alongside), plus
+/// `train-mixed.jsonl` (long rationales, short ones for one-step problems),
 /// `pretrain.jsonl` (question and both rationales of every training problem as one
 /// completion with an empty prompt) and `corpus.txt` (the same texts, for the tokenizer).
 pub fn write_synth(dir: &Path, s: &Splits) -> Result<Vec<PathBuf>> {
@@ -122,6 +123,16 @@ pub fn write_synth(dir: &Path, s: &Splits) -> Result<Vec<PathBuf>> {
             written.push(path);
         }
     }
+    // ThinkPO's long-CoT SFT data, as distilled long-CoT sets often are: the long
+    // rationale of every multi-step problem, but a one-step problem answered briefly
+    let path = dir.join("train-mixed.jsonl");
+    let rows: Vec<Value> = s
+        .train
+        .iter()
+        .map(|p| sft_row(p, if p.ops.len() == 1 { &p.short } else { &p.long }))
+        .collect();
+    write_jsonl(&path, &rows)?;
+    written.push(path);
     let texts: Vec<String> = s
         .train
         .iter()

@@ -8,21 +8,22 @@
 //! - `self-train` / `dpo-st`: rounds over those 300 labelled questions plus unlabelled
 //!   ones (answer only): positives of an unlabelled question come only from the model's
 //!   own correct samples.
-//! - `sft-long` -> `thinkpo`: models/ponder-tiny/sft-long, SFT on all long rationales;
-//!   short answers sampled from sft-short. Its DPO adds TRL's `rpo_alpha = 1` (the NLL
-//!   of the chosen long answer). At this model size plain DPO at a learning rate that
-//!   moves the model lowered accuracy (lr 1e-4: 0.228 -> 0.136); at lr 2e-5, with or
-//!   without the NLL term, accuracy stays within one or two test questions of sft-long
-//!   (0.220-0.232 against 0.228 over the runs measured), so ThinkPO's accuracy effect is
-//!   not resolved here. Why a learning rate that moves the model lowers accuracy: the
-//!   rejected short answers state the same arithmetic facts (`70 - 64 = 6`) that the long
-//!   style writes column by column (`10-4=6`), and DPO pushes their log-probs down by
-//!   ~2 nats a token (logps/rejected -51 -> -187 over one epoch at lr 1e-4). Afterwards
-//!   the long model's column results are off by one (`14-8=5`, `2+3=6`). Neither beta
-//!   (0.01 to 5), stripping the calculator annotations from the rejected side, nor
-//!   rejected answers with wrong arithmetic (`--keep-format-correct`, sampled without the
-//!   calculator) avoided it at lr >= 5e-5; SFT on the chosen answers alone does not lower
-//!   accuracy (lr 1e-4: 0.232, three epochs: 0.244).
+//! - `sft-long` -> `thinkpo`: models/ponder-tiny/sft-long, SFT on `train-mixed.jsonl`:
+//!   the long rationale of every multi-step training problem, and the short one of every
+//!   one-step problem, as distilled long-CoT sets often answer easy questions briefly. So
+//!   the model answers one-step questions in the short style and the rest in the long
+//!   one. Without the calculator the short style is the less accurate one (6.5% against
+//!   44% on one-step test questions for the long style of the earlier all-long model):
+//!   the tiny model can do column-by-column steps but not multi-digit results in one go.
+//!   ThinkPO's pairs (chosen: the gold long answer; rejected: a correct short answer
+//!   sampled from sft-short) teach it to think long there too, so its outputs get longer
+//!   and more accurate, the paper's shape. Its DPO adds TRL's `rpo_alpha = 1` (the NLL of
+//!   the chosen long answer); at lr 1e-4 over one epoch, plain DPO moved seed 0 from
+//!   0.132 to 0.160 accuracy (122 -> 146 tokens) and the demo's setting to 0.188
+//!   (137 tokens). An earlier bundled sft-long, SFT on all 2,000 long rationales, always
+//!   answered long; there DPO at a learning rate that moves the model lowered accuracy
+//!   (lr 1e-4: 0.228 -> 0.136, the rejected short answers' arithmetic facts unlearned,
+//!   column results then off by one), and at lr 2e-5 it stayed within two questions.
 //! - `tpo`: sft-short with the verifier judge; the thought is the working, the response
 //!   the `#### N` line. One round of 600 fresh instructions (with 300, the 124 pairs
 //!   moved test accuracy by less than one question).
@@ -326,7 +327,7 @@ pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
             ..d.sampling.clone()
         },
         dpo: FitOpts {
-            lr: 2e-5,
+            lr: 1e-4,
             batch_size: 16,
             rpo_alpha: Some(1.0),
             seed: o.seed,

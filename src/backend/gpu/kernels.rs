@@ -747,17 +747,25 @@ pub fn softmax(x: &Tensor, n: usize, log: bool) -> Result<Tensor> {
     let x = dense(x)?;
     let rows = x.numel() / n.max(1);
     let out = f32_out(x.shape())?;
-    let u = Uniform::new().u(rows).u(n).u(0).u(0);
-    context()?.dispatch(
-        "softmax",
-        "softmax_rows",
-        &[("LOG", log as u32), sg()?],
-        &u.0,
-        &[(1, buf(&x)), (2, buf(&out))],
-        grid_1d(rows, 1),
-    )?;
+    let ctx = context()?;
+    let row_ops = [(1, buf(&x), n), (2, buf(&out), n)];
+    for b in split::row_blocks("softmax:softmax_rows", rows, &row_ops, &[], usize::MAX)? {
+        let u = Uniform::new().u(b.rows).u(n).u(0).u(0);
+        ctx.dispatch_bound(
+            "softmax",
+            "softmax_rows",
+            &[("LOG", log as u32), sg()?],
+            &u.0,
+            &b.binds,
+            grid_1d(b.rows, 1),
+        )?;
+    }
     Ok(out)
 }
+
+/// Rows one `rmsnorm_bwd_dw` thread walks per dispatch (it loops over rows; llvmpipe
+/// ends a shader invocation's loops after 65,535 iterations in all).
+const RMSNORM_DW_MAX_ROWS: usize = 16_384;
 
 pub fn rmsnorm(x: &Tensor, w: &Tensor, c: usize, eps: f32) -> Result<(Tensor, Tensor)> {
     require_f32("rms_norm", &[x, w])?;
@@ -765,15 +773,20 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, c: usize, eps: f32) -> Result<(Tensor, Te
     let rows = x.numel() / c.max(1);
     let y = f32_out(x.shape())?;
     let rstd = f32_out(&[rows])?;
-    let u = Uniform::new().u(rows).u(c).f(eps).u(0);
-    context()?.dispatch(
-        "rmsnorm",
-        "rmsnorm_fwd",
-        &[sg()?],
-        &u.0,
-        &[(1, buf(&x)), (2, buf(&w)), (4, buf(&y)), (5, buf(&rstd))],
-        grid_1d(rows, 1),
-    )?;
+    let ctx = context()?;
+    let row_ops = [(1, buf(&x), c), (4, buf(&y), c), (5, buf(&rstd), 1)];
+    let whole = [(2, buf(&w))];
+    for b in split::row_blocks("rmsnorm:rmsnorm_fwd", rows, &row_ops, &whole, usize::MAX)? {
+        let u = Uniform::new().u(b.rows).u(c).f(eps).u(0);
+        ctx.dispatch_bound(
+            "rmsnorm",
+            "rmsnorm_fwd",
+            &[sg()?],
+            &u.0,
+            &b.binds,
+            grid_1d(b.rows, 1),
+        )?;
+    }
     Ok((y, rstd))
 }
 
@@ -789,30 +802,46 @@ pub fn rmsnorm_bwd(
     let rows = x.numel() / c.max(1);
     let dx = f32_out(x.shape())?;
     let dw = f32_out(&[c])?;
-    let u = Uniform::new().u(rows).u(c).f(0.0).u(0);
     let ctx = context()?;
-    ctx.dispatch(
-        "rmsnorm",
-        "rmsnorm_bwd_dx",
-        &[sg()?],
-        &u.0,
-        &[
-            (1, buf(&x)),
-            (2, buf(&w)),
-            (3, buf(&g)),
-            (5, buf(&rstd)),
-            (4, buf(&dx)),
-        ],
-        grid_1d(rows, 1),
+    let row_ops = [
+        (1, buf(&x), c),
+        (3, buf(&g), c),
+        (5, buf(&rstd), 1),
+        (4, buf(&dx), c),
+    ];
+    let whole = [(2, buf(&w))];
+    for b in split::row_blocks("rmsnorm:rmsnorm_bwd_dx", rows, &row_ops, &whole, usize::MAX)? {
+        let u = Uniform::new().u(b.rows).u(c).f(0.0).u(0);
+        ctx.dispatch_bound(
+            "rmsnorm",
+            "rmsnorm_bwd_dx",
+            &[sg()?],
+            &u.0,
+            &b.binds,
+            grid_1d(b.rows, 1),
+        )?;
+    }
+    // dw sums over every row: later blocks add into it (ACC)
+    let row_ops = [(1, buf(&x), c), (3, buf(&g), c), (5, buf(&rstd), 1)];
+    let whole = [(6, buf(&dw))];
+    let blocks = split::row_blocks(
+        "rmsnorm:rmsnorm_bwd_dw",
+        rows,
+        &row_ops,
+        &whole,
+        RMSNORM_DW_MAX_ROWS,
     )?;
-    ctx.dispatch(
-        "rmsnorm",
-        "rmsnorm_bwd_dw",
-        &[],
-        &u.0,
-        &[(1, buf(&x)), (3, buf(&g)), (5, buf(&rstd)), (6, buf(&dw))],
-        grid_1d(c, WG),
-    )?;
+    for b in blocks {
+        let u = Uniform::new().u(b.rows).u(c).f(0.0).u(0);
+        ctx.dispatch_bound(
+            "rmsnorm",
+            "rmsnorm_bwd_dw",
+            &[("ACC", (b.first > 0) as u32)],
+            &u.0,
+            &b.binds,
+            grid_1d(c, WG),
+        )?;
+    }
     Ok((dx, dw))
 }
 

@@ -9,7 +9,8 @@
 //! [`plan`] cuts an iteration shape along its leading dimension into blocks whose every
 //! operand fits one window; the elementwise, copy, cast, fill, AdamW and reduction kernels
 //! use it. The matmul splits over row, column and K blocks, and the embedding over
-//! vocabulary blocks (both in `kernels.rs`). A kernel with no split path refuses an
+//! vocabulary blocks (both in `kernels.rs`). The row kernels (softmax, RMSNorm) split
+//! over blocks of whole rows ([`row_blocks`]). A kernel with no split path refuses an
 //! oversized binding with a [`DeviceLimit`](crate::error::Error::DeviceLimit) error that
 //! names it.
 
@@ -190,4 +191,78 @@ fn cut<'a>(
         i0 += b;
     }
     Ok(())
+}
+
+/// One block of a row kernel: its first row, its row count, and its bindings.
+pub struct RowBlock<'a> {
+    pub first: usize,
+    pub rows: usize,
+    pub binds: Vec<Binding<'a>>,
+}
+
+/// Cut `rows` rows of a row kernel, one whose shader indexes every row operand from
+/// element 0 (no offsets in its uniform: softmax, RMSNorm). `row_ops` are (binding,
+/// buffer, 4-byte words per row); `whole` are bound whole by every block (a weight, a
+/// small output). When no row operand is over the binding limit and `rows <= max_rows`,
+/// this is one block binding everything whole. Otherwise the blocks are a multiple of
+/// `binding_align / 4` rows long, so every row operand's window starts on the alignment
+/// exactly at the block's first row and the kernel sees its rows from 0. `max_rows` caps
+/// a block for kernels that loop over rows (llvmpipe's loop limiter).
+pub fn row_blocks<'a>(
+    what: &str,
+    rows: usize,
+    row_ops: &[(u32, &'a GpuBuffer, usize)],
+    whole: &[(u32, &'a GpuBuffer)],
+    max_rows: usize,
+) -> Result<Vec<RowBlock<'a>>> {
+    let ctx = context()?;
+    let (limit, align) = (ctx.binding_limit(), ctx.binding_align());
+    let bytes = |n: usize, words: usize| (n * words * 4) as u64;
+    let over = row_ops.iter().any(|&(_, _, w)| bytes(rows, w) > limit);
+    if !over && rows <= max_rows {
+        let binds = row_ops
+            .iter()
+            .map(|&(s, b, _)| (s, b, None))
+            .chain(whole.iter().map(|&(s, b)| (s, b, None)))
+            .collect();
+        return Ok(vec![RowBlock {
+            first: 0,
+            rows,
+            binds,
+        }]);
+    }
+    let granule = (align / 4).max(1) as usize;
+    let widest = row_ops.iter().map(|&(_, _, w)| w).max().unwrap_or(1).max(1);
+    let mut len = (limit / bytes(1, widest)) as usize;
+    len = len.min(max_rows).min(rows);
+    if len < rows {
+        len -= len % granule;
+    }
+    if len == 0 {
+        return Err(Error::DeviceLimit {
+            what: format!(
+                "{what}: {granule} rows of {widest} f32 (the smallest block it splits into)"
+            ),
+            requested: bytes(granule, widest),
+            limit,
+            limit_name: "max_storage_buffer_binding_size",
+        });
+    }
+    let mut out = Vec::new();
+    let mut first = 0;
+    while first < rows {
+        let n = len.min(rows - first);
+        let binds = row_ops
+            .iter()
+            .map(|&(s, b, w)| (s, b, Some((bytes(first, w), bytes(n, w)))))
+            .chain(whole.iter().map(|&(s, b)| (s, b, None)))
+            .collect();
+        out.push(RowBlock {
+            first,
+            rows: n,
+            binds,
+        });
+        first += n;
+    }
+    Ok(out)
 }
