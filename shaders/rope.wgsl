@@ -8,9 +8,11 @@ struct Params {
     h: u32,
     hd: u32,
     batched: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // the dispatch covers positions first .. first + rows of the B x T; X and Y are
+    // bound from position `first` (a window when the tensor is over the binding limit)
+    first: u32,
+    rows: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -24,18 +26,17 @@ const BWD: u32 = {{BWD}}u;
 @compute @workgroup_size(256)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_id(gid, nwg);
-    if (i >= P.b * P.t * P.h * P.hd) {
+    if (i >= P.rows * P.h * P.hd) {
         return;
     }
     let e = i % P.hd;
-    let row = i / P.hd;
-    let ti = (row / P.h) % P.t;
-    let bi = row / (P.h * P.t);
-    var tb = 0u;
+    let pos = P.first + i / (P.h * P.hd);
+    let ti = pos % P.t;
+    // a shared table (T, HD) is bound whole; a per-batch one (B, T, HD) from `first`
+    var tab = ti * P.hd;
     if (P.batched == 1u) {
-        tb = bi;
+        tab = (pos - P.first) * P.hd;
     }
-    let tab = (tb * P.t + ti) * P.hd;
     let half = P.hd / 2u;
     let base = i - e;
     let x = X[i] * COS[tab + e];

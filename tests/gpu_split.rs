@@ -242,6 +242,87 @@ fn row_kernels_over_the_limit() {
 }
 
 #[test]
+fn rope_and_logprobs_over_the_limit() {
+    if !split_ok("split rope logprobs") {
+        return;
+    }
+    let s = seed("split rope logprobs");
+    // RoPE over blocks of 64 positions (a position's 2 heads x 8 = 16 words), the tables
+    // bound whole, both per-batch and shared tables; 3 x 50 positions end ragged
+    big(&[3, 50, 2, 8]);
+    for tb in [1, 3] {
+        let x = randn(&[3, 50, 2, 8], s);
+        let cos = uniform(&[tb, 50, 8], -1.0, 1.0, s + 1);
+        let sin = uniform(&[tb, 50, 8], -1.0, 1.0, s + 2);
+        gpu_vs_cpu("rope rows", &[x, cos, sin], true, 1e-5, |t| {
+            t[0].rope(&t[1], &t[2])
+        });
+    }
+    // token log-probs over blocks of 64 rows of 12 logits, ignored targets included
+    big(&[333, 12]);
+    let tg: Vec<i32> = (0..333)
+        .map(|i| if i % 7 == 3 { -100 } else { (i * 5) % 12 })
+        .collect();
+    let tg = Tensor::from_cpu_data(ponder::tensor::CpuData::I32(tg), &[333]).unwrap();
+    gpu_vs_cpu(
+        "token_logprobs rows",
+        &[randn(&[333, 12], s + 3).scale(2.0).unwrap(), tg],
+        true,
+        1e-5,
+        |t| t[0].token_logprobs(&t[1]),
+    );
+}
+
+#[test]
+fn attention_over_the_limit() {
+    if !split_ok("split attention") {
+        return;
+    }
+    use ponder::AttnOpts;
+    let s = seed("split attention");
+    // (B, T, S, NH, NKV, HD): blocks of batch items (one item is 2 KiB of q), then of kv
+    // groups within one item (one item's q is 5 KiB), then a non-causal cross shape
+    for &(b, t, sl, nh, nkv, hd, causal) in &[
+        (3, 16, 16, 4, 2, 8, true),
+        (1, 40, 40, 4, 2, 8, true),
+        (2, 6, 70, 2, 2, 8, false),
+    ] {
+        big(&[b, t.max(sl), nh.max(nkv), hd]);
+        let q = randn(&[b, t, nh, hd], s);
+        let k = randn(&[b, sl, nkv, hd], s + 1);
+        let v = randn(&[b, sl, nkv, hd], s + 2);
+        let opts = AttnOpts {
+            causal,
+            ..Default::default()
+        };
+        gpu_vs_cpu("attention blocks", &[q, k, v], true, 1e-4, |x| {
+            Tensor::attention(&x[0], &x[1], &x[2], &opts)
+        });
+    }
+    // padding ranges follow their batch items into the blocks
+    let (q, k, v) = (
+        randn(&[3, 16, 4, 8], s),
+        randn(&[3, 16, 2, 8], s + 1),
+        randn(&[3, 16, 2, 8], s + 2),
+    );
+    let r = Tensor::from_u32(vec![2, 16, 0, 9, 5, 12], &[3, 2], Device::Cpu).unwrap();
+    gpu_vs_cpu(
+        "attention blocks with ranges",
+        &[q, k, v, r],
+        true,
+        1e-4,
+        |x| {
+            let opts = AttnOpts {
+                causal: true,
+                kv_ranges: Some(x[3].clone()),
+                ..Default::default()
+            };
+            Tensor::attention(&x[0], &x[1], &x[2], &opts)
+        },
+    );
+}
+
+#[test]
 fn an_unsplit_kernel_names_itself() {
     if !split_ok("split refusal") {
         return;

@@ -493,6 +493,52 @@ impl Transformer {
         out
     }
 
+    /// The trainable tensors by name, mutable, so an optimizer can move them into its
+    /// arena: [`named_parameters`](Self::named_parameters), or with `lora` the adapters
+    /// of [`lora_parameters`](Self::lora_parameters), in the same order.
+    pub fn trainable_mut(&mut self, lora: bool) -> Result<Vec<(String, &mut Tensor)>> {
+        let names = if lora {
+            self.lora_parameters()
+        } else {
+            self.named_parameters()
+        };
+        let mut ts: Vec<&mut Tensor> = Vec::new();
+        if lora {
+            for (_, _, lin) in self.linears_mut() {
+                if let Some(l) = &mut lin.lora {
+                    ts.push(&mut l.a);
+                    ts.push(&mut l.b);
+                }
+            }
+        } else {
+            ts.push(&mut self.embed_tokens);
+            for l in &mut self.layers {
+                ts.push(&mut l.input_layernorm);
+                let [q, k, v, o] = [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.o_proj];
+                for lin in [q, k, v, o] {
+                    ts.push(&mut lin.weight);
+                    ts.extend(lin.bias.as_mut());
+                }
+                ts.push(&mut l.post_attention_layernorm);
+                for lin in [&mut l.gate_proj, &mut l.up_proj, &mut l.down_proj] {
+                    ts.push(&mut lin.weight);
+                    ts.extend(lin.bias.as_mut());
+                }
+            }
+            ts.push(&mut self.norm);
+            for h in [&mut self.lm_head, &mut self.score].into_iter().flatten() {
+                ts.push(&mut h.weight);
+            }
+        }
+        if ts.len() != names.len() || names.iter().zip(&ts).any(|((_, a), b)| a.id() != b.id()) {
+            return Err(Error::invalid(
+                "trainable_mut",
+                "internal: the tensors do not follow named_parameters' order",
+            ));
+        }
+        Ok(names.into_iter().map(|(n, _)| n).zip(ts).collect())
+    }
+
     /// The linears LoRA can target, by PEFT module name (q_proj, ..., down_proj) per layer.
     fn linears_mut(&mut self) -> Vec<(usize, &'static str, &mut Linear)> {
         let mut out = Vec::new();

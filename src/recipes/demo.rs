@@ -19,8 +19,8 @@
 //!   sampled from sft-short) teach it to think long there too, so its outputs get longer
 //!   and more accurate, the paper's shape. Its DPO adds TRL's `rpo_alpha = 1` (the NLL of
 //!   the chosen long answer); at lr 1e-4 over one epoch, plain DPO moved seed 0 from
-//!   0.132 to 0.160 accuracy (122 -> 146 tokens) and the demo's setting to 0.188
-//!   (137 tokens). An earlier bundled sft-long, SFT on all 2,000 long rationales, always
+//!   0.132 to 0.160 accuracy (122 -> 146 tokens) and the demo's setting to 0.200
+//!   (132 tokens; seed 1: 0.204, 134 tokens). An earlier bundled sft-long, SFT on all 2,000 long rationales, always
 //!   answered long; there DPO at a learning rate that moves the model lowered accuracy
 //!   (lr 1e-4: 0.228 -> 0.136, the rejected short answers' arithmetic facts unlearned,
 //!   column results then off by one), and at lr 2e-5 it stayed within two questions.

@@ -1,6 +1,7 @@
 //! Training: data, losses, the reference log-prob cache, optimizer and schedules, LoRA
 //! checkpoints, metrics, and the SFT and DPO trainers.
 
+pub mod arena;
 pub mod args;
 pub mod checkpoint;
 pub mod data;

@@ -2,6 +2,7 @@
 //! weights, as the Hugging Face Trainer groups them), global gradient-norm clipping, and
 //! the learning-rate schedules of transformers' `get_scheduler`.
 
+use super::arena::{Arena, Gathered};
 use crate::error::{Error, Result};
 use crate::ops::optim::{adamw_step_clipped, AdamW};
 use crate::tensor::Tensor;
@@ -66,6 +67,10 @@ pub struct Optimizer {
     /// On the GPU, the clipping coefficient of [`clip_on_device`](Self::clip_on_device),
     /// applied inside the next AdamW update instead of by a pass over every gradient.
     clip_coef: Option<Tensor>,
+    /// On the GPU, the parameters, gradients and moments in a few flat buffers.
+    arena: Option<Arena>,
+    /// This step's gradients once [`gather`](Self::gather) moved them into the arena.
+    gathered: Option<Gathered>,
 }
 
 /// Biases and norm weights take no weight decay (the HF Trainer's parameter groups).
@@ -74,9 +79,10 @@ pub fn decays(name: &str) -> bool {
 }
 
 impl Optimizer {
-    pub fn new(params: Vec<(String, Tensor)>, weight_decay: f32) -> Result<Optimizer> {
-        let mut m = Vec::new();
-        let mut v = Vec::new();
+    /// An optimizer over `params`. On the GPU (all f32) they are moved into the
+    /// optimizer's [`Arena`]: each `&mut Tensor` becomes a leaf over its arena slot with
+    /// the same values, so the model trains the moved tensors.
+    pub fn new(mut params: Vec<(String, &mut Tensor)>, weight_decay: f32) -> Result<Optimizer> {
         for (name, p) in &params {
             if !p.requires_grad() {
                 return Err(Error::invalid(
@@ -84,10 +90,28 @@ impl Optimizer {
                     format!("parameter {name} does not require grad"),
                 ));
             }
-            m.push(p.zeros_like()?);
-            v.push(p.zeros_like()?);
         }
+        let (arena, m, v) = if Arena::applies(&params) {
+            let (a, m, v) = Arena::build(&mut params, decays)?;
+            (Some(a), m, v)
+        } else {
+            let m = params
+                .iter()
+                .map(|(_, p)| p.zeros_like())
+                .collect::<Result<_>>()?;
+            let v = params
+                .iter()
+                .map(|(_, p)| p.zeros_like())
+                .collect::<Result<_>>()?;
+            (None, m, v)
+        };
+        let params = params
+            .into_iter()
+            .map(|(n, p)| (n, p.clone()))
+            .collect::<Vec<_>>();
         Ok(Optimizer {
+            arena,
+            gathered: None,
             params,
             m,
             v,
@@ -100,10 +124,37 @@ impl Optimizer {
         })
     }
 
+    /// Arena chunks (0 without an arena): a step runs AdamW in about this many dispatches.
+    pub fn arena_chunks(&self) -> usize {
+        self.arena.as_ref().map_or(0, |a| a.chunks())
+    }
+
+    /// Move the gradients into the arena (once per step); whether any parameter has one.
+    fn gather(&mut self) -> Result<bool> {
+        let Some(a) = &self.arena else {
+            return Ok(self.params.iter().any(|(_, p)| p.grad().is_some()));
+        };
+        if self.gathered.is_none() {
+            let g = a.gather(&self.params)?;
+            if !g.any {
+                return Ok(false);
+            }
+            self.gathered = Some(g);
+        }
+        Ok(true)
+    }
+
     /// The squared L2 norm of all gradients together (before clipping), as a `(1,)`
     /// tensor on the device: nothing is read back.
-    pub fn grad_norm_sq(&self) -> Result<Option<Tensor>> {
+    pub fn grad_norm_sq(&mut self) -> Result<Option<Tensor>> {
         let _ng = crate::autograd::NoGradGuard::new();
+        if self.arena.is_some() {
+            if !self.gather()? {
+                return Ok(None);
+            }
+            let loose = &self.gathered.as_ref().unwrap().loose;
+            return self.arena.as_ref().unwrap().norm_sq(loose).map(Some);
+        }
         let on_gpu = self.params.iter().any(|(_, p)| {
             p.grad()
                 .is_some_and(|g| g.device() == crate::tensor::Device::Gpu)
@@ -167,17 +218,50 @@ impl Optimizer {
     /// One AdamW update with learning rate `lr`, then clear the gradients.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
+        let (beta1, beta2, eps, wd, step) = (
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+            self.step,
+        );
+        let hyper = move |decay: bool| AdamW {
+            lr: lr as f32,
+            beta1,
+            beta2,
+            eps,
+            weight_decay: if decay { wd } else { 0.0 },
+            step,
+        };
+        if self.arena.is_some() {
+            if self.gather()? {
+                let a = self.arena.as_ref().unwrap();
+                let got = self.gathered.take().unwrap();
+                let clip = self.clip_coef.as_ref();
+                // whole chunks when every arena parameter has a gradient (a transformer's
+                // always do), else one update per parameter that has one
+                let whole = !got.missing.iter().any(|&m| m);
+                if whole {
+                    a.adamw(&hyper(true), clip)?;
+                }
+                for (i, (name, p)) in self.params.iter().enumerate() {
+                    let g = match (&got.loose[i], a.grad(i)) {
+                        (Some(g), _) => g,
+                        (None, Some(g)) if !whole && !got.missing[i] => g,
+                        _ => continue,
+                    };
+                    let h = hyper(decays(name));
+                    adamw_step_clipped(p, g, &self.m[i], &self.v[i], &h, clip)?;
+                }
+            }
+            self.clip_coef = None;
+            self.zero_grad();
+            return Ok(());
+        }
         for (i, (name, p)) in self.params.iter().enumerate() {
             let Some(g) = p.grad() else { continue };
             let g = crate::autograd::no_grad(|| g.contiguous())?;
-            let h = AdamW {
-                lr: lr as f32,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: if decays(name) { self.weight_decay } else { 0.0 },
-                step: self.step,
-            };
+            let h = hyper(decays(name));
             adamw_step_clipped(p, &g, &self.m[i], &self.v[i], &h, self.clip_coef.as_ref())?;
         }
         self.clip_coef = None;
@@ -185,7 +269,8 @@ impl Optimizer {
         Ok(())
     }
 
-    pub fn zero_grad(&self) {
+    pub fn zero_grad(&mut self) {
+        self.gathered = None;
         for (_, p) in &self.params {
             p.zero_grad();
         }

@@ -148,7 +148,7 @@ pub fn reference_sums(
 impl Trainer {
     /// A trainer over `net`'s trainable parameters (the LoRA adapters when `lora`).
     pub fn new(
-        net: Transformer,
+        mut net: Transformer,
         lora: bool,
         schedule: Schedule,
         weight_decay: f32,
@@ -156,13 +156,10 @@ impl Trainer {
         dpo: DpoParams,
         seed: u64,
     ) -> Result<Trainer> {
-        let params = if lora {
-            net.lora_parameters()
-        } else {
-            net.named_parameters()
-        };
+        // on the GPU the optimizer moves the trainable tensors into its arena
+        let opt = Optimizer::new(net.trainable_mut(lora)?, weight_decay)?;
         Ok(Trainer {
-            opt: Optimizer::new(params, weight_decay)?,
+            opt,
             net,
             schedule,
             dpo,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::{context, grid_1d, split, GpuBuffer, Uniform};
 use crate::backend::cpu::AdamW;
-use crate::backend::{AttnDims, BinaryOp, Gemm, ReduceOp, UnaryOp};
+use crate::backend::{BinaryOp, Gemm, ReduceOp, UnaryOp};
+
+pub use super::attention::{attention, attention_bwd};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::rope::RopeDims;
@@ -31,11 +33,11 @@ fn sg() -> Result<(&'static str, u32)> {
     Ok(("SG", context()?.use_subgroups() as u32))
 }
 
-fn f32_out(shape: &[usize]) -> Result<Tensor> {
+pub(super) fn f32_out(shape: &[usize]) -> Result<Tensor> {
     empty(shape, DType::F32)
 }
 
-fn require_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+pub(super) fn require_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     for t in ts {
         if t.dtype() != DType::F32 {
             return Err(Error::DTypeMismatch {
@@ -49,7 +51,7 @@ fn require_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
 }
 
 /// The tensor as dense storage starting at element 0 (a copy only for offset/strided views).
-fn dense(t: &Tensor) -> Result<Tensor> {
+pub(super) fn dense(t: &Tensor) -> Result<Tensor> {
     if t.is_contiguous() && t.layout().offset == 0 {
         return Ok(t.clone());
     }
@@ -58,7 +60,7 @@ fn dense(t: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-fn buf(t: &Tensor) -> &GpuBuffer {
+pub(super) fn buf(t: &Tensor) -> &GpuBuffer {
     t.gpu_buf()
 }
 
@@ -562,9 +564,9 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let b_elt = if f32b == 1 { 4 } else { 2 };
     let limit = ctx.binding_limit();
     let (a_big, b_big, c_big) = (
-        buf(a).raw().size() > limit,
-        buf(b).raw().size() > limit,
-        buf(&out).raw().size() > limit,
+        buf(a).size() > limit,
+        buf(b).size() > limit,
+        buf(&out).size() > limit,
     );
     if !(a_big || b_big || c_big) && g.k <= GEMM_MAX_K {
         let blk = GemmBlock {
@@ -851,23 +853,36 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, d: RopeDims, backward: bool)
     require_f32("rope", &[x, cos, sin])?;
     let (x, cos, sin) = (dense(x)?, dense(cos)?, dense(sin)?);
     let out = f32_out(x.shape())?;
-    let u = Uniform::new()
-        .u(d.b)
-        .u(d.t)
-        .u(d.h)
-        .u(d.hd)
-        .u(d.table_batched as usize)
-        .u(0)
-        .u(0)
-        .u(0);
-    context()?.dispatch(
-        "rope",
-        "rope",
-        &[("BWD", backward as u32)],
-        &u.0,
-        &[(1, buf(&x)), (2, buf(&cos)), (3, buf(&sin)), (4, buf(&out))],
-        grid_1d(x.numel(), WG),
-    )?;
+    let ctx = context()?;
+    // a row is one position's heads; a per-batch table's row is that position's, a
+    // shared table is bound whole
+    let w = d.h * d.hd;
+    let mut row_ops = vec![(1, buf(&x), w), (4, buf(&out), w)];
+    let mut whole = Vec::new();
+    if d.table_batched {
+        row_ops.extend([(2, buf(&cos), d.hd), (3, buf(&sin), d.hd)]);
+    } else {
+        whole.extend([(2, buf(&cos)), (3, buf(&sin))]);
+    }
+    for b in split::row_blocks("rope:rope", d.b * d.t, &row_ops, &whole, usize::MAX)? {
+        let u = Uniform::new()
+            .u(d.b)
+            .u(d.t)
+            .u(d.h)
+            .u(d.hd)
+            .u(d.table_batched as usize)
+            .u(b.first)
+            .u(b.rows)
+            .u(0);
+        ctx.dispatch_bound(
+            "rope",
+            "rope",
+            &[("BWD", backward as u32)],
+            &u.0,
+            &b.binds,
+            grid_1d(b.rows * w, WG),
+        )?;
+    }
     Ok(out)
 }
 
@@ -1011,7 +1026,7 @@ fn vocab_blocks(
 ) -> Result<Vec<(usize, usize, Option<(u64, u64)>, usize)>> {
     let ctx = context()?;
     let limit = ctx.binding_limit();
-    if table.raw().size() <= limit {
+    if table.size() <= limit {
         return Ok(vec![(0, v, None, 0)]);
     }
     let rows = ((limit - ctx.binding_align()) as usize / (c * elt).max(1)).max(1);
@@ -1059,211 +1074,6 @@ pub fn embedding_bwd(g: &Tensor, ids: &Tensor, v: usize, c: usize) -> Result<Ten
     Ok(dw)
 }
 
-// ------------------------------------------------------------------ attention
-
-/// Queries per workgroup in the attention kernels (one thread per query row).
-const ATT_Q: usize = 64;
-
-fn attn_spec(hd: usize) -> Result<Vec<(&'static str, u32)>> {
-    // Two tiles of BKV keys x HD floats (K and V, or q and dO) plus two BKV-float rows
-    // share the workgroup memory the device offers (16 KiB on the smallest).
-    let budget = context()?.limits.max_compute_workgroup_storage_size as usize;
-    let bkv = (budget.saturating_sub(64) / (8 * hd + 8)).clamp(1, 64) as u32;
-    let u4 = hd.is_multiple_of(4) as u32;
-    Ok(vec![
-        ("HD", hd as u32),
-        ("BKV", bkv),
-        ("WQ", ATT_Q as u32),
-        ("U4", u4),
-        ("STEP", if u4 == 1 { 4 } else { 1 }),
-    ])
-}
-
-/// The attention uniform. `heads` is for `attn_bwd_dkdv` only: (first query head of the
-/// kv group this dispatch sums, how many, whether it adds to dk/dv).
-fn attn_uniform(d: &AttnDims, has_ranges: bool, heads: (usize, usize, bool)) -> Uniform {
-    Uniform::new()
-        .u(d.b)
-        .u(d.t)
-        .u(d.s)
-        .u(d.nh)
-        .u(d.nkv)
-        .f(d.scale as f32)
-        .u(d.causal as usize)
-        .u(has_ranges as usize)
-        .u(d.q_str.0)
-        .u(d.q_str.1)
-        .u(d.q_str.2)
-        .u(heads.0)
-        .u(d.k_str.0)
-        .u(d.k_str.1)
-        .u(d.k_str.2)
-        .u(heads.2 as usize)
-        .u(d.v_str.0)
-        .u(d.v_str.1)
-        .u(d.v_str.2)
-        .u(heads.1)
-}
-
-/// llvmpipe (lavapipe) ends all loops of a shader invocation, silently, once their
-/// iterations together pass 65,535; the share of that the attention kernels plan for.
-const LLVMPIPE_LOOP_BUDGET: usize = 60_000;
-
-/// Loop iterations an attention thread spends per key (or query) it walks: two loops
-/// over the head dim, four elements an iteration when HD is a multiple of 4 (`U4`).
-fn attn_iters_per_row(hd: usize) -> usize {
-    2 * hd.div_ceil(if hd.is_multiple_of(4) { 4 } else { 1 }) + 3
-}
-
-fn check_hd(d: &AttnDims) -> Result<()> {
-    if d.hd > 256 {
-        return Err(Error::invalid(
-            "attention",
-            format!("head dim {} is above the gpu kernel's 256", d.hd),
-        ));
-    }
-    // A thread walks every key (or query) once: refuse, on a software rasteriser, what
-    // would pass llvmpipe's loop limiter rather than return garbage.
-    let ctx = context()?;
-    if ctx.is_software() {
-        let iters = d.s.max(d.t) * attn_iters_per_row(d.hd) + 8 * d.hd;
-        if iters > LLVMPIPE_LOOP_BUDGET {
-            return Err(Error::invalid(
-                "attention",
-                format!(
-                    "{} keys x head dim {} is more than a software rasteriser ({}) runs in one shader invocation (its loop limiter stops at 65,535 iterations); use --device cpu",
-                    d.s.max(d.t),
-                    d.hd,
-                    ctx.info.name
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub fn attention(
-    d: &AttnDims,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    ranges: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
-    require_f32("attention", &[q, k, v])?;
-    check_hd(d)?;
-    let out = f32_out(&[d.b, d.t, d.nh, d.hd])?;
-    let lse = f32_out(&[d.b, d.nh, d.t])?;
-    let r = match ranges {
-        Some(r) => dense(r)?,
-        None => empty(&[2], DType::U32)?,
-    };
-    let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
-    let groups = [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32];
-    // for the profiler: QK^T and PV over the causal half; q, k, v read and o written once
-    super::profile::cost(
-        (if d.causal { 2.0 } else { 4.0 }) * (d.b * d.nh * d.t * d.s * d.hd) as f64,
-        4.0 * (2 * d.b * d.t * d.nh * d.hd + 2 * d.b * d.s * d.nkv * d.hd) as f64,
-    );
-    context()?.dispatch(
-        "attention",
-        "attn_fwd",
-        &attn_spec(d.hd)?,
-        &u.0,
-        &[
-            (1, buf(q)),
-            (2, buf(k)),
-            (3, buf(v)),
-            (4, buf(&r)),
-            (5, buf(&out)),
-            (6, buf(&lse)),
-        ],
-        groups,
-    )?;
-    Ok((out, lse))
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd(
-    d: &AttnDims,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    lse: &Tensor,
-    dout: &Tensor,
-    ranges: Option<&Tensor>,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    require_f32("attention", &[q, k, v, o, lse, dout])?;
-    check_hd(d)?;
-    let (o, lse, dout) = (dense(o)?, dense(lse)?, dense(dout)?);
-    let r = match ranges {
-        Some(r) => dense(r)?,
-        None => empty(&[2], DType::U32)?,
-    };
-    let ctx = context()?;
-    let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
-    let spec = attn_spec(d.hd)?;
-    let rows = d.b * d.nh * d.t;
-    // stats[row] = (lse, D = dO . O)
-    let stats = f32_out(&[rows, 2])?;
-    ctx.dispatch(
-        "attention",
-        "attn_bwd_pre",
-        &spec,
-        &u.0,
-        &[
-            (1, buf(&o)),
-            (2, buf(&lse)),
-            (8, buf(&dout)),
-            (6, buf(&stats)),
-        ],
-        grid_1d(rows, ATT_Q),
-    )?;
-    let dq = f32_out(&[d.b, d.t, d.nh, d.hd])?;
-    let dk = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
-    let dv = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
-    // the inputs both gradient kernels read; each adds its outputs
-    let inputs = [
-        (1, buf(q)),
-        (2, buf(k)),
-        (3, buf(v)),
-        (4, buf(&r)),
-        (7, buf(&stats)),
-        (8, buf(&dout)),
-    ];
-    ctx.dispatch(
-        "attention",
-        "attn_bwd_dq",
-        &spec,
-        &u.0,
-        &[&inputs[..], &[(5, buf(&dq))]].concat(),
-        [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32],
-    )?;
-    // A thread sums its key's gradient over the query heads of its kv group. On a
-    // software rasteriser that can pass llvmpipe's loop limiter (65,535 iterations per
-    // invocation: group x T x HD), so there the heads go in as many dispatches as it
-    // takes, the later ones adding to dk and dv.
-    let group = (d.nh / d.nkv.max(1)).max(1);
-    let per_dispatch = if ctx.is_software() {
-        (LLVMPIPE_LOOP_BUDGET / (d.t.max(1) * attn_iters_per_row(d.hd))).clamp(1, group)
-    } else {
-        group
-    };
-    for hh in (0..group).step_by(per_dispatch) {
-        let heads = (hh, per_dispatch.min(group - hh), hh > 0);
-        let u = attn_uniform(d, ranges.is_some(), heads);
-        ctx.dispatch(
-            "attention",
-            "attn_bwd_dkdv",
-            &spec,
-            &u.0,
-            &[&inputs[..], &[(5, buf(&dk)), (6, buf(&dv))]].concat(),
-            [d.s.div_ceil(ATT_Q) as u32, d.nkv as u32, d.b as u32],
-        )?;
-    }
-    Ok((dq, dk, dv))
-}
-
 // ------------------------------------------------------------------ token log-probs
 
 pub fn token_logprobs(x: &Tensor, targets: &Tensor, v: usize) -> Result<(Tensor, Tensor)> {
@@ -1272,15 +1082,24 @@ pub fn token_logprobs(x: &Tensor, targets: &Tensor, v: usize) -> Result<(Tensor,
     let rows = x.numel() / v;
     let lp = f32_out(&[rows])?;
     let lse = f32_out(&[rows])?;
-    let u = Uniform::new().u(rows).u(v).u(0).u(0);
-    context()?.dispatch(
-        "logprob",
-        "logprob_fwd",
-        &[sg()?],
-        &u.0,
-        &[(1, buf(&x)), (2, buf(&tg)), (4, buf(&lp)), (5, buf(&lse))],
-        grid_1d(rows, 1),
-    )?;
+    let ctx = context()?;
+    let row_ops = [
+        (1, buf(&x), v),
+        (2, buf(&tg), 1),
+        (4, buf(&lp), 1),
+        (5, buf(&lse), 1),
+    ];
+    for b in split::row_blocks("logprob:logprob_fwd", rows, &row_ops, &[], usize::MAX)? {
+        let u = Uniform::new().u(b.rows).u(v).u(0).u(0);
+        ctx.dispatch_bound(
+            "logprob",
+            "logprob_fwd",
+            &[sg()?],
+            &u.0,
+            &b.binds,
+            grid_1d(b.rows, 1),
+        )?;
+    }
     Ok((lp, lse))
 }
 
@@ -1295,21 +1114,25 @@ pub fn token_logprobs_bwd(
     let (x, tg, lse, g) = (dense(x)?, dense(targets)?, dense(lse)?, dense(g)?);
     let rows = x.numel() / v;
     let dx = f32_out(x.shape())?;
-    let u = Uniform::new().u(rows).u(v).u(0).u(0);
-    context()?.dispatch(
-        "logprob",
-        "logprob_bwd",
-        &[],
-        &u.0,
-        &[
-            (1, buf(&x)),
-            (2, buf(&tg)),
-            (3, buf(&g)),
-            (5, buf(&lse)),
-            (6, buf(&dx)),
-        ],
-        grid_1d(rows * v, WG),
-    )?;
+    let ctx = context()?;
+    let row_ops = [
+        (1, buf(&x), v),
+        (2, buf(&tg), 1),
+        (3, buf(&g), 1),
+        (5, buf(&lse), 1),
+        (6, buf(&dx), v),
+    ];
+    for b in split::row_blocks("logprob:logprob_bwd", rows, &row_ops, &[], usize::MAX)? {
+        let u = Uniform::new().u(b.rows).u(v).u(0).u(0);
+        ctx.dispatch_bound(
+            "logprob",
+            "logprob_bwd",
+            &[],
+            &u.0,
+            &b.binds,
+            grid_1d(b.rows * v, WG),
+        )?;
+    }
     Ok(dx)
 }
 

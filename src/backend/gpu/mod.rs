@@ -3,6 +3,7 @@
 //! pending command encoder that ops record into. Nothing waits on the GPU except an
 //! explicit readback ([`GpuContext::read`]) or [`GpuContext::sync`].
 
+mod attention;
 pub mod kernels;
 pub mod profile;
 pub mod split;
@@ -123,21 +124,59 @@ pub struct GpuContext {
 /// `Some((byte offset, byte size))` for part of the buffer, `None` for the whole tensor.
 pub type Binding<'a> = (u32, &'a GpuBuffer, Option<(u64, u64)>);
 
-/// A pooled storage buffer. Dropping it returns the buffer to its size bucket.
+/// A storage buffer: a pooled one (dropping it returns it to its size bucket), or a view
+/// of `len` bytes from byte `base` of a shared, unpooled buffer (an optimizer arena: see
+/// `train::arena`), which every binding, copy, write and read offsets by `base`.
 pub struct GpuBuffer {
     buf: Option<wgpu::Buffer>,
     /// Bytes requested (the buffer itself may be larger: its bucket size).
     pub len: u64,
+    /// Where this buffer's bytes start in `buf` (0 unless it is a view).
+    base: u64,
+    pooled: bool,
 }
 
 impl GpuBuffer {
+    /// The wgpu buffer; this buffer's bytes start at [`base`](Self::base) in it.
     pub fn raw(&self) -> &wgpu::Buffer {
         self.buf.as_ref().unwrap()
+    }
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+    /// The bytes a kernel may bind: the whole pool bucket, or the view rounded up to words.
+    pub fn size(&self) -> u64 {
+        if self.pooled {
+            self.raw().size()
+        } else {
+            self.len.max(4).div_ceil(4) * 4
+        }
+    }
+    /// A view of `len` bytes from byte `base` of this unpooled buffer; it keeps the buffer
+    /// alive. `base` must be a multiple of the binding alignment so that kernels can bind it.
+    pub fn view(&self, base: u64, len: u64) -> Result<GpuBuffer> {
+        let align = context()?.binding_align();
+        if self.pooled || !base.is_multiple_of(align) || base + len > self.size() {
+            return Err(Error::Gpu(format!(
+                "view of {len} bytes at {base} of a {}-byte {} buffer (alignment {align})",
+                self.size(),
+                if self.pooled { "pooled" } else { "shared" }
+            )));
+        }
+        Ok(GpuBuffer {
+            buf: self.buf.clone(),
+            len,
+            base: self.base + base,
+            pooled: false,
+        })
     }
 }
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
+        if !self.pooled {
+            return;
+        }
         if let (Some(buf), Some(Ok(ctx))) = (self.buf.take(), CONTEXT.get()) {
             ctx.pool
                 .lock()
@@ -498,6 +537,18 @@ impl GpuContext {
         Ok(())
     }
 
+    /// The largest buffer the device allows.
+    pub fn max_buffer_size(&self) -> u64 {
+        self.limits.max_buffer_size
+    }
+
+    /// Release every idle pooled buffer to the driver (after a large one-off move, such
+    /// as the optimizer's parameters into its arena, whose old buffers would otherwise
+    /// stay reserved).
+    pub fn trim_pool(&self) {
+        self.pool.lock().unwrap().clear();
+    }
+
     /// A storage buffer of at least `bytes` bytes from the pool (contents undefined).
     pub fn alloc(&self, bytes: usize, what: &str) -> Result<GpuBuffer> {
         let bytes = bytes as u64;
@@ -527,6 +578,31 @@ impl GpuContext {
         Ok(GpuBuffer {
             buf: Some(buf),
             len: bytes,
+            base: 0,
+            pooled: true,
+        })
+    }
+
+    /// A zeroed buffer of exactly `bytes` (rounded up to words) outside the pool, to be
+    /// shared by [`GpuBuffer::view`]s: it is freed when the last of them drops.
+    pub fn alloc_shared(&self, bytes: usize, what: &str) -> Result<GpuBuffer> {
+        let bytes = bytes as u64;
+        self.check_size(bytes, what)?;
+        let size = bytes.max(4).div_ceil(4) * 4;
+        // wgpu zero-initialises a new buffer before its first use
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuffer {
+            buf: Some(buf),
+            len: bytes,
+            base: 0,
+            pooled: false,
         })
     }
 
@@ -549,12 +625,14 @@ impl GpuContext {
         self.flush_locked(&mut p);
         let padded = bytes.len() & !3;
         if padded > 0 {
-            self.queue.write_buffer(buf.raw(), 0, &bytes[..padded]);
+            self.queue
+                .write_buffer(buf.raw(), buf.base, &bytes[..padded]);
         }
         if padded < bytes.len() {
             let mut tail = [0u8; 4];
             tail[..bytes.len() - padded].copy_from_slice(&bytes[padded..]);
-            self.queue.write_buffer(buf.raw(), padded as u64, &tail);
+            self.queue
+                .write_buffer(buf.raw(), buf.base + padded as u64, &tail);
         }
         Ok(buf)
     }
@@ -563,19 +641,32 @@ impl GpuContext {
     pub fn write(&self, buf: &GpuBuffer, bytes: &[u8]) {
         let mut p = self.pending.lock().unwrap();
         self.flush_locked(&mut p);
-        self.queue.write_buffer(buf.raw(), 0, bytes);
+        self.queue.write_buffer(buf.raw(), buf.base, bytes);
     }
 
     /// Record a zero fill of the whole buffer.
     pub fn clear(&self, buf: &GpuBuffer) {
-        self.with_encoder(|enc| enc.clear_buffer(buf.raw(), 0, None));
+        self.clear_range(buf, 0, buf.size());
+    }
+
+    /// Record a zero fill of `size` bytes from byte `off` (multiples of 4).
+    pub fn clear_range(&self, buf: &GpuBuffer, off: u64, size: u64) {
+        if size > 0 {
+            self.with_encoder(|enc| enc.clear_buffer(buf.raw(), buf.base + off, Some(size)));
+        }
     }
 
     /// Record a buffer-to-buffer copy (byte offsets and size multiples of 4).
     pub fn copy(&self, src: &GpuBuffer, src_off: u64, dst: &GpuBuffer, dst_off: u64, size: u64) {
         if size > 0 {
             self.with_encoder(|enc| {
-                enc.copy_buffer_to_buffer(src.raw(), src_off, dst.raw(), dst_off, size)
+                enc.copy_buffer_to_buffer(
+                    src.raw(),
+                    src.base + src_off,
+                    dst.raw(),
+                    dst.base + dst_off,
+                    size,
+                )
             });
         }
     }
@@ -724,7 +815,9 @@ impl GpuContext {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(buf.raw(), start, &staging, 0, size));
+        self.with_encoder(|enc| {
+            enc.copy_buffer_to_buffer(buf.raw(), buf.base + start, &staging, 0, size)
+        });
         self.flush();
         self.map_read(&staging, offset - start as usize, len)
     }
@@ -983,8 +1076,8 @@ impl GpuContext {
             let (offset, size) = match window {
                 Some(w) => w,
                 // a pool bucket may be larger than the tensor in it: bind the tensor
-                None if buf.raw().size() > limit => (0, buf.len.max(4).div_ceil(4) * 4),
-                None => (0, buf.raw().size()),
+                None if buf.size() > limit => (0, buf.len.max(4).div_ceil(4) * 4),
+                None => (0, buf.size()),
             };
             if size > limit {
                 return Err(Error::DeviceLimit {
@@ -1019,7 +1112,7 @@ impl GpuContext {
         let storage: Vec<(u32, &wgpu::Buffer, u64, u64)> = bindings
             .iter()
             .zip(&windows)
-            .map(|(&(b, buf, _), &(offset, size))| (b, buf.raw(), offset, size))
+            .map(|(&(b, buf, _), &(offset, size))| (b, buf.raw(), buf.base + offset, size))
             .collect();
         let in_ring = kernel.immediate_size == 0;
         let bind_group = self.bind_group(

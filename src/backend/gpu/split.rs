@@ -44,7 +44,7 @@ impl<'a> Operand<'a> {
     }
 
     fn is_big(&self, limit: u64) -> bool {
-        self.buf.raw().size() > limit
+        self.buf.size() > limit
     }
 }
 
@@ -67,7 +67,7 @@ pub fn window(buf: &GpuBuffer, elt: usize, first: usize, last: usize) -> ((u64, 
     let end = (((last + 1) * elt) as u64)
         .div_ceil(4)
         .saturating_mul(4)
-        .min(buf.raw().size());
+        .min(buf.size());
     ((start, end - start), first - start as usize / elt)
 }
 
