@@ -51,8 +51,6 @@ pub struct Arena {
     chunks: Vec<Chunk>,
     /// Per parameter, in the optimizer's order; `None` for one kept in its own buffer.
     slots: Vec<Option<Slot>>,
-    /// Per parameter, its gradient slot as a tensor of its shape (`None` where loose).
-    grads: Vec<Option<Tensor>>,
 }
 
 /// The gradients of one step, moved by [`Arena::gather`].
@@ -67,6 +65,13 @@ pub struct Gathered {
 
 fn flat(buf: GpuBuffer, n: usize) -> Tensor {
     Tensor::from_storage(Storage::Gpu(buf), &[n], DType::F32)
+}
+
+/// The elements from `at` of a chunk tensor, as a tensor of `shape` over its buffer.
+fn slot_view(chunk: &Tensor, at: usize, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let view = chunk.gpu_buf().view(4 * at as u64, 4 * n as u64)?;
+    Ok(Tensor::from_storage(Storage::Gpu(view), shape, DType::F32))
 }
 
 impl Arena {
@@ -111,69 +116,40 @@ impl Arena {
             layout[c].1 += padded;
         }
         let mut chunks = Vec::with_capacity(layout.len());
-        let mut bufs = Vec::with_capacity(layout.len());
         for &(decay, n) in &layout {
-            let b: Vec<GpuBuffer> = ["arena p", "arena g", "arena m", "arena v"]
-                .iter()
-                .map(|what| ctx.alloc_shared(4 * n, what))
-                .collect::<Result<_>>()?;
-            let views: Vec<GpuBuffer> = b
-                .iter()
-                .map(|x| x.view(0, 4 * n as u64))
-                .collect::<Result<_>>()?;
-            let [p, g, m, v] = <[GpuBuffer; 4]>::try_from(views).ok().unwrap();
+            let mk = |what| Ok::<_, crate::error::Error>(flat(ctx.alloc_shared(4 * n, what)?, n));
             chunks.push(Chunk {
                 decay,
-                p: flat(p, n),
-                g: flat(g, n),
-                m: flat(m, n),
-                v: flat(v, n),
+                p: mk("arena p")?,
+                g: mk("arena g")?,
+                m: mk("arena m")?,
+                v: mk("arena v")?,
             });
-            bufs.push(b);
         }
-        let (mut ms, mut vs, mut grads) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ms, mut vs) = (Vec::new(), Vec::new());
         for ((_, p), slot) in params.iter_mut().zip(&slots) {
             let Some((c, at, n)) = *slot else {
                 ms.push(p.zeros_like()?);
                 vs.push(p.zeros_like()?);
-                grads.push(None);
                 continue;
             };
             let src = crate::autograd::no_grad(|| p.contiguous())?;
+            let ch = &chunks[c];
             ctx.copy(
                 src.gpu_buf(),
                 4 * src.layout().offset as u64,
-                chunks[c].p.gpu_buf(),
+                ch.p.gpu_buf(),
                 4 * at as u64,
                 4 * n as u64,
             );
-            let view = |k: usize| bufs[c][k].view(4 * at as u64, 4 * n as u64);
             let shape = p.shape().to_vec();
-            **p = Tensor::from_storage(Storage::Gpu(view(0)?), &shape, DType::F32).requires_grad_();
-            ms.push(Tensor::from_storage(
-                Storage::Gpu(view(2)?),
-                &shape,
-                DType::F32,
-            ));
-            vs.push(Tensor::from_storage(
-                Storage::Gpu(view(3)?),
-                &shape,
-                DType::F32,
-            ));
-            grads.push(Some(Tensor::from_storage(
-                Storage::Gpu(view(1)?),
-                &shape,
-                DType::F32,
-            )));
+            **p = slot_view(&ch.p, at, &shape)?.requires_grad_();
+            ms.push(slot_view(&ch.m, at, &shape)?);
+            vs.push(slot_view(&ch.v, at, &shape)?);
         }
         // the parameters' old buffers went back to the pool: give them back to the driver
         ctx.trim_pool();
-        let arena = Arena {
-            chunks,
-            slots,
-            grads,
-        };
-        Ok((arena, ms, vs))
+        Ok((Arena { chunks, slots }, ms, vs))
     }
 
     /// Whether `params` (the optimizer's) qualify: all f32 on the GPU.
@@ -245,9 +221,12 @@ impl Arena {
         Ok(())
     }
 
-    /// Parameter `i`'s gradient slot, shaped as the parameter (`None` where loose).
-    pub fn grad(&self, i: usize) -> Option<&Tensor> {
-        self.grads[i].as_ref()
+    /// Parameter `i`'s gradient slot as a tensor of its `shape` (`None` where loose).
+    pub fn grad(&self, i: usize, shape: &[usize]) -> Result<Option<Tensor>> {
+        let Some((c, at, _)) = self.slots[i] else {
+            return Ok(None);
+        };
+        slot_view(&self.chunks[c].g, at, shape).map(Some)
     }
 
     pub fn chunks(&self) -> usize {

@@ -245,13 +245,16 @@ impl Optimizer {
                     a.adamw(&hyper(true), clip)?;
                 }
                 for (i, (name, p)) in self.params.iter().enumerate() {
-                    let g = match (&got.loose[i], a.grad(i)) {
-                        (Some(g), _) => g,
-                        (None, Some(g)) if !whole && !got.missing[i] => g,
-                        _ => continue,
+                    let g = match &got.loose[i] {
+                        Some(g) => g.clone(),
+                        None if whole || got.missing[i] => continue,
+                        None => match a.grad(i, p.shape())? {
+                            Some(g) => g,
+                            None => continue,
+                        },
                     };
                     let h = hyper(decays(name));
-                    adamw_step_clipped(p, g, &self.m[i], &self.v[i], &h, clip)?;
+                    adamw_step_clipped(p, &g, &self.m[i], &self.v[i], &h, clip)?;
                 }
             }
             self.clip_coef = None;

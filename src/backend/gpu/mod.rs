@@ -566,20 +566,25 @@ impl GpuContext {
             .and_then(|v| v.pop_first());
         let buf = match reused {
             Some(b) => b,
-            None => self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(what),
-                size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
+            None => self.storage_buffer(size, what),
         };
         Ok(GpuBuffer {
             buf: Some(buf),
             len: bytes,
             base: 0,
             pooled: true,
+        })
+    }
+
+    /// A new storage buffer that copies may read and write.
+    fn storage_buffer(&self, size: u64, what: &str) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         })
     }
 
@@ -590,16 +595,8 @@ impl GpuContext {
         self.check_size(bytes, what)?;
         let size = bytes.max(4).div_ceil(4) * 4;
         // wgpu zero-initialises a new buffer before its first use
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(what),
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         Ok(GpuBuffer {
-            buf: Some(buf),
+            buf: Some(self.storage_buffer(size, what)),
             len: bytes,
             base: 0,
             pooled: false,
