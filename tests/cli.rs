@@ -108,3 +108,93 @@ fn bench_prints_gflops() {
         assert!(ok && out.contains("attention bwd"), "{out}");
     }
 }
+
+#[test]
+fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
+    if !common::gpu_ok("cli bench dpo --profile") {
+        return;
+    }
+    // as a user's shell may have it: no XDG_RUNTIME_DIR, which Mesa's loader warns about
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/ponder-tiny/base");
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([
+            "bench",
+            "dpo",
+            "--model",
+            model,
+            "--device",
+            "gpu",
+            "--pairs",
+            "1",
+            "--prompt-len",
+            "8",
+            "--completion-len",
+            "8",
+            "--steps",
+            "1",
+            "--profile",
+        ])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run ponder");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    let text = format!("{stdout}{stderr}");
+    for col in [
+        "shader:entry",
+        "count",
+        "total ms",
+        "mean us",
+        "% gpu",
+        "GFLOP/s",
+        "GB/s",
+    ] {
+        assert!(text.contains(col), "no column {col:?}:\n{text}");
+    }
+    for kernel in ["matmul:gemm", "attention:attn_fwd", "adamw:adamw"] {
+        assert!(text.contains(kernel), "no row {kernel}:\n{text}");
+    }
+    for counter in ["dispatches", "submits", "readbacks 1", "host recording"] {
+        assert!(text.contains(counter), "no {counter:?}:\n{text}");
+    }
+    // with timestamps, GPU busy and idle time; without, it says so
+    assert!(
+        text.contains("GPU idle") || text.contains("no timestamp"),
+        "{text}"
+    );
+    // an adapter without timestamp queries: it says so and times on the host
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([
+            "bench",
+            "matmul",
+            "--device",
+            "gpu",
+            "--m",
+            "65",
+            "--n",
+            "33",
+            "--k",
+            "17",
+            "--reps",
+            "2",
+            "--profile",
+        ])
+        .env("PONDER_NO_TIMESTAMPS", "1")
+        .output()
+        .expect("run ponder");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("no timestamp queries") && text.contains("host timings only"),
+        "{text}"
+    );
+    assert!(text.contains("matmul:gemm"), "{text}");
+}

@@ -281,11 +281,15 @@ fn attention_over_the_limit() {
     use ponder::AttnOpts;
     let s = seed("split attention");
     // (B, T, S, NH, NKV, HD): blocks of batch items (one item is 2 KiB of q), then of kv
-    // groups within one item (one item's q is 5 KiB), then a non-causal cross shape
+    // groups within one item (one item's q is 5 KiB), then a non-causal cross shape; then
+    // query heads within one kv group: one group's q is 9 KiB (heads in blocks of 2,
+    // dk/dv summed over 3 blocks) or 5 KiB (blocks of 3 and 1 heads, over 2 items)
     for &(b, t, sl, nh, nkv, hd, causal) in &[
         (3, 16, 16, 4, 2, 8, true),
         (1, 40, 40, 4, 2, 8, true),
         (2, 6, 70, 2, 2, 8, false),
+        (1, 48, 48, 6, 1, 8, true),
+        (2, 40, 40, 8, 2, 8, true),
     ] {
         big(&[b, t.max(sl), nh.max(nkv), hd]);
         let q = randn(&[b, t, nh, hd], s);
@@ -386,4 +390,36 @@ fn lm_head_over_the_limit() {
             Ok(lp)
         },
     );
+}
+
+#[test]
+fn gradient_norm_over_the_limit() {
+    if !split_ok("split sum of squares") {
+        return;
+    }
+    let s = seed("split sum of squares");
+    // rows of 16,384 (each over the 4 KiB limit, so in pieces) and ragged tails: a
+    // strided view, exactly two rows, a tensor smaller than a row, one with a tail
+    let xs = [
+        randn(&[40, 1000], s).t().unwrap(),
+        randn(&[2, 16_384], s + 1),
+        randn(&[999], s + 2),
+        randn(&[3, 16_384 + 37], s + 3),
+    ];
+    let want: f64 = xs
+        .iter()
+        .flat_map(|x| x.to_vec_f64().unwrap())
+        .map(|v| v * v)
+        .sum();
+    let on_gpu: Vec<Tensor> = xs
+        .iter()
+        .map(|x| x.to_device(Device::Gpu).unwrap())
+        .collect();
+    let got = ponder::backend::gpu::kernels::sum_squares(&on_gpu)
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    assert_close("sum of squares", &got, &[want], 0.0, 1e-5);
+    let none = ponder::backend::gpu::kernels::sum_squares(&[]).unwrap();
+    assert_eq!(none.to_vec_f64().unwrap(), vec![0.0]);
 }

@@ -17,9 +17,10 @@ pub fn gpu_ok(test: &str) -> bool {
             let _ = writeln!(std::io::stderr(), "{line}");
         })
     };
-    // tests/gpu_checked.rs includes the GPU suites as modules of its own crate: there every
-    // kernel is compiled with naga's runtime checks, the mode PONDER_SHADER_CHECKS=1 gives.
-    if module_path!().starts_with("gpu_checked::") {
+    // tests/gpu_checked*.rs include the GPU suites as modules of their own crates: there
+    // every kernel is compiled with naga's runtime checks (the mode PONDER_SHADER_CHECKS=1
+    // gives)
+    if module_path!().starts_with("gpu_checked") {
         ponder::backend::gpu::set_shader_checks(true);
     }
     match ponder::backend::gpu::context() {

@@ -2,7 +2,8 @@
 //! log-sum-exp, and the flash-style backward (row statistics, dq, then dk/dv summed over
 //! each kv group's query heads). A call whose tensors do not fit one storage binding runs
 //! over blocks of batch items and kv groups, each gathered into dense tensors under the
-//! limit and written back into the outputs.
+//! limit and written back into the outputs; when one kv group of one item is itself over
+//! the limit, over blocks of its query heads, their dk/dv summed.
 
 use super::kernels::{buf, dense, empty, f32_out, require_f32};
 use super::{context, grid_1d, Uniform};
@@ -217,8 +218,18 @@ fn attention_bwd_block(
 
 // ------------------------------------------------------------------ over the binding limit
 
-/// One block of a split call: (first batch item, items, first kv head, kv heads).
-type AttnBlock = (usize, usize, usize, usize);
+/// One block of a split call: batch items `b0..b0+nb`, kv groups `g0..g0+ng`, and of each
+/// group's query heads those from `hs0`, `nhs` of them (all of them unless one group of
+/// one item is itself over the limit; then `ng` is 1).
+#[derive(Clone, Copy, Debug)]
+struct AttnBlock {
+    b0: usize,
+    nb: usize,
+    g0: usize,
+    ng: usize,
+    hs0: usize,
+    nhs: usize,
+}
 
 /// Blocks that keep every tensor of one dispatch under the binding limit; `None` when
 /// the whole call fits as it is.
@@ -235,23 +246,47 @@ fn blocks(d: &AttnDims, bufs: &[&Tensor]) -> Result<Option<Vec<AttnBlock>>> {
         }
     }
     let group = d.nh / d.nkv;
-    // bytes of one batch item and one kv group: its query heads' q/o/dq/dO rows, its
-    // k/v/dk/dv rows, and its (lse, D) statistics
-    let per = [4 * d.t * group * d.hd, 4 * d.s * d.hd, 8 * group * d.t]
-        .into_iter()
-        .max()
-        .unwrap() as u64;
-    let fit = (limit / per.max(1)) as usize;
+    // bytes of `heads` query heads of one batch item and one kv group: their q/o/dq/dO
+    // rows, the group's k/v/dk/dv rows, and the heads' (lse, D) statistics
+    let per = |heads: usize| {
+        [4 * d.t * heads * d.hd, 4 * d.s * d.hd, 8 * heads * d.t]
+            .into_iter()
+            .max()
+            .unwrap() as u64
+    };
+    let mut out = Vec::new();
+    let fit = (limit / per(group).max(1)) as usize;
     if fit == 0 {
-        return Err(Error::DeviceLimit {
-            what: format!(
-                "attention: one sequence's kv group ({} queries x {group} heads, {} keys, head dim {})",
-                d.t, d.s, d.hd
-            ),
-            requested: per,
-            limit,
-            limit_name: "max_storage_buffer_binding_size",
-        });
+        // one kv group of one item is over the limit: its query heads go in blocks of
+        // as many as fit, the backward summing their dk/dv
+        let heads = (1..=group)
+            .rev()
+            .find(|&h| per(h) <= limit)
+            .ok_or_else(|| Error::DeviceLimit {
+                what: format!(
+                    "attention: one query head of one sequence ({} queries, {} keys, head dim {})",
+                    d.t, d.s, d.hd
+                ),
+                requested: per(1),
+                limit,
+                limit_name: "max_storage_buffer_binding_size",
+            })?;
+        for b0 in 0..d.b {
+            for g0 in 0..d.nkv {
+                for hs0 in (0..group).step_by(heads) {
+                    let nhs = heads.min(group - hs0);
+                    out.push(AttnBlock {
+                        b0,
+                        nb: 1,
+                        g0,
+                        ng: 1,
+                        hs0,
+                        nhs,
+                    });
+                }
+            }
+        }
+        return Ok(Some(out));
     }
     // whole batch items when one fits, else kv groups of one item
     let (items, groups) = if fit >= d.nkv {
@@ -259,10 +294,17 @@ fn blocks(d: &AttnDims, bufs: &[&Tensor]) -> Result<Option<Vec<AttnBlock>>> {
     } else {
         (1, fit)
     };
-    let mut out = Vec::new();
     for b0 in (0..d.b).step_by(items) {
         for g0 in (0..d.nkv).step_by(groups) {
-            out.push((b0, items.min(d.b - b0), g0, groups.min(d.nkv - g0)));
+            let (nb, ng) = (items.min(d.b - b0), groups.min(d.nkv - g0));
+            out.push(AttnBlock {
+                b0,
+                nb,
+                g0,
+                ng,
+                hs0: 0,
+                nhs: group,
+            });
         }
     }
     Ok(Some(out))
@@ -285,18 +327,20 @@ fn scatter(src: &Tensor, dst: &Tensor, b0: usize, hdim: isize, h0: usize) -> Res
     super::kernels::copy(src, dst, &l)
 }
 
-/// The dims of a dense block of `nb` items and `ng` kv groups.
-fn block_dims(d: &AttnDims, nb: usize, ng: usize) -> AttnDims {
-    let nh = ng * (d.nh / d.nkv);
-    AttnDims {
-        b: nb,
+/// The dims of dense block `blk`, and the first of its query heads in the whole call.
+fn block_dims(d: &AttnDims, blk: &AttnBlock) -> (AttnDims, usize) {
+    let nh = blk.ng * blk.nhs;
+    let (ng, h0) = (blk.ng, blk.g0 * (d.nh / d.nkv) + blk.hs0);
+    let bd = AttnDims {
+        b: blk.nb,
         nh,
         nkv: ng,
         q_str: (d.t * nh * d.hd, nh * d.hd, 0),
         k_str: (d.s * ng * d.hd, ng * d.hd, 0),
         v_str: (d.s * ng * d.hd, ng * d.hd, 0),
         ..*d
-    }
+    };
+    (bd, h0)
 }
 
 /// q `(B,T,NH,HD)` against k, v `(B,S,NKV,HD)` (views as `d` describes them): the output
@@ -312,13 +356,12 @@ pub fn attention(
         return attention_block(d, q, k, v, ranges);
     };
     require_f32("attention", &[q, k, v])?;
-    let group = d.nh / d.nkv;
     let out = f32_out(&[d.b, d.t, d.nh, d.hd])?;
     let lse = f32_out(&[d.b, d.nh, d.t])?;
-    for (b0, nb, g0, ng) in plan {
-        let bd = block_dims(d, nb, ng);
-        let (h0, nh) = (g0 * group, ng * group);
-        let qb = gather(q, b0, nb, 2, h0, nh)?;
+    for blk in plan {
+        let AttnBlock { b0, nb, g0, ng, .. } = blk;
+        let (bd, h0) = block_dims(d, &blk);
+        let qb = gather(q, b0, nb, 2, h0, bd.nh)?;
         let kb = gather(k, b0, nb, 2, g0, ng)?;
         let vb = gather(v, b0, nb, 2, g0, ng)?;
         let rb = ranges.map(|r| gather(r, b0, nb, 1, 0, 2)).transpose()?;
@@ -350,9 +393,12 @@ pub fn attention_bwd(
     let dk = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
     let dv = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
     let lse = lse.reshape(&[d.b, d.nh, d.t])?;
-    for (b0, nb, g0, ng) in plan {
-        let bd = block_dims(d, nb, ng);
-        let (h0, nh) = (g0 * group, ng * group);
+    // dk/dv of a kv group whose query heads span several blocks, summed over them
+    let mut partial: Option<(Tensor, Tensor)> = None;
+    for blk in plan {
+        let AttnBlock { b0, nb, g0, ng, .. } = blk;
+        let (bd, h0) = block_dims(d, &blk);
+        let nh = bd.nh;
         let qb = gather(q, b0, nb, 2, h0, nh)?;
         let kb = gather(k, b0, nb, 2, g0, ng)?;
         let vb = gather(v, b0, nb, 2, g0, ng)?;
@@ -360,8 +406,17 @@ pub fn attention_bwd(
         let gb = gather(dout, b0, nb, 2, h0, nh)?;
         let lb = gather(&lse, b0, nb, 1, h0, nh)?;
         let rb = ranges.map(|r| gather(r, b0, nb, 1, 0, 2)).transpose()?;
-        let (dqb, dkb, dvb) = attention_bwd_block(&bd, &qb, &kb, &vb, &ob, &lb, &gb, rb.as_ref())?;
+        let (dqb, mut dkb, mut dvb) =
+            attention_bwd_block(&bd, &qb, &kb, &vb, &ob, &lb, &gb, rb.as_ref())?;
         scatter(&dqb, &dq, b0, 2, h0)?;
+        if let Some((pk, pv)) = partial.take() {
+            (dkb, dvb) =
+                crate::autograd::no_grad(|| Ok::<_, Error>((pk.add(&dkb)?, pv.add(&dvb)?)))?;
+        }
+        if blk.hs0 + blk.nhs < group {
+            partial = Some((dkb, dvb));
+            continue;
+        }
         scatter(&dkb, &dk, b0, 2, g0)?;
         scatter(&dvb, &dv, b0, 2, g0)?;
     }

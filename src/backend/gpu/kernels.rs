@@ -325,35 +325,69 @@ pub fn reduce(
     let x = dense(x)?;
     let vals = f32_out(&[outer * inner])?;
     let idx = empty(&[outer * inner], DType::U32)?;
-    reduce_into(op, false, &x, outer, n, inner, &vals, &idx, 0)?;
+    reduce_into(op, false, &x, 0, outer, n, inner, &vals, &idx, 0)?;
     Ok((vals, (op == ReduceOp::Max).then_some(idx)))
 }
 
-/// The squared L2 norm of all `xs` together, `(1,)`: each tensor's sum of squares goes
-/// to its own slot of a partials buffer (one dispatch per tensor, more for one over the
-/// binding limit), then one more sums the partials.
+/// Elements one workgroup of [`sum_squares`] sums: 64 a thread.
+const SQ_ROW: usize = 256 * 64;
+
+/// The squared L2 norm of all `xs` together, `(1,)`. Each tensor is read as rows of
+/// [`SQ_ROW`] elements (and one ragged tail row), one workgroup per row, into a partials
+/// buffer: one dispatch per tensor and binding window, every workgroup of the device busy
+/// on a 1 GiB arena chunk. One more dispatch sums the partials.
 pub fn sum_squares(xs: &[Tensor]) -> Result<Tensor> {
-    let parts = f32_out(&[xs.len().max(1)])?;
-    let idx = empty(&[xs.len().max(1)], DType::U32)?;
-    if xs.is_empty() {
+    let split = |n: usize| (n / SQ_ROW, n % SQ_ROW);
+    let slots: usize = xs
+        .iter()
+        .map(|x| {
+            let (rows, tail) = split(x.numel());
+            rows + (tail > 0) as usize
+        })
+        .sum();
+    let parts = f32_out(&[slots.max(1)])?;
+    let idx = empty(&[slots.max(1)], DType::U32)?;
+    if slots == 0 {
         fill(&parts, 0.0)?;
     }
-    for (i, x) in xs.iter().enumerate() {
+    let mut at = 0;
+    for x in xs {
         require_f32("sum_squares", &[x])?;
         let x = dense(x)?;
-        reduce_into(ReduceOp::Sum, true, &x, 1, x.numel(), 1, &parts, &idx, i)?;
+        let (rows, tail) = split(x.numel());
+        if rows > 0 {
+            reduce_into(
+                ReduceOp::Sum,
+                true,
+                &x,
+                0,
+                rows,
+                SQ_ROW,
+                1,
+                &parts,
+                &idx,
+                at,
+            )?;
+            at += rows;
+        }
+        if tail > 0 {
+            let from = rows * SQ_ROW;
+            reduce_into(ReduceOp::Sum, true, &x, from, 1, tail, 1, &parts, &idx, at)?;
+            at += 1;
+        }
     }
-    let (total, _) = reduce(ReduceOp::Sum, &parts, 1, xs.len().max(1), 1)?;
+    let (total, _) = reduce(ReduceOp::Sum, &parts, 1, slots.max(1), 1)?;
     Ok(total)
 }
 
-/// Reduce dense `x` over `[outer, n, inner]` into `vals`/`idx` from element `v_base`
-/// (`square`: sum x^2).
+/// Reduce dense `x`, from element `x_base`, over `[outer, n, inner]` into `vals`/`idx`
+/// from element `v_base` (`square`: sum x^2).
 #[allow(clippy::too_many_arguments)]
 fn reduce_into(
     op: ReduceOp,
     square: bool,
     x: &Tensor,
+    x_base: usize,
     outer: usize,
     n: usize,
     inner: usize,
@@ -369,7 +403,7 @@ fn reduce_into(
     );
     // over [outer, n, inner]: X dense, V and I indexed by (outer, inner)
     let ops = [
-        split::Operand::dense(1, buf(x), 4, 0, &[outer, n, inner]),
+        split::Operand::dense(1, buf(x), 4, x_base, &[outer, n, inner]),
         split::Operand {
             slot: 2,
             buf: buf(vals),

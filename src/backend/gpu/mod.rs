@@ -219,6 +219,9 @@ fn read_env_flags() {
     if on("PONDER_SHADER_CHECKS") {
         SHADER_CHECKS.store(true, Ordering::Relaxed);
     }
+    if on("PONDER_NO_TIMESTAMPS") {
+        NO_TIMESTAMPS.store(true, Ordering::Relaxed);
+    }
     if let Some(b) = std::env::var("PONDER_BINDING_LIMIT")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -240,6 +243,9 @@ pub fn set_binding_limit(bytes: Option<u64>) {
 static NO_SUBGROUPS: AtomicBool = AtomicBool::new(false);
 static NO_F16: AtomicBool = AtomicBool::new(false);
 static SHADER_CHECKS: AtomicBool = AtomicBool::new(false);
+/// Profile as on an adapter without timestamp queries: host timings only
+/// (`PONDER_NO_TIMESTAMPS=1`, so that path can be seen and tested on any GPU).
+static NO_TIMESTAMPS: AtomicBool = AtomicBool::new(false);
 
 /// Compile shader modules with naga's full runtime checks (`PONDER_SHADER_CHECKS=1` does
 /// the same). Off by default: see [`runtime_checks`] for why the kernels are safe without
@@ -740,7 +746,8 @@ impl GpuContext {
         let mut prof = self.prof.lock().unwrap();
         *prof = profile::State {
             on: true,
-            timestamps: self.features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps: self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+                && !NO_TIMESTAMPS.load(Ordering::Relaxed),
             started: Some(std::time::Instant::now()),
             counters_at_start: profile::counters(),
             ..Default::default()
