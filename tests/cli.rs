@@ -166,6 +166,30 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
         text.contains("GPU idle") || text.contains("no timestamp"),
         "{text}"
     );
+    // a live (frozen bf16) reference in every step: still one readback, after the update
+    let (ok, text) = ponder(&[
+        "bench",
+        "dpo",
+        "--model",
+        model,
+        "--device",
+        "gpu",
+        "--pairs",
+        "1",
+        "--prompt-len",
+        "8",
+        "--completion-len",
+        "8",
+        "--steps",
+        "1",
+        "--no-ref-cache",
+        "--profile",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("readbacks 1;") && !text.contains("readbacks 2"),
+        "{text}"
+    );
     // an adapter without timestamp queries: it says so and times on the host
     let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
         .args([

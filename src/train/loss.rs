@@ -190,7 +190,8 @@ pub fn dpo_loss(
     Ok((loss, st))
 }
 
-/// The DPO loss alone, left on the device (see [`dpo_loss`]).
+/// The DPO loss alone, left on the device (see [`dpo_loss`]), from reference sums on the
+/// host (a cached reference).
 pub fn dpo_objective(
     policy: &SeqLogps,
     ref_c: &[f64],
@@ -199,22 +200,67 @@ pub fn dpo_objective(
 ) -> Result<Tensor> {
     let n = ref_c.len();
     let dev = policy.sum.device();
-    let counts: Vec<f64> = policy.counts.iter().map(|&c| c as f64).collect();
-    let average = p.length_normalize || p.loss_type == LossType::Ipo;
-    let mut pol = policy.sum.clone();
+    let (pol, inv) = policy_sums(policy, p)?;
     let (mut rc, mut rr) = (ref_c.to_vec(), ref_r.to_vec());
-    if average {
-        let inv: Vec<f32> = counts.iter().map(|c| 1.0 / c.max(1.0) as f32).collect();
-        pol = pol.mul(&Tensor::from_vec(inv, &[2 * n], dev)?)?;
+    if inv.is_some() {
         for i in 0..n {
-            rc[i] /= counts[i].max(1.0);
-            rr[i] /= counts[n + i].max(1.0);
+            rc[i] /= (policy.counts[i] as f64).max(1.0);
+            rr[i] /= (policy.counts[n + i] as f64).max(1.0);
         }
     }
-    let (pc, pr) = (pol.narrow(0, 0, n)?, pol.narrow(0, n, n)?);
+    // the difference in f64 before it goes up as f32
     let ref_diff: Vec<f32> = (0..n).map(|i| (rc[i] - rr[i]) as f32).collect();
+    dpo_from_diffs(policy, &pol, &Tensor::from_vec(ref_diff, &[n], dev)?, p)
+}
+
+/// [`dpo_objective`] with the reference's sums `(2N,)` (chosen then rejected) still on
+/// the device, as a live reference leaves them: nothing is read back for them.
+pub fn dpo_objective_live(policy: &SeqLogps, ref_sums: &Tensor, p: &DpoParams) -> Result<Tensor> {
+    let n = policy.counts.len() / 2;
+    if ref_sums.shape() != [2 * n] {
+        return Err(Error::bad_shape(
+            "dpo",
+            format!("reference sums for {n} pairs, (2N,)"),
+            ref_sums.shape(),
+        ));
+    }
+    let (pol, inv) = policy_sums(policy, p)?;
+    let r = ref_sums.detach();
+    let r = match &inv {
+        Some(inv) => r.mul(inv)?,
+        None => r,
+    };
+    let ref_diff = r.narrow(0, 0, n)?.sub(&r.narrow(0, n, n)?)?;
+    dpo_from_diffs(policy, &pol, &ref_diff, p)
+}
+
+/// The policy's sums as the loss compares them, averaged over each completion for IPO and
+/// length-normalised losses (then also the `(2N,)` reciprocal counts used).
+fn policy_sums(policy: &SeqLogps, p: &DpoParams) -> Result<(Tensor, Option<Tensor>)> {
+    if !(p.length_normalize || p.loss_type == LossType::Ipo) {
+        return Ok((policy.sum.clone(), None));
+    }
+    let inv: Vec<f32> = policy
+        .counts
+        .iter()
+        .map(|&c| 1.0 / (c as f64).max(1.0) as f32)
+        .collect();
+    let inv = Tensor::from_vec(inv, &[policy.counts.len()], policy.sum.device())?;
+    Ok((policy.sum.mul(&inv)?, Some(inv)))
+}
+
+/// The loss from the policy's compared sums `pol` `(2N,)` and the reference's chosen minus
+/// rejected `(N,)`.
+fn dpo_from_diffs(
+    policy: &SeqLogps,
+    pol: &Tensor,
+    ref_diff: &Tensor,
+    p: &DpoParams,
+) -> Result<Tensor> {
+    let n = policy.counts.len() / 2;
+    let (pc, pr) = (pol.narrow(0, 0, n)?, pol.narrow(0, n, n)?);
     // h = (pi_c - pi_r) - (ref_c - ref_r)
-    let h = pc.sub(&pr)?.sub(&Tensor::from_vec(ref_diff, &[n], dev)?)?;
+    let h = pc.sub(&pr)?.sub(ref_diff)?;
     let (b, e) = (p.beta, p.label_smoothing);
     let z = h.scale(b)?;
     let losses = match p.loss_type {

@@ -106,6 +106,13 @@ impl StepStats {
     }
 }
 
+/// A DPO micro-batch's reference sums: given (cached), or from a live reference and
+/// still on the device, `(2N,)`.
+enum PairRefs {
+    Host(Vec<f64>, Vec<f64>),
+    Device(Tensor),
+}
+
 /// The policy, its optimizer and schedule, and how a step is taken.
 pub struct Trainer {
     pub net: Transformer,
@@ -119,12 +126,19 @@ pub struct Trainer {
     pub reference: Option<LiveReference>,
 }
 
-/// Reference log-prob sums (chosen, rejected) of a batch of pairs, on the fly.
+/// Reference log-prob sums (chosen, rejected) of a batch of pairs, on the fly, read back.
 pub fn reference_sums(
     net: &Transformer,
     pairs: &[&Pair],
     adapters_off: bool,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    let sums = reference_logps(net, pairs, adapters_off)?.to_vec_f64()?;
+    let n = pairs.len();
+    Ok((sums[..n].to_vec(), sums[n..].to_vec()))
+}
+
+/// [`reference_sums`] left on the device: `(2N,)`, the chosen then the rejected.
+pub fn reference_logps(net: &Transformer, pairs: &[&Pair], adapters_off: bool) -> Result<Tensor> {
     let _ng = crate::autograd::NoGradGuard::new();
     let seqs: Vec<&Seq> = pairs
         .iter()
@@ -140,9 +154,7 @@ pub fn reference_sums(
         },
         false,
     )?;
-    let sums = lp.sum.to_vec_f64()?;
-    let n = pairs.len();
-    Ok((sums[..n].to_vec(), sums[n..].to_vec()))
+    Ok(lp.sum.detach())
 }
 
 impl Trainer {
@@ -197,7 +209,7 @@ impl Trainer {
         // optimizer step: [grad norm^2, each micro-batch's loss, then per DPO micro-batch
         // its policy sums (2N) and logit rows (K)].
         let mut pack: Vec<Tensor> = Vec::new();
-        let mut dpo_pending: Vec<(loss::SeqLogps, Vec<f64>, Vec<f64>)> = Vec::new();
+        let mut dpo_pending: Vec<(loss::SeqLogps, PairRefs)> = Vec::new();
         for (mbi, b) in batches.iter().enumerate() {
             let linear = LinearCtx {
                 disable_adapters: false,
@@ -215,31 +227,33 @@ impl Trainer {
                     l.backward()?;
                 }
                 MicroBatch::Dpo { pairs, reference } => {
-                    let (rc, rr) = match (reference, &self.reference) {
-                        (Some(r), _) => r.clone(),
+                    // a live reference's sums stay on the device until the step's readback
+                    let live = match (reference, &self.reference) {
+                        (Some(_), _) => None,
                         (None, Some(LiveReference::Model(net))) => {
-                            st.ref_forwards += 1;
-                            reference_sums(net, pairs, true)?
+                            Some(reference_logps(net, pairs, true)?)
                         }
                         (None, Some(LiveReference::Adapters)) => {
-                            st.ref_forwards += 1;
-                            reference_sums(&self.net, pairs, true)?
+                            Some(reference_logps(&self.net, pairs, true)?)
                         }
                         (None, None) => return Err(Error::invalid(
                             "dpo",
                             "a DPO micro-batch without reference log-probs needs a live reference",
                         )),
                     };
-                    if rc.len() != pairs.len() || rr.len() != pairs.len() {
-                        return Err(Error::invalid(
-                            "dpo",
-                            format!(
-                                "{} pairs but {} / {} reference sums",
-                                pairs.len(),
-                                rc.len(),
-                                rr.len()
-                            ),
-                        ));
+                    st.ref_forwards += live.is_some() as usize;
+                    if let Some((rc, rr)) = reference {
+                        if rc.len() != pairs.len() || rr.len() != pairs.len() {
+                            return Err(Error::invalid(
+                                "dpo",
+                                format!(
+                                    "{} pairs but {} / {} reference sums",
+                                    pairs.len(),
+                                    rc.len(),
+                                    rr.len()
+                                ),
+                            ));
+                        }
                     }
                     let seqs: Vec<&Seq> = pairs
                         .iter()
@@ -248,11 +262,21 @@ impl Trainer {
                         .collect();
                     st.tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
                     let lp = loss::sequence_logps(&self.net, &seqs, linear, true)?;
-                    let l = loss::dpo_objective(&lp, &rc, &rr, &self.dpo)?;
+                    let (l, refs) = match (reference, live) {
+                        (Some((rc, rr)), _) => (
+                            loss::dpo_objective(&lp, rc, rr, &self.dpo)?,
+                            PairRefs::Host(rc.clone(), rr.clone()),
+                        ),
+                        (None, Some(t)) => (
+                            loss::dpo_objective_live(&lp, &t, &self.dpo)?,
+                            PairRefs::Device(t),
+                        ),
+                        (None, None) => unreachable!("checked above"),
+                    };
                     let l = l.scale(pairs.len() as f64 / items as f64)?;
                     pack.push(l.detach().reshape(&[1])?);
                     l.backward()?;
-                    dpo_pending.push((lp, rc, rr));
+                    dpo_pending.push((lp, refs));
                 }
             }
         }
@@ -267,10 +291,13 @@ impl Trainer {
         let mut parts: Vec<&Tensor> = vec![&norm_sq];
         parts.extend(pack.iter());
         let mut extra = Vec::new();
-        for (lp, _, _) in &dpo_pending {
+        for (lp, refs) in &dpo_pending {
             extra.push(lp.sum.detach());
             if let Some(r) = &lp.logit_rows {
                 extra.push(r.clone());
+            }
+            if let PairRefs::Device(t) = refs {
+                extra.push(t.clone());
             }
         }
         parts.extend(extra.iter());
@@ -279,7 +306,7 @@ impl Trainer {
         st.loss = packed[1..1 + pack.len()].iter().sum();
         let mut at = 1 + pack.len();
         let mut dstats: Option<DpoBatchStats> = None;
-        for (lp, rc, rr) in &dpo_pending {
+        for (lp, refs) in &dpo_pending {
             let n2 = lp.counts.len();
             let sums = &packed[at..at + n2];
             at += n2;
@@ -289,7 +316,15 @@ impl Trainer {
                 at += k;
                 v
             });
-            let s = loss::dpo_stats(lp, sums, rows.as_deref(), rc, rr, self.dpo.beta);
+            let (rc, rr) = match refs {
+                PairRefs::Host(rc, rr) => (rc.clone(), rr.clone()),
+                PairRefs::Device(_) => {
+                    let r = &packed[at..at + n2];
+                    at += n2;
+                    (r[..n2 / 2].to_vec(), r[n2 / 2..].to_vec())
+                }
+            };
+            let s = loss::dpo_stats(lp, sums, rows.as_deref(), &rc, &rr, self.dpo.beta);
             let d = dstats.get_or_insert_with(Default::default);
             d.chosen_rewards.extend(s.chosen_rewards);
             d.rejected_rewards.extend(s.rejected_rewards);

@@ -878,6 +878,11 @@ impl GpuContext {
             false => self.compile(shader, entry, spec, bindings, 0)?,
         };
         let mut cache = self.pipelines.lock().unwrap();
+        // another thread may have compiled the same key meanwhile: keep the first, so
+        // that ids (part of the bind-group cache's key) stay one per layout
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
         let p = Arc::new(Kernel {
             id: cache.len(),
             ..kernel
