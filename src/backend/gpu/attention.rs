@@ -158,6 +158,8 @@ fn attention_bwd_block(
     let rows = d.b * d.nh * d.t;
     // stats[row] = (lse, D = dO . O)
     let stats = f32_out(&[rows, 2])?;
+    // O and dO rows read, lse read, (lse, D) written
+    super::profile::cost(0.0, (8 * rows * d.hd + 12 * rows) as f64);
     ctx.dispatch(
         "attention",
         "attn_bwd_pre",
@@ -183,6 +185,15 @@ fn attention_bwd_block(
         (7, buf(&stats)),
         (8, buf(&dout)),
     ];
+    // FLOPs over the causal half, as the forward counts them: the dq pass recomputes
+    // QK^T and forms dP = dO V^T and dS K (3 products), the dk/dv pass QK^T, dP, P^T dO
+    // and dS^T q (4)
+    let half = if d.causal { 1.0 } else { 2.0 };
+    let prod = half * (d.b * d.nh * d.t * d.s * d.hd) as f64;
+    let qrows = 4.0 * (d.b * d.t * d.nh * d.hd) as f64;
+    let kvrows = 4.0 * (d.b * d.s * d.nkv * d.hd) as f64;
+    // q, dO and dq rows, k and v rows
+    super::profile::cost(3.0 * prod, 3.0 * qrows + 2.0 * kvrows);
     ctx.dispatch(
         "attention",
         "attn_bwd_dq",
@@ -204,6 +215,9 @@ fn attention_bwd_block(
     for hh in (0..group).step_by(per_dispatch) {
         let heads = (hh, per_dispatch.min(group - hh), hh > 0);
         let u = attn_uniform(d, ranges.is_some(), heads);
+        // this dispatch's share of the heads: q and dO rows read, k, v, dk, dv
+        let share = heads.1 as f64 / group as f64;
+        super::profile::cost(4.0 * prod * share, 2.0 * qrows * share + 4.0 * kvrows);
         ctx.dispatch(
             "attention",
             "attn_bwd_dkdv",

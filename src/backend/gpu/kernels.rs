@@ -136,6 +136,8 @@ fn ew_dispatch(
             u = u.u(k.map_or(0, |k| blk.offs[k]));
         }
         let u = u.u(0);
+        // each input read once and the output written (broadcast operands are cached)
+        super::profile::cost(0.0, (4 * n * (slot_of.iter().flatten().count() + 1)) as f64);
         ctx.dispatch_bound(
             "elementwise",
             entry,
@@ -269,6 +271,7 @@ pub fn copy(src: &Tensor, dst: &Tensor, dl: &Layout) -> Result<()> {
             .v8(&shape8(&blk.shape), 1)
             .v8(&pad8(&ops[0].strides[blk.dim..]), 0)
             .v8(&pad8(&ops[1].strides[blk.dim..]), 0);
+        super::profile::cost(0.0, (8 * n) as f64);
         ctx.dispatch_bound("copy", "copy", &[], &u.0, &blk.binds, grid_1d(n, WG))?;
     }
     Ok(())
@@ -290,6 +293,7 @@ pub(super) fn fill_words(b: &GpuBuffer, off: usize, n: usize, bits: u32) -> Resu
     for blk in split::plan(&[n], &ops, 1)? {
         let n = blk.shape[0];
         let u = Uniform::new().u(n).u(0).u(blk.offs[0]).u(bits as usize);
+        super::profile::cost(0.0, (4 * n) as f64);
         ctx.dispatch_bound("copy", "fill", &[], &u.0, &blk.binds, grid_1d(n, WG))?;
     }
     Ok(())
@@ -492,6 +496,8 @@ fn reduce_block(
     binds: &[super::Binding],
 ) -> Result<()> {
     let u = Uniform::new().u(outer).u(n).u(inner).u(x_off).u(v_off);
+    // the input read once, one value (and index) written per output
+    super::profile::cost(0.0, (4 * outer * n * inner + 8 * outer * inner) as f64);
     let (entry, groups) = if inner == 1 {
         ("reduce_rows", grid_1d(outer, 1))
     } else {
@@ -787,6 +793,7 @@ pub fn softmax(x: &Tensor, n: usize, log: bool) -> Result<Tensor> {
     let row_ops = [(1, buf(&x), n), (2, buf(&out), n)];
     for b in split::row_blocks("softmax:softmax_rows", rows, &row_ops, &[], usize::MAX)? {
         let u = Uniform::new().u(b.rows).u(n).u(0).u(0);
+        super::profile::cost(0.0, (8 * b.rows * n) as f64);
         ctx.dispatch_bound(
             "softmax",
             "softmax_rows",
@@ -814,6 +821,8 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, c: usize, eps: f32) -> Result<(Tensor, Te
     let whole = [(2, buf(&w))];
     for b in split::row_blocks("rmsnorm:rmsnorm_fwd", rows, &row_ops, &whole, usize::MAX)? {
         let u = Uniform::new().u(b.rows).u(c).f(eps).u(0);
+        // x read, y written, w and one rstd a row
+        super::profile::cost(0.0, (8 * b.rows * c + 4 * c + 4 * b.rows) as f64);
         ctx.dispatch_bound(
             "rmsnorm",
             "rmsnorm_fwd",
@@ -848,6 +857,7 @@ pub fn rmsnorm_bwd(
     let whole = [(2, buf(&w))];
     for b in split::row_blocks("rmsnorm:rmsnorm_bwd_dx", rows, &row_ops, &whole, usize::MAX)? {
         let u = Uniform::new().u(b.rows).u(c).f(0.0).u(0);
+        super::profile::cost(0.0, (12 * b.rows * c + 4 * c + 4 * b.rows) as f64);
         ctx.dispatch_bound(
             "rmsnorm",
             "rmsnorm_bwd_dx",
@@ -869,6 +879,7 @@ pub fn rmsnorm_bwd(
     )?;
     for b in blocks {
         let u = Uniform::new().u(b.rows).u(c).f(0.0).u(0);
+        super::profile::cost(0.0, (8 * b.rows * c + 4 * c + 4 * b.rows) as f64);
         ctx.dispatch_bound(
             "rmsnorm",
             "rmsnorm_bwd_dw",
@@ -908,6 +919,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, d: RopeDims, backward: bool)
             .u(b.first)
             .u(b.rows)
             .u(0);
+        // x read and written (the cos/sin rows are a head's worth, shared by its heads)
+        super::profile::cost(0.0, (8 * b.rows * w) as f64);
         ctx.dispatch_bound(
             "rope",
             "rope",
@@ -927,6 +940,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let ctx = context()?;
     for b in dense_blocks(a.numel(), &[(1, buf(&a)), (2, buf(&u_)), (4, buf(&out))])? {
         let u = Uniform::new().u(b.shape[0]).u(0).u(0).u(0);
+        super::profile::cost(0.0, (12 * b.shape[0]) as f64);
         ctx.dispatch_bound(
             "swiglu",
             "swiglu_fwd",
@@ -954,6 +968,7 @@ pub fn swiglu_bwd(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Ten
     ];
     for b in dense_blocks(a.numel(), &ops)? {
         let u = Uniform::new().u(b.shape[0]).u(0).u(0).u(0);
+        super::profile::cost(0.0, (20 * b.shape[0]) as f64);
         ctx.dispatch_bound(
             "swiglu",
             "swiglu_bwd",
@@ -1125,6 +1140,8 @@ pub fn token_logprobs(x: &Tensor, targets: &Tensor, v: usize) -> Result<(Tensor,
     ];
     for b in split::row_blocks("logprob:logprob_fwd", rows, &row_ops, &[], usize::MAX)? {
         let u = Uniform::new().u(b.rows).u(v).u(0).u(0);
+        // a row of logits read; its target, log-prob and log-sum-exp
+        super::profile::cost(0.0, (4 * b.rows * v + 12 * b.rows) as f64);
         ctx.dispatch_bound(
             "logprob",
             "logprob_fwd",
@@ -1158,6 +1175,8 @@ pub fn token_logprobs_bwd(
     ];
     for b in split::row_blocks("logprob:logprob_bwd", rows, &row_ops, &[], usize::MAX)? {
         let u = Uniform::new().u(b.rows).u(v).u(0).u(0);
+        // a row of gradients written from its target, lse and upstream gradient
+        super::profile::cost(0.0, (8 * b.rows * v + 12 * b.rows) as f64);
         ctx.dispatch_bound(
             "logprob",
             "logprob_bwd",
@@ -1205,6 +1224,7 @@ pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
         let len = b.shape[0];
         let u = Uniform::new().u(len).u(b.offs[0]).u(0).u(0);
         let threads = if to.size() == 2 { len.div_ceil(2) } else { len };
+        super::profile::cost(0.0, (len * (from.size() + to.size())) as f64);
         ctx.dispatch_bound("cast", entry, &[], &u.0, &b.binds, grid_1d(threads, WG))?;
     }
     Ok(out)
@@ -1238,6 +1258,8 @@ pub fn adamw(
         if let Some(c) = clip {
             binds.push((5, buf(c), None));
         }
+        // g, p, m, v read; p, m, v written
+        super::profile::cost(0.0, (28 * b.shape[0]) as f64);
         ctx.dispatch_bound(
             "adamw",
             "adamw",

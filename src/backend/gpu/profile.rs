@@ -216,9 +216,14 @@ pub(crate) fn rows(records: Vec<(Record, Option<f64>)>) -> Vec<KernelRow> {
         row.count += 1;
         row.gpu_ns += ns.unwrap_or(0.0);
         row.host_ns += r.host_ns as f64;
+        // a kernel that declares only its bytes (memory-bound ones) has no GFLOP/s
         if let Some((f, b)) = r.cost {
-            *row.flops.get_or_insert(0.0) += f;
-            *row.bytes.get_or_insert(0.0) += b;
+            if f > 0.0 {
+                *row.flops.get_or_insert(0.0) += f;
+            }
+            if b > 0.0 {
+                *row.bytes.get_or_insert(0.0) += b;
+            }
         }
     }
     let mut v: Vec<KernelRow> = by.into_values().collect();
@@ -250,12 +255,16 @@ mod tests {
             rec("matmul:main", 100.0, Some((2e3, 8.0))),
             rec("add:main", 5.0, None),
             rec("matmul:main", 300.0, Some((6e3, 8.0))),
+            rec("copy:copy", 2.0, Some((0.0, 64.0))),
         ]);
         assert_eq!(r[0].kernel, "matmul:main");
         assert_eq!(r[0].count, 2);
         assert_eq!(r[0].gpu_ns, 400.0);
         assert_eq!(r[0].flops, Some(8e3));
         assert_eq!(r[1].flops, None);
+        // a memory-bound kernel declares bytes only: GB/s but no GFLOP/s
+        assert_eq!((r[2].kernel.as_str(), r[2].flops), ("copy:copy", None));
+        assert_eq!(r[2].bytes, Some(64.0));
         let p = Profile {
             rows: r,
             timestamps: true,
@@ -263,8 +272,10 @@ mod tests {
             ..Default::default()
         };
         let t = p.table();
-        // 8e3 FLOPs in 400 ns = 20 GFLOP/s; matmul is 400 / 405 of the GPU time
+        // 8e3 FLOPs in 400 ns = 20 GFLOP/s; matmul is 400 / 407 of the GPU time; the
+        // copy's 64 bytes in 2 ns are 32 GB/s
         assert!(t.contains("20.0"), "{t}");
-        assert!(t.contains("98.8"), "{t}");
+        assert!(t.contains("98.3"), "{t}");
+        assert!(t.contains("32.0"), "{t}");
     }
 }
