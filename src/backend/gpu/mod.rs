@@ -243,6 +243,8 @@ pub fn set_binding_limit(bytes: Option<u64>) {
 static NO_SUBGROUPS: AtomicBool = AtomicBool::new(false);
 static NO_F16: AtomicBool = AtomicBool::new(false);
 static SHADER_CHECKS: AtomicBool = AtomicBool::new(false);
+/// Uploads up to this size go through a staging copy in the pending encoder (no submit).
+const STAGED_UPLOAD_MAX: usize = 1 << 20;
 /// Profile as on an adapter without timestamp queries: host timings only
 /// (`PONDER_NO_TIMESTAMPS=1`, so that path can be seen and tested on any GPU).
 static NO_TIMESTAMPS: AtomicBool = AtomicBool::new(false);
@@ -618,12 +620,36 @@ impl GpuContext {
         Ok(buf)
     }
 
-    /// Upload bytes into a fresh pooled buffer. The pending encoder is submitted first so
-    /// that the write cannot overtake earlier recorded work on a recycled buffer.
+    /// Upload bytes into a fresh pooled buffer. A small upload (ids, masks, a few
+    /// scalars) is staged in a buffer of its own and copied in the pending encoder, so it
+    /// lands in order with the recorded work and costs no submit. A large one (weights)
+    /// submits the pending encoder first, so that the queue write, which executes ahead of
+    /// the next submission, cannot overtake earlier recorded work on a recycled buffer.
     pub fn upload(&self, bytes: &[u8], what: &str) -> Result<GpuBuffer> {
         let buf = self.alloc(bytes.len(), what)?;
-        // Recorded work that still uses a recycled buffer must reach the queue before the
-        // write, which executes ahead of the next submission.
+        let padded4 = bytes.len().next_multiple_of(4);
+        if padded4 > 0 && padded4 <= STAGED_UPLOAD_MAX {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ponder upload"),
+                size: padded4 as u64,
+                usage: wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: true,
+            });
+            {
+                let mut view = staging
+                    .slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| Error::Gpu(format!("staging an upload of {what}: {e}")))?;
+                let mut padded = bytes.to_vec();
+                padded.resize(padded4, 0);
+                view.copy_from_slice(&padded);
+            }
+            staging.unmap();
+            self.with_encoder(|enc| {
+                enc.copy_buffer_to_buffer(&staging, 0, buf.raw(), buf.base, padded4 as u64)
+            });
+            return Ok(buf);
+        }
         let mut p = self.pending.lock().unwrap();
         self.flush_locked(&mut p);
         let padded = bytes.len() & !3;
