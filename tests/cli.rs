@@ -158,7 +158,7 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
     for kernel in ["matmul:gemm", "attention:attn_fwd", "adamw:adamw"] {
         assert!(text.contains(kernel), "no row {kernel}:\n{text}");
     }
-    for counter in ["dispatches", "submits", "readbacks 1", "host recording"] {
+    for counter in ["dispatches", "submits", "readbacks 1;", "host recording"] {
         assert!(text.contains(counter), "no {counter:?}:\n{text}");
     }
     // uploads (ids, masks, reference sums) ride in the pending encoder: the step submits
@@ -179,10 +179,18 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
         "submits per step {submits:?}:\n{text}"
     );
     // with timestamps, GPU busy and idle time; without, it says so
-    assert!(
-        text.contains("GPU idle") || text.contains("no timestamp"),
-        "{text}"
-    );
+    let has_timestamps = ponder::backend::gpu::context()
+        .unwrap()
+        .features
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    if has_timestamps {
+        assert!(
+            text.contains("GPU busy") && text.contains("GPU idle"),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("host timings only"), "{text}");
+    }
     // a live (frozen bf16) reference in every step: still one readback, after the update
     let (ok, text) = ponder(&[
         "bench",

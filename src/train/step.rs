@@ -207,7 +207,7 @@ impl Trainer {
         let mut st = StepStats::default();
         // Everything the metrics need stays on the device until one readback after the
         // optimizer step: [grad norm^2, each micro-batch's loss, then per DPO micro-batch
-        // its policy sums (2N) and logit rows (K)].
+        // its policy sums (2N), logit rows (K) and, from a live reference, its sums (2N)].
         let mut pack: Vec<Tensor> = Vec::new();
         let mut dpo_pending: Vec<(loss::SeqLogps, PairRefs)> = Vec::new();
         for (mbi, b) in batches.iter().enumerate() {

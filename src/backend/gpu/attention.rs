@@ -278,7 +278,7 @@ fn blocks(d: &AttnDims, bufs: &[&Tensor]) -> Result<Option<Vec<AttnBlock>>> {
             .find(|&h| per(h) <= limit)
             .ok_or_else(|| Error::DeviceLimit {
                 what: format!(
-                    "attention: one query head of one sequence ({} queries, {} keys, head dim {})",
+                    "attention: one query head of one sequence, or its kv head's keys ({} queries, {} keys, head dim {})",
                     d.t, d.s, d.hd
                 ),
                 requested: per(1),

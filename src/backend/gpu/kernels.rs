@@ -136,7 +136,8 @@ fn ew_dispatch(
             u = u.u(k.map_or(0, |k| blk.offs[k]));
         }
         let u = u.u(0);
-        // each input read once and the output written (broadcast operands are cached)
+        // each input read and the output written, n elements each (a broadcast operand
+        // counts in full, so a bias add's GB/s is an upper bound)
         super::profile::cost(0.0, (4 * n * (slot_of.iter().flatten().count() + 1)) as f64);
         ctx.dispatch_bound(
             "elementwise",

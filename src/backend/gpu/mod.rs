@@ -666,7 +666,7 @@ impl GpuContext {
         Ok(buf)
     }
 
-    /// Overwrite a buffer's first bytes (flushes pending work first, as `upload`).
+    /// Overwrite a buffer's first bytes (flushes pending work first, as a large `upload`).
     pub fn write(&self, buf: &GpuBuffer, bytes: &[u8]) {
         let mut p = self.pending.lock().unwrap();
         self.flush_locked(&mut p);
