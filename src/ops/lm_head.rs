@@ -120,13 +120,13 @@ pub fn lm_head_logprobs(
                 )?;
                 // dh_c = dlogits_c @ W: W is (V, C) as stored
                 dh_parts.push(dlogits.matmul(&wd)?);
-                // dW += dlogits_c^T @ h_c (skipped for a frozen head)
+                // dW += dlogits_c^T @ h_c (skipped for a frozen head), summed in place
+                // so that no second (V, C) exists
                 if need_dw {
-                    let part = dlogits.t()?.matmul(&hc)?;
-                    dw = Some(match dw {
-                        Some(acc) => acc.add(&part)?,
-                        None => part,
-                    });
+                    match &dw {
+                        Some(acc) => acc.add_matmul_(&dlogits.t()?, &hc)?,
+                        None => dw = Some(dlogits.t()?.matmul(&hc)?),
+                    }
                 }
                 r0 += n;
             }

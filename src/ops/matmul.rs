@@ -197,3 +197,61 @@ impl Tensor {
         }))
     }
 }
+
+impl Tensor {
+    /// `self += a @ b` in place, for 2-D `a (M, K)` and `b (K, N)` (strided views are
+    /// read in place) into this dense `(M, N)`. Nothing is recorded: it is for gradient
+    /// sums inside a hand-written backward. On the GPU the GEMM accumulates into `self`
+    /// itself, so no `(M, N)` temporary exists (the LM head's dW over sequence chunks).
+    pub fn add_matmul_(&self, a: &Tensor, b: &Tensor) -> Result<()> {
+        let (dev, dt) = check("matmul", &[self, a, b])?;
+        if a.rank() != 2 || b.rank() != 2 || a.shape()[1] != b.shape()[0] {
+            return Err(Error::shape(
+                "add_matmul_",
+                "2-D operands with matching inner dimensions",
+                a.shape(),
+                b.shape(),
+            ));
+        }
+        let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+        if self.shape() != [m, n] || !self.is_contiguous() || self.layout().offset != 0 {
+            return Err(Error::shape(
+                "add_matmul_",
+                format!("a dense ({m}, {n}) accumulator"),
+                self.shape(),
+                &[m, n],
+            ));
+        }
+        let operand = |t: &Tensor| Operand {
+            off: t.layout().offset,
+            sb: 0,
+            sr: t.layout().strides[0],
+            sc: t.layout().strides[1],
+        };
+        let gemm = Gemm {
+            batch: 1,
+            m,
+            n,
+            k,
+            a: operand(a),
+            b: operand(b),
+        };
+        match dev {
+            Device::Gpu => kernels::gemm_acc(&gemm, a, b, self),
+            Device::Cpu => with_real!("add_matmul_", dt, T => {
+                let v = a.cpu_strided("matmul", |xa: &[T], _| {
+                    b.cpu_strided("matmul", |xb: &[T], _| T::gemm(&gemm, xa, xb))
+                })??;
+                self.with_cpu_data_mut(|d, _| match T::slice_mut(d) {
+                    Some(out) => {
+                        for (o, x) in out.iter_mut().zip(&v) {
+                            *o += *x;
+                        }
+                        Ok(())
+                    }
+                    None => Err(Error::invalid("add_matmul_", "accumulator storage is not its dtype")),
+                })
+            }),
+        }
+    }
+}

@@ -573,6 +573,28 @@ const TILES: [(u32, u32, u32, u32, u32); 3] =
     [(128, 128, 8, 8, 8), (64, 64, 16, 4, 4), (16, 64, 16, 1, 4)];
 
 pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = f32_out(&[g.batch, g.m, g.n])?;
+    gemm_into(g, a, b, &out, false)?;
+    Ok(out)
+}
+
+/// C += A B into `out`, a dense f32 (batch, m, n) from element 0: the GEMM's own
+/// accumulate mode, so no product-sized temporary exists (a gradient summed over chunks).
+pub fn gemm_acc(g: &Gemm, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<()> {
+    if out.dtype() != DType::F32
+        || !out.is_contiguous()
+        || out.layout().offset != 0
+        || out.numel() != g.batch * g.m * g.n
+    {
+        return Err(Error::Gpu(
+            "matmul accumulate: the output must be a dense f32 (batch, m, n)".into(),
+        ));
+    }
+    gemm_into(g, a, b, out, true)
+}
+
+/// C = A B (`acc`: C += A B) into the dense `out`.
+fn gemm_into(g: &Gemm, a: &Tensor, b: &Tensor, out: &Tensor, acc: bool) -> Result<()> {
     require_f32("matmul", &[a])?;
     let ctx = context()?;
     // B's storage: f32, or 16-bit read natively (shader-f16) or unpacked from words.
@@ -589,12 +611,11 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             })
         }
     };
-    let out = f32_out(&[g.batch, g.m, g.n])?;
     if g.m * g.n * g.batch * g.k == 0 {
-        if g.m * g.n * g.batch > 0 {
-            fill(&out, 0.0)?;
+        if g.m * g.n * g.batch > 0 && !acc {
+            fill(out, 0.0)?;
         }
-        return Ok(out);
+        return Ok(());
     }
     let storage = Storage16 {
         f32b,
@@ -607,7 +628,7 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (a_big, b_big, c_big) = (
         buf(a).size() > limit,
         buf(b).size() > limit,
-        buf(&out).size() > limit,
+        buf(out).size() > limit,
     );
     if !(a_big || b_big || c_big) && g.k <= GEMM_MAX_K {
         let blk = GemmBlock {
@@ -618,11 +639,11 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             a: (g.a.off, g.a.sb),
             b: (g.b.off, g.b.sb),
             c: (0, g.m * g.n),
-            acc: false,
+            acc,
         };
-        let binds = [(1, buf(a), None), (2, buf(b), None), (3, buf(&out), None)];
+        let binds = [(1, buf(a), None), (2, buf(b), None), (3, buf(out), None)];
         gemm_block(g, &storage, &blk, &binds)?;
-        return Ok(out);
+        return Ok(());
     }
     // Split: blocks of (rows, columns, K) whose every big operand fits one window, one
     // batch at a time; the K blocks after the first add into C.
@@ -684,7 +705,7 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                     let (aw, ao) = place(a, a_big, 4, af, af + span(ml, g.a.sr, kl, g.a.sc) - 1);
                     let (bw, bo) =
                         place(b, b_big, b_elt, bf, bf + span(kl, g.b.sr, nl, g.b.sc) - 1);
-                    let (cw, co) = place(&out, c_big, 4, cf, cf + span(ml, g.n, nl, 1) - 1);
+                    let (cw, co) = place(out, c_big, 4, cf, cf + span(ml, g.n, nl, 1) - 1);
                     let blk = GemmBlock {
                         m: ml,
                         n: nl,
@@ -693,15 +714,15 @@ pub fn gemm(g: &Gemm, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                         a: (ao, 0),
                         b: (bo, 0),
                         c: (co, 0),
-                        acc: k0 > 0,
+                        acc: acc || k0 > 0,
                     };
-                    let binds = [(1, buf(a), aw), (2, buf(b), bw), (3, buf(&out), cw)];
+                    let binds = [(1, buf(a), aw), (2, buf(b), bw), (3, buf(out), cw)];
                     gemm_block(g, &storage, &blk, &binds)?;
                 }
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// How a matmul's B is stored: f32, f16 read natively, f16 or bf16 unpacked from words.
