@@ -4,16 +4,27 @@ mod common;
 use std::process::Command;
 
 fn ponder(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args(args)
-        .output()
-        .expect("run ponder");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (ok, stdout, stderr) = ponder_env(args, &[]);
+    (ok, format!("{stdout}{stderr}"))
+}
+
+/// Run ponder with environment variables set (`Some`) or removed (`None`): whether it
+/// succeeded, its stdout and its stderr.
+fn ponder_env(args: &[&str], env: &[(&str, Option<&str>)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ponder"));
+    cmd.args(args);
+    for &(k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("run ponder");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -114,10 +125,10 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
     if !common::gpu_ok("cli bench dpo --profile") {
         return;
     }
-    // as a user's shell may have it: no XDG_RUNTIME_DIR, which Mesa's loader warns about
+    // one DPO step of the bundled tiny model, profiled
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/ponder-tiny/base");
-    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args([
+    let dpo = |extra: &[&'static str]| -> Vec<&str> {
+        let mut a = vec![
             "bench",
             "dpo",
             "--model",
@@ -133,15 +144,13 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
             "--steps",
             "1",
             "--profile",
-        ])
-        .env_remove("XDG_RUNTIME_DIR")
-        .output()
-        .expect("run ponder");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
+        ];
+        a.extend(extra);
+        a
+    };
+    // as a user's shell may have it: no XDG_RUNTIME_DIR, which Mesa's loader warns about
+    let (ok, stdout, stderr) = ponder_env(&dpo(&[]), &[("XDG_RUNTIME_DIR", None)]);
+    assert!(ok, "{stdout}{stderr}");
     assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
     let text = format!("{stdout}{stderr}");
     for col in [
@@ -192,32 +201,15 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
         assert!(text.contains("host timings only"), "{text}");
     }
     // a live (frozen bf16) reference in every step: still one readback, after the update
-    let (ok, text) = ponder(&[
-        "bench",
-        "dpo",
-        "--model",
-        model,
-        "--device",
-        "gpu",
-        "--pairs",
-        "1",
-        "--prompt-len",
-        "8",
-        "--completion-len",
-        "8",
-        "--steps",
-        "1",
-        "--no-ref-cache",
-        "--profile",
-    ]);
+    let (ok, text) = ponder(&dpo(&["--no-ref-cache"]));
     assert!(ok, "{text}");
     assert!(
         text.contains("readbacks 1;") && !text.contains("readbacks 2"),
         "{text}"
     );
     // an adapter without timestamp queries: it says so and times on the host
-    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args([
+    let (ok, stdout, stderr) = ponder_env(
+        &[
             "bench",
             "matmul",
             "--device",
@@ -231,16 +223,11 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
             "--reps",
             "2",
             "--profile",
-        ])
-        .env("PONDER_NO_TIMESTAMPS", "1")
-        .output()
-        .expect("run ponder");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[("PONDER_NO_TIMESTAMPS", Some("1"))],
     );
-    assert!(out.status.success(), "{text}");
+    let text = format!("{stdout}{stderr}");
+    assert!(ok, "{text}");
     assert!(
         text.contains("no timestamp queries") && text.contains("host timings only"),
         "{text}"

@@ -187,38 +187,6 @@ fn matmul_shapes() {
     }
 }
 
-/// `c += a^T @ b` in place (the LM head's dW over chunks), against `c + a^T b` composed
-/// on the CPU, for both backends: the transposed view read in place, accumulated twice.
-fn add_matmul_vs_composed(m: usize, n: usize, k: usize, s: u64) {
-    let (c0, a, b) = (
-        randn(&[m, n], s),
-        randn(&[k, m], s + 1),
-        randn(&[k, n], s + 2),
-    );
-    let (a2, b2) = (randn(&[k, m], s + 3), randn(&[k, n], s + 4));
-    let want = c0
-        .add(&a.t().unwrap().matmul(&b).unwrap())
-        .unwrap()
-        .add(&a2.t().unwrap().matmul(&b2).unwrap())
-        .unwrap()
-        .to_vec_f64()
-        .unwrap();
-    for dev in [Device::Cpu, Device::Gpu] {
-        let on = |t: &Tensor| t.to_device(dev).unwrap();
-        // a fresh buffer (poisoned on the GPU) holding c0
-        let c = on(&c0).scale(1.0).unwrap();
-        c.add_matmul_(&on(&a).t().unwrap(), &on(&b)).unwrap();
-        c.add_matmul_(&on(&a2).t().unwrap(), &on(&b2)).unwrap();
-        assert_close(
-            &format!("add_matmul_ {m}x{n}x{k} on {dev:?}"),
-            &c.to_vec_f64().unwrap(),
-            &want,
-            1e-3,
-            1e-4,
-        );
-    }
-}
-
 #[test]
 fn matmul_accumulates_in_place() {
     if !gpu_ok("add_matmul_") {
@@ -226,7 +194,7 @@ fn matmul_accumulates_in_place() {
     }
     let s = seed("add_matmul_");
     for &(m, n, k) in &[(1, 1, 1), (7, 33, 129), (129, 130, 17), (37, 24, 1)] {
-        add_matmul_vs_composed(m, n, k, s);
+        add_matmul_vs_composed(m, n, k, s, 1e-3);
     }
     // a wrong accumulator is an error, not a write out of bounds
     let a = randn(&[3, 4], s).to_device(Device::Gpu).unwrap();

@@ -284,3 +284,36 @@ pub fn adamw_vs_cpu(shape: &[usize], s: u64, param_atol: f64) {
         );
     }
 }
+
+/// `c += a^T @ b` in place (the LM head's dW over chunks), against `c + a^T b` composed
+/// on the CPU, for both backends: the transposed view read in place, accumulated twice;
+/// within `atol` + 1e-4 relative.
+pub fn add_matmul_vs_composed(m: usize, n: usize, k: usize, s: u64, atol: f64) {
+    let (c0, a, b) = (
+        randn(&[m, n], s),
+        randn(&[k, m], s + 1),
+        randn(&[k, n], s + 2),
+    );
+    let (a2, b2) = (randn(&[k, m], s + 3), randn(&[k, n], s + 4));
+    let want = c0
+        .add(&a.t().unwrap().matmul(&b).unwrap())
+        .unwrap()
+        .add(&a2.t().unwrap().matmul(&b2).unwrap())
+        .unwrap()
+        .to_vec_f64()
+        .unwrap();
+    for dev in [Device::Cpu, Device::Gpu] {
+        let on = |t: &Tensor| t.to_device(dev).unwrap();
+        // a fresh buffer (poisoned on the GPU) holding c0
+        let c = on(&c0).scale(1.0).unwrap();
+        c.add_matmul_(&on(&a).t().unwrap(), &on(&b)).unwrap();
+        c.add_matmul_(&on(&a2).t().unwrap(), &on(&b2)).unwrap();
+        assert_close(
+            &format!("add_matmul_ {m}x{n}x{k} on {dev:?}"),
+            &c.to_vec_f64().unwrap(),
+            &want,
+            atol,
+            1e-4,
+        );
+    }
+}

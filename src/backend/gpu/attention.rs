@@ -144,6 +144,7 @@ fn attention_bwd_block(
     lse: &Tensor,
     dout: &Tensor,
     ranges: Option<&Tensor>,
+    add_to: Option<(Tensor, Tensor)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     require_f32("attention", &[q, k, v, o, lse, dout])?;
     check_hd(d)?;
@@ -174,8 +175,16 @@ fn attention_bwd_block(
         grid_1d(rows, ATT_Q),
     )?;
     let dq = f32_out(&[d.b, d.t, d.nh, d.hd])?;
-    let dk = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
-    let dv = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
+    // dk/dv: fresh, or (`add_to`) the sums of earlier query heads of the same kv heads,
+    // which every dk/dv dispatch below then adds to
+    let adding = add_to.is_some();
+    let (dk, dv) = match add_to {
+        Some(kv) => kv,
+        None => (
+            f32_out(&[d.b, d.s, d.nkv, d.hd])?,
+            f32_out(&[d.b, d.s, d.nkv, d.hd])?,
+        ),
+    };
     // the inputs both gradient kernels read; each adds its outputs
     let inputs = [
         (1, buf(q)),
@@ -213,7 +222,7 @@ fn attention_bwd_block(
         group
     };
     for hh in (0..group).step_by(per_dispatch) {
-        let heads = (hh, per_dispatch.min(group - hh), hh > 0);
+        let heads = (hh, per_dispatch.min(group - hh), hh > 0 || adding);
         let u = attn_uniform(d, ranges.is_some(), heads);
         // this dispatch's share of the heads: q and dO rows read, k, v, dk, dv
         let share = heads.1 as f64 / group as f64;
@@ -357,6 +366,24 @@ fn block_dims(d: &AttnDims, blk: &AttnBlock) -> (AttnDims, usize) {
     (bd, h0)
 }
 
+/// Block `blk`'s dims, first query head, and dense q, k, v (and padding ranges).
+fn gather_qkv(
+    d: &AttnDims,
+    blk: &AttnBlock,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    ranges: Option<&Tensor>,
+) -> Result<(AttnDims, usize, [Tensor; 3], Option<Tensor>)> {
+    let AttnBlock { b0, nb, g0, ng, .. } = *blk;
+    let (bd, h0) = block_dims(d, blk);
+    let qkv = [
+        gather(q, b0, nb, 2, h0, bd.nh)?,
+        gather(k, b0, nb, 2, g0, ng)?,
+        gather(v, b0, nb, 2, g0, ng)?,
+    ];
+    let rb = ranges.map(|r| gather(r, b0, nb, 1, 0, 2)).transpose()?;
+    Ok((bd, h0, qkv, rb))
+}
+
 /// q `(B,T,NH,HD)` against k, v `(B,S,NKV,HD)` (views as `d` describes them): the output
 /// and the log-sum-exp `(B,NH,T)`.
 pub fn attention(
@@ -373,15 +400,10 @@ pub fn attention(
     let out = f32_out(&[d.b, d.t, d.nh, d.hd])?;
     let lse = f32_out(&[d.b, d.nh, d.t])?;
     for blk in plan {
-        let AttnBlock { b0, nb, g0, ng, .. } = blk;
-        let (bd, h0) = block_dims(d, &blk);
-        let qb = gather(q, b0, nb, 2, h0, bd.nh)?;
-        let kb = gather(k, b0, nb, 2, g0, ng)?;
-        let vb = gather(v, b0, nb, 2, g0, ng)?;
-        let rb = ranges.map(|r| gather(r, b0, nb, 1, 0, 2)).transpose()?;
+        let (bd, h0, [qb, kb, vb], rb) = gather_qkv(d, &blk, (q, k, v), ranges)?;
         let (ob, lb) = attention_block(&bd, &qb, &kb, &vb, rb.as_ref())?;
-        scatter(&ob, &out, b0, 2, h0)?;
-        scatter(&lb, &lse, b0, 1, h0)?;
+        scatter(&ob, &out, blk.b0, 2, h0)?;
+        scatter(&lb, &lse, blk.b0, 1, h0)?;
     }
     Ok((out, lse))
 }
@@ -399,7 +421,7 @@ pub fn attention_bwd(
     ranges: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let Some(plan) = blocks(d, &[q, k, v, o, dout])? else {
-        return attention_bwd_block(d, q, k, v, o, lse, dout, ranges);
+        return attention_bwd_block(d, q, k, v, o, lse, dout, ranges, None);
     };
     require_f32("attention", &[q, k, v, o, lse, dout])?;
     let group = d.nh / d.nkv;
@@ -407,32 +429,32 @@ pub fn attention_bwd(
     let dk = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
     let dv = f32_out(&[d.b, d.s, d.nkv, d.hd])?;
     let lse = lse.reshape(&[d.b, d.nh, d.t])?;
-    // dk/dv of a kv group whose query heads span several blocks, summed over them
+    // dk/dv of a kv group whose query heads span several blocks: each block adds to them
     let mut partial: Option<(Tensor, Tensor)> = None;
     for blk in plan {
-        let AttnBlock { b0, nb, g0, ng, .. } = blk;
-        let (bd, h0) = block_dims(d, &blk);
-        let nh = bd.nh;
-        let qb = gather(q, b0, nb, 2, h0, nh)?;
-        let kb = gather(k, b0, nb, 2, g0, ng)?;
-        let vb = gather(v, b0, nb, 2, g0, ng)?;
+        let (bd, h0, [qb, kb, vb], rb) = gather_qkv(d, &blk, (q, k, v), ranges)?;
+        let (b0, nb, nh) = (blk.b0, blk.nb, bd.nh);
         let ob = gather(o, b0, nb, 2, h0, nh)?;
         let gb = gather(dout, b0, nb, 2, h0, nh)?;
         let lb = gather(&lse, b0, nb, 1, h0, nh)?;
-        let rb = ranges.map(|r| gather(r, b0, nb, 1, 0, 2)).transpose()?;
-        let (dqb, mut dkb, mut dvb) =
-            attention_bwd_block(&bd, &qb, &kb, &vb, &ob, &lb, &gb, rb.as_ref())?;
+        let (dqb, dkb, dvb) = attention_bwd_block(
+            &bd,
+            &qb,
+            &kb,
+            &vb,
+            &ob,
+            &lb,
+            &gb,
+            rb.as_ref(),
+            partial.take(),
+        )?;
         scatter(&dqb, &dq, b0, 2, h0)?;
-        if let Some((pk, pv)) = partial.take() {
-            (dkb, dvb) =
-                crate::autograd::no_grad(|| Ok::<_, Error>((pk.add(&dkb)?, pv.add(&dvb)?)))?;
-        }
         if blk.hs0 + blk.nhs < group {
             partial = Some((dkb, dvb));
             continue;
         }
-        scatter(&dkb, &dk, b0, 2, g0)?;
-        scatter(&dvb, &dv, b0, 2, g0)?;
+        scatter(&dkb, &dk, b0, 2, blk.g0)?;
+        scatter(&dvb, &dv, b0, 2, blk.g0)?;
     }
     Ok((dq, dk, dv))
 }
