@@ -98,6 +98,29 @@ fn wait(dev: Device) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a benchmark before it allocates: every size at least 1, `reps` at least 1,
+/// and the tensors it makes (`bytes`, counted in u128 so that no product wraps) within
+/// the memory this machine has available.
+pub fn check_sizes(what: &'static str, dims: &[(&str, usize)], bytes: u128) -> Result<()> {
+    for (flag, v) in dims {
+        if *v == 0 {
+            return Err(crate::train::fit::range_error(what, flag, v, "at least 1"));
+        }
+    }
+    let avail = crate::train::memory::available().unwrap_or(u64::MAX) as u128;
+    if bytes > avail {
+        return Err(crate::Error::invalid(
+            what,
+            format!(
+                "these sizes need {:.1} GiB for their tensors alone, and {:.1} GiB is available; choose smaller sizes",
+                bytes as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Time `f` (`warmup` untimed calls, then `reps` timed ones).
 pub fn time(
     name: &str,
@@ -145,6 +168,12 @@ pub fn matmul(
     warmup: usize,
     reps: usize,
 ) -> Result<BenchResult> {
+    let (m_, n_, k_) = (m as u128, n as u128, k as u128);
+    check_sizes(
+        "bench matmul",
+        &[("m", m), ("n", n), ("k", k), ("reps", reps)],
+        4 * (m_ * k_ + k_ * n_ + m_ * n_),
+    )?;
     let a = Tensor::randn(&[m, k], 1.0, 1, dev)?;
     let b = if weight_t {
         Tensor::randn(&[n, k], 1.0, 2, dev)?.t()?
@@ -177,6 +206,26 @@ pub fn attention(
     warmup: usize,
     reps: usize,
 ) -> Result<BenchResult> {
+    let rows = b as u128 * t as u128 * hd as u128;
+    check_sizes(
+        "bench attention",
+        &[
+            ("b", b),
+            ("t", t),
+            ("heads", nh),
+            ("kv-heads", nkv),
+            ("head-dim", hd),
+            ("reps", reps),
+        ],
+        // q, out, dq, dout and k, v, dk, dv
+        4 * rows * (4 * nh as u128 + 4 * nkv as u128),
+    )?;
+    if !nh.is_multiple_of(nkv) {
+        return Err(crate::Error::invalid(
+            "bench attention",
+            format!("--heads {nh} is not a multiple of --kv-heads {nkv}"),
+        ));
+    }
     let q = Tensor::randn(&[b, t, nh, hd], 1.0, 1, dev)?;
     let k = Tensor::randn(&[b, t, nkv, hd], 1.0, 2, dev)?;
     let v = Tensor::randn(&[b, t, nkv, hd], 1.0, 3, dev)?;
@@ -244,6 +293,15 @@ pub fn generation(
     prompt_len: usize,
     new_tokens: usize,
 ) -> Result<crate::model::generate::GenStats> {
+    check_sizes(
+        "bench generate",
+        &[("batch", batch), ("prompt-len", prompt_len)],
+        // the KV cache: 2 x layers x rows x positions x kv width, f32
+        8 * net.cfg.num_hidden_layers as u128
+            * batch as u128
+            * (prompt_len as u128 + new_tokens as u128)
+            * (net.cfg.num_key_value_heads * net.cfg.head_dim) as u128,
+    )?;
     use crate::model::generate::{generate, SamplingParams};
     let v = net.cfg.vocab_size as u32;
     let prompts: Vec<Vec<u32>> = (0..batch)
@@ -289,6 +347,17 @@ pub fn dpo_step(
     completion_len: usize,
     steps: usize,
 ) -> Result<DpoBench> {
+    check_sizes(
+        "bench dpo",
+        &[
+            ("pairs", pairs),
+            ("prompt-len", prompt_len),
+            ("completion-len", completion_len),
+            ("steps", steps),
+        ],
+        // the token ids alone; the memory estimate of a step is the trainer's
+        8 * pairs as u128 * (prompt_len as u128 + completion_len as u128),
+    )?;
     use crate::train::data::{Pair, Seq};
     use crate::train::loss::DpoParams;
     use crate::train::optim::{Schedule, Scheduler};

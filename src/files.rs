@@ -212,6 +212,168 @@ impl DirLock {
     }
 }
 
+/// Refuse anything but a regular file (links followed) before opening it: a FIFO named
+/// by a checkpoint would block the open for ever, a device would be read without end.
+pub fn require_regular(path: &Path) -> Result<()> {
+    let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if m.is_file() {
+        Ok(())
+    } else {
+        Err(Error::file(
+            path,
+            if m.is_dir() {
+                "is a directory, not a file"
+            } else {
+                "is not a regular file (a FIFO, socket or device); ponder reads model files only from regular files"
+            },
+        ))
+    }
+}
+
+/// Read a model file as text, from a regular file only (see [`require_regular`]).
+pub fn read_regular_to_string(path: &Path) -> Result<String> {
+    require_regular(path)?;
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Read a regular file of at most `max` bytes as UTF-8 text (`what` names it in errors):
+/// a FIFO or device is refused instead of blocking, a huge file instead of filling memory.
+pub fn read_text_bounded(path: &Path, max: usize, what: &str) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::file(path, format!("{what} must be a regular file")));
+    }
+    if meta.len() > max as u64 {
+        return Err(Error::file(
+            path,
+            format!("{what} is {} bytes; at most {max} are accepted", meta.len()),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.len() > max {
+        return Err(Error::file(
+            path,
+            format!("{what} grew past {max} bytes while read"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| Error::file(path, format!("{what} is not UTF-8 text")))
+}
+
+/// Refuse an output file that is one of the command's inputs (the same file by any path,
+/// links included): writing it would destroy the input it is computed from.
+pub fn check_not_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let Ok(o) = std::fs::canonicalize(out) else {
+        return Ok(()); // absent: it cannot be an existing input
+    };
+    for (flag, input) in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == o) {
+            return Err(Error::file(
+                out,
+                format!("is also the {flag} input; writing it would overwrite that input: choose another output"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The file that marks a directory as a ponder command's output: `{"command": "..."}`.
+pub const OUT_MARKER: &str = ".ponder-out.json";
+
+/// The command whose output `dir` is, from its marker (None: no marker, or not ours).
+pub fn out_command(dir: &Path) -> Option<String> {
+    let path = dir.join(OUT_MARKER);
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("command")?.as_str().map(str::to_string)
+}
+
+/// Whether `dir` holds nothing but ponder's own lock file.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        if e.file_name() != ".ponder.lock" {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Why `dir` may not be `command`'s output directory, or None when it may: it is absent,
+/// empty, or marked as made by the same command.
+fn out_dir_refusal(dir: &Path, command: &str) -> Result<Option<String>> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(_) => return Ok(None),
+        Ok(m) => m,
+    };
+    if meta.file_type().is_symlink() {
+        // follow a link to a directory, as a user who links runs/ elsewhere expects
+        if !dir.is_dir() {
+            return Ok(Some(
+                "is a link to something that is not a directory".into(),
+            ));
+        }
+    } else if !meta.is_dir() {
+        return Ok(Some("exists and is not a directory".into()));
+    }
+    if is_empty_dir(dir)? {
+        return Ok(None);
+    }
+    Ok(match out_command(dir) {
+        Some(c) if c == command => None,
+        Some(c) => Some(format!(
+            "holds the output of `ponder {c}`, not of `ponder {command}`"
+        )),
+        None => Some("is not empty and was not made by ponder".into()),
+    })
+}
+
+/// Claim `dir` as the output directory of `command` (e.g. "sft", "thinkpo"), and lock it
+/// for this run. An output directory is new, empty, or one that ponder made for the same
+/// command (its marker file says so); anything else is refused before a file is written,
+/// so no user file is ever overwritten or deleted.
+pub fn claim_out_dir(dir: &Path, command: &str) -> Result<DirLock> {
+    let refuse = |why: String| {
+        Error::file(
+            dir,
+            format!("{why}; ponder writes only into a new or empty directory, or one it made for `ponder {command}`: choose another --out"),
+        )
+    };
+    if let Some(why) = out_dir_refusal(dir, command)? {
+        return Err(refuse(why));
+    }
+    let lock = DirLock::acquire(dir)?;
+    // checked again under the lock: another run may have filled it meanwhile
+    if let Some(why) = out_dir_refusal(dir, command)? {
+        return Err(refuse(why));
+    }
+    if out_command(dir).is_none() {
+        let marker = serde_json::json!({"command": command, "version": env!("CARGO_PKG_VERSION")});
+        write_atomic(&dir.join(OUT_MARKER), format!("{marker}\n").as_bytes())?;
+    }
+    Ok(lock)
+}
+
+/// Remove the temporary files of killed runs from `dir` and the folders below it (to
+/// `depth` levels).
+pub fn remove_stale_temps_below(dir: &Path, depth: usize) {
+    remove_stale_temps(dir);
+    if depth == 0 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_stale_temps_below(&e.path(), depth - 1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +446,44 @@ mod tests {
         assert!(err.contains("in use by another ponder run"), "{err}");
         drop(l1);
         DirLock::acquire(&d).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_out_dir_is_new_empty_or_made_by_the_same_command() {
+        let d = tmpdir("claim");
+        // new
+        let out = d.join("run");
+        let l = claim_out_dir(&out, "sft").unwrap();
+        drop(l);
+        assert_eq!(out_command(&out).as_deref(), Some("sft"));
+        std::fs::write(out.join("metrics.jsonl"), b"{}\n").unwrap();
+        // the same command again
+        drop(claim_out_dir(&out, "sft").unwrap());
+        // another command
+        let err = claim_out_dir(&out, "dpo").unwrap_err().to_string();
+        assert!(err.contains("ponder sft"), "{err}");
+        // a user's folder: refused, and nothing written into it
+        let user = d.join("user");
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::write(user.join("notes.txt"), b"mine").unwrap();
+        let err = claim_out_dir(&user, "thinkpo").unwrap_err().to_string();
+        assert!(err.contains("not made by ponder"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(&user)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        // an empty folder
+        let empty = d.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        drop(claim_out_dir(&empty, "init").unwrap());
+        // a file
+        let err = claim_out_dir(&user.join("notes.txt"), "init")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

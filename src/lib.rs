@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod recipes;
 pub mod selfcheck;
 pub mod shape;

@@ -133,8 +133,10 @@ enum Cmd {
     /// SFT -> self-training and DPO-augmented self-training; SFT (long CoT) -> ThinkPO;
     /// SFT -> TPO. Prints the table and writes OUT/summary.json and plots.
     Demo {
-        #[arg(long, default_value = "runs/demo")]
-        out: PathBuf,
+        /// Output directory, new or empty (default: runs/demo, or runs/demo-N when that
+        /// holds an earlier run; a run is never moved or deleted).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[arg(long, default_value = "models/ponder-tiny")]
         models: PathBuf,
         #[arg(long, default_value_t = 0)]
@@ -424,7 +426,9 @@ fn main() -> ExitCode {
             tpo_questions,
             quiet,
         } => demo_cmd(ponder::recipes::demo::DemoOpts {
-            out,
+            out: out.unwrap_or_else(|| {
+                ponder::recipes::demo::next_free_out(std::path::Path::new("runs/demo"))
+            }),
             models,
             seed,
             rounds,
@@ -788,6 +792,7 @@ fn save(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
             trainable: false,
         },
     )?;
+    let _lock = ponder::files::claim_out_dir(&out, "save")?;
     ponder::model::save::save_model(&m.net, Some(&dir), &out, dtype.dtype())?;
     eprintln!(
         "saved {} ({} parameters) to {}",

@@ -262,6 +262,12 @@ fn orphans_of_a_killed_run_are_removed_at_start() {
     std::fs::create_dir_all(out.join(".checkpoint-4.999999-0-0.tmp")).unwrap();
     std::fs::write(out.join(".model.safetensors.4194304-0-00000000.tmp"), b"x").unwrap();
     std::fs::write(out.join("keep-me.txt"), b"mine").unwrap();
+    // the killed run had claimed the directory (its marker is written first)
+    std::fs::write(
+        out.join(ponder::files::OUT_MARKER),
+        br#"{"command": "dpo"}"#,
+    )
+    .unwrap();
     run(
         Mode::Dpo,
         &dpo_flags(&out, &["--ref-cache", d.join("c.logps").to_str().unwrap()]),

@@ -3,6 +3,11 @@
 //! flags. Each case must end in a value or an error, never a panic (a panic inside the
 //! tokenizers crate is caught at its one call site and is an error too).
 //!
+//! A second fuzzer covers the recipes' surfaces: question and answer files, answers and
+//! completions, calculator expressions, TPO thought templates, and the `rounds.jsonl`
+//! and `round-N/` state a `--resume` reads; there a case that does not finish within a
+//! few seconds counts as a hang.
+//!
 //! CI runs a bounded budget; `PONDER_FUZZ_CASES=100000 cargo test --release --test fuzz
 //! -- --nocapture` is the long local run. `PONDER_SEED` replays a run.
 
@@ -267,4 +272,234 @@ fn fuzz_files_and_flags_never_panic() {
         kinds[0], kinds[1], kinds[2], kinds[3], kinds[4], kinds[5]
     );
     assert_eq!(panics, 0, "seed {seed}: see PANIC lines above");
+}
+
+/// Hostile text fragments for the recipe surfaces: long runs, huge numbers, markers.
+const FRAGMENTS: &[&str] = &[
+    "####",
+    "#",
+    "\n",
+    " ",
+    "<<",
+    ">>",
+    "=",
+    "*",
+    "/",
+    "+",
+    "-",
+    "(",
+    ")",
+    ".",
+    ",",
+    "0",
+    "7",
+    "123456789",
+    "99999999999999999999",
+    "1e20",
+    "1e308",
+    "-1e308",
+    "nan",
+    "inf",
+    "\\boxed{",
+    "}",
+    "{",
+    "The answer is",
+    "</think>",
+    "<think>",
+    "{instruction}",
+    "$",
+    "%",
+    "é",
+    "日",
+    "\u{0}",
+    "\"",
+    "\\",
+    "null",
+    "[",
+    "]",
+    ":",
+];
+
+fn fragment_text(r: &mut impl Rng, max: usize) -> String {
+    let n = r.random_range(0..max);
+    let mut t = String::new();
+    for _ in 0..n {
+        let f = FRAGMENTS[r.random_range(0..FRAGMENTS.len())];
+        // now and then a long run of one fragment (the quadratic and the huge cases)
+        let rep = if r.random_bool(0.05) {
+            r.random_range(100..5000)
+        } else {
+            1
+        };
+        t.push_str(&f.repeat(rep));
+    }
+    t
+}
+
+/// Run `f` on a thread and wait at most `limit`: a panic or a time-out fails the case.
+fn bounded(
+    what: &str,
+    case: usize,
+    limit: std::time::Duration,
+    f: impl FnOnce() + Send + 'static,
+) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ok = catch_unwind(AssertUnwindSafe(f)).is_ok();
+        let _ = tx.send(ok);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(true) => true,
+        Ok(false) => {
+            eprintln!("PANIC in {what}, case {case}");
+            false
+        }
+        Err(_) => {
+            eprintln!("HANG in {what}, case {case} (over {limit:?})");
+            false
+        }
+    }
+}
+
+#[test]
+fn fuzz_recipe_surfaces_never_panic_or_hang() {
+    use serde_json::json;
+    let seed = common::seed("fuzz-recipes");
+    let mut r = ponder::util::rng(seed);
+    let n = budget();
+    let d = tmpdir();
+    let limit = std::time::Duration::from_secs(10);
+    let question_src = "{\"question\": \"Tom has 3 bags of 4. How many?\", \"answer\": \"12\"}\n{\"prompt\": \"a\", \"answer\": \"rationale <<3*4=12>>12\\n#### 12\", \"completion\": \"x #### 12\"}\n";
+    let rounds_src = "{\"step\": 1, \"round\": 1, \"accuracy\": 0.5, \"mean_tokens\": 40.0, \"positives\": 12}\n{\"step\": 2, \"round\": 2, \"accuracy\": 0.6, \"mean_tokens\": 38.5, \"positives\": 20}\n";
+    let mut panics = 0;
+    let mut kinds = [0usize; 5];
+    for case in 0..n {
+        let kind = case % 5;
+        kinds[kind] += 1;
+        let ok = match kind {
+            0 => {
+                // question / answer / prediction files
+                let mut b = question_src.as_bytes().to_vec();
+                mutate_bytes(&mut b, &mut r);
+                if r.random_bool(0.3) {
+                    let extra = json!({"question": fragment_text(&mut r, 8), "answer": fragment_text(&mut r, 6)});
+                    b.extend(format!("{extra}\n").as_bytes());
+                }
+                if r.random_bool(0.2) {
+                    // an answer as a JSON number, exotic or huge
+                    let num = [
+                        "1e20",
+                        "-0.0",
+                        "123456789012345678901234567890",
+                        "1E+400",
+                        "0.1",
+                    ][r.random_range(0..5)];
+                    b.extend(format!("{{\"question\": \"q\", \"answer\": {num}}}\n").as_bytes());
+                }
+                let f = d.join(format!("q{case}.jsonl"));
+                std::fs::write(&f, &b).unwrap();
+                bounded("question file", case, limit, move || {
+                    if let Ok(ex) = ponder::recipes::data::read_examples(&f) {
+                        for e in &ex {
+                            let _ = ponder::recipes::answer::check(&e.prompt, &e.answer);
+                        }
+                    }
+                    let _ = ponder::recipes::data::read_predictions(&f);
+                    let _ = std::fs::remove_file(&f);
+                })
+            }
+            1 => {
+                // answers and completions
+                let (c, g) = (fragment_text(&mut r, 40), fragment_text(&mut r, 6));
+                bounded("answer", case, limit, move || {
+                    let _ = ponder::recipes::answer::extract(&c);
+                    let _ = ponder::recipes::answer::check(&c, &g);
+                    let _ = ponder::recipes::answer::normalize(&g);
+                    let _ = ponder::recipes::answer::gold_answer(&c);
+                })
+            }
+            2 => {
+                // calculator expressions, and the text they are forced after
+                let e = fragment_text(&mut r, 12);
+                let text = format!(
+                    "{}<<{e}={}",
+                    fragment_text(&mut r, 4),
+                    fragment_text(&mut r, 2)
+                );
+                bounded("calculator", case, limit, move || {
+                    if let Some(x) = ponder::recipes::calculator::eval_exact(&e) {
+                        assert!(x.d > 0);
+                        let _ = ponder::recipes::calculator::format_exact(x);
+                    }
+                    if let Some(f) = ponder::recipes::calculator::force_after(&text) {
+                        assert!(f.ends_with('>'));
+                    }
+                })
+            }
+            3 => {
+                // TPO thought templates
+                let t = ponder::recipes::tpo::ThoughtTemplate {
+                    text: fragment_text(&mut r, 20),
+                    response_delimiter: fragment_text(&mut r, 3),
+                    keep_delimiter: r.random_bool(0.5),
+                };
+                let out = fragment_text(&mut r, 20);
+                bounded("tpo template", case, limit, move || {
+                    if t.validate().is_ok() {
+                        let p = t.render("What is 2 + 3?");
+                        assert!(p.len() < 1 << 20);
+                        let _ = t.split(&out);
+                    }
+                })
+            }
+            _ => {
+                // a --resume state: rounds.jsonl and round-N/ beside it
+                let out = d.join(format!("run{case}"));
+                let mut b = rounds_src.as_bytes().to_vec();
+                if r.random_bool(0.7) {
+                    mutate_bytes(&mut b, &mut r);
+                }
+                if r.random_bool(0.3) {
+                    let v = [1e308, -1e308, f64::MAX, f64::MIN_POSITIVE, 0.0, -0.0]
+                        [r.random_range(0..6)];
+                    b.extend(
+                        format!(
+                            "{{\"step\": 3, \"accuracy\": {v:e}, \"mean_tokens\": {:e}}}\n",
+                            -v
+                        )
+                        .as_bytes(),
+                    );
+                }
+                let row = {
+                    let mut m = serde_json::Map::new();
+                    m.insert("step".into(), json!(r.random_range(0..5)));
+                    m.insert(
+                        "accuracy".into(),
+                        json!([1e308, -1e308, 0.5, 1e-300][r.random_range(0..4)]),
+                    );
+                    m.insert("mean_tokens".into(), json!(r.random::<f64>() * 1e300));
+                    m
+                };
+                bounded("resume state", case, limit, move || {
+                    {
+                        let _first =
+                            ponder::recipes::run::RunDir::open(&out, "tpo", false).unwrap();
+                    }
+                    std::fs::create_dir_all(out.join("round-1")).unwrap();
+                    std::fs::write(out.join("rounds.jsonl"), &b).unwrap();
+                    if let Ok(mut dir) = ponder::recipes::run::RunDir::open(&out, "tpo", true) {
+                        let _ = dir.finish_round(row, &["accuracy", "mean_tokens"]);
+                    }
+                    let _ = std::fs::remove_dir_all(&out);
+                })
+            }
+        };
+        panics += (!ok) as usize;
+    }
+    let _ = std::fs::remove_dir_all(&d);
+    eprintln!(
+        "fuzz recipes: {n} cases (questions {}, answers {}, calculator {}, templates {}, resume states {}), {panics} panics or hangs",
+        kinds[0], kinds[1], kinds[2], kinds[3], kinds[4]
+    );
+    assert_eq!(panics, 0, "seed {seed}: see PANIC/HANG lines above");
 }

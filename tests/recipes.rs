@@ -284,17 +284,42 @@ fn demo_runs_end_to_end_at_a_small_size() {
     }
     assert!(s["seconds"].as_f64().unwrap() > 0.0);
     assert!(out.join("summary.svg").exists());
-    // the main command run twice: the first run is kept as OUT.previous
+    // the same --out again is refused, and the first run is left as it was
     let m = models();
+    let before = std::fs::read(out.join("summary.json")).unwrap();
     #[rustfmt::skip]
-    let again = [
-        "demo", "--models", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--labelled", "4",
-        "--unlabelled", "4", "--k", "2", "--test-questions", "4", "--thinkpo-questions", "4", "--tpo-questions", "4",
-        "--quiet",
+    let small = [
+        "demo", "--models", m.to_str().unwrap(), "--labelled", "4", "--unlabelled", "4", "--k", "2",
+        "--test-questions", "4", "--thinkpo-questions", "4", "--tpo-questions", "4", "--quiet",
     ];
-    ponder(&again);
-    assert!(out.join("summary.json").exists());
-    assert!(d.join("demo.previous/summary.json").exists());
+    let mut again: Vec<&str> = small.to_vec();
+    again.extend(["--out", out.to_str().unwrap()]);
+    let refused = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(&again)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not empty"));
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), before);
+    // without --out, the main command never touches an earlier run: runs/demo holds one,
+    // so this run writes runs/demo-2
+    std::fs::create_dir_all(d.join("runs/demo")).unwrap();
+    std::fs::write(d.join("runs/demo/notes.txt"), "earlier").unwrap();
+    let fresh = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(small)
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(
+        fresh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
+    assert!(d.join("runs/demo-2/summary.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(d.join("runs/demo/notes.txt")).unwrap(),
+        "earlier"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 

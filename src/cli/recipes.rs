@@ -229,6 +229,7 @@ pub(crate) fn self_train_cmd(a: SelfTrainArgs) -> Result<bool> {
         },
         limit: a.limit,
         eval_limit: a.eval_limit,
+        eval_max_new_tokens: a.max_new_tokens,
         device: device(a.device)?,
         resume: a.resume,
         quiet: a.quiet,
@@ -303,7 +304,11 @@ pub(crate) fn tpo_cmd(a: TpoArgs) -> Result<bool> {
         "specific" => ThoughtTemplate::specific(),
         "answer-line" => ThoughtTemplate::answer_line(),
         path => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let text = ponder::files::read_text_bounded(
+                std::path::Path::new(path),
+                ThoughtTemplate::MAX_BYTES,
+                "a thought template",
+            )?;
             if !text.contains("{instruction}") {
                 return Err(Error::file(
                     path,

@@ -124,6 +124,13 @@ pub(crate) enum DataCmd {
 
 pub(crate) fn eval_cmd(a: EvalArgs) -> Result<bool> {
     use ponder::recipes::{data, eval};
+    if let Some(out) = &a.out {
+        let mut inputs = vec![("--data", a.data.as_path())];
+        if let Some(p) = &a.predictions {
+            inputs.push(("--predictions", p.as_path()));
+        }
+        ponder::files::check_not_input(out, &inputs)?;
+    }
     let mut examples = data::read_examples(&a.data)?;
     if let Some(n) = a.limit {
         examples.truncate(n);
@@ -204,6 +211,7 @@ pub(crate) fn tokenizer_cmd(what: TokenizerCmd) -> Result<bool> {
         split_digits: !merge_digits,
     };
     let n = texts.len();
+    let _lock = ponder::files::claim_out_dir(&out, "tokenizer train")?;
     let tok = ponder::model::tokenizer_train::train_bpe(texts, &opts)?;
     ponder::model::tokenizer_train::save_dir(&tok, &out, model_max_length)?;
     outln!(
@@ -242,6 +250,7 @@ pub(crate) fn init_cmd(
         ));
     }
     let net = ponder::model::Transformer::random(&cfg, Device::Cpu, DType::F32, seed)?;
+    let _lock = ponder::files::claim_out_dir(&out, "init")?;
     ponder::model::save::save_model(&net, Some(&tokenizer), &out, DType::F32)?;
     outln!(
         "initialised a {}-parameter model (seed {seed}): {}",
@@ -281,6 +290,7 @@ pub(crate) fn data_cmd(what: DataCmd) -> Result<bool> {
         .map_err(|e| Error::invalid("data synth", e))?;
     let splits =
         ponder::recipes::synth::generate(&cfg).map_err(|e| Error::invalid("data synth", e))?;
+    let _lock = ponder::files::claim_out_dir(&out, "data synth")?;
     let files = ponder::recipes::data::write_synth(&out, &splits)?;
     for f in files {
         outln!("{}", f.display());

@@ -207,29 +207,34 @@ fn name_path(toks: &[(minijinja::machinery::Token<'_>, u16)], i: usize) -> Optio
     }
 }
 
-/// Refuse a template that builds a variable from two copies of a variable it assigns,
-/// as in `{% set s = s ~ s %}` inside a loop. Fuel counts instructions, not bytes, so
-/// sixty such steps would ask for 2^60 bytes; minijinja has no memory limit to stop
-/// that. Real chat templates append to a variable (`ns.text = ns.text + piece`), which
-/// grows linearly under the fuel budget and passes. This is a static check on the
-/// token stream: a string doubled through a macro's output is not caught here.
-fn check_doubling(template: &str) -> Result<()> {
-    use minijinja::machinery::{tokenize, Token, WhitespaceConfig};
+type Toks<'a> = Vec<(minijinja::machinery::Token<'a>, u16)>;
+
+/// The template's tokens with their lines; None when it does not tokenize (the parser
+/// then reports the syntax error with better context).
+fn tokens(template: &str) -> Option<Toks<'_>> {
+    use minijinja::machinery::{tokenize, WhitespaceConfig};
     let ws = WhitespaceConfig::default();
-    let mut toks = Vec::new();
-    for t in tokenize(template, false, Default::default(), ws) {
-        match t {
-            Ok((tok, span)) => toks.push((tok, span.start_line)),
-            // The parser reports syntax errors with better context.
-            Err(_) => return Ok(()),
-        }
-    }
+    tokenize(template, false, Default::default(), ws)
+        .map(|t| t.ok().map(|(tok, span)| (tok, span.start_line)))
+        .collect()
+}
+
+/// One `set` statement: its line, its target paths, the token range of its value, and
+/// whether it is the block form (`{% set x %}body{% endset %}`, a rendered string).
+struct SetStmt {
+    line: u16,
+    targets: Vec<String>,
+    value: std::ops::Range<usize>,
+    block: bool,
+}
+
+fn set_statements(toks: &Toks<'_>) -> Vec<SetStmt> {
+    use minijinja::machinery::Token;
     let is_set = |i: usize| {
         matches!(toks[i].0, Token::BlockStart)
             && matches!(toks.get(i + 1).map(|t| &t.0), Some(Token::Ident("set")))
     };
-    // Each set statement: (line, target paths, token range of its value).
-    let mut sets: Vec<(u16, Vec<String>, std::ops::Range<usize>)> = Vec::new();
+    let mut sets = Vec::new();
     let mut i = 0;
     while i < toks.len() {
         if !is_set(i) {
@@ -240,7 +245,7 @@ fn check_doubling(template: &str) -> Result<()> {
         let mut j = i + 2;
         let mut targets = Vec::new();
         while j < toks.len() && !matches!(toks[j].0, Token::Assign | Token::BlockEnd) {
-            if let Some((p, next)) = name_path(&toks, j) {
+            if let Some((p, next)) = name_path(toks, j) {
                 targets.push(p);
                 j = next;
             } else {
@@ -251,12 +256,12 @@ fn check_doubling(template: &str) -> Result<()> {
             break;
         }
         let start = j + 1;
-        let end = if matches!(toks[j].0, Token::Assign) {
+        let block = !matches!(toks[j].0, Token::Assign);
+        let end = if !block {
             (start..toks.len())
                 .find(|&k| matches!(toks[k].0, Token::BlockEnd))
                 .unwrap_or(toks.len())
         } else {
-            // `{% set s %}body{% endset %}`: the body is the value.
             (start..toks.len())
                 .find(|&k| {
                     matches!(toks[k].0, Token::BlockStart)
@@ -264,39 +269,219 @@ fn check_doubling(template: &str) -> Result<()> {
                 })
                 .unwrap_or(toks.len())
         };
-        sets.push((line, targets, start..end));
+        sets.push(SetStmt {
+            line,
+            targets,
+            value: start..end,
+            block,
+        });
         i = end;
     }
+    sets
+}
+
+/// The variable paths a token range reads (an attribute name after a dot is not a
+/// variable), each with the token that follows it.
+fn read_paths<'t>(
+    toks: &'t Toks<'_>,
+    range: std::ops::Range<usize>,
+) -> Vec<(String, Option<&'t minijinja::machinery::Token<'t>>)> {
+    use minijinja::machinery::Token;
+    let mut out = Vec::new();
+    let mut k = range.start;
+    while k < range.end {
+        let after_dot = k > 0 && matches!(toks[k - 1].0, Token::Dot);
+        match name_path(toks, k) {
+            Some((p, next)) if !after_dot => {
+                out.push((p, toks.get(next).map(|t| &t.0)));
+                k = next;
+            }
+            _ => k += 1,
+        }
+    }
+    out
+}
+
+/// Refuse a template that builds a variable from two copies of a variable it assigns,
+/// as in `{% set s = s ~ s %}` inside a loop. Fuel counts instructions, not bytes, so
+/// sixty such steps would ask for 2^60 bytes; minijinja has no memory limit to stop
+/// that. Real chat templates append to a variable (`ns.text = ns.text + piece`), which
+/// grows linearly under the fuel budget and passes. This is a static check on the
+/// token stream: a string doubled through a macro's output is not caught here.
+fn check_doubling(template: &str) -> Result<()> {
+    let Some(toks) = tokens(template) else {
+        return Ok(());
+    };
+    let sets = set_statements(&toks);
     let assigned: std::collections::HashSet<&str> = sets
         .iter()
-        .flat_map(|(_, t, _)| t.iter().map(String::as_str))
+        .flat_map(|s| s.targets.iter().map(String::as_str))
         .collect();
-    for (line, _, range) in &sets {
+    for s in &sets {
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
-        let mut k = range.start;
-        while k < range.end {
-            // An attribute or method name after a dot is not a variable.
-            let after_dot = k > 0 && matches!(toks[k - 1].0, Token::Dot);
-            match name_path(&toks, k) {
-                Some((p, next)) if !after_dot => {
-                    if assigned.contains(p.as_str()) {
-                        let n = seen.entry(p.clone()).or_default();
-                        *n += 1;
-                        if *n == 2 {
-                            return Err(Error::invalid(
-                                "chat",
-                                format!(
-                                    "chat_template line {line}: a `set` uses `{p}` twice; a \
-                                     template that doubles a string can grow without bound, \
-                                     so ponder refuses it"
-                                ),
-                            ));
-                        }
-                    }
-                    k = next;
+        for (p, _) in read_paths(&toks, s.value.clone()) {
+            if assigned.contains(p.as_str()) {
+                let n = seen.entry(p.clone()).or_default();
+                *n += 1;
+                if *n == 2 {
+                    return Err(Error::invalid(
+                        "chat",
+                        format!(
+                            "chat_template line {}: a `set` uses `{p}` twice; a \
+                             template that doubles a string can grow without bound, \
+                             so ponder refuses it",
+                            s.line
+                        ),
+                    ));
                 }
-                _ => k += 1,
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a template that could store a namespace inside a namespace. Printing,
+/// comparing or serialising a namespace that holds itself (`{% set ns.x = ns %}{{ ns }}`)
+/// recurses without end in minijinja and aborts the process on a stack overflow, which
+/// no fuel or recursion limit catches. Only `{% set ns.attr = value %}` can make such a
+/// cycle, so every such value is checked statically:
+/// - `namespace(...)` inside it is refused (a namespace in a namespace);
+/// - a variable bound to `namespace(...)` (a *namespace*) may be read through an
+///   attribute (`ns.count + 1`: attributes never hold namespaces, by this very rule) but
+///   not whole (`ns`, `ns|default(x)`, `[ns]`);
+/// - a variable that may hold a namespace inside a value (a *holder*: set from an
+///   expression that reads a namespace or holder whole, a loop over one, a macro argument
+///   given one, or a namespace built with one) may not be read at all.
+///
+/// Real chat templates store strings, booleans, numbers and message fields in their
+/// namespaces and pass this check.
+fn check_namespace_cycles(template: &str) -> Result<()> {
+    use minijinja::machinery::Token;
+    use std::collections::HashSet;
+    let Some(toks) = tokens(template) else {
+        return Ok(());
+    };
+    if !toks
+        .iter()
+        .any(|t| matches!(t.0, Token::Ident("namespace")))
+    {
+        return Ok(());
+    }
+    let sets = set_statements(&toks);
+    let calls_namespace = |r: &std::ops::Range<usize>| {
+        (r.start..r.end).any(|k| {
+            matches!(toks[k].0, Token::Ident("namespace"))
+                && matches!(toks.get(k + 1).map(|t| &t.0), Some(Token::ParenOpen))
+        })
+    };
+    // `{% for a, b in expr %}` and `{% macro m(p, q) %}` headers
+    let mut loops: Vec<(Vec<String>, std::ops::Range<usize>)> = Vec::new();
+    let mut macros: Vec<(String, Vec<String>)> = Vec::new();
+    for i in 0..toks.len() {
+        if !matches!(toks[i].0, Token::BlockStart) {
+            continue;
+        }
+        let end = (i..toks.len())
+            .find(|&k| matches!(toks[k].0, Token::BlockEnd))
+            .unwrap_or(toks.len());
+        match toks.get(i + 1).map(|t| &t.0) {
+            Some(Token::Ident("for")) => {
+                let inn = (i + 2..end).find(|&k| matches!(toks[k].0, Token::Ident("in")));
+                if let Some(inn) = inn {
+                    let vars = (i + 2..inn)
+                        .filter_map(|k| match toks[k].0 {
+                            Token::Ident(v) => Some(v.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    loops.push((vars, inn + 1..end));
+                }
+            }
+            Some(Token::Ident("macro")) => {
+                if let Some(Token::Ident(name)) = toks.get(i + 2).map(|t| &t.0) {
+                    let params = (i + 3..end)
+                        .filter(|&k| matches!(toks[k - 1].0, Token::ParenOpen | Token::Comma))
+                        .filter_map(|k| match toks[k].0 {
+                            Token::Ident(v) => Some(v.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    macros.push((name.to_string(), params));
+                }
+            }
+            _ => {}
+        }
+    }
+    let root = |p: &str| p.split('.').next().unwrap_or(p).to_string();
+    let mut namespaces: HashSet<String> = HashSet::new();
+    let mut holders: HashSet<String> = HashSet::new();
+    // whether a token range reads a namespace whole, or a holder at all
+    let taints = |r: std::ops::Range<usize>, ns: &HashSet<String>, h: &HashSet<String>| {
+        read_paths(&toks, r).iter().any(|(p, next)| {
+            let whole = !p.contains('.') && !matches!(next, Some(Token::BracketOpen));
+            h.contains(&root(p)) || (whole && ns.contains(p))
+        })
+    };
+    loop {
+        let before = (namespaces.len(), holders.len());
+        for s in sets.iter().filter(|s| !s.block) {
+            let plain: Vec<&String> = s.targets.iter().filter(|t| !t.contains('.')).collect();
+            let tainted = taints(s.value.clone(), &namespaces, &holders);
+            for t in plain {
+                if tainted {
+                    holders.insert(t.clone());
+                } else if calls_namespace(&s.value) {
+                    namespaces.insert(t.clone());
+                }
+            }
+        }
+        for (vars, r) in &loops {
+            if taints(r.clone(), &namespaces, &holders) {
+                holders.extend(vars.iter().cloned());
+            }
+        }
+        for (name, params) in &macros {
+            let mut k = 0;
+            while k + 1 < toks.len() {
+                if matches!(toks[k].0, Token::Ident(n) if n == name)
+                    && matches!(toks[k + 1].0, Token::ParenOpen)
+                {
+                    let close = (k + 1..toks.len())
+                        .find(|&j| {
+                            matches!(
+                                toks[j].0,
+                                Token::ParenClose | Token::BlockEnd | Token::VariableEnd
+                            )
+                        })
+                        .unwrap_or(toks.len());
+                    if taints(k + 2..close, &namespaces, &holders) {
+                        holders.extend(params.iter().cloned());
+                    }
+                    k = close;
+                } else {
+                    k += 1;
+                }
+            }
+        }
+        if (namespaces.len(), holders.len()) == before {
+            break;
+        }
+    }
+    for s in sets.iter().filter(|s| !s.block) {
+        if !s.targets.iter().any(|t| t.contains('.')) {
+            continue;
+        }
+        if calls_namespace(&s.value) || taints(s.value.clone(), &namespaces, &holders) {
+            return Err(Error::invalid(
+                "chat",
+                format!(
+                    "chat_template line {}: `set {}` may store a namespace inside a \
+                     namespace; printing such a value recurses without end, so ponder \
+                     refuses the template",
+                    s.line,
+                    s.targets.join(", ")
+                ),
+            ));
         }
     }
     Ok(())
@@ -311,6 +496,7 @@ pub fn render(
     eos: Option<&str>,
 ) -> Result<String> {
     check_doubling(template)?;
+    check_namespace_cycles(template)?;
     let env = environment();
     let tmpl = env
         .template_from_str(template)
@@ -366,5 +552,39 @@ mod tests {
             let err = render(t, &[], false, None, None).unwrap_err().to_string();
             assert!(err.contains("twice"), "{t}: {err}");
         }
+    }
+
+    #[test]
+    fn a_namespace_stored_in_a_namespace_is_refused_before_rendering() {
+        // each would overflow the stack when printed, compared or serialised
+        for t in [
+            "{% set ns = namespace() %}{% set ns.x = ns %}{{ ns }}",
+            "{% set ns = namespace() %}{% set ns.x = [ns] %}{{ ns }}",
+            "{% set ns = namespace() %}{% set ns.x = {'a': ns} %}{{ ns }}",
+            "{% set ns = namespace() %}{% set ns.x = ns|default(1) %}{{ ns }}",
+            "{% set a = namespace() %}{% set b = namespace() %}{% set a.x = b %}{% set b.x = a %}{{ a }}",
+            "{% set ns = namespace() %}{% set l = [ns] %}{% set ns.x = l[0] %}{{ ns }}",
+            "{% set ns = namespace() %}{% set ns.x = namespace(y=ns) %}{{ ns }}",
+            "{% set ns = namespace() %}{% set b = namespace(y=ns) %}{% set ns.x = b.y %}{{ ns }}",
+            "{% set ns = namespace() %}{% for n in [ns] %}{% set ns.x = n %}{% endfor %}{{ ns }}",
+            "{% macro m(a) %}{% set a.x = a %}{% endmacro %}{% set ns = namespace() %}{{ m(ns) }}{{ ns }}",
+        ] {
+            let err = render(t, &[], false, None, None).unwrap_err().to_string();
+            assert!(err.contains("namespace inside a"), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn namespace_idioms_of_real_templates_pass() {
+        let t = "{%- set ns = namespace(is_first=false, is_tool=false, prev='', n=0, sys='') %}\
+            {%- for message in messages %}\
+            {%- set ns.n = ns.n + 1 %}\
+            {%- set ns.prev = message['role'] %}\
+            {%- set ns.sys = message.content %}\
+            {%- set ns.is_tool = message.role == 'tool' %}\
+            {%- set ns.is_first = true %}\
+            {%- endfor %}{{ ns.n }}{{ ns.prev }}{{ ns.sys }}";
+        let out = render(t, &[Message::new("user", "hi")], true, None, None).unwrap();
+        assert_eq!(out, "1userhi");
     }
 }

@@ -139,7 +139,7 @@ impl Fields<'_> {
 impl Config {
     pub fn load(dir: &Path) -> Result<Config> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::files::read_regular_to_string(&path)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
         Config::from_json(&path, v)

@@ -101,7 +101,6 @@ pub fn save_model(
             format!("cannot save weights as {dtype}; use f32, f16 or bf16"),
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut cfg = net.cfg.raw.clone();
     if let Some(o) = cfg.as_object_mut() {
         // update whichever spellings the file used; default to the 4.x one, which 5.x reads too
@@ -136,6 +135,10 @@ pub fn save_model(
             }
         }
     }
+    // finite weights can still overflow in the forward: a model whose outputs are NaN is
+    // no model, refused before anything is written
+    net.check_probe_logits()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // every file is complete on disk before any replaces its old version: a full disk
     // leaves the old model loadable and no temporary file behind
     crate::files::write_all_atomic(&files)?;
@@ -154,14 +157,56 @@ pub fn save_model(
                             .collect()
                     })
                     .unwrap_or_default();
+            let written: Vec<&std::path::Path> = files.iter().map(|(p, _)| p.as_path()).collect();
             for sh in shards {
-                // only plain file names inside `out`, never a path elsewhere
-                if !sh.contains('/') && !sh.contains('\\') && sh != "model.safetensors" {
-                    let _ = std::fs::remove_file(out.join(sh));
+                // only a shard (`model-00001-of-00002.safetensors`, a plain name inside
+                // `out`, a regular file) and never a file this save has just written
+                let path = out.join(&sh);
+                if is_shard_name(&sh)
+                    && !written.contains(&path.as_path())
+                    && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+                {
+                    let _ = std::fs::remove_file(&path);
                 }
             }
         }
         std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
     }
     Ok(())
+}
+
+/// Whether `name` is a shard file name as transformers writes them:
+/// `model-00001-of-00003.safetensors` (a plain name, digits on both sides of `-of-`).
+fn is_shard_name(name: &str) -> bool {
+    let Some(stem) = name
+        .strip_prefix("model-")
+        .and_then(|s| s.strip_suffix(".safetensors"))
+    else {
+        return false;
+    };
+    let Some((a, b)) = stem.split_once("-of-") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    digits(a) && digits(b)
+}
+
+#[cfg(test)]
+mod shard_name_tests {
+    use super::is_shard_name;
+
+    #[test]
+    fn only_transformers_shard_names_count() {
+        assert!(is_shard_name("model-00001-of-00002.safetensors"));
+        for n in [
+            "config.json",
+            "tokenizer.json",
+            "model.safetensors",
+            "model-x-of-2.safetensors",
+            "../model-00001-of-00002.safetensors",
+            "model-00001-of-00002.safetensors.bak",
+        ] {
+            assert!(!is_shard_name(n), "{n}");
+        }
+    }
 }

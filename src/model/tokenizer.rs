@@ -172,7 +172,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::files::read_regular_to_string(path)?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))
@@ -187,7 +187,7 @@ impl Tok {
                 "missing: ponder needs the Hugging Face fast-tokenizer file tokenizer.json",
             ));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::files::read_regular_to_string(&path)?;
         let mut json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
         sanitize(&path, &mut json)?;
@@ -228,9 +228,11 @@ impl Tok {
             _ => None,
         };
         // chat_template.jinja (transformers 5 writes it) takes priority, as in transformers
-        let chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
-            Ok(t) => Some(t),
-            Err(_) => chat_template,
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.exists() {
+            Some(crate::files::read_regular_to_string(&jinja)?)
+        } else {
+            chat_template
         };
         let gen_path = dir.join("generation_config.json");
         let mut eos_ids: Vec<u32> = match read_json(&gen_path)?

@@ -641,6 +641,32 @@ impl Transformer {
         Ok(())
     }
 
+    /// Forward a fixed probe sequence and refuse a model whose logits are not finite: a
+    /// diverged model's weights can each be finite and yet overflow in the forward.
+    pub fn check_probe_logits(&self) -> Result<()> {
+        let v = self.cfg.vocab_size as u64;
+        let ids: Vec<u32> = (0..8u64.min(v))
+            .map(|i| ((i * 7919 + 1) % v) as u32)
+            .collect();
+        let t = ids.len();
+        let logits = crate::autograd::no_grad(|| {
+            self.forward(&ids, 1, t, Forward::default())?
+                .logits
+                .to_vec_f64()
+        })?;
+        let bad = logits.iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::invalid(
+                "model",
+                format!(
+                    "{bad} of the {} logits of a probe sequence are NaN or infinite: the weights are finite but overflow in the forward; training diverged (try a lower --lr)",
+                    logits.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn num_parameters(&self) -> usize {
         self.named_parameters().iter().map(|(_, t)| t.numel()).sum()
     }

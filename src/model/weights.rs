@@ -22,6 +22,7 @@ pub struct Checkpoint {
 }
 
 fn map(path: &Path) -> Result<Mmap> {
+    crate::files::require_regular(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the mapping is read-only; a checkpoint modified while ponder reads it is
     // outside what ponder can guard against (as with every mmap-based loader).
@@ -51,8 +52,7 @@ impl Checkpoint {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let names: Vec<PathBuf> = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let text = crate::files::read_regular_to_string(&index_path)?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::file(&index_path, format!("not valid JSON: {e}")))?;
             let map = v
@@ -157,6 +157,16 @@ impl Checkpoint {
             ));
         }
         let bytes = view.data();
+        let bad = non_finite(view.dtype(), bytes);
+        if bad > 0 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` holds {bad} non-finite value(s) (NaN or inf) out of {}; the checkpoint is damaged or its training diverged",
+                    shape.iter().product::<usize>()
+                ),
+            ));
+        }
         let range = (bytes.as_ptr() as usize - m.as_ptr() as usize, bytes.len());
         if device == Device::Gpu && (dtype == DType::F32 || keep_16bit) {
             // straight from the mapping to the device, no host copy
@@ -189,6 +199,26 @@ impl Checkpoint {
             )
         })?;
         Tensor::from_cpu_data(data, view.shape())
+    }
+}
+
+/// How many stored float values are NaN or infinite (all exponent bits set), read from
+/// the little-endian bytes without converting them.
+fn non_finite(dtype: Dtype, bytes: &[u8]) -> usize {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            .count(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)
+            .count(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
+            .count(),
+        _ => 0,
     }
 }
 

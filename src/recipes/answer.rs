@@ -203,13 +203,29 @@ fn last_boxed(text: &str) -> Option<&str> {
     best.map(|(_, inner)| inner)
 }
 
-/// Rest of the line after the last `####` that has something after it.
+/// Rest of the line after the last `####` that has something after it. Every `####`
+/// inside one run of `#` has the same rest (what follows the run), so the text is walked
+/// once from the end, a run at a time: linear in the text, however long its runs.
 fn last_hash_line(text: &str) -> Option<&str> {
-    text.rmatch_indices("####").find_map(|(pos, _)| {
-        let rest = text[pos + 4..].trim_start_matches('#');
-        let line = rest.split('\n').next().unwrap_or("").trim();
-        (!line.is_empty()).then_some(line)
-    })
+    let b = text.as_bytes();
+    let mut end = b.len();
+    while end > 0 {
+        // the last run of '#' ending at or before `end`
+        let run_end = b[..end].iter().rposition(|&c| c == b'#').map(|i| i + 1)?;
+        let run_start = b[..run_end]
+            .iter()
+            .rposition(|&c| c != b'#')
+            .map_or(0, |i| i + 1);
+        if run_end - run_start >= 4 {
+            let rest = &text[run_end..];
+            let line = rest.split('\n').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                return Some(line);
+            }
+        }
+        end = run_start;
+    }
+    None
 }
 
 /// Answer following the last answer phrase ("the answer is", ...), if any.
@@ -662,6 +678,23 @@ mod tests {
         ("{5", "{5"),
         ("", ""),
     ];
+
+    #[test]
+    fn a_long_run_of_hashes_is_linear() {
+        // 1 MB of '#' took 88 s when every `####` in the run rescanned the rest
+        let text = "#".repeat(1 << 20);
+        let t0 = std::time::Instant::now();
+        assert_eq!(extract(&text), None);
+        let with_answer = format!("{text} 42\n{text}");
+        assert_eq!(extract(&with_answer).as_deref(), Some("42"));
+        assert!(t0.elapsed().as_secs_f64() < 5.0, "{:?}", t0.elapsed());
+        // runs of 3 are not a marker; the answer follows the last run of at least 4
+        assert_eq!(
+            last_hash_line("### 1\n#### 2\n###### 3 ### 4"),
+            Some("3 ### 4")
+        );
+        assert_eq!(last_hash_line("#### 5\n####   \n"), Some("5"));
+    }
 
     #[test]
     fn extraction_table() {

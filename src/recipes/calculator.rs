@@ -7,7 +7,10 @@
 //! token forcing lives elsewhere.
 //!
 //! The expression evaluator is a small recursive-descent parser with length and
-//! depth limits; nothing here ever panics on untrusted text.
+//! depth limits over exact rationals (i128 numerator and denominator): a result is
+//! forced only when it is exact, so `123456789*123456789` is forced as
+//! 15241578750190521, never as the nearest f64. An overflow forces nothing. Nothing here
+//! ever panics on untrusted text.
 
 /// Longest expression (in chars) [`eval_expr`] accepts.
 const MAX_EXPR_CHARS: usize = 200;
@@ -18,10 +21,108 @@ const MAX_LOOKBACK: usize = 256;
 /// Distance to the nearest integer under which a result is written as one.
 const INT_TOL: f64 = 1e-4;
 
+/// An exact rational `n / d` in lowest terms, `d > 0`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratio {
+    pub n: i128,
+    pub d: i128,
+}
+
+fn gcd(mut a: i128, mut b: i128) -> i128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.abs()
+}
+
+impl Ratio {
+    /// `n / d` reduced; None for `d == 0` or an overflow.
+    fn new(n: i128, d: i128) -> Option<Ratio> {
+        if d == 0 {
+            return None;
+        }
+        let g = gcd(n, d).max(1);
+        let (n, d) = (n / g, d / g);
+        if d < 0 {
+            Some(Ratio {
+                n: n.checked_neg()?,
+                d: d.checked_neg()?,
+            })
+        } else {
+            Some(Ratio { n, d })
+        }
+    }
+
+    fn add(self, o: Ratio) -> Option<Ratio> {
+        let g = gcd(self.d, o.d).max(1);
+        let (a, b) = (self.d / g, o.d / g);
+        let n = self.n.checked_mul(b)?.checked_add(o.n.checked_mul(a)?)?;
+        Ratio::new(n, self.d.checked_mul(b)?)
+    }
+
+    fn neg(self) -> Option<Ratio> {
+        Some(Ratio {
+            n: self.n.checked_neg()?,
+            d: self.d,
+        })
+    }
+
+    fn mul(self, o: Ratio) -> Option<Ratio> {
+        // cross-reduce first so that exact products stay in range as long as possible
+        let g1 = gcd(self.n, o.d).max(1);
+        let g2 = gcd(o.n, self.d).max(1);
+        let n = (self.n / g1).checked_mul(o.n / g2)?;
+        let d = (self.d / g2).checked_mul(o.d / g1)?;
+        Ratio::new(n, d)
+    }
+
+    fn div(self, o: Ratio) -> Option<Ratio> {
+        if o.n == 0 {
+            return None;
+        }
+        self.mul(Ratio::new(o.d, o.n)?)
+    }
+
+    pub fn to_f64(self) -> f64 {
+        self.n as f64 / self.d as f64
+    }
+}
+
+/// `n / d` rounded half away from zero (`d > 0`).
+fn round_div(n: i128, d: i128) -> Option<i128> {
+    let twice = |x: i128| x.checked_mul(2);
+    let q = (twice(n.checked_abs()?)?.checked_add(d)?) / twice(d)?;
+    Some(if n < 0 { -q } else { q })
+}
+
+/// The exact result as written in an annotation, by the rule of [`format_result`]: an
+/// integer when within 1e-4 of one, else rounded to 2 decimals with trailing zeros
+/// trimmed. Integer arithmetic throughout; None on an overflow.
+pub fn format_exact(r: Ratio) -> Option<String> {
+    let nearest = round_div(r.n, r.d)?;
+    // |n/d - nearest| <= 1e-4  <=>  |n - nearest d| * 10^4 <= d
+    let off = r.n.checked_sub(nearest.checked_mul(r.d)?)?.checked_abs()?;
+    if off.checked_mul(10_000)? <= r.d {
+        return Some(nearest.to_string());
+    }
+    let q = round_div(r.n.checked_mul(100)?, r.d)?;
+    if q == 0 {
+        return Some("0".into());
+    }
+    let a = q.unsigned_abs();
+    let fixed = format!("{}{}.{:02}", if q < 0 { "-" } else { "" }, a / 100, a % 100);
+    Some(
+        fixed
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string(),
+    )
+}
+
 /// One lexical token of an arithmetic expression.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Tok {
-    Num(f64),
+    Num(Ratio),
     Add,
     Sub,
     Mul,
@@ -39,6 +140,11 @@ enum Tok {
 /// 64, division by zero, unknown characters, trailing garbage or a
 /// non-finite result.
 pub fn eval_expr(expr: &str) -> Option<f64> {
+    eval_exact(expr).map(Ratio::to_f64)
+}
+
+/// [`eval_expr`] in exact rational arithmetic; None also when a value leaves i128.
+pub fn eval_exact(expr: &str) -> Option<Ratio> {
     if expr.chars().nth(MAX_EXPR_CHARS).is_some() {
         return None;
     }
@@ -49,7 +155,7 @@ pub fn eval_expr(expr: &str) -> Option<f64> {
         depth: 0,
     };
     let value = parser.expr()?;
-    (parser.pos == parser.toks.len() && value.is_finite()).then_some(value)
+    (parser.pos == parser.toks.len()).then_some(value)
 }
 
 /// The result as written in an annotation: an integer when within 1e-4 of one
@@ -91,7 +197,7 @@ pub fn force_after(text: &str) -> Option<String> {
         return None;
     }
     let (expr, written) = inside.split_once('=')?;
-    let target = format!("{}>>", format_result(eval_expr(expr)?));
+    let target = format!("{}>>", format_exact(eval_exact(expr)?)?);
     let written = written.trim_start();
     let is_proper_prefix = written.len() < target.len() && target.starts_with(written);
     is_proper_prefix.then(|| target[written.len()..].to_string())
@@ -129,13 +235,19 @@ fn tokenize(expr: &str) -> Option<Vec<Tok>> {
     Some(toks)
 }
 
-/// Digits with at most one `.` and at least one digit.
-fn parse_plain_number(s: &str) -> Option<f64> {
+/// Digits with at most one `.` and at least one digit, exactly (`2.5` = 25/10).
+fn parse_plain_number(s: &str) -> Option<Ratio> {
     let dots = s.bytes().filter(|&b| b == b'.').count();
     if dots > 1 || dots == s.len() {
         return None;
     }
-    s.parse().ok()
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let mut n: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        n = n.checked_mul(10)?.checked_add((b - b'0') as i128)?;
+    }
+    let d = 10i128.checked_pow(frac.len() as u32)?;
+    Ratio::new(n, d)
 }
 
 /// The operator or parenthesis token for `c`.
@@ -151,16 +263,15 @@ fn symbol(c: char) -> Option<Tok> {
     }
 }
 
-/// Applies a binary operator; `None` on division by zero or a non-finite result.
-fn apply(op: Tok, a: f64, b: f64) -> Option<f64> {
-    let v = match op {
-        Tok::Add => a + b,
-        Tok::Sub => a - b,
-        Tok::Mul => a * b,
-        Tok::Div if b != 0.0 => a / b,
-        _ => return None,
-    };
-    v.is_finite().then_some(v)
+/// Applies a binary operator; `None` on division by zero or an overflow.
+fn apply(op: Tok, a: Ratio, b: Ratio) -> Option<Ratio> {
+    match op {
+        Tok::Add => a.add(b),
+        Tok::Sub => a.add(b.neg()?),
+        Tok::Mul => a.mul(b),
+        Tok::Div => a.div(b),
+        _ => None,
+    }
 }
 
 /// Recursive-descent parser over a token list.
@@ -187,7 +298,7 @@ impl Parser {
     }
 
     /// `term (('+'|'-') term)*`
-    fn expr(&mut self) -> Option<f64> {
+    fn expr(&mut self) -> Option<Ratio> {
         let mut acc = self.term()?;
         while let Some(op) = self.take_op([Tok::Add, Tok::Sub]) {
             acc = apply(op, acc, self.term()?)?;
@@ -196,7 +307,7 @@ impl Parser {
     }
 
     /// `unary (('*'|'/') unary)*`
-    fn term(&mut self) -> Option<f64> {
+    fn term(&mut self) -> Option<Ratio> {
         let mut acc = self.unary()?;
         while let Some(op) = self.take_op([Tok::Mul, Tok::Div]) {
             acc = apply(op, acc, self.unary()?)?;
@@ -205,13 +316,13 @@ impl Parser {
     }
 
     /// `('-'|'+') unary | primary`, counting nesting depth.
-    fn unary(&mut self) -> Option<f64> {
+    fn unary(&mut self) -> Option<Ratio> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return None;
         }
         let value = match self.take_op([Tok::Sub, Tok::Add]) {
-            Some(Tok::Sub) => self.unary().map(|v| -v),
+            Some(Tok::Sub) => self.unary().and_then(Ratio::neg),
             Some(_) => self.unary(),
             None => self.primary(),
         };
@@ -220,7 +331,7 @@ impl Parser {
     }
 
     /// `NUM | '(' expr ')'`
-    fn primary(&mut self) -> Option<f64> {
+    fn primary(&mut self) -> Option<Ratio> {
         let tok = self.peek()?;
         self.pos += 1;
         match tok {
@@ -362,6 +473,46 @@ mod tests {
         }
         assert_eq!(format_result(eval_expr("1/3").unwrap_or(f64::NAN)), "0.33");
         assert_eq!(format_result(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn exact_past_two_to_the_53() {
+        // 123456789^2 = 15241578750190521; the nearest f64 ends in ...520
+        assert_eq!(
+            force_after("<<123456789*123456789=").as_deref(),
+            Some("15241578750190521>>")
+        );
+        assert_eq!(
+            force_after("<<99999999999999999*3=").as_deref(),
+            Some("299999999999999997>>")
+        );
+        // a result outside i128 is not forced at all, rather than forced wrong
+        let huge = "99999999999999999999".to_string() + &"*99999999999999999999".repeat(3);
+        assert_eq!(force_after(&format!("<<{huge}=")), None);
+        assert_eq!(
+            format_exact(eval_exact("1/3").unwrap()).as_deref(),
+            Some("0.33")
+        );
+        assert_eq!(
+            format_exact(eval_exact("-7/2").unwrap()).as_deref(),
+            Some("-3.5")
+        );
+        assert_eq!(
+            format_exact(eval_exact("-1/1000").unwrap()).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            format_exact(eval_exact("0.1+0.2").unwrap()).as_deref(),
+            Some("0.3")
+        );
+        assert_eq!(
+            format_exact(eval_exact("2/3").unwrap()).as_deref(),
+            Some("0.67")
+        );
+        assert_eq!(
+            format_exact(eval_exact("100000/3").unwrap()).as_deref(),
+            Some("33333.33")
+        );
     }
 
     #[test]

@@ -48,12 +48,29 @@ fn text_field(
     ))
 }
 
+/// A number's text exactly as the line writes it (`1e20`, a 30-digit integer): parsed
+/// into an f64 first, either would come back as another string and never match a
+/// prediction that wrote it exactly.
+fn number_text(line_text: &str, key: &str) -> Option<String> {
+    let raw: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(line_text).ok()?;
+    Some(raw.get(key)?.get().trim().to_string())
+}
+
 /// Read `{"prompt"|"question", "answer"}` lines.
 pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
-    crate::train::data::read_jsonl(path)?
+    crate::train::data::read_jsonl_lines(path)?
         .into_iter()
-        .map(|(line, o)| {
-            let raw = text_field(path, line, &o, &["answer"])?;
+        .map(|(line, o, text)| {
+            let raw = match o.get("answer") {
+                Some(Value::Number(_)) => number_text(&text, "answer").ok_or_else(|| {
+                    Error::file(
+                        path,
+                        format!("line {line}: field `answer`: unreadable number"),
+                    )
+                })?,
+                _ => text_field(path, line, &o, &["answer"])?,
+            };
             let rationale = text_field(path, line, &o, &["completion", "rationale"])
                 .ok()
                 .or_else(|| raw.contains("####").then(|| raw.clone()));

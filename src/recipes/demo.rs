@@ -39,6 +39,7 @@ use super::sample::SampleOpts;
 use super::synth::{generate, SynthConfig};
 use super::{self_train, thinkpo, tpo};
 use crate::error::{Error, Result};
+use crate::plot::Check;
 use crate::tensor::Device;
 use crate::train::fit::FitOpts;
 
@@ -108,6 +109,10 @@ pub fn table(rows: &[Row]) -> String {
             r.n
         ));
     }
+    s.push_str("paper-shape checks:\n");
+    for c in paper_checks(rows) {
+        s.push_str(&format!("  {} {}\n", if c.ok { "✓" } else { "✗" }, c.text));
+    }
     s
 }
 
@@ -128,7 +133,7 @@ fn write_data(o: &DemoOpts, dir: &Path) -> Result<()> {
     if s.train.len()
         < need
             .max(o.thinkpo_questions)
-            .max(o.tpo_questions * o.rounds)
+            .max(o.tpo_questions.saturating_mul(o.rounds))
     {
         return Err(Error::invalid(
             "demo",
@@ -164,42 +169,81 @@ fn write_data(o: &DemoOpts, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A second `ponder demo` into the same directory keeps the last run as `OUT.previous`
-/// (replacing an older one) rather than failing or mixing rounds. Only a directory a demo
-/// wrote (its `data/self-train.jsonl` or `summary.json`) is moved; anything else at `OUT`
-/// is an error.
-fn set_aside_previous(out: &Path) -> Result<()> {
-    let Ok(mut entries) = std::fs::read_dir(out) else {
-        return Ok(());
+/// Where `ponder demo` writes when no `--out` is given: `base` (runs/demo) when it is absent
+/// or empty, else the first of `base-2`, `base-3`, ... that is. An earlier run is never
+/// moved, replaced or deleted.
+pub fn next_free_out(base: &Path) -> PathBuf {
+    let free = |p: &Path| {
+        std::fs::symlink_metadata(p).is_err()
+            || std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
     };
-    if entries.next().is_none() {
-        return Ok(());
+    if free(base) {
+        return base.to_path_buf();
     }
-    let ours =
-        |d: &Path| d.join("summary.json").is_file() || d.join("data/self-train.jsonl").is_file();
-    if !ours(out) {
-        return Err(Error::file(
-            out,
-            "exists and is not a ponder demo's output; choose another --out",
+    (2u64..)
+        .map(|n| {
+            let mut s = base.as_os_str().to_owned();
+            s.push(format!("-{n}"));
+            PathBuf::from(s)
+        })
+        .find(|p| free(p))
+        .expect("some numbered directory is free")
+}
+
+/// Refuse settings that cannot run (before any file is written): counts that overflow
+/// or ask for more questions than the synthetic task has.
+fn validate(o: &DemoOpts) -> Result<()> {
+    let bad = |flag: &str, v: usize, accepted: &str| {
+        Err(Error::invalid(
+            "demo",
+            format!("--{flag} {v} is out of range: accepted {accepted}"),
+        ))
+    };
+    if !(1..=100).contains(&o.rounds) {
+        return bad("rounds", o.rounds, "1..=100");
+    }
+    if !(1..=64).contains(&o.k) {
+        return bad("k", o.k, "1..=64");
+    }
+    if !(1..=250).contains(&o.test) {
+        return bad("test-questions", o.test, "1..=250");
+    }
+    let train = SynthConfig::default().n_train;
+    for (flag, v) in [
+        ("labelled", o.labelled),
+        ("unlabelled", o.unlabelled),
+        ("thinkpo-questions", o.thinkpo_questions),
+        ("tpo-questions", o.tpo_questions),
+    ] {
+        if v > train {
+            return bad(
+                flag,
+                v,
+                &format!("at most {train}, the synthetic task's training questions"),
+            );
+        }
+    }
+    if o.labelled == 0 {
+        return bad("labelled", 0, "at least 1");
+    }
+    for (flag, v) in [
+        ("thinkpo-questions", o.thinkpo_questions),
+        ("tpo-questions", o.tpo_questions),
+    ] {
+        if v == 0 {
+            return bad(flag, 0, "at least 1");
+        }
+    }
+    let need = o.labelled + o.unlabelled; // both <= n_train: no overflow
+    let tpo = o.tpo_questions.saturating_mul(o.rounds);
+    if need.max(tpo) > train {
+        return Err(Error::invalid(
+            "demo",
+            format!(
+                "--labelled + --unlabelled ({need}) and --tpo-questions x --rounds ({tpo}) must each be at most {train}, the synthetic task's training questions"
+            ),
         ));
     }
-    let mut prev = out.as_os_str().to_owned();
-    prev.push(".previous");
-    let prev = PathBuf::from(prev);
-    if ours(&prev) {
-        std::fs::remove_dir_all(&prev).map_err(|e| Error::io(&prev, e))?;
-    } else if prev.exists() {
-        return Err(Error::file(
-            &prev,
-            "exists and is not a ponder demo's output; move it before running the demo again",
-        ));
-    }
-    std::fs::rename(out, &prev).map_err(|e| Error::io(out, e))?;
-    log(format!(
-        "demo: the previous run in {} is now {}",
-        out.display(),
-        prev.display()
-    ));
     Ok(())
 }
 
@@ -214,7 +258,17 @@ pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
             ));
         }
     }
-    set_aside_previous(&o.out)?;
+    validate(o)?;
+    let nonempty = std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_some());
+    if nonempty {
+        return Err(Error::file(
+            &o.out,
+            "is not empty; the demo writes only into a new or empty directory and never moves or deletes an earlier run: choose another --out, or leave --out out to get a fresh runs/demo-N",
+        ));
+    }
+    // held for the whole run: a second demo on the same --out is refused, not interleaved
+    let _lock = crate::files::claim_out_dir(&o.out, "demo")?;
+    log(format!("demo: writing to {}", o.out.display()));
     let data = o.out.join("data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
     write_data(o, &data)?;
@@ -388,21 +442,140 @@ pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
     let summary = json!({"rows": rows.iter().map(row_json).collect::<Vec<_>>(), "seconds": secs, "tpo_rounds": p.rounds, "thinkpo": {"pairs": t.pairs, "mean_chosen_tokens": t.mean_chosen_tokens, "mean_rejected_tokens": t.mean_rejected_tokens}});
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     crate::files::write_atomic(&o.out.join("summary.json"), text.as_bytes())?;
-    let plot_rows: Vec<serde_json::Map<String, Value>> = rows
+    write_summary(&o.out, &rows, secs)?;
+    Ok((rows, secs))
+}
+
+/// The summary figure (`summary.svg`) and the demo's report (`report.html`, linking each
+/// recipe's own).
+fn write_summary(out: &Path, rows: &[Row], secs: f64) -> Result<()> {
+    let checks = paper_checks(rows);
+    let svg = summary_svg(rows, &checks);
+    crate::files::write_atomic(&out.join("summary.svg"), svg.as_bytes())?;
+    let view: Vec<super::report::DemoRow> = rows
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut m = serde_json::Map::new();
-            m.insert("step".into(), json!(i + 1));
-            m.insert("accuracy".into(), json!(r.accuracy));
-            m.insert("mean_tokens".into(), json!(r.mean_tokens));
-            m
+        .map(|r| super::report::DemoRow {
+            stage: r.stage,
+            from: r.from,
+            accuracy: r.accuracy,
+            mean_tokens: r.mean_tokens,
+            n: r.n,
         })
         .collect();
-    crate::train::metrics::plot(
-        &plot_rows,
-        &["accuracy", "mean_tokens"],
-        &o.out.join("summary.svg"),
-    )?;
-    Ok((rows, secs))
+    super::report::write_demo(out, &view, &checks, &svg, secs)?;
+    log(format!(
+        "demo: report {} (each recipe's own in its folder)",
+        out.join("report.html").display()
+    ));
+    Ok(())
+}
+
+/// The papers' shape, checked on the demo's rows: DPO-ST more accurate than self-training,
+/// itself more accurate than SFT (Wang et al. 2024); ThinkPO longer and more accurate than
+/// its sft-long start (Yang et al. 2025); TPO more accurate than SFT (Wu et al. 2024). A
+/// missing stage fails its check. The figure and the printed table both show these.
+pub fn paper_checks(rows: &[Row]) -> Vec<Check> {
+    let acc = |s: &str| rows.iter().find(|r| r.stage == s).map(|r| r.accuracy);
+    let tok = |s: &str| rows.iter().find(|r| r.stage == s).map(|r| r.mean_tokens);
+    // claim holds when every value is there and each is above the next
+    let chain = |claim: &str, vals: &[(&str, Option<f64>)], decimals: usize| {
+        let ok = vals.iter().all(|v| v.1.is_some_and(f64::is_finite))
+            && vals.windows(2).all(|w| w[0].1 > w[1].1);
+        let shown: Vec<String> = vals
+            .iter()
+            .map(|(s, v)| match v {
+                Some(x) => format!("{s} {x:.decimals$}"),
+                None => format!("{s} missing"),
+            })
+            .collect();
+        Check {
+            ok,
+            text: format!("{claim} ({})", shown.join(", ")),
+        }
+    };
+    vec![
+        chain(
+            "DPO-ST accuracy > self-train accuracy > SFT accuracy",
+            &[
+                ("dpo-st", acc("dpo-st")),
+                ("self-train", acc("self-train")),
+                ("sft", acc("sft")),
+            ],
+            3,
+        ),
+        chain(
+            "ThinkPO mean tokens > sft-long mean tokens",
+            &[("thinkpo", tok("thinkpo")), ("sft-long", tok("sft-long"))],
+            1,
+        ),
+        chain(
+            "ThinkPO accuracy > sft-long accuracy",
+            &[("thinkpo", acc("thinkpo")), ("sft-long", acc("sft-long"))],
+            3,
+        ),
+        chain(
+            "TPO accuracy > SFT accuracy",
+            &[("tpo", acc("tpo")), ("sft", acc("sft"))],
+            3,
+        ),
+    ]
+}
+
+/// Grouped bars: each starting model (grey) beside what each recipe made of it, accuracy
+/// and mean tokens, each bar with its value and its change from the start; the checks
+/// below.
+pub fn summary_svg(rows: &[Row], checks: &[Check]) -> String {
+    use crate::plot::{Bar, BarGroup, BarPanel, PALETTE, START_GREY};
+    let colour = |stage: &str| match stage {
+        "self-train" => PALETTE[0],
+        "dpo-st" => PALETTE[1],
+        "tpo" => PALETTE[2],
+        "thinkpo" => PALETTE[3],
+        _ => PALETTE[4],
+    };
+    let panel = |title: &str, y: &str, value: fn(&Row) -> f64, decimals: usize| BarPanel {
+        title: title.into(),
+        y_label: y.into(),
+        decimals,
+        groups: rows
+            .iter()
+            .filter(|s| s.from.is_none())
+            .map(|s| BarGroup {
+                name: format!("from {}", s.stage),
+                bars: std::iter::once(Bar {
+                    label: s.stage.into(),
+                    value: value(s),
+                    color: START_GREY.into(),
+                    note: Some("start".into()),
+                })
+                .chain(
+                    rows.iter()
+                        .filter(|r| r.from == Some(s.stage))
+                        .map(|r| Bar {
+                            label: r.stage.into(),
+                            value: value(r),
+                            color: colour(r.stage).into(),
+                            note: Some(format!("{:+.decimals$}", value(r) - value(s))),
+                        }),
+                )
+                .collect(),
+            })
+            .collect(),
+    };
+    let n = rows.first().map_or(0, |r| r.n);
+    crate::plot::grouped_bars(
+        &format!("ponder demo: each recipe beside the model it started from ({n} held-out questions)"),
+        &[
+            panel("Accuracy", "accuracy", |r| r.accuracy, 3),
+            panel("Mean completion length", "tokens", |r| r.mean_tokens, 1),
+        ],
+        &[
+            (START_GREY.into(), "starting model".into()),
+            (
+                PALETTE[0].into(),
+                "after a recipe (one colour per recipe; under each value, the change from the start)".into(),
+            ),
+        ],
+        checks,
+    )
 }

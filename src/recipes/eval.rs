@@ -195,12 +195,14 @@ pub fn evaluate(
     opts: &EvalOpts,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Report, Vec<Record>)> {
-    if opts.samples == 0 || opts.batch == 0 {
-        return Err(Error::invalid(
-            "eval",
-            "--samples and the batch size must be at least 1",
-        ));
-    }
+    super::sample::check_sampling(
+        "eval",
+        ("samples", opts.samples),
+        opts.temperature,
+        opts.top_p,
+        opts.max_new_tokens,
+        opts.batch,
+    )?;
     let p = SamplingParams {
         temperature: opts.temperature,
         top_p: opts.top_p,

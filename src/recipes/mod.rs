@@ -9,6 +9,7 @@ pub mod demo;
 pub mod eval;
 pub mod judges;
 pub mod pairs;
+pub mod report;
 pub mod run;
 pub mod sample;
 pub mod self_train;

@@ -18,13 +18,20 @@ pub struct RunDir {
     pub out: PathBuf,
     _lock: DirLock,
     rows: Vec<Map<String, Value>>,
+    /// Round 0, the evaluated starting model (`start.json`), when known.
+    start: Option<Map<String, Value>>,
+    /// What the report calls the run: (command, title, settings).
+    about: Option<(String, String, String)>,
 }
 
 impl RunDir {
-    /// Open (and lock) `out`. With `resume`, the rounds already in rounds.jsonl are kept;
-    /// without, an `out` that already holds rounds is an error (nothing is overwritten).
-    pub fn open(out: &Path, resume: bool) -> Result<RunDir> {
-        let lock = DirLock::acquire(out)?;
+    /// Open (and lock) `out` as `command`'s output (new, empty, or made by the same
+    /// command: see [`crate::files::claim_out_dir`]). With `resume`, the rounds already in
+    /// rounds.jsonl are kept; without, an `out` that already holds rounds is an error
+    /// (nothing is overwritten). Temporary files of a killed run are removed.
+    pub fn open(out: &Path, command: &str, resume: bool) -> Result<RunDir> {
+        let lock = crate::files::claim_out_dir(out, command)?;
+        crate::files::remove_stale_temps_below(out, 3);
         let path = out.join("rounds.jsonl");
         let rows = if path.exists() {
             crate::train::metrics::read(&path)?
@@ -34,14 +41,50 @@ impl RunDir {
         if !rows.is_empty() && !resume {
             return Err(Error::file(
                 out,
-                format!("already holds {} finished round(s); pass --resume to continue, or choose another --out", rows.len()),
+                format!(
+                    "already holds {} finished round(s) of `ponder {command}`; {}",
+                    rows.len(),
+                    if command == "thinkpo" {
+                        "thinkpo runs in one step and does not resume: choose another --out"
+                    } else {
+                        "pass --resume to continue, or choose another --out"
+                    }
+                ),
             ));
         }
         Ok(RunDir {
             out: out.to_path_buf(),
             _lock: lock,
+            start: read_start(out, &rows)?,
             rows,
+            about: None,
         })
+    }
+
+    /// Round 0, the evaluated starting model, when known: recorded by this run, or on
+    /// resume by the run it continues.
+    pub fn start(&self) -> Option<&Map<String, Value>> {
+        self.start.as_ref()
+    }
+
+    /// Record round 0, the starting model's evaluation (`start.json`): drawn first in the
+    /// plot and the report.
+    pub fn record_start(&mut self, row: Map<String, Value>) -> Result<()> {
+        let mut m = Map::new();
+        m.insert("round".into(), Value::from(0));
+        m.insert("step".into(), Value::from(0));
+        m.extend(row.into_iter().filter(|(k, _)| k != "round" && k != "step"));
+        let text =
+            serde_json::to_string(&m).map_err(|e| Error::invalid("start.json", e.to_string()))?;
+        crate::files::write_atomic(&self.out.join(START_FILE), text.as_bytes())?;
+        self.start = Some(m);
+        Ok(())
+    }
+
+    /// What the report (`report.html`, rewritten with each round) names the run, and the
+    /// settings it shows.
+    pub fn describe(&mut self, command: &str, title: &str, settings: &dyn std::fmt::Debug) {
+        self.about = Some((command.into(), title.into(), format!("{settings:#?}")));
     }
 
     /// Rounds finished so far.
@@ -58,8 +101,66 @@ impl RunDir {
         self.rows.push(row);
         let rows: Vec<Value> = self.rows.iter().cloned().map(Value::Object).collect();
         super::data::write_jsonl(&self.out.join("rounds.jsonl"), &rows)?;
-        crate::train::metrics::plot(&self.rows, plot_keys, &self.out.join("rounds.svg"))
+        // round 0 first, so the plot and the report show the change the recipe made
+        let all: Vec<Map<String, Value>> = self.start.iter().chain(&self.rows).cloned().collect();
+        let svg = crate::train::metrics::rounds_svg(&all, plot_keys);
+        if let Some(svg) = &svg {
+            crate::files::write_atomic(&self.out.join("rounds.svg"), svg.as_bytes())?;
+        }
+        if let Some((command, title, settings)) = &self.about {
+            super::report::write_run(
+                &self.out,
+                &super::report::RunReport {
+                    recipe: command,
+                    title,
+                    settings,
+                    rows: &all,
+                    svg: svg.as_deref(),
+                },
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// Where a run keeps its round 0.
+const START_FILE: &str = "start.json";
+
+/// The round 0 a resumed run recorded (none for a fresh run: it evaluates its own).
+fn read_start(out: &Path, rows: &[Map<String, Value>]) -> Result<Option<Map<String, Value>>> {
+    let path = out.join(START_FILE);
+    if rows.is_empty() || std::fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    let text = crate::files::read_text_bounded(&path, 1 << 20, "start.json (round 0)")?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) => Ok(Some(o)),
+        _ => Err(Error::file(
+            &path,
+            "not a JSON object: not the round 0 ponder records; move it aside to resume",
+        )),
+    }
+}
+
+/// Round 0's row from the starting model's evaluation.
+pub fn start_row(r: &Report) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("accuracy".into(), Value::from(r.accuracy));
+    m.insert(
+        "mean_tokens".into(),
+        Value::from(r.mean_tokens.unwrap_or(0.0)),
+    );
+    m
+}
+
+/// A recipe's `--rounds`: at least one (with none, there is no model to report).
+pub fn check_rounds(what: &'static str, rounds: usize) -> Result<()> {
+    if !(1..=1000).contains(&rounds) {
+        return Err(crate::train::fit::range_error(
+            what, "rounds", rounds, "1..=1000",
+        ));
+    }
+    Ok(())
 }
 
 /// Question/answer lines from `path` (none when absent), the first `limit` of them.

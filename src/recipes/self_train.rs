@@ -34,6 +34,9 @@ use crate::train::data::{sft_example, Pair, Seq, Truncation, TruncationMode};
 use crate::train::fit::{self, FitOpts};
 use crate::train::optim::Scheduler;
 
+/// The command whose output directory this recipe writes.
+const COMMAND: &str = "self-train";
+
 #[derive(Clone, Debug)]
 pub struct SelfTrainOpts {
     /// The SFT model the first round starts from.
@@ -313,9 +316,40 @@ pub struct SelfTrainSummary {
     pub final_model: PathBuf,
 }
 
+impl SelfTrainOpts {
+    /// Every setting in range, checked before a file is read or written.
+    pub fn validate(&self) -> Result<()> {
+        super::run::check_rounds(COMMAND, self.rounds)?;
+        self.sampling.validate(COMMAND)?;
+        self.dpo.validate(COMMAND, "dpo-", "dpo-epochs")?;
+        self.sft.validate(COMMAND, "sft-", "sft-epochs")?;
+        if self.eval_max_new_tokens > 1 << 20 {
+            return Err(crate::train::fit::range_error(
+                COMMAND,
+                "max-new-tokens",
+                self.eval_max_new_tokens,
+                "0..=1048576",
+            ));
+        }
+        let in_range = self.jaccard.is_finite()
+            && (0.0..=1.0).contains(&self.jaccard)
+            && self.cap_percentile.is_finite()
+            && (0.0..=100.0).contains(&self.cap_percentile)
+            && self.pairs_per_question > 0;
+        if !in_range {
+            return Err(Error::invalid(
+                COMMAND,
+                "jaccard must be in 0..=1, cap_percentile in 0..=100, pairs_per_question >= 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Run the rounds.
 pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
-    let mut dir = RunDir::open(&o.out, o.resume)?;
+    o.validate()?;
+    let mut dir = RunDir::open(&o.out, COMMAND, o.resume)?;
     let qs = read_limited(Some(&o.data), o.limit)?;
     let test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
     let base_dir = o.base.clone().unwrap_or_else(|| o.model.clone());
@@ -333,6 +367,41 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
         m = load_trainable(&last.join("model"), o.device)?.0;
         positives = read_positives(&last.join("positives.jsonl"))?;
         log(format!("{name}: resuming after round {done}"));
+        // the summary covers every round, those finished before the resume included, so
+        // that round n is reported as round n
+        for r in dir.rows() {
+            if let (Some(a), Some(t)) = (
+                r.get("accuracy").and_then(Value::as_f64),
+                r.get("mean_tokens").and_then(Value::as_f64),
+            ) {
+                summary.accuracy.push(a);
+                summary.mean_tokens.push(t);
+            }
+        }
+    }
+    let title = if o.no_dpo {
+        "Self-training"
+    } else {
+        "DPO-augmented self-training"
+    };
+    dir.describe(COMMAND, title, o);
+    if done == 0 && !test.is_empty() {
+        // round 0: the starting model, so the plot and the report show what the rounds changed
+        let r = eval(
+            &m,
+            &tok,
+            &test,
+            o.sampling.calculator,
+            o.eval_max_new_tokens,
+            o.quiet,
+            "round 0 eval",
+        )?;
+        log(format!(
+            "{name} round 0 (the starting model): accuracy {:.4}, mean tokens {:.1}",
+            r.accuracy,
+            r.mean_tokens.unwrap_or(0.0)
+        ));
+        dir.record_start(super::run::start_row(&r))?;
     }
     for round in done + 1..=o.rounds {
         let t0 = Instant::now();
@@ -354,10 +423,22 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
             row.insert("dpo_pairs".into(), json!(pairs.len()));
             row.insert("calculator_calls".into(), json!(calls));
             row.insert("reference_forwards_saved".into(), json!(saved));
+            // each pair's question (found by its sampled side's prompt) and texts, for the report
+            let by_prompt: HashMap<&[u32], usize> = samples
+                .iter()
+                .enumerate()
+                .filter_map(|(q, ss)| Some((ss.first()?.prompt_ids.as_slice(), q)))
+                .collect();
+            let text = |s: &Seq| tok.decode(&s.ids[s.prompt_len..], true).unwrap_or_default();
             let rows: Vec<Value> = pairs
                 .iter()
                 .zip(&refs)
-                .map(|(p, r)| json!({"chosen": p.chosen.ids, "rejected": p.rejected.ids, "prompt_len": p.chosen.prompt_len, "ref_chosen": r.0, "ref_rejected": r.1}))
+                .map(|(p, r)| {
+                    let q = by_prompt.get(&p.rejected.ids[..p.rejected.prompt_len]).copied();
+                    json!({"chosen": p.chosen.ids, "rejected": p.rejected.ids, "prompt_len": p.chosen.prompt_len, "ref_chosen": r.0, "ref_rejected": r.1,
+                        "question": q, "prompt": q.map(|q| &qs[q].prompt), "answer": q.map(|q| &qs[q].answer),
+                        "chosen_text": text(&p.chosen), "rejected_text": text(&p.rejected), "chosen_tokens": p.chosen.completion_len(), "rejected_tokens": p.rejected.completion_len()})
+                })
                 .collect();
             write_jsonl(&rdir.join("pairs.jsonl"), &rows)?;
             if pairs.is_empty() {

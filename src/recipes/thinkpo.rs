@@ -204,10 +204,29 @@ fn build_pairs(
     Ok(pairs)
 }
 
+impl ThinkPoOpts {
+    /// Every setting in range, checked before a file is read or written.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate("thinkpo")?;
+        self.dpo.validate("thinkpo", "", "epochs")?;
+        if self.eval_max_new_tokens > 1 << 20 {
+            return Err(crate::train::fit::range_error(
+                "thinkpo",
+                "max-new-tokens",
+                self.eval_max_new_tokens,
+                "0..=1048576",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Run ThinkPO.
 pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
     let t0 = Instant::now();
-    let mut dir = RunDir::open(&o.out, false)?;
+    o.validate()?;
+    let mut dir = RunDir::open(&o.out, "thinkpo", false)?;
+    dir.describe("thinkpo", "Thinking Preference Optimization (ThinkPO)", o);
     let qs = read_limited(Some(&o.data), o.limit)?;
     let test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
     let mut s = ThinkPoSummary::default();
@@ -222,9 +241,18 @@ pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
     if pairs.is_empty() {
         return Err(Error::invalid("thinkpo", "no pair survived the filters"));
     }
+    // with each question's gold answer (found by its prompt) and each side's length, for the report
+    let gold: std::collections::HashMap<&str, &str> = qs
+        .iter()
+        .map(|q| (q.prompt.as_str(), q.answer.as_str()))
+        .collect();
     let rows: Vec<serde_json::Value> = pairs
         .iter()
-        .map(|p| json!({"prompt": tok.decode(&p.chosen.ids[..p.chosen.prompt_len], false).unwrap_or_default(), "chosen": tok.decode(&p.chosen.ids[p.chosen.prompt_len..], false).unwrap_or_default(), "rejected": tok.decode(&p.rejected.ids[p.rejected.prompt_len..], false).unwrap_or_default()}))
+        .map(|p| {
+            let prompt = tok.decode(&p.chosen.ids[..p.chosen.prompt_len], false).unwrap_or_default();
+            json!({"answer": gold.get(prompt.as_str()), "prompt": prompt, "chosen": tok.decode(&p.chosen.ids[p.chosen.prompt_len..], true).unwrap_or_default(), "rejected": tok.decode(&p.rejected.ids[p.rejected.prompt_len..], true).unwrap_or_default(),
+                "chosen_tokens": p.chosen.completion_len(), "rejected_tokens": p.rejected.completion_len()})
+        })
         .collect();
     write_jsonl(&o.out.join("pairs.jsonl"), &rows)?;
     if !test.is_empty() {
@@ -238,6 +266,7 @@ pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
             "eval before",
         )?;
         s.before = Some((r.accuracy, r.mean_tokens.unwrap_or(0.0)));
+        dir.record_start(super::run::start_row(&r))?;
     }
     // reference: the starting model, one forward per side
     let seqs: Vec<&Seq> = pairs

@@ -26,6 +26,9 @@ use crate::train::data::Pair;
 use crate::train::fit::{self, FitOpts};
 
 /// How an instruction is wrapped, and where the response starts in an output.
+/// The command whose output directory this recipe writes.
+const COMMAND: &str = "tpo";
+
 #[derive(Clone, Debug)]
 pub struct ThoughtTemplate {
     /// Holds `{instruction}`.
@@ -65,6 +68,43 @@ impl ThoughtTemplate {
             response_delimiter: "####".into(),
             keep_delimiter: true,
         }
+    }
+
+    /// The largest template accepted, and how often it may hold `{instruction}`: a
+    /// template repeating it without bound would make every prompt as large.
+    pub const MAX_BYTES: usize = 64 << 10;
+    pub const MAX_INSTRUCTIONS: usize = 4;
+
+    /// A template that can render: `{instruction}` 1..=4 times, at most 64 KiB, and a
+    /// non-empty response delimiter.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.text.matches("{instruction}").count();
+        if self.text.len() > Self::MAX_BYTES {
+            return Err(Error::invalid(
+                "tpo",
+                format!(
+                    "the thought template is {} bytes; at most {} are accepted",
+                    self.text.len(),
+                    Self::MAX_BYTES
+                ),
+            ));
+        }
+        if !(1..=Self::MAX_INSTRUCTIONS).contains(&n) {
+            return Err(Error::invalid(
+                "tpo",
+                format!(
+                    "the thought template holds {{instruction}} {n} times; it must hold it 1 to {} times",
+                    Self::MAX_INSTRUCTIONS
+                ),
+            ));
+        }
+        if self.response_delimiter.trim().is_empty() || self.response_delimiter.len() > 1024 {
+            return Err(Error::invalid(
+                "tpo",
+                "the response delimiter must be non-blank text of at most 1,024 bytes (--response-delimiter)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn render(&self, instruction: &str) -> String {
@@ -247,8 +287,57 @@ pub struct TpoSummary {
 }
 
 /// Run TPO.
+impl TpoOpts {
+    /// Every setting in range, checked before a file is read or written.
+    pub fn validate(&self) -> Result<()> {
+        use crate::train::fit::range_error;
+        super::run::check_rounds(COMMAND, self.rounds)?;
+        if !(1..=1 << 24).contains(&self.per_round) {
+            return Err(range_error(
+                COMMAND,
+                "per-round",
+                self.per_round,
+                "1..=16777216",
+            ));
+        }
+        self.sampling.validate(COMMAND)?;
+        if self.sampling.k < 2 {
+            return Err(range_error(
+                COMMAND,
+                "k",
+                self.sampling.k,
+                "2..=1024 (a pair needs two samples)",
+            ));
+        }
+        self.dpo.validate(COMMAND, "", "epochs-per-round")?;
+        if let Some(r) = self.rho {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(range_error(COMMAND, "rho", r, "a finite number >= 0"));
+            }
+        }
+        if !(self.max_parse_fail_share.is_finite()
+            && (0.0..=1.0).contains(&self.max_parse_fail_share))
+        {
+            return Err(Error::invalid(
+                COMMAND,
+                "max_parse_fail_share must be in 0..=1",
+            ));
+        }
+        if self.eval_max_new_tokens > 1 << 20 {
+            return Err(range_error(
+                COMMAND,
+                "max-new-tokens",
+                self.eval_max_new_tokens,
+                "0..=1048576",
+            ));
+        }
+        self.template.validate()
+    }
+}
+
 pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
-    let mut dir = RunDir::open(&o.out, o.resume)?;
+    o.validate()?;
+    let mut dir = RunDir::open(&o.out, COMMAND, o.resume)?;
     let data = read_examples(&o.data)?;
     let needed = o.rounds.saturating_mul(o.per_round);
     if data.len() < needed {
@@ -310,6 +399,29 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
             .accuracy,
         )
     };
+    dir.describe(COMMAND, "Thought Preference Optimization (TPO)", o);
+    if done == 0 {
+        // round 0: the starting model, so the plot and the report show what the rounds changed
+        let mut row = serde_json::Map::new();
+        if !test.is_empty() {
+            let r = eval(
+                &net,
+                &tok,
+                &test,
+                o.calculator,
+                o.eval_max_new_tokens,
+                o.quiet,
+                "round 0 eval",
+            )?;
+            row = super::run::start_row(&r);
+        }
+        if let Some(a) = val_acc {
+            row.insert("val_accuracy".into(), json!(a));
+        }
+        if !row.is_empty() {
+            dir.record_start(row)?;
+        }
+    }
     for round in done + 1..=o.rounds {
         let t0 = Instant::now();
         let batch = &data[(round - 1) * o.per_round..round * o.per_round];
@@ -396,9 +508,17 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
         }
         s.reference_forwards_saved += 2 * pairs.len();
         let rdir = dir.round_dir(round);
+        // with the gold answer, each side's thought and response apart and its length, for the report
+        let split = |q: usize, i: usize| o.template.split(&judged[q].samples[i].text);
+        let len = |q: usize, i: usize| judged[q].samples[i].len_tokens(&tok.eos_ids);
         let rows: Vec<serde_json::Value> = chosen
             .iter()
-            .map(|&(q, c, r)| json!({"prompt": prompts[q], "chosen": judged[q].samples[c].text, "rejected": judged[q].samples[r].text, "chosen_score": judged[q].scores[c], "rejected_score": judged[q].scores[r]}))
+            .map(|&(q, c, r)| {
+                let (cs, rs) = (split(q, c), split(q, r));
+                json!({"prompt": prompts[q], "chosen": judged[q].samples[c].text, "rejected": judged[q].samples[r].text, "chosen_score": judged[q].scores[c], "rejected_score": judged[q].scores[r],
+                    "answer": batch[q].answer, "chosen_thought": cs.map(|x| x.0), "chosen_response": cs.map(|x| x.1), "rejected_thought": rs.map(|x| x.0), "rejected_response": rs.map(|x| x.1),
+                    "chosen_tokens": len(q, c), "rejected_tokens": len(q, r)})
+            })
             .collect();
         write_jsonl(&rdir.join("pairs.jsonl"), &rows)?;
         let mut row = serde_json::Map::new();
@@ -473,8 +593,7 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
             &[
                 "accuracy",
                 "judge_score",
-                "mean_chosen_length",
-                "mean_rejected_length",
+                "mean_chosen_length|mean_rejected_length",
             ],
         )?;
     }

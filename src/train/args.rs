@@ -170,7 +170,10 @@ impl TrainArgs {
             }
         };
         if let Some(lr) = self.lr {
-            finite_pos("lr", lr)?;
+            let max = super::fit::MAX_LR;
+            if !(lr.is_finite() && lr > 0.0 && lr <= max) {
+                return Err(range_err("lr", lr, &format!("0 < x <= {max}")));
+            }
         }
         finite_pos("beta", self.beta)?;
         if !(self.label_smoothing.is_finite() && (0.0..0.5).contains(&self.label_smoothing)) {

@@ -115,6 +115,17 @@ fn field(
 
 /// Read the JSON objects of a JSONL file with their line numbers.
 pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    Ok(read_jsonl_lines(path)?
+        .into_iter()
+        .map(|(line, o, _)| (line, o))
+        .collect())
+}
+
+/// One line of a JSONL file: its number, its object, and its text as written.
+pub type JsonlLine = (usize, serde_json::Map<String, Value>, String);
+
+/// [`read_jsonl`], with each object's line as written (for a number's exact text).
+pub fn read_jsonl_lines(path: &Path) -> Result<Vec<JsonlLine>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
@@ -132,7 +143,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Val
             ));
         }
         match serde_json::from_str::<Value>(l) {
-            Ok(Value::Object(o)) => out.push((line, o)),
+            Ok(Value::Object(o)) => out.push((line, o, l.to_string())),
             Ok(other) => {
                 return Err(err(
                     path,

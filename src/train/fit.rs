@@ -52,6 +52,78 @@ impl Default for FitOpts {
     }
 }
 
+/// A value out of range, named by its flag, with the accepted range.
+pub fn range_error(
+    what: &'static str,
+    flag: &str,
+    v: impl std::fmt::Display,
+    accepted: &str,
+) -> Error {
+    Error::invalid(
+        what,
+        format!("--{flag} {v} is out of range: accepted {accepted}"),
+    )
+}
+
+/// The largest learning rate accepted: beyond it a step of AdamW moves each weight by
+/// about lr, and the model's logits overflow instead of training.
+pub const MAX_LR: f64 = 1.0;
+
+impl FitOpts {
+    /// Range and finiteness of every setting, checked before any sampling or training, so
+    /// nothing trains on NaN, divides by zero or allocates without bound. `what` names
+    /// the command and `prefix` the flags' prefix (`dpo-` for `--dpo-lr`).
+    pub fn validate(&self, what: &'static str, prefix: &str, epochs_flag: &str) -> Result<()> {
+        let err = |flag: &str, v: f64, acc: &str| {
+            Err(range_error(what, &format!("{prefix}{flag}"), v, acc))
+        };
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= MAX_LR) {
+            return err("lr", self.lr, &format!("0 < x <= {MAX_LR}"));
+        }
+        if !(self.epochs.is_finite() && self.epochs > 0.0 && self.epochs <= 1e4) {
+            return Err(range_error(
+                what,
+                epochs_flag,
+                self.epochs,
+                "0 < x <= 10000",
+            ));
+        }
+        if !(1..=1 << 16).contains(&self.batch_size) {
+            return Err(range_error(
+                what,
+                "batch-size",
+                self.batch_size,
+                "1..=65536",
+            ));
+        }
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return Err(range_error(what, "beta", self.beta, "a finite number > 0"));
+        }
+        if let Some(a) = self.rpo_alpha {
+            if !(a.is_finite() && a >= 0.0) {
+                return Err(range_error(what, "rpo-alpha", a, "a finite number >= 0"));
+            }
+        }
+        for (name, v) in [
+            ("warmup-ratio", self.warmup_ratio),
+            ("min-lr-ratio", self.min_lr_ratio),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return err(name, v, "0 <= x <= 1");
+            }
+        }
+        for (name, v) in [
+            ("weight-decay", self.weight_decay),
+            ("max-grad-norm", self.max_grad_norm),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return err(name, v, "a finite number >= 0");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Micro-batches of `n` items for `epochs` passes, shuffled per epoch with a seeded
 /// counter-based order (the same for a seed on every run).
 fn batches(n: usize, bs: usize, epochs: f64, seed: u64) -> Vec<Vec<usize>> {
@@ -76,12 +148,6 @@ fn batches(n: usize, bs: usize, epochs: f64, seed: u64) -> Vec<Vec<usize>> {
 }
 
 fn trainer(net: Transformer, o: &FitOpts, steps: usize) -> Result<Trainer> {
-    if !(o.epochs.is_finite() && o.epochs > 0.0) || o.batch_size == 0 {
-        return Err(Error::invalid(
-            "fit",
-            "epochs must be > 0 and batch_size >= 1",
-        ));
-    }
     let schedule = Schedule {
         kind: o.scheduler,
         lr: o.lr,
@@ -141,6 +207,7 @@ pub fn sft(net: Transformer, data: &[Seq], o: &FitOpts) -> Result<(Transformer, 
     if data.is_empty() {
         return Err(Error::invalid("fit", "no SFT examples"));
     }
+    o.validate("fit", "", "epochs")?;
     let longest = data.iter().map(|s| s.ids.len()).max().unwrap_or(0);
     fits(&net, o.batch_size, longest)?;
     let plan = batches(data.len(), o.batch_size, o.epochs, o.seed);
@@ -164,6 +231,7 @@ pub fn dpo(
             format!("{} pairs with {} reference sums", pairs.len(), refs.len()),
         ));
     }
+    o.validate("fit", "", "epochs")?;
     let longest = pairs
         .iter()
         .map(|p| p.chosen.ids.len().max(p.rejected.ids.len()))

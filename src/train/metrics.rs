@@ -90,60 +90,184 @@ pub fn read(path: &Path) -> Result<Vec<Map<String, Value>>> {
         .collect()
 }
 
-/// Plot the given metric keys over steps, one panel each, as an SVG.
-pub fn plot(rows: &[Map<String, Value>], keys: &[&str], out: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let series: Vec<(&str, Vec<(f64, f64)>)> = keys
-        .iter()
-        .map(|k| {
-            (
-                *k,
-                rows.iter()
-                    .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(*k)?.as_f64()?)))
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-    if series.is_empty() {
-        return Ok(());
-    }
-    let fail =
-        |e: &dyn std::fmt::Display| Error::invalid("plot", format!("{}: {e}", out.display()));
-    let root = SVGBackend::new(out, (900, 300 * series.len() as u32)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let panels = root.split_evenly((series.len(), 1));
-    for ((name, pts), area) in series.iter().zip(panels.iter()) {
-        let (x0, x1) = (
-            pts.first().unwrap().0,
-            pts.last().unwrap().0.max(pts.first().unwrap().0 + 1.0),
-        );
-        let (mut y0, mut y1) = pts
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-                (a.min(p.1), b.max(p.1))
-            });
-        if (y1 - y0).abs() < 1e-12 {
-            y0 -= 0.5;
-            y1 += 0.5;
+/// What a chart calls a metric: (title, y axis name).
+fn describe(key: &str) -> (String, String) {
+    let (t, y) = match key {
+        "accuracy" => ("Held-out accuracy", "accuracy"),
+        "val_accuracy" => ("Validation accuracy", "accuracy"),
+        "mean_tokens" => ("Mean completion length, held-out questions", "tokens"),
+        "positives" => ("SFT positives so far", "sequences"),
+        "new_positives" => ("New SFT positives", "sequences"),
+        "judge_score" => ("Mean judge score of the sampled responses", "score"),
+        "mean_chosen_length" => ("Chosen response length", "tokens"),
+        "mean_rejected_length" => ("Rejected response length", "tokens"),
+        "mean_chosen_length|mean_rejected_length" => {
+            ("Mean response length of the pairs", "tokens")
         }
-        let pad = (y1 - y0) * 0.05;
-        let mut chart = ChartBuilder::on(area)
-            .caption(*name, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-            .map_err(|e| fail(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .draw()
-            .map_err(|e| fail(&e))?;
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), &BLUE))
-            .map_err(|e| fail(&e))?;
+        "pairs" | "dpo_pairs" => ("Preference pairs", "pairs"),
+        "loss" => ("Loss", "loss"),
+        "grad_norm" => ("Gradient norm (before clipping)", "norm"),
+        "rewards/margins" => ("Reward margin, chosen - rejected", "margin"),
+        "rewards/accuracies" => ("Reward accuracy", "share of pairs"),
+        k => (k, k),
+    };
+    (t.to_string(), y.to_string())
+}
+
+/// The panels of `keys` over `x_key` (falling back to `step`): one panel per key, or per
+/// `a|b` group of keys drawn as lines of one panel. A value that is present but not a
+/// finite number (`null`, as serde writes NaN) is counted as a skipped point.
+pub fn panels(rows: &[Map<String, Value>], x_key: &str, keys: &[&str]) -> Vec<crate::plot::Panel> {
+    let x_of = |r: &Map<String, Value>| {
+        r.get(x_key)
+            .or_else(|| r.get("step"))
+            .and_then(|v| v.as_f64())
+    };
+    keys.iter()
+        .map(|group| {
+            let (title, y_label) = describe(group);
+            let series = group
+                .split('|')
+                .map(|k| crate::plot::Series {
+                    name: k.replace('_', " "),
+                    points: rows
+                        .iter()
+                        .filter_map(|r| {
+                            let y = r.get(k)?;
+                            Some((x_of(r)?, y.as_f64().unwrap_or(f64::NAN)))
+                        })
+                        .collect(),
+                })
+                .collect();
+            crate::plot::Panel {
+                title,
+                y_label,
+                series,
+            }
+        })
+        .collect()
+}
+
+/// Plot the given metric keys over steps, one panel each, as an SVG (nothing is written
+/// when no key has a finite value).
+pub fn plot(rows: &[Map<String, Value>], keys: &[&str], out: &Path) -> Result<()> {
+    match crate::plot::line_panels(&panels(rows, "step", keys), "step", false) {
+        Some(svg) => crate::files::write_atomic(out, svg.as_bytes()),
+        None => Ok(()),
     }
-    root.present().map_err(|e| fail(&e))?;
-    Ok(())
+}
+
+/// A recipe's rounds as an SVG: the keys over `round` (else `step`), every round a tick,
+/// markers on every point and its value beside it, so one round still reads.
+pub fn rounds_svg(rows: &[Map<String, Value>], keys: &[&str]) -> Option<String> {
+    crate::plot::line_panels(
+        &panels(rows, "round", keys),
+        "round (0 = the starting model)",
+        true,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(step: f64, v: Value) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("step".into(), json!(step));
+        m.insert("loss".into(), v);
+        m
+    }
+
+    /// Values near ±1e308 made the old plot (plotters) loop forever: the span overflowed
+    /// to inf and its tick search never ended. Each case must finish, in a thread so a
+    /// regression fails instead of hanging the suite.
+    #[test]
+    fn extreme_values_plot_without_hanging() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let d = std::env::temp_dir().join(format!(
+                "ponder-plot-extremes-{}-{:x}",
+                std::process::id(),
+                crate::util::fresh_seed()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            let cases: Vec<Vec<Map<String, Value>>> = vec![
+                vec![row(1.0, json!(1e308)), row(2.0, json!(-1e308))],
+                vec![
+                    row(1.0, json!(f64::MAX)),
+                    row(2.0, json!(-f64::MAX)),
+                    row(3.0, json!(0.0)),
+                ],
+                vec![
+                    row(1.0, json!(1e308)),
+                    row(2.0, json!(1.0000000000000002e308)),
+                ],
+                vec![row(-1e308, json!(1.0)), row(1e308, json!(2.0))],
+                vec![row(1.0, json!(5e-324)), row(2.0, json!(1e-323))],
+                vec![row(1.0, Value::Null), row(2.0, json!(3.0))],
+                vec![row(1.0, json!(0.5))],
+            ];
+            for (i, rows) in cases.iter().enumerate() {
+                let out = d.join(format!("{i}.svg"));
+                plot(rows, &["loss"], &out).unwrap();
+                let svg = std::fs::read_to_string(&out).unwrap();
+                assert!(
+                    svg.contains("<circle") && svg.ends_with("</svg>"),
+                    "case {i}"
+                );
+                assert!(
+                    !svg.contains("NaN") && !svg.contains("inf"),
+                    "case {i}: {svg}"
+                );
+            }
+            // non-finite points straight into the chart: skipped and counted
+            let p = crate::plot::Panel {
+                title: "t".into(),
+                y_label: "y".into(),
+                series: vec![crate::plot::Series {
+                    name: "s".into(),
+                    points: vec![
+                        (0.0, f64::NAN),
+                        (1.0, f64::INFINITY),
+                        (2.0, -f64::INFINITY),
+                        (3.0, 1.0),
+                        (f64::NAN, 2.0),
+                    ],
+                }],
+            };
+            let svg = crate::plot::line_panels(&[p], "x", true).unwrap();
+            assert!(svg.contains("4 non-finite value(s) not drawn"));
+            let _ = std::fs::remove_dir_all(&d);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("plotting extreme values did not finish in 30 s (or panicked)");
+    }
+
+    #[test]
+    fn one_round_plot_has_markers_and_round_zero() {
+        let rows: Vec<Map<String, Value>> = [(0, 0.4, 80.0), (1, 0.45, 90.0)]
+            .iter()
+            .map(|&(r, a, t)| {
+                let mut m = Map::new();
+                m.insert("round".into(), json!(r));
+                m.insert("accuracy".into(), json!(a));
+                m.insert("mean_tokens".into(), json!(t));
+                m
+            })
+            .collect();
+        let svg = rounds_svg(&rows, &["accuracy", "mean_tokens", "positives"]).unwrap();
+        assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        for t in [
+            ">0<",
+            ">1<",
+            ">0.450<",
+            "Held-out accuracy",
+            "round (0 = the starting model)",
+        ] {
+            assert!(svg.contains(t), "{t} missing");
+        }
+    }
 }

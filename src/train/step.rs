@@ -335,12 +335,12 @@ impl Trainer {
             d.logits_rejected.0 += s.logits_rejected.0;
             d.logits_rejected.1 += s.logits_rejected.1;
         }
-        if !grad_norm.is_finite() {
+        if !grad_norm.is_finite() || !st.loss.is_finite() {
             // the update already ran on the device; the caller stops and saves nothing
             return Err(Error::invalid(
                 "train",
                 format!(
-                    "step {}: gradient norm is {grad_norm} (loss {}); lower --lr?",
+                    "step {}: training diverged: gradient norm {grad_norm}, loss {}; lower --lr?",
                     step + 1,
                     st.loss
                 ),

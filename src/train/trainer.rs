@@ -217,9 +217,10 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         out: args.out.clone(),
         ..Default::default()
     };
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    // one run at a time per output directory; the OS drops the lock if this process dies
-    let _lock = crate::files::DirLock::acquire(&args.out)?;
+    // new, empty or this command's own; one run at a time per output directory (the OS
+    // drops the lock if this process dies)
+    let command = if mode == Mode::Dpo { "dpo" } else { "sft" };
+    let _lock = crate::files::claim_out_dir(&args.out, command)?;
     remove_orphans(&args.out);
     crate::files::failpoint("start");
 
