@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ponder::{Error, Result};
 
-use crate::device;
+use super::device;
 
 #[derive(clap::Args)]
 pub(crate) struct SelfTrainArgs {

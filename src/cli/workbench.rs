@@ -7,7 +7,7 @@ use clap::Subcommand;
 use ponder::model::Model;
 use ponder::{DType, Device, Error, Result};
 
-use crate::{device, frozen, Format};
+use super::{device, frozen, Format};
 
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {

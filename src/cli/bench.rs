@@ -1,0 +1,293 @@
+//! `ponder bench`: time a kernel or a model, median of repeated runs after a warm-up.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use ponder::model::{LoadOpts, Model};
+use ponder::train::trainer::SaveDType;
+use ponder::{DType, Device, Result};
+
+use super::{device, frozen};
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCmd {
+    /// f32 matmul C (M x N) = A (M x K) @ B (K x N).
+    Matmul {
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
+        #[arg(long, default_value_t = 1024)]
+        m: usize,
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        #[arg(long, default_value_t = 1024)]
+        k: usize,
+        /// B is the transpose of a row-major (N, K) weight (x @ W^T).
+        #[arg(long)]
+        weight_t: bool,
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+    /// Fused causal attention, forward or forward+backward.
+    Attention {
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
+        #[arg(long, default_value_t = 1)]
+        b: usize,
+        #[arg(long, default_value_t = 512)]
+        t: usize,
+        #[arg(long, default_value_t = 14)]
+        heads: usize,
+        #[arg(long, default_value_t = 2)]
+        kv_heads: usize,
+        #[arg(long, default_value_t = 64)]
+        head_dim: usize,
+        /// Time the backward pass instead of the forward.
+        #[arg(long)]
+        backward: bool,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
+    /// Time DPO optimizer steps with the cached reference (default) or a live one.
+    Dpo {
+        #[arg(long, required_unless_present = "qwen_05b")]
+        model: Option<PathBuf>,
+        /// A random model shaped like Qwen2.5-0.5B (trained in f32).
+        #[arg(long = "qwen-0.5b")]
+        qwen_05b: bool,
+        /// Run a frozen bf16 reference model in every step instead of cached log-probs.
+        #[arg(long)]
+        no_ref_cache: bool,
+        #[arg(long, default_value_t = 2)]
+        pairs: usize,
+        #[arg(long, default_value_t = 64)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 64)]
+        completion_len: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long)]
+        device: Option<String>,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Prefill and generation tokens/s of a model directory, or of a random model with
+    /// Qwen2.5-0.5B's shapes (--qwen-0.5b).
+    Generate {
+        #[arg(long, required_unless_present = "qwen_05b")]
+        model: Option<PathBuf>,
+        /// A random model shaped like Qwen2.5-0.5B (896 wide, 24 layers, 151936 vocab).
+        #[arg(long = "qwen-0.5b")]
+        qwen_05b: bool,
+        /// Weight storage for the random model.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: SaveDType,
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long)]
+        device: Option<String>,
+        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        #[arg(long)]
+        profile: bool,
+        /// Write the random model to this directory (Hugging Face layout) and stop, so that
+        /// loading it can be measured with --model.
+        #[arg(long)]
+        save_random: Option<PathBuf>,
+    },
+}
+
+pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
+    let profile = match &what {
+        BenchCmd::Matmul { profile, .. }
+        | BenchCmd::Attention { profile, .. }
+        | BenchCmd::Dpo { profile, .. }
+        | BenchCmd::Generate { profile, .. } => *profile,
+    };
+    ponder::bench::set_profile(profile);
+    let print_profile = || -> Result<()> {
+        if let Some(t) = ponder::bench::take_profile() {
+            outln!("{t}");
+        }
+        Ok(())
+    };
+    let r = match what {
+        BenchCmd::Matmul {
+            device: d,
+            m,
+            n,
+            k,
+            weight_t,
+            reps,
+            warmup,
+            ..
+        } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, weight_t, warmup, reps)?,
+        BenchCmd::Attention {
+            device: d,
+            b,
+            t,
+            heads,
+            kv_heads,
+            head_dim,
+            backward,
+            reps,
+            warmup,
+            ..
+        } => ponder::bench::attention(
+            Device::parse(&d)?,
+            b,
+            t,
+            heads,
+            kv_heads,
+            head_dim,
+            backward,
+            warmup,
+            reps,
+        )?,
+        BenchCmd::Dpo {
+            model,
+            qwen_05b,
+            no_ref_cache,
+            pairs,
+            prompt_len,
+            completion_len,
+            steps,
+            device: d,
+            ..
+        } => {
+            let dev = device(d)?;
+            let (policy, reference, name) = if qwen_05b {
+                let cfg = ponder::model::Config::from_json(
+                    std::path::Path::new("<qwen2.5-0.5b shape>"),
+                    ponder::bench::qwen25_05b_config(),
+                )?;
+                let p = ponder::model::Transformer::into_trainable(
+                    ponder::model::Transformer::random(&cfg, dev, DType::F32, 7)?,
+                )?;
+                let r = if no_ref_cache {
+                    Some(ponder::model::Transformer::random(
+                        &cfg,
+                        dev,
+                        DType::BF16,
+                        8,
+                    )?)
+                } else {
+                    None
+                };
+                (p, r, "random Qwen2.5-0.5B-shaped model".to_string())
+            } else {
+                let dir = model.expect("clap requires --model");
+                let p = Model::load(
+                    &dir,
+                    LoadOpts {
+                        device: dev,
+                        keep_16bit: false,
+                        trainable: true,
+                    },
+                )?
+                .net;
+                let r = if no_ref_cache {
+                    Some(Model::load(&dir, frozen(dev))?.net)
+                } else {
+                    None
+                };
+                (p, r, dir.display().to_string())
+            };
+            let r = ponder::bench::dpo_step(
+                policy,
+                reference,
+                pairs,
+                prompt_len,
+                completion_len,
+                steps,
+            )?;
+            outln!(
+                "dpo step on {dev}, {name}, reference {}: median {:.3}s per step, {} tokens/step = {:.1} tokens/s, peak RSS {:.0} MiB",
+                if no_ref_cache { "live (bf16 model each step)" } else { "cached log-probs" },
+                r.median_step_s,
+                r.tokens_per_step,
+                r.tokens_per_step as f64 / r.median_step_s,
+                r.peak_rss_mib
+            );
+            print_profile()?;
+            return Ok(true);
+        }
+        BenchCmd::Generate {
+            model,
+            qwen_05b,
+            dtype,
+            batch,
+            prompt_len,
+            new_tokens,
+            device: d,
+            save_random,
+            ..
+        } => {
+            let dev = device(d)?;
+            let t0 = std::time::Instant::now();
+            let (net, name) = if qwen_05b {
+                let cfg = ponder::model::Config::from_json(
+                    std::path::Path::new("<qwen2.5-0.5b shape>"),
+                    ponder::bench::qwen25_05b_config(),
+                )?;
+                (
+                    ponder::model::Transformer::random(&cfg, dev, dtype.dtype(), 7)?,
+                    format!(
+                        "random Qwen2.5-0.5B-shaped model ({:?} weights)",
+                        dtype.dtype()
+                    ),
+                )
+            } else {
+                let dir = model.expect("clap requires --model");
+                let name = dir.display().to_string();
+                (Model::load(&dir, frozen(dev))?.net, name)
+            };
+            outln!(
+                "{name}: {} parameters, loaded in {:.2}s, peak RSS {:.0} MiB",
+                net.num_parameters(),
+                t0.elapsed().as_secs_f64(),
+                ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
+            );
+            if let Some(out) = save_random {
+                ponder::model::save::save_model(&net, None, &out, dtype.dtype())?;
+                outln!("wrote {}", out.display());
+                return Ok(true);
+            }
+            for b in batch {
+                let s = ponder::bench::generation(&net, b, prompt_len, new_tokens)?;
+                outln!("batch {b} on {dev}: {}", s.summary());
+            }
+            outln!(
+                "peak RSS {:.0} MiB",
+                ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
+            );
+            print_profile()?;
+            return Ok(true);
+        }
+    };
+    outln!("{r}");
+    print_profile()?;
+    if r.device == Device::Gpu {
+        let ctx = ponder::backend::gpu::context()?;
+        if ctx.info.device_type == wgpu::DeviceType::Cpu {
+            outln!(
+                "note: {} is a software rasteriser; its figures are for reference only",
+                ctx.info.name
+            );
+        }
+    }
+    Ok(true)
+}
