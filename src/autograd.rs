@@ -3,78 +3,16 @@
 //! backward closure that maps the output gradient to one gradient per input. `backward()`
 //! walks the nodes in reverse topological order and accumulates (`+=`) into leaves.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::tensor::{Inner, Tensor};
 
-pub(crate) type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
-
-pub struct Node {
-    pub(crate) op: &'static str,
-    pub(crate) inputs: Vec<Tensor>,
-    pub(crate) backward: BackwardFn,
-}
-
-thread_local! {
-    static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Whether ops record autograd nodes right now on this thread.
-pub fn grad_enabled() -> bool {
-    NO_GRAD_DEPTH.with(|d| d.get() == 0)
-}
-
-/// Run `f` without recording any autograd node (used for the frozen DPO reference).
-pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    let _guard = NoGradGuard::new();
-    f()
-}
-
-/// While alive, ops on this thread record nothing.
-pub struct NoGradGuard(());
-
-impl NoGradGuard {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
-        NoGradGuard(())
-    }
-}
-
-impl Drop for NoGradGuard {
-    fn drop(&mut self) {
-        NO_GRAD_DEPTH.with(|d| d.set(d.get() - 1));
-    }
-}
-
-/// Attach a backward node to `out` when gradients are enabled and an input needs one.
-pub(crate) fn record(
-    out: Tensor,
-    op: &'static str,
-    inputs: &[&Tensor],
-    backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
-) -> Tensor {
-    if !grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
-        return out;
-    }
-    let node = Node {
-        op,
-        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
-        backward: Box::new(backward),
-    };
-    Tensor(Arc::new(Inner {
-        id: out.0.id,
-        storage: out.0.storage.clone(),
-        layout: out.0.layout.clone(),
-        dtype: out.0.dtype,
-        node: Some(Arc::new(node)),
-        requires_grad: true,
-        grad: Mutex::new(None),
-    }))
-}
+// The node type, the grad mode and `record` live with the tensor that carries them (a
+// tensor and the node that produced it refer to each other); this file walks the nodes.
+pub(crate) use crate::tensor::record;
+pub use crate::tensor::{grad_enabled, no_grad, NoGradGuard, Node};
 
 impl Tensor {
     /// A leaf that accumulates gradients (a parameter).

@@ -1,6 +1,7 @@
 //! The tensor: a shared storage on one device, a strided [`Layout`] view of it, a dtype,
 //! and (when it takes part in autograd) the [`Node`] that produced it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,8 +11,6 @@ use parking_lot::RwLock;
 
 use half::{bf16, f16};
 
-use crate::autograd::{self, Node};
-use crate::backend::cpu::Real;
 use crate::backend::gpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -326,14 +325,14 @@ impl Tensor {
         };
         // Moving between devices is differentiable: the gradient moves back.
         let back = self.device();
-        Ok(autograd::record(out, "to_device", &[self], move |g| {
+        Ok(record(out, "to_device", &[self], move |g| {
             Ok(vec![Some(g.to_device(back)?)])
         }))
     }
 
     /// Read the values as f32 in row-major order (a GPU readback when on the GPU).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        let t = autograd::no_grad(|| self.to_device(Device::Cpu)?.contiguous())?;
+        let t = no_grad(|| self.to_device(Device::Cpu)?.contiguous())?;
         let data = match &**t.storage() {
             Storage::Cpu(d) => d,
             Storage::Gpu(_) => unreachable!(),
@@ -382,41 +381,6 @@ impl Tensor {
         Ok(self.to_vec_f32()?[0])
     }
 
-    /// Run `f` over this CPU tensor's contiguous elements as `T` (copies first if the view
-    /// is strided). Errors if the tensor lives on the GPU or holds another dtype.
-    pub(crate) fn cpu_read<T: Real, R>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&[T]) -> R,
-    ) -> Result<R> {
-        let t = if self.is_contiguous() {
-            self.clone()
-        } else {
-            autograd::no_grad(|| self.contiguous())?
-        };
-        t.cpu_strided(op, |data: &[T], l| f(&data[l.offset..l.offset + l.numel()]))
-    }
-
-    /// Run `f` over this CPU tensor's whole storage as `T`, with its layout (no copy).
-    pub(crate) fn cpu_strided<T: Real, R>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&[T], &Layout) -> R,
-    ) -> Result<R> {
-        let Storage::Cpu(data) = &**self.storage() else {
-            return Err(Error::invalid(op, "expected a cpu tensor"));
-        };
-        let d = data.read_recursive();
-        match T::slice(&d) {
-            Some(s) => Ok(f(s, self.layout())),
-            None => Err(Error::DTypeMismatch {
-                op,
-                expected: T::DTYPE,
-                got: d.dtype(),
-            }),
-        }
-    }
-
     /// The ids of a CPU u32/i32 tensor, contiguous, as u32 (negative i32 stay as huge u32).
     pub(crate) fn cpu_ids(&self, op: &'static str) -> Result<Vec<u32>> {
         if self.device() != Device::Cpu {
@@ -458,7 +422,7 @@ impl Tensor {
 
     /// f64 values of a CPU tensor (f32 widened), for gradient checks.
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        let t = autograd::no_grad(|| self.to_device(Device::Cpu)?.contiguous())?;
+        let t = no_grad(|| self.to_device(Device::Cpu)?.contiguous())?;
         if t.dtype() == DType::F64 {
             return t.cpu_read("to_vec_f64", |s: &[f64]| s.to_vec());
         }
@@ -486,4 +450,72 @@ impl Tensor {
     pub fn detach(&self) -> Tensor {
         Tensor::from_parts(self.0.storage.clone(), self.0.layout.clone(), self.0.dtype)
     }
+}
+
+// ------------------------------------------------------------------ autograd nodes
+
+pub(crate) type BackwardFn = Box<dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+pub struct Node {
+    pub(crate) op: &'static str,
+    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) backward: BackwardFn,
+}
+
+thread_local! {
+    static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether ops record autograd nodes right now on this thread.
+pub fn grad_enabled() -> bool {
+    NO_GRAD_DEPTH.with(|d| d.get() == 0)
+}
+
+/// Run `f` without recording any autograd node (used for the frozen DPO reference).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = NoGradGuard::new();
+    f()
+}
+
+/// While alive, ops on this thread record nothing.
+pub struct NoGradGuard(());
+
+impl NoGradGuard {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+        NoGradGuard(())
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Attach a backward node to `out` when gradients are enabled and an input needs one.
+pub(crate) fn record(
+    out: Tensor,
+    op: &'static str,
+    inputs: &[&Tensor],
+    backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> Tensor {
+    if !grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return out;
+    }
+    let node = Node {
+        op,
+        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+        backward: Box::new(backward),
+    };
+    Tensor(Arc::new(Inner {
+        id: out.0.id,
+        storage: out.0.storage.clone(),
+        layout: out.0.layout.clone(),
+        dtype: out.0.dtype,
+        node: Some(Arc::new(node)),
+        requires_grad: true,
+        grad: Mutex::new(None),
+    }))
 }

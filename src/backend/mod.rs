@@ -135,3 +135,34 @@ pub struct AttnDims {
 pub const LSE_MASKED: f32 = 1.0e30;
 
 pub use cpu::matmul::{Gemm, Operand};
+
+/// Shapes of one rope call: x (B, T, H, HD); tables (1 or B, T, HD).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeDims {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub hd: usize,
+    pub table_batched: bool,
+}
+
+/// One AdamW step in place, PyTorch semantics (decoupled decay, bias correction):
+///   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+///   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count after this update.
+    pub step: u32,
+}
+
+impl AdamW {
+    pub fn bias_corrections(&self) -> (f32, f32) {
+        let t = self.step as i32;
+        (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
+    }
+}

@@ -1,6 +1,6 @@
 //! The AdamW update, applied in place to a parameter's storage (PyTorch semantics).
 
-pub use crate::backend::cpu::AdamW;
+pub use crate::backend::AdamW;
 use crate::backend::{cpu, gpu::kernels};
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};

@@ -7,15 +7,7 @@ use crate::backend::{cpu, gpu::kernels};
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
-/// Shapes of one rope call: x (B, T, H, HD); tables (1 or B, T, HD).
-#[derive(Clone, Copy, Debug)]
-pub struct RopeDims {
-    pub b: usize,
-    pub t: usize,
-    pub h: usize,
-    pub hd: usize,
-    pub table_batched: bool,
-}
+pub use crate::backend::RopeDims;
 
 fn rope_apply(
     x: &Tensor,

@@ -44,6 +44,51 @@ impl Default for EvalOpts {
     }
 }
 
+/// Bounds shared by sampling and evaluation, checked before a model is loaded: each
+/// error names the flag and the accepted range.
+pub fn check_sampling(
+    what: &'static str,
+    k: (&str, usize),
+    temperature: f32,
+    top_p: f32,
+    max_new_tokens: usize,
+    batch: usize,
+) -> Result<()> {
+    use crate::train::fit::range_error;
+    if !(1..=1024).contains(&k.1) {
+        return Err(range_error(what, k.0, k.1, "1..=1024"));
+    }
+    if !(temperature.is_finite() && (0.0..=100.0).contains(&temperature)) {
+        return Err(range_error(
+            what,
+            "temperature",
+            temperature,
+            "0 <= x <= 100",
+        ));
+    }
+    if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+        return Err(range_error(what, "top-p", top_p, "0 < x <= 1"));
+    }
+    if max_new_tokens > 1 << 20 {
+        return Err(range_error(
+            what,
+            "max-new-tokens",
+            max_new_tokens,
+            "0..=1048576",
+        ));
+    }
+    if !(1..=1 << 16).contains(&batch) || batch.saturating_mul(k.1) > 1 << 16 {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "{batch} questions x {} samples per batch is out of range: at most 65,536 rows",
+                k.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One checked completion.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -195,7 +240,7 @@ pub fn evaluate(
     opts: &EvalOpts,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Report, Vec<Record>)> {
-    super::sample::check_sampling(
+    check_sampling(
         "eval",
         ("samples", opts.samples),
         opts.temperature,

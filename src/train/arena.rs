@@ -17,8 +17,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::backend::cpu::AdamW;
 use crate::backend::gpu::{self, kernels, GpuBuffer};
+use crate::backend::AdamW;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::{Device, Storage, Tensor};

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod optim;
 pub mod refcache;
 pub mod reference;
+pub mod report;
 pub mod step;
 pub mod trainer;

@@ -8,7 +8,7 @@ use super::args::TrainArgs;
 use super::data::{Pair, Seq};
 use super::loss;
 use super::refcache::{self, Invalid, RefCache, RefLogps};
-use super::trainer::Summary;
+use super::report::Summary;
 use crate::error::{Error, Result};
 use crate::model::transformer::LinearCtx;
 use crate::model::Transformer;
@@ -99,7 +99,7 @@ pub(crate) fn build_cache(
         chosen: Vec::new(),
         rejected: Vec::new(),
     };
-    let bar = super::trainer::progress(
+    let bar = super::report::progress(
         args,
         (pairs.len().div_ceil(args.batch_size.max(1))) as u64,
         "reference",

@@ -1,7 +1,7 @@
 //! The SFT and DPO trainers: one loop, two losses. The same [`TrainArgs`] come from the
 //! command line or from a TOML file (`--config`) that uses the flag names as keys.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -16,21 +16,12 @@ use super::metrics::{self, MetricsWriter};
 use super::optim::Schedule;
 use super::refcache::KeyHasher;
 use super::reference::{build_cache, cached_sums};
+use super::report::progress;
+pub use super::report::Summary;
 use super::step::{LiveReference, MicroBatch, Trainer};
 use crate::error::{Error, Result};
 use crate::model::{LoadOpts, Model, Transformer};
 use crate::tensor::Device;
-
-/// What a finished run reports.
-#[derive(Clone, Debug, Default)]
-pub struct Summary {
-    pub steps: usize,
-    pub final_loss: f64,
-    /// Reference forward passes run (0 after a cache hit).
-    pub ref_forwards: usize,
-    pub cache: Option<String>,
-    pub out: PathBuf,
-}
 
 /// The training examples of either mode.
 enum Examples {
@@ -62,20 +53,6 @@ fn epoch_batches(n: usize, bs: usize, shuffle: bool, seed: u64, epoch: usize) ->
         ));
     }
     idx.chunks(bs.max(1)).map(|c| c.to_vec()).collect()
-}
-
-pub(crate) fn progress(args: &TrainArgs, len: u64, what: &str) -> indicatif::ProgressBar {
-    if args.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(what.to_string());
-    bar
 }
 
 /// `PONDER_TEST_STEP_DELAY_MS`: sleep this long in every step. Only for tests that kill a

@@ -1,0 +1,175 @@
+//! Causal attention, forward and backward, with per-row key ranges and GQA.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Valid keys for query `t` of batch `bi`: `[lo, hi)`.
+pub fn attn_key_range(d: &AttnDims, ranges: Option<&[u32]>, bi: usize, t: usize) -> (usize, usize) {
+    let (mut lo, mut hi) = (0, d.s);
+    if let Some(r) = ranges {
+        lo = r[2 * bi] as usize;
+        hi = (r[2 * bi + 1] as usize).min(d.s);
+    }
+    if d.causal {
+        hi = hi.min(t + d.s - d.t + 1);
+    }
+    (lo, hi.max(lo))
+}
+
+/// `a . b` with eight partial sums, so the compiler can keep them in one SIMD register.
+pub(super) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let mut acc = [T::zero(); 8];
+    let (a8, b8) = (a[..n].chunks_exact(8), b[..n].chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = T::zero();
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    acc.iter().fold(s, |s, &x| s + x)
+}
+
+/// `y += a * x`.
+pub(super) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// Causal grouped-query attention, reference loops. Returns out `(B, T, NH, HD)` and the
+/// log-sum-exp of the scaled scores `(B, NH, T)` (LSE_MASKED for rows with no key).
+///   s_j = scale * q . k_j,  p_j = softmax(s)_j,  o = sum_j p_j v_j,  kv head = h / (NH/NKV)
+/// Each (batch, head) is one task on rayon's threads, written to its own buffer and then
+/// scattered into place.
+pub fn attention<T: Real>(
+    d: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    ranges: Option<&[u32]>,
+) -> (Vec<T>, Vec<T>) {
+    let (hd, group) = (d.hd, d.nh / d.nkv);
+    let scale = T::from_f64(d.scale);
+    // one (batch, head): out (T, HD) and lse (T)
+    let head = |bh: usize| -> (Vec<T>, Vec<T>) {
+        let (bi, h) = (bh / d.nh, bh % d.nh);
+        let kvh = h / group;
+        let mut out = vec![T::zero(); d.t * hd];
+        let mut lse = vec![T::zero(); d.t];
+        let mut s = vec![T::zero(); d.s];
+        for t in 0..d.t {
+            let qo = d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + h * hd;
+            let qrow = &q[qo..qo + hd];
+            let (lo, hi) = attn_key_range(d, ranges, bi, t);
+            if lo == hi {
+                lse[t] = T::from_f64(LSE_MASKED as f64);
+                continue;
+            }
+            let mut m = T::from_f64(f64::NEG_INFINITY);
+            for j in lo..hi {
+                let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kvh * hd;
+                s[j] = dot(qrow, &k[ko..ko + hd]) * scale;
+                m = m.maxv(s[j]);
+            }
+            let mut l = T::zero();
+            for sj in &mut s[lo..hi] {
+                *sj = (*sj - m).exp();
+                l += *sj;
+            }
+            let orow = &mut out[t * hd..(t + 1) * hd];
+            for j in lo..hi {
+                let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kvh * hd;
+                axpy(orow, s[j] / l, &v[vo..vo + hd]);
+            }
+            lse[t] = m + l.ln();
+        }
+        (out, lse)
+    };
+    let parts: Vec<(Vec<T>, Vec<T>)> = (0..d.b * d.nh).into_par_iter().map(head).collect();
+    let mut out = vec![T::zero(); d.b * d.t * d.nh * hd];
+    let mut lse = vec![T::zero(); d.b * d.nh * d.t];
+    for (bh, (o, l)) in parts.into_iter().enumerate() {
+        let (bi, h) = (bh / d.nh, bh % d.nh);
+        for t in 0..d.t {
+            let oo = ((bi * d.t + t) * d.nh + h) * hd;
+            out[oo..oo + hd].copy_from_slice(&o[t * hd..(t + 1) * hd]);
+        }
+        lse[bh * d.t..(bh + 1) * d.t].copy_from_slice(&l);
+    }
+    (out, lse)
+}
+
+/// Backward of [`attention`], recomputing probabilities from the saved logsumexp:
+///   p_j = exp(s_j - lse),  dp_j = do . v_j,  D = do . o,  ds_j = p_j (dp_j - D)
+///   dq = scale sum_j ds_j k_j,  dk_j += scale ds_j q,  dv_j += p_j do
+/// Returns dq `(B,T,NH,HD)`, dk and dv `(B,S,NKV,HD)` (dense). Each (batch, kv head) is
+/// one task: it owns that kv head's dk and dv and the dq of the query heads sharing it.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<T: Real>(
+    d: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    dout: &[T],
+    ranges: Option<&[u32]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (hd, group) = (d.hd, d.nh / d.nkv);
+    let scale = T::from_f64(d.scale);
+    // one (batch, kv head): dq (GROUP, T, HD), dk and dv (S, HD)
+    let kv_head = |bk: usize| -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
+        let mut dq = vec![T::zero(); group * d.t * hd];
+        let mut dk = vec![T::zero(); d.s * hd];
+        let mut dv = vec![T::zero(); d.s * hd];
+        for g in 0..group {
+            let h = kvh * group + g;
+            for t in 0..d.t {
+                let (lo, hi) = attn_key_range(d, ranges, bi, t);
+                let qo = d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + h * hd;
+                let oo = ((bi * d.t + t) * d.nh + h) * hd;
+                let (qrow, dorow) = (&q[qo..qo + hd], &dout[oo..oo + hd]);
+                let l = lse[(bi * d.nh + h) * d.t + t];
+                let dd = dot(dorow, &o[oo..oo + hd]);
+                let dqrow = &mut dq[(g * d.t + t) * hd..(g * d.t + t + 1) * hd];
+                for j in lo..hi {
+                    let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kvh * hd;
+                    let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kvh * hd;
+                    let krow = &k[ko..ko + hd];
+                    let p = (dot(qrow, krow) * scale - l).exp();
+                    let ds = p * (dot(dorow, &v[vo..vo + hd]) - dd);
+                    axpy(dqrow, scale * ds, krow);
+                    axpy(&mut dk[j * hd..(j + 1) * hd], scale * ds, qrow);
+                    axpy(&mut dv[j * hd..(j + 1) * hd], p, dorow);
+                }
+            }
+        }
+        (dq, dk, dv)
+    };
+    let parts: Vec<_> = (0..d.b * d.nkv).into_par_iter().map(kv_head).collect();
+    let mut dq = vec![T::zero(); d.b * d.t * d.nh * hd];
+    let mut dk = vec![T::zero(); d.b * d.s * d.nkv * hd];
+    let mut dv = vec![T::zero(); d.b * d.s * d.nkv * hd];
+    for (bk, (gq, gk, gv)) in parts.into_iter().enumerate() {
+        let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
+        for g in 0..group {
+            let h = kvh * group + g;
+            for t in 0..d.t {
+                let oo = ((bi * d.t + t) * d.nh + h) * hd;
+                dq[oo..oo + hd].copy_from_slice(&gq[(g * d.t + t) * hd..(g * d.t + t + 1) * hd]);
+            }
+        }
+        for j in 0..d.s {
+            let dense = ((bi * d.s + j) * d.nkv + kvh) * hd;
+            dk[dense..dense + hd].copy_from_slice(&gk[j * hd..(j + 1) * hd]);
+            dv[dense..dense + hd].copy_from_slice(&gv[j * hd..(j + 1) * hd]);
+        }
+    }
+    (dq, dk, dv)
+}

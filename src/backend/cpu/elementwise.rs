@@ -1,0 +1,206 @@
+//! Elementwise reference loops: unary and binary ops over strided operands, their
+//! gradients, `where` and strided copies.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// y = f(x) elementwise.
+pub fn unary<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
+    let (p0, p1) = op.params();
+    let (p0, p1) = (T::from_f64(p0), T::from_f64(p1));
+    let f = |x: T| -> T {
+        match op {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => T::one() / x.sqrt(),
+            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::Sigmoid => sigmoid(x),
+            // log sigmoid(x) = min(x, 0) - log(1 + e^-|x|)
+            UnaryOp::LogSigmoid => x.minv(T::zero()) - (-x.abs()).exp().ln_1p(),
+            UnaryOp::Relu => x.maxv(T::zero()),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Powf(_) => x.powf(p0),
+            UnaryOp::Affine(..) => p0 * x + p1,
+        }
+    };
+    if x.len() >= PAR_MIN {
+        return x.par_iter().map(|&v| f(v)).collect();
+    }
+    x.iter().map(|&v| f(v)).collect()
+}
+
+/// dx = g * f'(x), the backward of [`unary`].
+pub fn unary_grad<T: Real>(op: UnaryOp, x: &[T], g: &[T]) -> Vec<T> {
+    let (p0, _) = op.params();
+    let p0 = T::from_f64(p0);
+    let half = T::from_f64(0.5);
+    let df = |x: T| -> T {
+        match op {
+            UnaryOp::Neg => -T::one(),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => T::one() / x,
+            // d sqrt(x) = 1 / (2 sqrt(x))
+            UnaryOp::Sqrt => half / x.sqrt(),
+            // d x^-1/2 = -1/2 x^-3/2
+            UnaryOp::Rsqrt => -half / (x * x.sqrt()),
+            // d x s(x) = s + x s (1 - s)
+            UnaryOp::Silu => {
+                let s = sigmoid(x);
+                s + x * s * (T::one() - s)
+            }
+            UnaryOp::Sigmoid => {
+                let s = sigmoid(x);
+                s * (T::one() - s)
+            }
+            // d log s(x) = 1 - s(x) = s(-x)
+            UnaryOp::LogSigmoid => sigmoid(-x),
+            UnaryOp::Relu => {
+                if x > T::zero() {
+                    T::one()
+                } else {
+                    T::zero()
+                }
+            }
+            UnaryOp::Abs => {
+                if x > T::zero() {
+                    T::one()
+                } else if x < T::zero() {
+                    -T::one()
+                } else {
+                    T::zero()
+                }
+            }
+            // d x^p = p x^(p-1)
+            UnaryOp::Powf(_) => p0 * x.powf(p0 - T::one()),
+            UnaryOp::Affine(..) => p0,
+        }
+    };
+    if x.len() >= PAR_MIN {
+        return x.par_iter().zip(g).map(|(&x, &g)| g * df(x)).collect();
+    }
+    x.iter().zip(g).map(|(&x, &g)| g * df(x)).collect()
+}
+
+pub(super) fn binary_scalar<T: Real>(op: BinaryOp, a: T, b: T) -> T {
+    let flag = |c: bool| if c { T::one() } else { T::zero() };
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Max => a.maxv(b),
+        BinaryOp::Min => a.minv(b),
+        BinaryOp::Gt => flag(a > b),
+        BinaryOp::Ge => flag(a >= b),
+        BinaryOp::Lt => flag(a < b),
+        BinaryOp::Le => flag(a <= b),
+        BinaryOp::Eq => flag(a == b),
+    }
+}
+
+/// Storage offset of the start of every innermost row of `l` (row-major order), the row
+/// length and the inner stride: strided loops walk rows, not elements.
+pub(super) fn rows_of(l: &Layout) -> (Vec<usize>, usize, usize) {
+    if l.rank() == 0 {
+        return (vec![l.offset], 1, 1);
+    }
+    let r = l.rank();
+    let outer = Layout {
+        shape: l.shape[..r - 1].to_vec(),
+        strides: l.strides[..r - 1].to_vec(),
+        offset: l.offset,
+    };
+    (outer.indices().collect(), l.shape[r - 1], l.strides[r - 1])
+}
+
+/// c = a (op) b, where `la` and `lb` are already broadcast to the output shape.
+pub fn binary<T: Real>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+    if la.is_contiguous() && lb.is_contiguous() {
+        let (a, b) = (
+            &a[la.offset..la.offset + la.numel()],
+            &b[lb.offset..lb.offset + lb.numel()],
+        );
+        if a.len() >= PAR_MIN {
+            return a
+                .par_iter()
+                .zip(b)
+                .map(|(&x, &y)| binary_scalar(op, x, y))
+                .collect();
+        }
+        return a
+            .iter()
+            .zip(b)
+            .map(|(&x, &y)| binary_scalar(op, x, y))
+            .collect();
+    }
+    let (ra, n, sa) = rows_of(la);
+    let (rb, _, sb) = rows_of(lb);
+    let mut out = vec![T::zero(); la.numel()];
+    if n == 0 {
+        return out;
+    }
+    let row = |(i, o): (usize, &mut [T])| {
+        let (oa, ob) = (ra[i], rb[i]);
+        for (j, c) in o.iter_mut().enumerate() {
+            *c = binary_scalar(op, a[oa + j * sa], b[ob + j * sb]);
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(n).enumerate().for_each(row);
+    }
+    out
+}
+
+/// out = cond != 0 ? a : b, all three broadcast to the output shape.
+pub fn where_select<T: Real>(
+    c: &[T],
+    lc: &Layout,
+    a: &[T],
+    la: &Layout,
+    b: &[T],
+    lb: &Layout,
+) -> Vec<T> {
+    lc.indices()
+        .zip(la.indices())
+        .zip(lb.indices())
+        .map(|((i, j), k)| if c[i] != T::zero() { a[j] } else { b[k] })
+        .collect()
+}
+
+/// Copy a strided view into a strided destination of the same shape.
+pub fn copy_strided<S: Copy + Send + Sync>(src: &[S], ls: &Layout, dst: &mut [S], ld: &Layout) {
+    let (rs, n, ss) = rows_of(ls);
+    let (rd, _, sd) = rows_of(ld);
+    if n == 0 {
+        return;
+    }
+    if ld.is_contiguous() {
+        // rows of a dense destination are disjoint slices: fill them in parallel
+        let dense = &mut dst[ld.offset..ld.offset + ld.numel()];
+        let fill = |(i, o): (usize, &mut [S])| {
+            let base = rs[i];
+            if ss == 1 {
+                o.copy_from_slice(&src[base..base + n]);
+            } else {
+                for (j, d) in o.iter_mut().enumerate() {
+                    *d = src[base + j * ss];
+                }
+            }
+        };
+        if dense.len() >= PAR_MIN {
+            dense.par_chunks_mut(n).enumerate().for_each(fill);
+        } else {
+            dense.chunks_mut(n).enumerate().for_each(fill);
+        }
+        return;
+    }
+    for (&s0, &d0) in rs.iter().zip(&rd) {
+        for j in 0..n {
+            dst[d0 + j * sd] = src[s0 + j * ss];
+        }
+    }
+}
