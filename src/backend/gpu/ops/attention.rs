@@ -5,8 +5,8 @@
 //! limit and written back into the outputs; when one kv group of one item is itself over
 //! the limit, over blocks of its query heads, their dk/dv summed.
 
-use super::kernels::{buf, dense, empty, f32_out, require_f32};
-use super::{context, grid_1d, Uniform};
+use super::common::{buf, dense, empty, f32_out, require_f32};
+use crate::backend::gpu::{context, grid_1d, Uniform};
 use crate::backend::AttnDims;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -112,7 +112,7 @@ fn attention_block(
     let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
     let groups = [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32];
     // for the profiler: QK^T and PV over the causal half; q, k, v read and o written once
-    super::profile::cost(
+    crate::backend::gpu::profile::cost(
         (if d.causal { 2.0 } else { 4.0 }) * (d.b * d.nh * d.t * d.s * d.hd) as f64,
         4.0 * (2 * d.b * d.t * d.nh * d.hd + 2 * d.b * d.s * d.nkv * d.hd) as f64,
     );
@@ -160,7 +160,7 @@ fn attention_bwd_block(
     // stats[row] = (lse, D = dO . O)
     let stats = f32_out(&[rows, 2])?;
     // O and dO rows read, lse read, (lse, D) written
-    super::profile::cost(0.0, (8 * rows * d.hd + 12 * rows) as f64);
+    crate::backend::gpu::profile::cost(0.0, (8 * rows * d.hd + 12 * rows) as f64);
     ctx.dispatch(
         "attention",
         "attn_bwd_pre",
@@ -202,7 +202,7 @@ fn attention_bwd_block(
     let qrows = 4.0 * (d.b * d.t * d.nh * d.hd) as f64;
     let kvrows = 4.0 * (d.b * d.s * d.nkv * d.hd) as f64;
     // q, dO and dq rows, k and v rows
-    super::profile::cost(3.0 * prod, 3.0 * qrows + 2.0 * kvrows);
+    crate::backend::gpu::profile::cost(3.0 * prod, 3.0 * qrows + 2.0 * kvrows);
     ctx.dispatch(
         "attention",
         "attn_bwd_dq",
@@ -226,7 +226,7 @@ fn attention_bwd_block(
         let u = attn_uniform(d, ranges.is_some(), heads);
         // this dispatch's share of the heads: q and dO rows read, k, v, dk, dv
         let share = heads.1 as f64 / group as f64;
-        super::profile::cost(4.0 * prod * share, 2.0 * qrows * share + 4.0 * kvrows);
+        crate::backend::gpu::profile::cost(4.0 * prod * share, 2.0 * qrows * share + 4.0 * kvrows);
         ctx.dispatch(
             "attention",
             "attn_bwd_dkdv",
@@ -338,7 +338,7 @@ fn blocks(d: &AttnDims, bufs: &[&Tensor]) -> Result<Option<Vec<AttnBlock>>> {
 fn gather(x: &Tensor, b0: usize, nb: usize, hdim: isize, h0: usize, nh: usize) -> Result<Tensor> {
     let view = crate::autograd::no_grad(|| x.narrow(0, b0, nb)?.narrow(hdim, h0, nh))?;
     let out = empty(view.shape(), view.dtype())?;
-    super::kernels::copy(&view, &out, &Layout::contiguous(view.shape()))?;
+    super::copy::copy(&view, &out, &Layout::contiguous(view.shape()))?;
     Ok(out)
 }
 
@@ -347,7 +347,7 @@ fn scatter(src: &Tensor, dst: &Tensor, b0: usize, hdim: isize, h0: usize) -> Res
     let (nb, nh) = (src.shape()[0], src.shape()[hdim as usize]);
     let view = crate::autograd::no_grad(|| dst.narrow(0, b0, nb)?.narrow(hdim, h0, nh))?;
     let l: Layout = view.layout().clone();
-    super::kernels::copy(src, dst, &l)
+    super::copy::copy(src, dst, &l)
 }
 
 /// The dims of dense block `blk`, and the first of its query heads in the whole call.
