@@ -18,15 +18,5 @@ pub struct Summary {
 
 /// A progress bar labelled `what` over `len` items (hidden with `--quiet`).
 pub(crate) fn progress(args: &TrainArgs, len: u64, what: &str) -> indicatif::ProgressBar {
-    if args.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(what.to_string());
-    bar
+    crate::util::progress_bar(len, what, args.quiet)
 }
