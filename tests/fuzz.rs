@@ -205,7 +205,30 @@ fn fuzz_files_and_flags_never_panic() {
             4 => {
                 let mut b = template.clone().into_bytes();
                 mutate_bytes(&mut b, &mut r);
-                let t = String::from_utf8_lossy(&b).into_owned();
+                let mut t = String::from_utf8_lossy(&b).into_owned();
+                if r.random_bool(0.3) {
+                    // splice in namespace and set statements: a namespace stored in itself
+                    // (directly, in a list, through an alias or a macro) overflowed the stack
+                    const SNIPPETS: &[&str] = &[
+                        "{% set ns = namespace() %}",
+                        "{% set ns.x = ns %}",
+                        "{% set ns.y = [ns] %}",
+                        "{% set a = ns %}{% set ns.z = a %}",
+                        "{% set ns.n = ns.n + 1 %}",
+                        "{{ ns }}",
+                        "{{ ns|tojson }}",
+                        "{% macro m(p) %}{% set p.q = p %}{% endmacro %}{{ m(ns) }}",
+                        "{% for v in [ns] %}{% set ns.w = v %}{% endfor %}",
+                    ];
+                    let mut at = r.random_range(0..=t.len());
+                    while !t.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    let snip: String = (0..r.random_range(1..4))
+                        .map(|_| SNIPPETS[r.random_range(0..SNIPPETS.len())])
+                        .collect();
+                    t.insert_str(at, &snip);
+                }
                 no_panic("chat template", case, || {
                     let msgs = [ponder::model::chat::Message::new("user", "hi")];
                     let _ = ponder::model::chat::render(&t, &msgs, true, Some("<s>"), Some("</s>"));
