@@ -106,6 +106,9 @@ pub fn check_sizes(what: &'static str, dims: &[(&str, usize)], bytes: u128) -> R
         if *v == 0 {
             return Err(crate::train::fit::range_error(what, flag, v, "at least 1"));
         }
+        if *flag == "reps" && *v > 1_000_000 {
+            return Err(crate::train::fit::range_error(what, flag, v, "1..=1000000"));
+        }
     }
     let avail = crate::train::memory::available().unwrap_or(u64::MAX) as u128;
     if bytes > avail {
@@ -130,6 +133,12 @@ pub fn time(
     reps: usize,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<BenchResult> {
+    if reps > 1_000_000 || warmup > 1_000_000 {
+        return Err(crate::Error::invalid(
+            "bench",
+            format!("--reps {reps} / --warmup {warmup}: each is accepted up to 1,000,000"),
+        ));
+    }
     for _ in 0..warmup {
         f()?;
         wait(dev)?;

@@ -289,6 +289,27 @@ pub fn check_not_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
     Ok(())
 }
 
+/// Refuse an output file inside one of the command's input directories (a model or a
+/// tokenizer folder): it could replace one of that folder's files.
+pub fn check_not_inside(out: &Path, dirs: &[(&str, &Path)]) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(p) = std::fs::canonicalize(parent) else {
+        return Ok(());
+    };
+    for (flag, dir) in dirs {
+        if std::fs::canonicalize(dir).is_ok_and(|d| p.starts_with(&d)) {
+            return Err(Error::file(
+                out,
+                format!("is inside the {flag} directory; writing it could replace one of that folder's files: choose another output"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The file that marks a directory as a ponder command's output: `{"command": "..."}`.
 pub const OUT_MARKER: &str = ".ponder-out.json";
 

@@ -723,3 +723,99 @@ fn thinkpo_never_suggests_a_flag_it_rejects() {
     assert!(err.contains("choose another --out"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn second_round_reproducers_found_by_review() {
+    let d = tmp("review");
+    let data = synth(&d);
+    let m = models();
+    let base = m.join("base");
+    // --metrics naming the training data
+    let mine = d.join("mine.jsonl");
+    std::fs::copy(fixture("train/sft.jsonl"), &mine).unwrap();
+    let before = std::fs::read(&mine).unwrap();
+    refused(
+        &[
+            "sft",
+            "--model",
+            s(&base),
+            "--data",
+            s(&mine),
+            "--out",
+            s(&d.join("o1")),
+            "--metrics",
+            s(&mine),
+            "--steps",
+            "1",
+        ],
+        "is also the --data input",
+    );
+    assert_eq!(std::fs::read(&mine).unwrap(), before);
+    // eval --out inside the model folder
+    let copy = d.join("model");
+    ok(&["save", "--model", s(&base), "--out", s(&copy)]);
+    refused(
+        &[
+            "eval",
+            "--model",
+            s(&copy),
+            "--data",
+            s(&data.join("test-short.jsonl")),
+            "--limit",
+            "1",
+            "--out",
+            s(&copy.join("model.safetensors")),
+        ],
+        "is inside the --model directory",
+    );
+    ok(&["logits", "--model", s(&copy), "--ids", "1,2"]);
+    // a --min-lr above --lr
+    refused(
+        &[
+            "sft",
+            "--model",
+            s(&base),
+            "--data",
+            s(&mine),
+            "--out",
+            s(&d.join("o2")),
+            "--lr-scheduler",
+            "cosine-with-min-lr",
+            "--min-lr",
+            "1e4",
+        ],
+        "--min-lr",
+    );
+    // --reps without bound
+    refused(
+        &[
+            "bench",
+            "matmul",
+            "--m",
+            "1",
+            "--n",
+            "1",
+            "--k",
+            "1",
+            "--reps",
+            "18446744073709551615",
+            "--device",
+            "cpu",
+        ],
+        "--reps",
+    );
+    // a round folder that is a link into a user's folder
+    let user = user_folder(&d.join("user"), &["pairs.jsonl"]);
+    let out = d.join("st");
+    {
+        let _r = ponder::recipes::run::RunDir::open(&out, "self-train", false).unwrap();
+    }
+    std::os::unix::fs::symlink(&user, out.join("round-1")).unwrap();
+    let err = match ponder::recipes::run::RunDir::open(&out, "self-train", true) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a linked round folder was accepted"),
+    };
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_untouched(&user, &["pairs.jsonl"]);
+    let _ = std::fs::remove_dir_all(&d);
+}

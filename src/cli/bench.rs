@@ -262,6 +262,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 ponder::bench::peak_rss_mib().unwrap_or(f64::NAN)
             );
             if let Some(out) = save_random {
+                let _lock = ponder::files::claim_out_dir(&out, "bench generate --save-random")?;
                 ponder::model::save::save_model(&net, None, &out, dtype.dtype())?;
                 outln!("wrote {}", out.display());
                 return Ok(true);

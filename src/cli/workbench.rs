@@ -130,6 +130,14 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<bool> {
             inputs.push(("--predictions", p.as_path()));
         }
         ponder::files::check_not_input(out, &inputs)?;
+        let mut dirs = Vec::new();
+        if let Some(m) = &a.model {
+            dirs.push(("--model", m.as_path()));
+        }
+        if let Some(t) = &a.tokenizer {
+            dirs.push(("--tokenizer", t.as_path()));
+        }
+        ponder::files::check_not_inside(out, &dirs)?;
     }
     let mut examples = data::read_examples(&a.data)?;
     if let Some(n) = a.limit {

@@ -317,9 +317,27 @@ fn check_doubling(template: &str) -> Result<()> {
         .iter()
         .flat_map(|s| s.targets.iter().map(String::as_str))
         .collect();
+    // a variable set from an assigned one stands for it (`{% set t = ns.s %}` then
+    // `{% set ns.s = ns.s ~ t %}` doubles too)
+    let mut alias: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for s in sets.iter().filter(|s| !s.block && s.targets.len() == 1) {
+        // only a value that is one path and nothing else: a copy, not a computation
+        if let Some((p, next)) = name_path(&toks, s.value.start) {
+            if next == s.value.end && assigned.contains(p.as_str()) && p != s.targets[0] {
+                alias.entry(s.targets[0].clone()).or_default().push(p);
+            }
+        }
+    }
     for s in &sets {
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
-        for (p, _) in read_paths(&toks, s.value.clone()) {
+        let reads = read_paths(&toks, s.value.clone())
+            .into_iter()
+            .flat_map(|(p, _)| {
+                let mut v = vec![p.clone()];
+                v.extend(alias.get(&p).cloned().unwrap_or_default());
+                v
+            });
+        for p in reads {
             if assigned.contains(p.as_str()) {
                 let n = seen.entry(p.clone()).or_default();
                 *n += 1;
@@ -367,6 +385,22 @@ fn check_namespace_cycles(template: &str) -> Result<()> {
     {
         return Ok(());
     }
+    // `namespace` itself passed around (`{% set mk = namespace %}`) would make namespaces
+    // under another name: only calls are accepted
+    if let Some(k) = (0..toks.len()).find(|&k| {
+        matches!(toks[k].0, Token::Ident("namespace"))
+            && !matches!(toks.get(k + 1).map(|t| &t.0), Some(Token::ParenOpen))
+            && !(k > 0 && matches!(toks[k - 1].0, Token::Dot))
+    }) {
+        return Err(Error::invalid(
+            "chat",
+            format!(
+                "chat_template line {}: `namespace` is used other than as a call; ponder \
+                 accepts only `namespace(...)`",
+                toks[k].1
+            ),
+        ));
+    }
     let sets = set_statements(&toks);
     let calls_namespace = |r: &std::ops::Range<usize>| {
         (r.start..r.end).any(|k| {
@@ -396,6 +430,17 @@ fn check_namespace_cycles(template: &str) -> Result<()> {
                         .collect();
                     loops.push((vars, inn + 1..end));
                 }
+            }
+            Some(Token::Ident("with")) => {
+                // `{% with a = expr, b = expr %}`: every name bound, from the whole header
+                let vars = (i + 2..end)
+                    .filter(|&k| matches!(toks.get(k + 1).map(|t| &t.0), Some(Token::Assign)))
+                    .filter_map(|k| match toks[k].0 {
+                        Token::Ident(v) => Some(v.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                loops.push((vars, i + 2..end));
             }
             Some(Token::Ident("macro")) => {
                 if let Some(Token::Ident(name)) = toks.get(i + 2).map(|t| &t.0) {
@@ -436,7 +481,7 @@ fn check_namespace_cycles(template: &str) -> Result<()> {
             }
         }
         for (vars, r) in &loops {
-            if taints(r.clone(), &namespaces, &holders) {
+            if taints(r.clone(), &namespaces, &holders) || calls_namespace(r) {
                 holders.extend(vars.iter().cloned());
             }
         }
@@ -454,7 +499,9 @@ fn check_namespace_cycles(template: &str) -> Result<()> {
                             )
                         })
                         .unwrap_or(toks.len());
-                    if taints(k + 2..close, &namespaces, &holders) {
+                    if taints(k + 2..close, &namespaces, &holders)
+                        || calls_namespace(&(k + 2..close))
+                    {
                         holders.extend(params.iter().cloned());
                     }
                     k = close;
@@ -548,6 +595,7 @@ mod tests {
             "{% set s = 'x' %}{% set s = s ~ s %}",
             "{% set ns = namespace(t='x') %}{% set ns.t = ns['t'] + ns.t %}",
             "{% set s = 'x' %}{% set t = s + s %}",
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set t = ns.s %}{% set ns.s = ns.s ~ t %}{% endfor %}",
         ] {
             let err = render(t, &[], false, None, None).unwrap_err().to_string();
             assert!(err.contains("twice"), "{t}: {err}");
@@ -568,10 +616,20 @@ mod tests {
             "{% set ns = namespace() %}{% set b = namespace(y=ns) %}{% set ns.x = b.y %}{{ ns }}",
             "{% set ns = namespace() %}{% for n in [ns] %}{% set ns.x = n %}{% endfor %}{{ ns }}",
             "{% macro m(a) %}{% set a.x = a %}{% endmacro %}{% set ns = namespace() %}{{ m(ns) }}{{ ns }}",
+            "{% for n in [namespace()] %}{% set n.x = n %}{{ n }}{% endfor %}",
+            "{% macro m(a) %}{% set a.x = a %}{{ a }}{% endmacro %}{{ m(namespace()) }}",
+            "{% set ns = namespace() %}{% with a = ns %}{% set ns.x = a %}{% endwith %}{{ ns }}",
         ] {
             let err = render(t, &[], false, None, None).unwrap_err().to_string();
             assert!(err.contains("namespace inside a"), "{t}: {err}");
         }
+    }
+
+    #[test]
+    fn namespace_only_as_a_call() {
+        let t = "{% set mk = namespace %}{% set ns = mk() %}{% set ns.x = ns %}{{ ns }}";
+        let err = render(t, &[], false, None, None).unwrap_err().to_string();
+        assert!(err.contains("only `namespace(...)`"), "{err}");
     }
 
     #[test]

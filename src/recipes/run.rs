@@ -32,6 +32,19 @@ impl RunDir {
     pub fn open(out: &Path, command: &str, resume: bool) -> Result<RunDir> {
         let lock = crate::files::claim_out_dir(out, command)?;
         crate::files::remove_stale_temps_below(out, 3);
+        // rounds are written only into ponder's own folders, never through a link
+        for e in std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("round-") && e.file_type().is_ok_and(|t| t.is_symlink()) {
+                return Err(Error::file(
+                    e.path(),
+                    "is a symbolic link; ponder writes rounds only into folders it made",
+                ));
+            }
+        }
         let path = out.join("rounds.jsonl");
         let rows = if path.exists() {
             crate::train::metrics::read(&path)?

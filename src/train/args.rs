@@ -203,6 +203,13 @@ impl TrainArgs {
         }
         if let Some(w) = self.min_lr {
             finite_nonneg("min-lr", w)?;
+            let top = self
+                .lr
+                .unwrap_or(super::fit::MAX_LR)
+                .min(super::fit::MAX_LR);
+            if w > top {
+                return Err(range_err("min-lr", w, &format!("0 <= x <= --lr ({top})")));
+            }
         }
         finite_nonneg("weight-decay", self.weight_decay)?;
         finite_nonneg("max-grad-norm", self.max_grad_norm)?;

@@ -279,6 +279,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         .metrics
         .clone()
         .unwrap_or_else(|| args.out.join("metrics.jsonl"));
+    crate::files::check_not_input(&metrics_path, &[("--data", args.data.as_path())])?;
     let mut start_step = 0;
     let mut keep_lines = 0;
     if let Some(r) = &args.resume {
