@@ -819,3 +819,82 @@ fn second_round_reproducers_found_by_review() {
     assert_untouched(&user, &["pairs.jsonl"]);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn damaged_checkpoint_steps_and_oversized_inits_are_refused() {
+    let d = tmp("ckpt");
+    let base = models().join("base");
+    let data = fixture("train/sft.jsonl");
+    let out = d.join("ck");
+    ok(&[
+        "sft",
+        "--model",
+        s(&base),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "1",
+        "--save-every",
+        "2",
+        "--quiet",
+    ]);
+    let ck = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("checkpoint-")
+        })
+        .expect("a checkpoint");
+    let sp = ck.join("state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    st["step"] = serde_json::json!(100);
+    std::fs::write(&sp, st.to_string()).unwrap();
+    let again = d.join("again");
+    refused(
+        &[
+            "sft",
+            "--model",
+            s(&base),
+            "--data",
+            s(&data),
+            "--out",
+            s(&again),
+            "--steps",
+            "4",
+            "--batch-size",
+            "1",
+            "--resume",
+            s(&ck),
+            "--quiet",
+        ],
+        "the checkpoint is damaged",
+    );
+    // every dimension in range, the product not
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    cfg["hidden_size"] = serde_json::json!(1_000_000);
+    let cf = d.join("big.json");
+    std::fs::write(&cf, cfg.to_string()).unwrap();
+    refused(
+        &[
+            "init",
+            "--config",
+            s(&cf),
+            "--tokenizer",
+            s(&base),
+            "--out",
+            s(&d.join("big")),
+        ],
+        "choose smaller sizes",
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

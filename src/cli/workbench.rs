@@ -257,6 +257,23 @@ pub(crate) fn init_cmd(
             ),
         ));
     }
+    // the whole model must fit before one tensor is allocated: each dimension may be in
+    // range while their product is not
+    let bytes: u128 = ponder::model::Transformer::expected(&cfg)
+        .iter()
+        .map(|(_, shape, _)| 4 * shape.iter().map(|&d| d as u128).product::<u128>())
+        .sum();
+    let avail = ponder::train::memory::available().unwrap_or(u64::MAX) as u128;
+    if bytes > avail {
+        return Err(Error::file(
+            &config,
+            format!(
+                "this model needs {:.1} GiB of f32 weights and {:.1} GiB is available; choose smaller sizes",
+                bytes as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            ),
+        ));
+    }
     let net = ponder::model::Transformer::random(&cfg, Device::Cpu, DType::F32, seed)?;
     let _lock = ponder::files::claim_out_dir(&out, "init")?;
     ponder::model::save::save_model(&net, Some(&tokenizer), &out, DType::F32)?;

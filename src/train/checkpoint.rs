@@ -209,6 +209,22 @@ pub(crate) fn load_checkpoint(dir: &Path, opt: &mut Optimizer) -> Result<State> 
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
     let st: State = serde_json::from_str(&text)
         .map_err(|e| Error::file(&sp, format!("not a ponder checkpoint state: {e}")))?;
+    // the step a state claims must be the step its folder was saved at (checkpoint-N)
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("checkpoint-"))
+        .and_then(|n| n.parse::<usize>().ok());
+    if st.step == 0 || named.is_some_and(|n| n != st.step) {
+        return Err(Error::file(
+            &sp,
+            format!(
+                "claims step {} but belongs to {}; the checkpoint is damaged",
+                st.step,
+                dir.display()
+            ),
+        ));
+    }
     let w = crate::model::weights::open_file(&dir.join("trainable.safetensors"))?;
     let o = crate::model::weights::open_file(&dir.join("optimizer.safetensors"))?;
     for (i, (n, p)) in opt.params.iter().enumerate() {
