@@ -289,6 +289,41 @@ impl Svg {
     }
 }
 
+/// A panel's title, centred at `cx`, and its horizontal grid lines with their y labels
+/// from `x0` across `w` (`py` maps a value to its y coordinate).
+#[allow(clippy::too_many_arguments)]
+fn title_and_grid(
+    svg: &mut Svg,
+    cx: f64,
+    oy: f64,
+    title: &str,
+    yaxis: &Axis,
+    x0: f64,
+    w: f64,
+    py: impl Fn(f64) -> f64,
+) {
+    svg.text(
+        cx,
+        oy + 26.0,
+        16.0,
+        "middle",
+        r##"font-weight="bold" fill="#222""##,
+        title,
+    );
+    for &t in &yaxis.ticks {
+        let y = py(t);
+        svg.line(x0, y, x0 + w, y, GRID, 1.0);
+        svg.text(
+            x0 - 8.0,
+            y + 4.0,
+            12.0,
+            "end",
+            r##"fill="#333""##,
+            &yaxis.label(t),
+        );
+    }
+}
+
 /// One line of a panel.
 #[derive(Clone, Debug)]
 pub struct Series {
@@ -376,26 +411,7 @@ pub fn line_panels(panels: &[Panel], x_label: &str, integer_x: bool) -> Option<S
         };
         let px = |x: f64| x0 + xaxis.frac(x) * w;
         let py = |y: f64| y0 + h - yaxis.frac(y) * h;
-        svg.text(
-            ox + pw / 2.0,
-            oy + 26.0,
-            16.0,
-            "middle",
-            r##"font-weight="bold" fill="#222""##,
-            &p.title,
-        );
-        for &t in &yaxis.ticks {
-            let y = py(t);
-            svg.line(x0, y, x0 + w, y, GRID, 1.0);
-            svg.text(
-                x0 - 8.0,
-                y + 4.0,
-                12.0,
-                "end",
-                r##"fill="#333""##,
-                &yaxis.label(t),
-            );
-        }
+        title_and_grid(&mut svg, ox + pw / 2.0, oy, &p.title, &yaxis, x0, w, py);
         for &t in &xaxis.ticks {
             let x = px(t);
             svg.line(x, y0 + h, x, y0 + h + 5.0, AXIS, 1.0);
@@ -606,26 +622,7 @@ pub fn grouped_bars(
         };
         let yaxis = Axis::new(lo, hi, 6);
         let py = |y: f64| y0 + h - yaxis.frac(y) * h;
-        svg.text(
-            w / 2.0,
-            oy + 26.0,
-            16.0,
-            "middle",
-            r##"font-weight="bold" fill="#222""##,
-            &p.title,
-        );
-        for &t in &yaxis.ticks {
-            let y = py(t);
-            svg.line(x0, y, x0 + pw, y, GRID, 1.0);
-            svg.text(
-                x0 - 8.0,
-                y + 4.0,
-                12.0,
-                "end",
-                r##"fill="#333""##,
-                &yaxis.label(t),
-            );
-        }
+        title_and_grid(&mut svg, w / 2.0, oy, &p.title, &yaxis, x0, pw, py);
         let (lx, ly) = (22.0, y0 + h / 2.0);
         svg.text(
             lx,
