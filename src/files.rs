@@ -78,6 +78,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Write a new file at `path`, never replacing one: the bytes go to a temporary file that
+/// is then hard-linked to `path`, which fails if `path` exists by then (a file another
+/// process made meanwhile is kept). Where hard links are unsupported, the existence check
+/// and a rename are used instead.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let exists = |p: &Path| {
+        Error::file(
+            p,
+            "already exists; ponder does not overwrite a file: choose another --out",
+        )
+    };
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(exists(path));
+    }
+    let tmp = write_temp(path, bytes)?;
+    failpoint("before-rename");
+    let linked = std::fs::hard_link(&tmp, path);
+    let result = match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists(path)),
+        Err(_) if std::fs::symlink_metadata(path).is_err() => {
+            return std::fs::rename(&tmp, path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io(path, e)
+            })
+        }
+        Err(e) => Err(Error::io(path, e)),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 /// Fault injection for the crash-and-resume tests: with `PONDER_TEST_KILL_AT=NAME` or
 /// `NAME:N`, the process aborts the N-th time (default the first) it reaches the point
 /// `NAME`. An abort runs no destructors and cleans nothing up, as a SIGKILL would, but it

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ponder::train::trainer::{Mode, SaveDType, TrainArgs};
+use ponder::train::trainer::{Mode, TrainArgs};
 use ponder::{Error, Result};
 
 use cli::bench::{bench_cmd, BenchCmd};
@@ -77,14 +77,16 @@ enum Cmd {
     },
     /// Sample continuations with a KV cache.
     Generate(GenerateArgs),
-    /// Write the model back out as a Hugging Face directory (weights in --dtype).
+    /// Write the model (a directory or a .gguf file) out as a Hugging Face directory, or,
+    /// when --out ends in .gguf, as one GGUF file for llama.cpp (weights in --dtype; q8_0
+    /// only for GGUF).
     Save {
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, value_enum, default_value = "f32")]
-        dtype: SaveDType,
+        dtype: cli::model::SaveType,
     },
     /// Supervised fine-tuning on {"prompt","completion"} or {"messages"} JSONL.
     /// `--config FILE.toml` supplies any of these flags (keys = flag names).

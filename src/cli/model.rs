@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use ponder::model::chat::Message;
 use ponder::model::generate::SamplingParams;
 use ponder::model::{LoadOpts, Model};
-use ponder::train::trainer::SaveDType;
 use ponder::{Device, Error, Result};
 
 use super::{device, frozen, Format};
@@ -255,7 +254,32 @@ pub(crate) fn generate_cmd(a: GenerateArgs) -> Result<bool> {
     Ok(true)
 }
 
-pub(crate) fn save_cmd(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<bool> {
+/// The weight type `ponder save` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SaveType {
+    F32,
+    F16,
+    Bf16,
+    /// 8-bit blocks (GGUF only).
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+pub(crate) fn save_cmd(dir: PathBuf, out: PathBuf, dtype: SaveType) -> Result<bool> {
+    use ponder::model::gguf::write::WeightType;
+    let to_gguf = ponder::model::gguf::is_gguf(&out);
+    if dtype == SaveType::Q8_0 && !to_gguf {
+        return Err(Error::invalid(
+            "save",
+            "--dtype q8_0 is for GGUF output only (an --out ending in .gguf); a Hugging Face directory takes f32, f16 or bf16",
+        ));
+    }
+    if to_gguf && std::fs::symlink_metadata(&out).is_ok() {
+        return Err(Error::file(
+            &out,
+            "already exists; ponder does not overwrite a file: choose another --out",
+        ));
+    }
     let m = Model::load(
         &dir,
         LoadOpts {
@@ -264,8 +288,29 @@ pub(crate) fn save_cmd(dir: PathBuf, out: PathBuf, dtype: SaveDType) -> Result<b
             trainable: false,
         },
     )?;
-    let _lock = ponder::files::claim_out_dir(&out, "save")?;
-    ponder::model::save::save_model(&m.net, Some(&dir), &out, dtype.dtype())?;
+    if to_gguf {
+        let wt = match dtype {
+            SaveType::F32 => WeightType::F32,
+            SaveType::F16 => WeightType::F16,
+            SaveType::Bf16 => WeightType::BF16,
+            SaveType::Q8_0 => WeightType::Q8_0,
+        };
+        if m.tok.is_none() {
+            eprintln!(
+                "note: {} has no tokenizer; the GGUF file will carry none (llama.cpp needs one to run it)",
+                dir.display()
+            );
+        }
+        ponder::model::gguf::write::save_gguf(&m.net, m.tok.as_ref(), &out, wt)?;
+    } else {
+        let dt = match dtype {
+            SaveType::F16 => ponder::DType::F16,
+            SaveType::Bf16 => ponder::DType::BF16,
+            _ => ponder::DType::F32,
+        };
+        let _lock = ponder::files::claim_out_dir(&out, "save")?;
+        ponder::model::save::save_model(&m.net, Some(&dir), &out, dt)?;
+    }
     eprintln!(
         "saved {} ({} parameters) to {}",
         dir.display(),

@@ -137,7 +137,11 @@ impl Fields<'_> {
 }
 
 impl Config {
+    /// The config of a model directory (its config.json) or of a GGUF file (its metadata).
     pub fn load(dir: &Path) -> Result<Config> {
+        if super::gguf::is_gguf(dir) {
+            return super::gguf::GgufFile::open(dir)?.config();
+        }
         let path = dir.join("config.json");
         let text = crate::files::read_regular_to_string(&path)?;
         let v: Value = serde_json::from_str(&text)

@@ -1,10 +1,12 @@
-//! Llama/Qwen2 checkpoints: config, safetensors weights, tokenizer and chat template,
-//! the decoder, generation, and saving back to a Hugging Face directory.
+//! Llama/Qwen2 checkpoints: config, safetensors weights, tokenizer and chat template (a
+//! Hugging Face directory, or one GGUF file), the decoder, generation, and saving back to
+//! either format.
 
 pub mod chat;
 pub mod compare;
 pub mod config;
 pub mod generate;
+pub mod gguf;
 pub mod reward;
 pub mod rope;
 pub mod save;
@@ -47,6 +49,18 @@ impl Model {
 
     /// Load `dir` with its config already read, whatever its head.
     pub(crate) fn load_any(dir: &Path, cfg: Config, opts: LoadOpts) -> Result<Model> {
+        if gguf::is_gguf(dir) {
+            let g = gguf::GgufFile::open(dir)?;
+            let tok = Tok::from_gguf(&g)?;
+            let ckpt = weights::Checkpoint::from_gguf(g);
+            let net = Transformer::load(&cfg, &ckpt, opts)?;
+            return Ok(Model {
+                dir: dir.to_path_buf(),
+                cfg,
+                net,
+                tok,
+            });
+        }
         let ckpt = weights::Checkpoint::open(dir)?;
         let net = Transformer::load(&cfg, &ckpt, opts)?;
         let tok = if dir.join("tokenizer.json").exists() {

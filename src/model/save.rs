@@ -21,6 +21,35 @@ pub const TOKENIZER_FILES: [&str; 5] = [
     "chat_template.jinja",
 ];
 
+/// The tokenizer files of a model: those of [`TOKENIZER_FILES`] present in a model
+/// directory, or, for a GGUF file, tokenizer.json, tokenizer_config.json and
+/// generation_config.json built from its metadata.
+pub fn tokenizer_files(src: &Path) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    if super::gguf::is_gguf(src) {
+        let g = super::gguf::GgufFile::open(src)?;
+        let Some((tok, cfg, gen)) = super::gguf::tokenizer::hf_files(&g)? else {
+            return Ok(vec![]);
+        };
+        let pretty = |v: &serde_json::Value| -> Result<Vec<u8>> {
+            serde_json::to_vec_pretty(v).map_err(|e| Error::invalid("save", e.to_string()))
+        };
+        return Ok(vec![
+            ("tokenizer.json", pretty(&tok)?),
+            ("tokenizer_config.json", pretty(&cfg)?),
+            ("generation_config.json", pretty(&gen)?),
+        ]);
+    }
+    let mut out = Vec::new();
+    for f in TOKENIZER_FILES {
+        let p = src.join(f);
+        if p.exists() {
+            crate::files::require_regular(&p)?;
+            out.push((f, std::fs::read(&p).map_err(|e| Error::io(&p, e))?));
+        }
+    }
+    Ok(out)
+}
+
 /// Write `bytes` to `path` atomically (see [`crate::files::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::files::write_atomic(path, bytes)
@@ -127,10 +156,8 @@ pub fn save_model(
     ];
     if let Some(src) = src_dir {
         let same = std::fs::canonicalize(src).ok() == std::fs::canonicalize(out).ok();
-        for f in TOKENIZER_FILES {
-            let p = src.join(f);
-            if p.exists() && !same {
-                let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        if !same {
+            for (f, bytes) in tokenizer_files(src)? {
                 files.push((out.join(f), bytes));
             }
         }

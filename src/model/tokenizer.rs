@@ -179,7 +179,18 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 }
 
 impl Tok {
+    /// Load the tokenizer of a model directory, or of a GGUF file (built from its
+    /// `tokenizer.ggml.*` metadata).
     pub fn load(dir: &Path) -> Result<Tok> {
+        if super::gguf::is_gguf(dir) {
+            let g = super::gguf::GgufFile::open(dir)?;
+            return Tok::from_gguf(&g)?.ok_or_else(|| {
+                Error::file(
+                    dir,
+                    "this GGUF file carries no tokenizer (no tokenizer.ggml.model)",
+                )
+            });
+        }
         let path = dir.join("tokenizer.json");
         if !path.exists() {
             return Err(Error::file(
@@ -188,22 +199,53 @@ impl Tok {
             ));
         }
         let text = crate::files::read_regular_to_string(&path)?;
-        let mut json: Value = serde_json::from_str(&text)
+        let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
+        // chat_template.jinja (transformers 5 writes it) takes priority, as in transformers
+        let jinja = dir.join("chat_template.jinja");
+        let jinja = if jinja.exists() {
+            Some(crate::files::read_regular_to_string(&jinja)?)
+        } else {
+            None
+        };
+        let gen = read_json(&dir.join("generation_config.json"))?;
+        Tok::from_json(&path, json, &cfg_path, cfg, jinja, gen)
+    }
+
+    /// The tokenizer a GGUF file carries, or None when it has none.
+    pub fn from_gguf(g: &super::gguf::GgufFile) -> Result<Option<Tok>> {
+        let Some((json, cfg, gen)) = super::gguf::tokenizer::hf_files(g)? else {
+            return Ok(None);
+        };
+        Tok::from_json(&g.path, json, &g.path, cfg, None, Some(gen)).map(Some)
+    }
+
+    /// A tokenizer from the contents of tokenizer.json, tokenizer_config.json,
+    /// chat_template.jinja and generation_config.json (`path` and `cfg_path` are named in
+    /// errors).
+    pub fn from_json(
+        path: &Path,
+        mut json: Value,
+        cfg_path: &Path,
+        cfg: Value,
+        jinja: Option<String>,
+        gen: Option<Value>,
+    ) -> Result<Tok> {
+        let path = path.to_path_buf();
         sanitize(&path, &mut json)?;
         let inner = guard(&path, "load", || {
             serde_json::from_value::<tokenizers::Tokenizer>(json)
                 .map_err(|e| format!("cannot load tokenizer: {e}"))
         })?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
         let lookup = |field: &str| -> Result<Option<(String, u32)>> {
             match token_str(cfg.get(field)) {
                 None => Ok(None),
                 Some(s) => match inner.token_to_id(&s) {
                     Some(id) => Ok(Some((s, id))),
                     None => Err(Error::file(
-                        &cfg_path,
+                        cfg_path,
                         format!(
                             "field `{field}`: token {s:?} is not in tokenizer.json's vocabulary"
                         ),
@@ -227,18 +269,8 @@ impl Tok {
                 .map(String::from),
             _ => None,
         };
-        // chat_template.jinja (transformers 5 writes it) takes priority, as in transformers
-        let jinja = dir.join("chat_template.jinja");
-        let chat_template = if jinja.exists() {
-            Some(crate::files::read_regular_to_string(&jinja)?)
-        } else {
-            chat_template
-        };
-        let gen_path = dir.join("generation_config.json");
-        let mut eos_ids: Vec<u32> = match read_json(&gen_path)?
-            .as_ref()
-            .and_then(|g| g.get("eos_token_id"))
-        {
+        let chat_template = jinja.or(chat_template);
+        let mut eos_ids: Vec<u32> = match gen.as_ref().and_then(|g| g.get("eos_token_id")) {
             Some(Value::Array(a)) => a
                 .iter()
                 .filter_map(|x| x.as_u64().map(|n| n as u32))

@@ -19,6 +19,9 @@ pub struct Checkpoint {
     files: Vec<(PathBuf, Mmap)>,
     /// tensor name -> index into `files`
     index: HashMap<String, usize>,
+    /// A GGUF file instead of safetensors: tensors come from it under their Hugging Face
+    /// names, dequantized on load.
+    gguf: Option<Box<super::gguf::GgufFile>>,
 }
 
 fn map(path: &Path) -> Result<Mmap> {
@@ -49,6 +52,9 @@ fn header_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
 impl Checkpoint {
     /// Open every weight file of a model directory and validate the headers.
     pub fn open(dir: &Path) -> Result<Checkpoint> {
+        if super::gguf::is_gguf(dir) {
+            return Ok(Checkpoint::from_gguf(super::gguf::GgufFile::open(dir)?));
+        }
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let names: Vec<PathBuf> = if index_path.exists() {
@@ -100,7 +106,21 @@ impl Checkpoint {
             }
             files.push((path, m));
         }
-        Ok(Checkpoint { files, index })
+        Ok(Checkpoint {
+            files,
+            index,
+            gguf: None,
+        })
+    }
+
+    /// A checkpoint reading the tensors of an open GGUF file.
+    pub fn from_gguf(g: super::gguf::GgufFile) -> Checkpoint {
+        let index = g.hf_names().into_iter().map(|n| (n, 0)).collect();
+        Checkpoint {
+            files: vec![],
+            index,
+            gguf: Some(Box::new(g)),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -132,6 +152,9 @@ impl Checkpoint {
         keep_16bit: bool,
         why: &str,
     ) -> Result<Tensor> {
+        if let Some(g) = &self.gguf {
+            return g.load(name, shape, device, keep_16bit, why);
+        }
         let Some((path, m, view)) = self.view(name)? else {
             let dir = self.files[0].0.parent().unwrap_or(Path::new("."));
             return Err(Error::file(dir, format!("tensor `{name}` is missing from the checkpoint (expected shape {shape:?}{why})")));
@@ -189,6 +212,13 @@ impl Checkpoint {
 
     /// Any float or integer tensor on the CPU, as stored (for references and tests).
     pub fn load_any(&self, name: &str) -> Result<Tensor> {
+        if let Some(g) = &self.gguf {
+            let t = g
+                .tensor(&super::gguf::names::gguf_name(name).unwrap_or_default())
+                .ok_or_else(|| Error::invalid("checkpoint", format!("no tensor `{name}`")))?
+                .shape();
+            return g.load(name, &t, Device::Cpu, false, "");
+        }
         let (path, _, view) = self
             .view(name)?
             .ok_or_else(|| Error::invalid("checkpoint", format!("no tensor `{name}`")))?;
@@ -247,5 +277,6 @@ pub fn open_file(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint {
         files: vec![(path.to_path_buf(), m)],
         index,
+        gguf: None,
     })
 }

@@ -65,30 +65,7 @@ pub fn estimate(cfg: &Config, trainable: u64, lora: bool, rows: u64, t: u64) -> 
     }
 }
 
-/// Memory the operating system can give this process now: Linux's MemAvailable, or
-/// `PONDER_MEMORY_LIMIT` (bytes) where set, for a machine shared with other jobs. `None`
-/// where neither can be read (another OS), and then nothing is refused.
-pub fn available() -> Option<u64> {
-    if let Some(v) = std::env::var("PONDER_MEMORY_LIMIT")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(v);
-    }
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Bytes in GiB, or MiB under one GiB, for messages.
-pub fn gib(b: u64) -> String {
-    if b >= 1 << 30 {
-        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-    }
-}
+pub use crate::util::{available, gib};
 
 /// Refuse a run whose estimate is over `available` bytes, naming the parts and the flags
 /// that shrink them. `what` names the run for the message.

@@ -51,6 +51,9 @@ impl KeyHasher {
     }
     /// Every weight file and the tokenizer of a model directory.
     pub fn model_dir(&mut self, dir: &Path) -> Result<&mut Self> {
+        if crate::model::gguf::is_gguf(dir) {
+            return self.file(dir);
+        }
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))

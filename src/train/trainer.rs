@@ -240,7 +240,11 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             } else {
                 let mut key = KeyHasher::default();
                 key.model_dir(&ref_dir)?;
-                key.file(&args.model.join("tokenizer.json"))?;
+                if !crate::model::gguf::is_gguf(&args.model) {
+                    key.file(&args.model.join("tokenizer.json"))?;
+                } else {
+                    key.model_dir(&args.model)?;
+                }
                 key.pairs(pairs);
                 key.bytes(format!("{trunc:?}").as_bytes());
                 let key = key.finish();
@@ -448,12 +452,8 @@ fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
             .as_bytes(),
     )?;
     // the tokenizer travels with the adapter, as PEFT users expect
-    for f in crate::model::save::TOKENIZER_FILES {
-        let p = args.model.join(f);
-        if p.exists() {
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-            crate::files::write_atomic(&args.out.join(f), &bytes)?;
-        }
+    for (f, bytes) in crate::model::save::tokenizer_files(&args.model)? {
+        crate::files::write_atomic(&args.out.join(f), &bytes)?;
     }
     Ok(())
 }

@@ -1,0 +1,440 @@
+//! GGUF in and out on models and blocks made for the purpose (the real checkpoint is in
+//! tests/real_model.rs): every ggml block type against gguf-py's dequantizer, Llama (GQA,
+//! q/k interleave) and Qwen2 (biases, tied head) through HF -> GGUF -> model with
+//! identical logits, a GGUF input to training, a LoRA run's merged model as GGUF, files
+//! read back by gguf-py, and damaged files refused with errors that name what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ponder::model::gguf::{GgmlType, GgufFile};
+use ponder::model::{LoadOpts, Model};
+use ponder::Device;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gguf-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ponder(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (ok, out) = ponder(args);
+    assert!(ok, "ponder {args:?} failed:\n{out}");
+    out
+}
+
+fn load(p: &Path) -> Model {
+    Model::load(
+        p,
+        LoadOpts {
+            device: Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    )
+    .unwrap()
+}
+
+fn logits(m: &Model, ids: &[u32]) -> Vec<f32> {
+    let mut all = Vec::new();
+    m.net
+        .logits_in_chunks(ids, 64, |_, rows| {
+            all.extend(rows);
+            Ok(())
+        })
+        .unwrap();
+    all
+}
+
+#[test]
+fn every_block_type_dequantizes_as_gguf_py_does() {
+    let g = GgufFile::open(&root().join("models/fixtures/gguf/quant_types.gguf")).unwrap();
+    let want = ponder::model::weights::open_file(
+        &root().join("models/fixtures/gguf/quant_types.safetensors"),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for t in &g.header.tensors {
+        let got = g.dequantize(t).unwrap();
+        let w = want.load_any(&t.name).unwrap();
+        assert_eq!(w.shape(), t.shape().as_slice(), "{}", t.name);
+        let w = w.to_vec_f32().unwrap();
+        let bad = got
+            .iter()
+            .zip(&w)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        if let Some(i) = bad {
+            panic!(
+                "{} value {i}: ponder {} vs gguf-py {}",
+                t.name, got[i], w[i]
+            );
+        }
+        assert_eq!(t.ty.name(), t.name);
+        seen.push(t.ty);
+    }
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
+        assert!(seen.contains(&ty), "{} not covered", ty.name());
+    }
+}
+
+/// HF -> GGUF (f32) -> model gives the very same logits, and GGUF -> HF gives back the
+/// very same tensors, for Llama with grouped kv heads (the q/k interleave) and Qwen2 with
+/// biases and a tied head.
+#[test]
+fn hf_gguf_hf_keeps_every_tensor_and_logit() {
+    for fx in ["llama-gqa", "qwen2-tied", "../ponder-tiny/base"] {
+        let src = root().join("models/fixtures").join(fx);
+        let d = tmp(&fx.replace(['/', '.'], "_"));
+        let g = d.join("model.gguf");
+        ok(&[
+            "save",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            g.to_str().unwrap(),
+        ]);
+        let (a, b) = (load(&src), load(&g));
+        assert_eq!(a.cfg.arch, b.cfg.arch);
+        let ids: Vec<u32> = (0..13)
+            .map(|i| (i * 37 + 5) % a.cfg.vocab_size as u32)
+            .collect();
+        let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
+        assert!(
+            la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{fx}: logits differ after HF -> GGUF"
+        );
+        // tokenizer and template survive
+        let (ta, tb) = (a.tokenizer().unwrap(), b.tokenizer().unwrap());
+        let text = "Question: what is 12 plus 30? Answer: 42.";
+        assert_eq!(
+            ta.encode(text, true).unwrap(),
+            tb.encode(text, true).unwrap(),
+            "{fx}"
+        );
+        assert_eq!(ta.chat_template, tb.chat_template, "{fx}");
+        assert_eq!(ta.eos_ids, tb.eos_ids, "{fx}");
+        // and back to a directory, tensor for tensor
+        let back = d.join("back");
+        ok(&[
+            "save",
+            "--model",
+            g.to_str().unwrap(),
+            "--out",
+            back.to_str().unwrap(),
+        ]);
+        let c = load(&back);
+        for ((n1, t1), (n2, t2)) in a
+            .net
+            .named_parameters()
+            .iter()
+            .zip(c.net.named_parameters())
+        {
+            assert_eq!(n1, &n2);
+            assert_eq!(
+                t1.to_vec_f32().unwrap(),
+                t2.to_vec_f32().unwrap(),
+                "{fx}: {n1}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+/// Where gguf-py is importable (`.ci/run` vendors it into target/pyvendor), the files ponder
+/// writes read back in llama.cpp's own reader to the same tensors, tokenizer and template.
+#[test]
+fn gguf_py_reads_back_what_ponder_writes() {
+    let vendor = root().join("target/pyvendor");
+    let probe = Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .env("PYTHONPATH", &vendor)
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = "SKIPPED: python3 with the gguf and numpy packages is unavailable (`.ci/run` installs them into target/pyvendor)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}; CI=true requires them");
+        }
+        eprintln!("{why}");
+        return;
+    }
+    let d = tmp("gguf_py");
+    for fx in ["llama-gqa", "qwen2-tied"] {
+        let src = root().join("models/fixtures").join(fx);
+        for dt in ["f32", "f16", "q8_0"] {
+            let g = d.join(format!("{fx}.{dt}.gguf"));
+            ok(&[
+                "save",
+                "--model",
+                src.to_str().unwrap(),
+                "--out",
+                g.to_str().unwrap(),
+                "--dtype",
+                dt,
+            ]);
+            // f16 weights are compared at f16's resolution; f32 and Q8_0 bit for bit
+            let tol = if dt == "f16" { "2e-3" } else { "0" };
+            let out = Command::new("python3")
+                .arg(root().join("models/reference/check_gguf.py"))
+                .args([
+                    "--gguf",
+                    g.to_str().unwrap(),
+                    "--hf",
+                    src.to_str().unwrap(),
+                    "--tol",
+                    tol,
+                ])
+                .env("PYTHONPATH", &vendor)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "{fx} {dt}: gguf-py disagrees:\n{text}"
+            );
+            assert!(text.contains("ok: gguf-py reads"), "{text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A GGUF model trains like a directory, and a LoRA run's merged model goes out as GGUF.
+#[test]
+fn training_takes_a_gguf_model_and_a_merged_lora_run_saves_as_gguf() {
+    let d = tmp("train");
+    let g = d.join("base.gguf");
+    let src = root().join("models/fixtures/llama-gqa");
+    ok(&[
+        "save",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    let data = root().join("models/fixtures/train/pairs.jsonl");
+    let out = d.join("dpo");
+    ok(&[
+        "dpo",
+        "--model",
+        g.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--lora-r",
+        "4",
+        "--merge-lora",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]);
+    let merged = load(&out);
+    let back = d.join("merged.gguf");
+    ok(&[
+        "save",
+        "--model",
+        out.to_str().unwrap(),
+        "--out",
+        back.to_str().unwrap(),
+    ]);
+    let again = load(&back);
+    let ids = [3u32, 17, 42, 9, 100];
+    let (a, b) = (logits(&merged, &ids), logits(&again, &ids));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "merged model differs as GGUF"
+    );
+    // training moved the weights away from the GGUF base
+    let base = logits(&load(&g), &ids);
+    let moved = a
+        .iter()
+        .zip(&base)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-5, "training from a GGUF model changed nothing");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn save_refuses_an_existing_gguf_file_and_q8_0_for_a_directory() {
+    let d = tmp("refuse");
+    let src = root().join("models/fixtures/llama-gqa");
+    let g = d.join("x.gguf");
+    std::fs::write(&g, b"user data").unwrap();
+    let (okay, out) = ponder(&[
+        "save",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    assert!(!okay && out.contains("already exists"), "{out}");
+    assert_eq!(std::fs::read(&g).unwrap(), b"user data");
+    let (okay, out) = ponder(&[
+        "save",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        d.join("dir").to_str().unwrap(),
+        "--dtype",
+        "q8_0",
+    ]);
+    assert!(!okay && out.contains("GGUF output only"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A small valid GGUF file made by ponder, to damage.
+fn sample(d: &Path) -> Vec<u8> {
+    let g = d.join("s.gguf");
+    ok(&[
+        "save",
+        "--model",
+        root().join("models/fixtures/llama-gqa").to_str().unwrap(),
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    std::fs::read(&g).unwrap()
+}
+
+fn open_err(d: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = d.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    match Model::load(
+        &p,
+        LoadOpts {
+            device: Device::Cpu,
+            keep_16bit: false,
+            trainable: false,
+        },
+    ) {
+        Ok(_) => panic!("{name}: a damaged file loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn damaged_files_are_errors_that_name_what_is_wrong() {
+    let d = tmp("damaged");
+    let good = sample(&d);
+    // truncated inside the data: the error names a tensor
+    let e = open_err(&d, "trunc.gguf", &good[..good.len() - 100]);
+    assert!(e.contains("truncated") && e.contains("tensor `"), "{e}");
+    // truncated inside the header
+    let e = open_err(&d, "short.gguf", &good[..40]);
+    assert!(e.contains("truncated"), "{e}");
+    // a tensor count no file could hold: refused before anything is allocated
+    let mut huge = good.clone();
+    huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let e = open_err(&d, "count.gguf", &huge);
+    assert!(e.contains("tensor count"), "{e}");
+    // a string length past the end
+    let mut long = good.clone();
+    long[24..32].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let e = open_err(&d, "strlen.gguf", &long);
+    assert!(e.contains("bytes left"), "{e}");
+    // version 1, big-endian, and not GGUF at all
+    let mut v1 = good.clone();
+    v1[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(open_err(&d, "v1.gguf", &v1).contains("version 1"));
+    let mut be = good.clone();
+    be[4..8].copy_from_slice(&3u32.to_be_bytes());
+    assert!(open_err(&d, "be.gguf", &be).contains("big-endian"));
+    assert!(open_err(&d, "text.gguf", b"not a model at all").contains("not a GGUF file"));
+    // an architecture and a tensor type ponder does not read are named
+    let arch = String::from_utf8_lossy(&good).find("llama").unwrap();
+    let mut other = good.clone();
+    other[arch..arch + 5].copy_from_slice(b"gemma");
+    let e = open_err(&d, "arch.gguf", &other);
+    assert!(e.contains("`gemma`") && e.contains("not supported"), "{e}");
+    let g = GgufFile::open(&d.join("s.gguf")).unwrap();
+    let first = &g.header.tensors[0];
+    let name = first.name.as_bytes();
+    let at = good.windows(name.len()).position(|w| w == name).unwrap();
+    // the type id follows the name, the dim count and the dims
+    let ty_at = at + name.len() + 4 + 8 * first.dims.len();
+    let mut iq = good.clone();
+    iq[ty_at..ty_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    let e = open_err(&d, "iq.gguf", &iq);
+    assert!(e.contains("IQ2_XXS") && e.contains(&first.name), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Random damage anywhere in a file never panics or aborts: every case is Ok or an error.
+#[test]
+fn random_damage_never_panics() {
+    let d = tmp("fuzz");
+    let good = sample(&d);
+    let p = d.join("f.gguf");
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..300 {
+        let mut b = good.clone();
+        let header_end = 2000.min(b.len());
+        for _ in 0..(1 + next() % 4) {
+            let i = (next() as usize) % header_end;
+            b[i] = next() as u8;
+        }
+        if next() % 5 == 0 {
+            b.truncate((next() as usize) % b.len());
+        }
+        std::fs::write(&p, &b).unwrap();
+        let _ = Model::load(
+            &p,
+            LoadOpts {
+                device: Device::Cpu,
+                keep_16bit: false,
+                trainable: false,
+            },
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
