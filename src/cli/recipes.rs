@@ -8,6 +8,9 @@ use super::device;
 
 #[derive(clap::Args)]
 pub(crate) struct SelfTrainArgs {
+    /// Column names of data whose fields are not named as ponder's.
+    #[command(flatten)]
+    pub(crate) fields: ponder::train::data::FieldArgs,
     /// The SFT model round 1 starts from.
     #[arg(long)]
     pub(crate) model: PathBuf,
@@ -67,6 +70,9 @@ pub(crate) struct SelfTrainArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct ThinkPoArgs {
+    /// Column names of data whose fields are not named as ponder's.
+    #[command(flatten)]
+    pub(crate) fields: ponder::train::data::FieldArgs,
     /// The long-CoT SFT model (policy and reference).
     #[arg(long)]
     pub(crate) model: PathBuf,
@@ -124,6 +130,9 @@ pub(crate) struct ThinkPoArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct TpoArgs {
+    /// Column names of data whose fields are not named as ponder's.
+    #[command(flatten)]
+    pub(crate) fields: ponder::train::data::FieldArgs,
     /// The model to train (and sample from).
     #[arg(long)]
     pub(crate) model: PathBuf,
@@ -194,6 +203,7 @@ pub(crate) struct TpoArgs {
 }
 
 pub(crate) fn self_train_cmd(a: SelfTrainArgs) -> Result<bool> {
+    a.fields.install()?;
     use ponder::recipes::self_train::{run, SelfTrainOpts};
     let d = SelfTrainOpts::default();
     let o = SelfTrainOpts {
@@ -248,6 +258,7 @@ pub(crate) fn self_train_cmd(a: SelfTrainArgs) -> Result<bool> {
 }
 
 pub(crate) fn thinkpo_cmd(a: ThinkPoArgs) -> Result<bool> {
+    a.fields.install()?;
     use ponder::recipes::thinkpo::{run, ThinkPoOpts};
     let d = ThinkPoOpts::default();
     let o = ThinkPoOpts {
@@ -298,6 +309,7 @@ pub(crate) fn thinkpo_cmd(a: ThinkPoArgs) -> Result<bool> {
 }
 
 pub(crate) fn tpo_cmd(a: TpoArgs) -> Result<bool> {
+    a.fields.install()?;
     use ponder::recipes::tpo::{run, JudgeKind, ThoughtTemplate, TpoOpts};
     let template = match a.template.as_str() {
         "generic" => ThoughtTemplate::generic(),

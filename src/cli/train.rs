@@ -4,6 +4,7 @@ use ponder::train::trainer::{Mode, TrainArgs};
 use ponder::Result;
 
 pub(crate) fn train_cmd(mode: Mode, a: TrainArgs) -> Result<bool> {
+    a.fields.install()?;
     let s = ponder::train::trainer::train(mode, &a)?;
     eprintln!(
         "done: {} steps, final loss {:.6}, reference forwards {}{}",

@@ -11,6 +11,9 @@ use super::{device, frozen, Format};
 
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
+    /// Column names of data whose fields are not named as ponder's.
+    #[command(flatten)]
+    pub(crate) fields: ponder::train::data::FieldArgs,
     /// {"prompt"|"question", "answer"} JSONL (a GSM8K-style answer field yields its `#### N`).
     #[arg(long)]
     pub(crate) data: PathBuf,
@@ -123,6 +126,7 @@ pub(crate) enum DataCmd {
 }
 
 pub(crate) fn eval_cmd(a: EvalArgs) -> Result<bool> {
+    a.fields.install()?;
     use ponder::recipes::{data, eval};
     if let Some(out) = &a.out {
         let mut inputs = vec![("--data", a.data.as_path())];

@@ -98,7 +98,10 @@ pub fn normalize(s: &str) -> String {
 /// Gold answer from a dataset's `answer` field.
 ///
 /// A GSM8K-style field (rationale, then `#### N`) yields `N` (the first line
-/// after the last `####`); anything else is returned whole, trimmed.
+/// after the last `####`). A number given with its unit (`9 apples`,
+/// `$1,234.50`, `6 (dollars)`) yields the number, when the words after it hold
+/// no digit (`3:30 p.m.`, `1st`, `2 1/2 cups` stay whole). Anything else is
+/// returned whole, trimmed.
 pub fn gold_answer(field: &str) -> String {
     let tail = field
         .rfind("####")
@@ -106,7 +109,16 @@ pub fn gold_answer(field: &str) -> String {
         .and_then(|rest| rest.lines().next())
         .map(str::trim)
         .filter(|line| !line.is_empty());
-    tail.unwrap_or(field.trim()).to_string()
+    let t = tail.unwrap_or(field.trim());
+    if parse_number(&normalize(t)).is_none() {
+        if let Some(n) = leading_number(t) {
+            let rest = &t[n.len()..];
+            if !rest.trim().is_empty() && !rest.bytes().any(|c| c.is_ascii_digit()) {
+                return n.trim_end_matches(',').to_string();
+            }
+        }
+    }
+    t.to_string()
 }
 
 /// Whether a predicted answer (already extracted) equals the gold one.
@@ -728,6 +740,24 @@ mod tests {
         assert_eq!(gold_answer("\\frac{3}{4}"), "\\frac{3}{4}");
         assert_eq!(gold_answer("rationale\n#### 1,000\n"), "1,000");
         assert_eq!(gold_answer("broken ####"), "broken ####");
+        // numbers with their units (ASDiv writes answers so)
+        for (field, want) in [
+            ("9 apples", "9"),
+            ("15 balls", "15"),
+            ("$1,234.50", "$1,234.50"),
+            ("$1,234.50 in all", "$1,234.50"),
+            ("6 (dollars)", "6"),
+            ("12.5 cm", "12.5"),
+            ("3:30 p.m.", "3:30 p.m."),
+            ("1st", "1st"),
+            ("2 1/2 cups", "2 1/2 cups"),
+            ("Yes", "Yes"),
+            ("5:6", "5:6"),
+        ] {
+            assert_eq!(gold_answer(field), want, "{field:?}");
+        }
+        assert!(answers_match("1234.5", &gold_answer("$1,234.50")));
+        assert!(answers_match("9", &gold_answer("9 apples")));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
 
 /// Read `{"completion"}` lines (line i answers example i).
 pub fn read_predictions(path: &Path) -> Result<Vec<String>> {
-    crate::train::data::read_jsonl(path)?
+    crate::train::data::read_jsonl_own(path)?
         .into_iter()
         .map(|(line, o)| text_field(path, line, &o, &["completion"]))
         .collect()

@@ -284,7 +284,7 @@ fn positives_rows(ps: &[Positive]) -> Vec<Value> {
 }
 
 fn read_positives(path: &std::path::Path) -> Result<Vec<Positive>> {
-    crate::train::data::read_jsonl(path)?
+    crate::train::data::read_jsonl_own(path)?
         .into_iter()
         .map(|(line, o)| {
             let bad = || Error::file(path, format!("line {line}: not a positives line"));

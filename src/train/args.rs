@@ -125,6 +125,9 @@ pub struct TrainArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Column names of data whose fields are not named as ponder's.
+    #[command(flatten)]
+    pub fields: super::data::FieldArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

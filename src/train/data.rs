@@ -94,7 +94,12 @@ enum Field {
 }
 
 fn err(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
-    Error::file(path, format!("line {line}: {msg}"))
+    let unit = if super::parquet::is_parquet(path) {
+        "row"
+    } else {
+        "line"
+    };
+    Error::file(path, format!("{unit} {line}: {msg}"))
 }
 
 fn field(
@@ -122,10 +127,157 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Val
 }
 
 /// One line of a JSONL file: its number, its object, and its text as written.
-pub type JsonlLine = (usize, serde_json::Map<String, Value>, String);
+pub type JsonlLine = super::parquet::Record;
 
-/// [`read_jsonl`], with each object's line as written (for a number's exact text).
+/// The user's column names for ponder's fields (`--question-field passage,question`),
+/// for data whose columns are not named as ponder's. Several columns are joined with a
+/// space, in the order given.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct FieldArgs {
+    /// Column(s) holding the prompt (comma-separated columns are joined with a space).
+    #[arg(long)]
+    pub prompt_field: Option<String>,
+    /// Column(s) holding the question (eval and recipe data).
+    #[arg(long)]
+    pub question_field: Option<String>,
+    /// Column holding the gold answer (a number with a unit, "9 apples", yields 9).
+    #[arg(long)]
+    pub answer_field: Option<String>,
+    /// Column holding the SFT completion.
+    #[arg(long)]
+    pub completion_field: Option<String>,
+    /// Column holding the chosen completion (DPO).
+    #[arg(long)]
+    pub chosen_field: Option<String>,
+    /// Column holding the rejected completion (DPO).
+    #[arg(long)]
+    pub rejected_field: Option<String>,
+    /// Column holding a conversation (a list of {role, content}).
+    #[arg(long)]
+    pub messages_field: Option<String>,
+}
+
+static FIELD_MAP: std::sync::RwLock<Vec<(String, Vec<String>)>> =
+    std::sync::RwLock::new(Vec::new());
+
+impl FieldArgs {
+    /// Use these names for every data file this process reads.
+    pub fn install(&self) -> Result<()> {
+        let mut map = Vec::new();
+        for (field, cols) in [
+            ("prompt", &self.prompt_field),
+            ("question", &self.question_field),
+            ("answer", &self.answer_field),
+            ("completion", &self.completion_field),
+            ("chosen", &self.chosen_field),
+            ("rejected", &self.rejected_field),
+            ("messages", &self.messages_field),
+        ] {
+            if let Some(c) = cols {
+                let cols: Vec<String> = c.split(',').map(|x| x.trim().to_string()).collect();
+                if cols.iter().any(|x| x.is_empty()) {
+                    return Err(Error::invalid(
+                        "data",
+                        format!("--{field}-field {c:?}: an empty column name"),
+                    ));
+                }
+                map.push((field.to_string(), cols));
+            }
+        }
+        *FIELD_MAP.write().unwrap_or_else(|e| e.into_inner()) = map;
+        Ok(())
+    }
+}
+
+/// Rename the user's columns to ponder's fields in one record (see [`FieldArgs`]).
+fn apply_field_map(
+    path: &Path,
+    line: usize,
+    o: &mut serde_json::Map<String, Value>,
+    raw: &str,
+) -> Result<bool> {
+    let map = FIELD_MAP.read().unwrap_or_else(|e| e.into_inner());
+    if map.is_empty() {
+        return Ok(false);
+    }
+    let mut moved = Vec::new();
+    for (field, cols) in map.iter() {
+        let mut parts = Vec::new();
+        for c in cols {
+            match o.get(c) {
+                None | Some(Value::Null) => {
+                    return Err(err(
+                        path,
+                        line,
+                        format!("column `{c}` (named by --{field}-field) is missing"),
+                    ))
+                }
+                // a number keeps its text as written (1e20 stays 1e20)
+                Some(Value::Number(n)) => {
+                    let exact = serde_json::from_str::<
+                        std::collections::HashMap<String, &serde_json::value::RawValue>,
+                    >(raw)
+                    .ok()
+                    .and_then(|m| m.get(c).map(|r| r.get().trim().to_string()));
+                    parts.push(Value::String(exact.unwrap_or_else(|| n.to_string())));
+                }
+                Some(v) => parts.push(v.clone()),
+            }
+        }
+        let v = if parts.len() == 1 {
+            parts.pop().expect("one part")
+        } else {
+            let mut text = Vec::new();
+            for (c, p) in cols.iter().zip(&parts) {
+                match p {
+                    Value::String(s) => text.push(s.trim().to_string()),
+                    other => {
+                        return Err(err(
+                            path,
+                            line,
+                            format!("column `{c}` is {other}, not text: only text columns can be joined (--{field}-field)"),
+                        ))
+                    }
+                }
+            }
+            Value::String(text.join(" "))
+        };
+        moved.push((field.clone(), cols.clone(), v));
+    }
+    for (field, cols, v) in moved {
+        for c in &cols {
+            o.remove(c);
+        }
+        o.insert(field, v);
+    }
+    Ok(true)
+}
+
+/// [`read_jsonl`] of a file ponder wrote itself (predictions, a run's own records): the
+/// `--*-field` names, meant for the user's data, do not apply.
+pub fn read_jsonl_own(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    Ok(read_records(path)?
+        .into_iter()
+        .map(|(line, o, _)| (line, o))
+        .collect())
+}
+
+/// [`read_jsonl`], with each object's line as written (for a number's exact text). A
+/// `.parquet` file is read as rows of the same objects. The `--*-field` names apply.
 pub fn read_jsonl_lines(path: &Path) -> Result<Vec<JsonlLine>> {
+    let mut rows = read_records(path)?;
+    for (line, o, text) in rows.iter_mut() {
+        if apply_field_map(path, *line, o, text)? {
+            *text = serde_json::to_string(o).unwrap_or_default();
+        }
+    }
+    Ok(rows)
+}
+
+fn read_records(path: &Path) -> Result<Vec<JsonlLine>> {
+    if super::parquet::is_parquet(path) {
+        return super::parquet::read_rows(path);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
@@ -300,9 +452,11 @@ pub fn load_pairs(path: &Path, tok: &Tok, t: &Truncation) -> Result<(Vec<Pair>, 
     let eos = eos_of(tok)?;
     let mut stats = DataStats::default();
     let mut out = Vec::new();
+    // a Parquet dataset's other columns (ids, sources) are normal; a JSONL line's are typos
+    let strict = !super::parquet::is_parquet(path);
     for (line, o) in read_jsonl(path)? {
         for k in o.keys() {
-            if !["prompt", "chosen", "rejected"].contains(&k.as_str()) {
+            if strict && !["prompt", "chosen", "rejected"].contains(&k.as_str()) {
                 return Err(err(
                     path,
                     line,
