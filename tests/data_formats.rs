@@ -181,28 +181,48 @@ fn eval_joins_columns_and_reads_numbers_with_units() {
         .collect();
     assert_eq!(rows[0]["gold"], "9");
     assert_eq!(rows[3]["gold"], "3:30 p.m.");
-    // the same mapping over JSONL, with a numeric answer column kept as written
-    let jl = d.join("q.jsonl");
-    std::fs::write(
-        &jl,
-        "{\"problem\":\"What is 1e20 plus 0?\",\"solution\":1e20}\n",
-    )
-    .unwrap();
-    let p2 = d.join("p2.jsonl");
-    std::fs::write(&p2, "{\"completion\":\"The answer is 1e20\"}\n").unwrap();
-    let (ok, log) = ponder(&[
-        "eval",
-        "--data",
-        jl.to_str().unwrap(),
-        "--predictions",
-        p2.to_str().unwrap(),
-        "--question-field",
-        "problem",
-        "--answer-field",
-        "solution",
-        "--format",
-        "json",
-    ]);
+    // numbers keep their text as written, mapped (`solution`) or not (`answer`): read as
+    // an f64, a 24-digit integer would come back as 1.2345678901234568e23 and never match
+    let eval = |data: &str, pred: &str, extra: &[&str]| -> (bool, String) {
+        let (jl, p) = (d.join("q.jsonl"), d.join("p.jsonl"));
+        std::fs::write(&jl, format!("{data}\n")).unwrap();
+        std::fs::write(&p, format!("{{\"completion\":\"The answer is {pred}\"}}\n")).unwrap();
+        let mut args = vec![
+            "eval",
+            "--data",
+            jl.to_str().unwrap(),
+            "--predictions",
+            p.to_str().unwrap(),
+        ];
+        args.extend(["--question-field", "problem", "--format", "json"]);
+        args.extend(extra);
+        ponder(&args)
+    };
+    let big = "123456789012345678901234";
+    let near = "123456789012345678901235";
+    let mapped = format!("{{\"problem\":\"What is it?\",\"solution\":{big},\"answer\":1}}");
+    for (pred, acc) in [(big, "1.0"), (near, "0.0")] {
+        let (ok, log) = eval(&mapped, pred, &["--answer-field", "solution"]);
+        assert!(
+            ok && log.contains(&format!("\"accuracy\":{acc}")),
+            "mapped {pred}: {log}"
+        );
+    }
+    let unmapped = format!("{{\"problem\":\"What is it?\",\"answer\":{big}}}");
+    for (pred, acc) in [(big, "1.0"), (near, "0.0")] {
+        let (ok, log) = eval(&unmapped, pred, &[]);
+        assert!(
+            ok && log.contains(&format!("\"accuracy\":{acc}")),
+            "unmapped {pred}: {log}"
+        );
+    }
+    // a column named by one flag and another's field: swapped names lose nothing
+    let swapped = "{\"problem\":\"Q?\",\"answer\":\"not the gold\",\"final\":\"42\"}";
+    let (ok, log) = eval(
+        swapped,
+        "42",
+        &["--answer-field", "final", "--completion-field", "answer"],
+    );
     assert!(ok && log.contains("\"accuracy\":1.0"), "{log}");
     let _ = std::fs::remove_dir_all(&d);
 }

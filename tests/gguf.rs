@@ -158,6 +158,11 @@ fn hf_gguf_hf_keeps_every_tensor_and_logit() {
             back.to_str().unwrap(),
         ]);
         let c = load(&back);
+        assert_eq!(
+            a.net.named_parameters().len(),
+            c.net.named_parameters().len(),
+            "{fx}"
+        );
         for ((n1, t1), (n2, t2)) in a
             .net
             .named_parameters()
@@ -416,11 +421,20 @@ fn random_damage_never_panics() {
         state ^= state << 17;
         state
     };
-    for _ in 0..300 {
+    // half the cases hit the metadata, half the tensor table (names, dims, types, offsets)
+    let g = GgufFile::open(&d.join("s.gguf")).unwrap();
+    let first = g.header.tensors[0].name.as_bytes();
+    let table = good.windows(first.len()).position(|w| w == first).unwrap() - 8;
+    let data = g.header.data_start as usize;
+    for case in 0..400 {
         let mut b = good.clone();
-        let header_end = 2000.min(b.len());
+        let (lo, hi) = if case % 2 == 0 {
+            (0, table)
+        } else {
+            (table, data)
+        };
         for _ in 0..(1 + next() % 4) {
-            let i = (next() as usize) % header_end;
+            let i = lo + (next() as usize) % (hi - lo);
             b[i] = next() as u8;
         }
         if next() % 5 == 0 {
@@ -436,5 +450,58 @@ fn random_damage_never_panics() {
             },
         );
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A finite f32 weight beyond f16's range is refused, not written as inf; the same weight
+/// saves as f32. A tokenizer larger than the embedding cannot go to GGUF.
+#[test]
+fn values_beyond_f16_are_refused_when_saving_f16_or_q8_0() {
+    use ponder::model::gguf::write::{gguf_bytes, WeightType};
+    let m = load(&root().join("models/fixtures/llama-gqa"));
+    let (name, p) = m.net.named_parameters()[2].clone();
+    let n = p.shape().iter().product::<usize>();
+    let big: Vec<f32> = (0..n)
+        .map(|i| {
+            if i == 7 {
+                1.0e7
+            } else {
+                0.01 * (i % 13) as f32
+            }
+        })
+        .collect();
+    p.assign_(
+        &ponder::Tensor::from_cpu_data(ponder::tensor::CpuData::F32(big), p.shape()).unwrap(),
+    )
+    .unwrap();
+    for wt in [WeightType::F16, WeightType::Q8_0] {
+        let e = gguf_bytes(&m.net, m.tok.as_ref(), wt)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&name) && e.contains("overflow"), "{wt:?}: {e}");
+    }
+    assert!(gguf_bytes(&m.net, m.tok.as_ref(), WeightType::F32).is_ok());
+}
+
+/// Every pre-tokenizer name ponder maps splits text the way its tokenizer.json says, and
+/// writing the tokenizer back names the same pre-tokenizer.
+#[test]
+fn pre_tokenizer_names_round_trip() {
+    let d = tmp("pre");
+    let src = root().join("models/fixtures/llama-gqa");
+    let g = d.join("m.gguf");
+    ok(&[
+        "save",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        g.to_str().unwrap(),
+    ]);
+    let f = GgufFile::open(&g).unwrap();
+    // the fixture's plain ByteLevel tokenizer is llama.cpp's `gpt-2`
+    assert_eq!(
+        f.meta("tokenizer.ggml.pre").and_then(|v| v.as_str()),
+        Some("gpt-2")
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -310,6 +310,7 @@ fn gguf_hf_gguf_round_trips_bit_exact_in_f32_and_f16() {
         ponder(&["save", "--model", &s(&hf), "--out", &s(&b), "--dtype", dt]);
         let (ta, tb) = (tensors(&a), tensors(&b));
         assert_eq!(ta.len(), 272);
+        assert_eq!(tb.len(), 272);
         for (x, y) in ta.iter().zip(&tb) {
             assert_eq!((&x.0, &x.1, &x.2), (&y.0, &y.1, &y.2));
             assert!(
@@ -355,4 +356,37 @@ fn gguf_hf_gguf_round_trips_bit_exact_in_f32_and_f16() {
         let _ = std::fs::remove_dir_all(&hf);
     }
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The acceptance command, as a user types it.
+#[test]
+fn generate_from_the_gguf_answers_as_transformers_does() {
+    let Some(g) = real_gguf("generate_cli") else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args([
+            "generate",
+            "--model",
+            g.to_str().unwrap(),
+            "--chat",
+            "--prompt",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // transformers' greedy answer on the same weights (reference.json, chats[0])
+    let want = reference()["chats"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(text.trim(), want.trim());
 }

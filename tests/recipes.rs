@@ -131,6 +131,79 @@ fn self_train_and_dpo_st_run_and_resume() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// An instruct model as people have it: a GGUF file, questions asked through its chat
+/// template (`--chat`); each round records the seconds of every phase.
+#[test]
+fn self_train_takes_a_gguf_model_and_asks_through_the_chat_template() {
+    let d = tmp("st-chat");
+    let data = data(&d);
+    let gguf = d.join("sft-short.gguf");
+    ponder(&[
+        "save",
+        "--model",
+        models().join("sft-short").to_str().unwrap(),
+        "--out",
+        gguf.to_str().unwrap(),
+    ]);
+    let out = d.join("run");
+    let text = ponder(&[
+        "self-train",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--data",
+        data.join("train-short.jsonl").to_str().unwrap(),
+        "--eval-data",
+        data.join("test-short.jsonl").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--limit",
+        "6",
+        "--eval-limit",
+        "4",
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "60",
+        "--chat",
+        "--quiet",
+    ]);
+    assert!(text.contains("round 1: accuracy"), "{text}");
+    let r = rounds(&out);
+    for k in [
+        "seconds_sample_dpo",
+        "seconds_sample_sft",
+        "seconds_sft",
+        "seconds_eval",
+    ] {
+        assert!(r[0][k].as_f64().is_some(), "{k} missing: {}", r[0]);
+    }
+    let start: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("start.json")).unwrap()).unwrap();
+    assert!(start["seconds_eval"].as_f64().is_some());
+    // the prompts sampled from were rendered by the chat template
+    let pairs = std::fs::read_to_string(out.join("round-1/pairs.jsonl")).unwrap_or_default();
+    let positives = std::fs::read_to_string(out.join("round-1/positives.jsonl")).unwrap();
+    // <|im_start|> is id 1 in ponder-tiny's vocabulary: every positive's prompt opens with it
+    let starts: Vec<u64> = positives
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ids"][0]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        pairs.contains("<|im_start|>user")
+            || (!starts.is_empty() && starts.iter().all(|&i| i == 1)),
+        "no chat-rendered prompt in the round's pairs or positives:\n{pairs}\n{positives}"
+    );
+    assert!(out.join("round-1/model/model.safetensors").exists());
+    assert!(out.join("round-1/model/tokenizer.json").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn thinkpo_runs_from_a_short_model_or_a_short_file() {
     let d = tmp("thinkpo");

@@ -29,6 +29,9 @@ pub(crate) struct SelfTrainArgs {
     /// Plain self-training (the paper's baseline): no DPO step.
     #[arg(long)]
     pub(crate) no_dpo: bool,
+    /// Ask each question as a user message in the model's chat template (instruct models).
+    #[arg(long)]
+    pub(crate) chat: bool,
     /// Samples per question.
     #[arg(long, default_value_t = 5)]
     pub(crate) k: usize,
@@ -240,6 +243,7 @@ pub(crate) fn self_train_cmd(a: SelfTrainArgs) -> Result<bool> {
         limit: a.limit,
         eval_limit: a.eval_limit,
         eval_max_new_tokens: a.max_new_tokens,
+        chat: a.chat,
         device: device(a.device)?,
         resume: a.resume,
         quiet: a.quiet,

@@ -51,7 +51,15 @@ impl Model {
     pub(crate) fn load_any(dir: &Path, cfg: Config, opts: LoadOpts) -> Result<Model> {
         if gguf::is_gguf(dir) {
             let g = gguf::GgufFile::open(dir)?;
-            let tok = Tok::from_gguf(&g)?;
+            // a model whose tokenizer ponder cannot build still loads (save to a directory,
+            // logits from ids); commands that need the tokenizer stop with the reason
+            let tok = match Tok::from_gguf(&g) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("note: {e}");
+                    None
+                }
+            };
             let ckpt = weights::Checkpoint::from_gguf(g);
             let net = Transformer::load(&cfg, &ckpt, opts)?;
             return Ok(Model {
@@ -78,6 +86,12 @@ impl Model {
 
     /// The tokenizer, or an error naming the missing file.
     pub fn tokenizer(&self) -> Result<&Tok> {
+        if self.tok.is_none() && gguf::is_gguf(&self.dir) {
+            return Err(crate::error::Error::file(
+                &self.dir,
+                "this command needs the model's tokenizer, which ponder cannot build from this GGUF file (the note above says why)",
+            ));
+        }
         self.tok.as_ref().ok_or_else(|| {
             crate::error::Error::file(
                 self.dir.join("tokenizer.json"),

@@ -99,9 +99,10 @@ pub fn normalize(s: &str) -> String {
 ///
 /// A GSM8K-style field (rationale, then `#### N`) yields `N` (the first line
 /// after the last `####`). A number given with its unit (`9 apples`,
-/// `$1,234.50`, `6 (dollars)`) yields the number, when the words after it hold
-/// no digit (`3:30 p.m.`, `1st`, `2 1/2 cups` stay whole). Anything else is
-/// returned whole, trimmed.
+/// `$1,234.50`, `6 (dollars)`) yields the number, when what follows is words:
+/// a letter or `(` first, then no digit, backslash or operator, and more than one
+/// letter (`3:30 p.m.`, `1st`, `2 1/2 cups`, `2 \pi`, `1 - i`, `2 x` stay whole).
+/// Anything else is returned whole, trimmed.
 pub fn gold_answer(field: &str) -> String {
     let tail = field
         .rfind("####")
@@ -112,8 +113,16 @@ pub fn gold_answer(field: &str) -> String {
     let t = tail.unwrap_or(field.trim());
     if parse_number(&normalize(t)).is_none() {
         if let Some(n) = leading_number(t) {
-            let rest = &t[n.len()..];
-            if !rest.trim().is_empty() && !rest.bytes().any(|c| c.is_ascii_digit()) {
+            let rest = t[n.len()..].trim();
+            let words = rest
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '(')
+                && rest.chars().filter(|c| c.is_alphabetic()).count() > 1
+                && !rest
+                    .chars()
+                    .any(|c| c.is_ascii_digit() || "\\+-*/^<>=".contains(c));
+            if words {
                 return n.trim_end_matches(',').to_string();
             }
         }
@@ -123,15 +132,26 @@ pub fn gold_answer(field: &str) -> String {
 
 /// Whether a predicted answer (already extracted) equals the gold one.
 ///
-/// Both are normalised. If both parse as numbers they are compared with a
-/// relative tolerance of 1e-4 (gold 0: `|p| <= 1e-9`), also accepting
-/// `p == 100 g` and `p == g / 100` (the percent convention of ThinkPO /
-/// Qwen2.5-Math). Otherwise the normalised strings must be equal. An empty
-/// side never matches.
+/// Both are normalised. Two integers are compared exactly (a 24-digit count is
+/// not "close" to its neighbour), also accepting `p == 100 g`. Other numbers
+/// are compared with a relative tolerance of 1e-4 (gold 0: `|p| <= 1e-9`), also
+/// accepting `p == 100 g` and `p == g / 100` (the percent convention of
+/// ThinkPO / Qwen2.5-Math). Otherwise the normalised strings must be equal. An
+/// empty side never matches.
 pub fn answers_match(pred: &str, gold: &str) -> bool {
     let (p, g) = (normalize(pred), normalize(gold));
     if p.is_empty() || g.is_empty() {
         return false;
+    }
+    let integer = |s: &str| {
+        let d = s.strip_prefix('-').unwrap_or(s);
+        !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit())
+    };
+    if integer(&p) && integer(&g) {
+        return match (p.parse::<i128>(), g.parse::<i128>()) {
+            (Ok(pv), Ok(gv)) => pv == gv || gv.checked_mul(100) == Some(pv),
+            _ => p == g,
+        };
     }
     match (parse_number(&p), parse_number(&g)) {
         (Some(pv), Some(gv)) => numbers_match(pv, gv, true),
@@ -753,6 +773,12 @@ mod tests {
             ("2 1/2 cups", "2 1/2 cups"),
             ("Yes", "Yes"),
             ("5:6", "5:6"),
+            ("2 \\pi", "2 \\pi"),
+            ("1 - i", "1 - i"),
+            ("0 < x", "0 < x"),
+            ("2 x", "2 x"),
+            ("3 red-apples", "3 red-apples"),
+            ("7 students.", "7"),
         ] {
             assert_eq!(gold_answer(field), want, "{field:?}");
         }

@@ -61,6 +61,9 @@ pub struct SelfTrainOpts {
     pub limit: Option<usize>,
     pub eval_limit: Option<usize>,
     pub eval_max_new_tokens: usize,
+    /// Ask every question as a user message in the model's chat template (an instruct
+    /// model), instead of as raw text.
+    pub chat: bool,
     pub device: Device,
     pub resume: bool,
     pub quiet: bool,
@@ -109,6 +112,7 @@ impl Default for SelfTrainOpts {
             limit: None,
             eval_limit: None,
             eval_max_new_tokens: 300,
+            chat: false,
             device: Device::Cpu,
             resume: false,
             quiet: false,
@@ -350,11 +354,21 @@ impl SelfTrainOpts {
 pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
     o.validate()?;
     let mut dir = RunDir::open(&o.out, COMMAND, o.resume)?;
-    let qs = read_limited(Some(&o.data), o.limit)?;
-    let test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
+    let mut qs = read_limited(Some(&o.data), o.limit)?;
+    let mut test = read_limited(o.eval_data.as_deref(), o.eval_limit)?;
     let base_dir = o.base.clone().unwrap_or_else(|| o.model.clone());
     let tok_dir = o.model.clone();
     let (mut m, tok) = load_trainable(&o.model, o.device)?;
+    if o.chat {
+        // the rendered conversation up to the assistant's turn is the prompt from here on:
+        // sampling, pairs, SFT and evaluation all see the same text
+        for q in qs.iter_mut().chain(test.iter_mut()) {
+            q.prompt = tok.apply_chat_template(
+                &[crate::model::chat::Message::new("user", &q.prompt)],
+                true,
+            )?;
+        }
+    }
     let gold = gold_seqs(&tok, &qs)?;
     let prompts: Vec<String> = qs.iter().map(|q| q.prompt.clone()).collect();
     let name = if o.no_dpo { "self-train" } else { "dpo-st" };
@@ -366,6 +380,22 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
         let last = dir.round_dir(done);
         m = load_trainable(&last.join("model"), o.device)?.0;
         positives = read_positives(&last.join("positives.jsonl"))?;
+        // the positives so far were asked in one prompt format: the rounds to come must be too
+        let before = dir.rows()[0]
+            .get("chat")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if before != o.chat {
+            return Err(Error::invalid(
+                COMMAND,
+                format!(
+                    "{}: its rounds so far were run {} --chat; resume {} it",
+                    o.out.display(),
+                    if before { "with" } else { "without" },
+                    if before { "with" } else { "without" }
+                ),
+            ));
+        }
         log(format!("{name}: resuming after round {done}"));
         // the summary covers every round, those finished before the resume included, so
         // that round n is reported as round n
@@ -387,6 +417,7 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
     dir.describe(COMMAND, title, o);
     if done == 0 && !test.is_empty() {
         // round 0: the starting model, so the plot and the report show what the rounds changed
+        let t0 = Instant::now();
         let r = eval(
             &m,
             &tok,
@@ -401,7 +432,9 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
             r.accuracy,
             r.mean_tokens.unwrap_or(0.0)
         ));
-        dir.record_start(super::run::start_row(&r))?;
+        let mut start = super::run::start_row(&r);
+        start.insert("seconds_eval".into(), json!(t0.elapsed().as_secs_f64()));
+        dir.record_start(start)?;
     }
     for round in done + 1..=o.rounds {
         let t0 = Instant::now();
@@ -412,12 +445,23 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
         let mut row = serde_json::Map::new();
         row.insert("step".into(), json!(round));
         row.insert("round".into(), json!(round));
+        row.insert("chat".into(), json!(o.chat));
+        // seconds per phase, for the report's time table
+        let mut lap = Instant::now();
+        let mut phase = |row: &mut serde_json::Map<String, Value>, name: &str| {
+            row.insert(
+                format!("seconds_{name}"),
+                json!(lap.elapsed().as_secs_f64()),
+            );
+            lap = Instant::now();
+        };
         // 1. DPO step
         let gen_net = if o.no_dpo {
             m
         } else {
             so.label = format!("round {round} sampling (dpo)");
             let (samples, calls) = sample(&m, &tok, &prompts, &so)?;
+            phase(&mut row, "sample_dpo");
             let (pairs, refs, saved) = build_pairs(&m, &samples, &qs, &gold, o)?;
             summary.reference_forwards_saved += saved;
             row.insert("dpo_pairs".into(), json!(pairs.len()));
@@ -445,6 +489,7 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
                 log(format!(
                     "round {round}: no question had both a correct and a wrong sample; DPO skipped"
                 ));
+                phase(&mut row, "dpo");
                 m
             } else {
                 let mut fo = o.dpo.clone();
@@ -456,6 +501,7 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
                     row.insert("dpo_last_margin".into(), json!(margin));
                     row.insert("dpo_last_accuracy".into(), json!(acc));
                 }
+                phase(&mut row, "dpo");
                 d
             }
         };
@@ -463,6 +509,7 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
         so.label = format!("round {round} sampling (sft)");
         so.seed ^= 0x5F;
         let (samples, _) = sample(&gen_net, &tok, &prompts, &so)?;
+        phase(&mut row, "sample_sft");
         drop(gen_net);
         let new = new_positives(&samples, &qs, &gold, o);
         row.insert("new_positives".into(), json!(new.len()));
@@ -474,10 +521,18 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
         fo.quiet = o.quiet;
         fo.seed ^= round as u64;
         fo.label = format!("round {round} sft");
-        let (next, _) = fit::sft(base, &data, &fo)?;
-        m = next;
+        m = if data.is_empty() {
+            log(format!(
+                "round {round}: no correct sample yet; SFT skipped (the base model carries on)"
+            ));
+            base
+        } else {
+            fit::sft(base, &data, &fo)?.0
+        };
+        phase(&mut row, "sft");
         save(&m, &tok_dir, &rdir.join("model"))?;
         write_jsonl(&rdir.join("positives.jsonl"), &positives_rows(&positives))?;
+        phase(&mut row, "save");
         if !test.is_empty() {
             let r = eval(
                 &m,
@@ -490,6 +545,7 @@ pub fn run(o: &SelfTrainOpts) -> Result<SelfTrainSummary> {
             )?;
             row.insert("accuracy".into(), json!(r.accuracy));
             row.insert("mean_tokens".into(), json!(r.mean_tokens.unwrap_or(0.0)));
+            phase(&mut row, "eval");
             summary.accuracy.push(r.accuracy);
             summary.mean_tokens.push(r.mean_tokens.unwrap_or(0.0));
             log(format!(

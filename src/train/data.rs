@@ -244,10 +244,14 @@ fn apply_field_map(
         };
         moved.push((field.clone(), cols.clone(), v));
     }
-    for (field, cols, v) in moved {
-        for c in &cols {
+    // every source column goes before any field is set: a column may share its name with
+    // another mapping's field (--answer-field final --completion-field answer)
+    for (_, cols, _) in &moved {
+        for c in cols {
             o.remove(c);
         }
+    }
+    for (field, _, v) in moved {
         o.insert(field, v);
     }
     Ok(true)
@@ -267,9 +271,9 @@ pub fn read_jsonl_own(path: &Path) -> Result<Vec<(usize, serde_json::Map<String,
 pub fn read_jsonl_lines(path: &Path) -> Result<Vec<JsonlLine>> {
     let mut rows = read_records(path)?;
     for (line, o, text) in rows.iter_mut() {
-        if apply_field_map(path, *line, o, text)? {
-            *text = serde_json::to_string(o).unwrap_or_default();
-        }
+        // the line's text stays as written: an unmapped number is read from it exactly,
+        // and a mapped one has already become its exact text
+        apply_field_map(path, *line, o, text)?;
     }
     Ok(rows)
 }

@@ -23,16 +23,23 @@ pub type Record = (usize, serde_json::Map<String, Value>, String);
 pub fn read_rows(path: &Path) -> Result<Vec<Record>> {
     crate::files::require_regular(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // the parquet crate can panic on malformed pages: that is an error naming the file
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_all(path, file)));
+    read.unwrap_or_else(|_| {
+        Err(Error::file(
+            path,
+            "not a readable Parquet file (the reader failed on a malformed page)",
+        ))
+    })
+}
+
+fn read_all(path: &Path, file: std::fs::File) -> Result<Vec<Record>> {
     let bad = |e: parquet::errors::ParquetError| {
         Error::file(path, format!("not a readable Parquet file: {e}"))
     };
     let reader = SerializedFileReader::new(file).map_err(bad)?;
-    let rows = reader.metadata().file_metadata().num_rows().max(0) as usize;
-    // the row count is the file's claim: reserve no more than its bytes could hold
-    let len = std::fs::metadata(path)
-        .map(|m| m.len() as usize)
-        .unwrap_or(0);
-    let mut out = Vec::with_capacity(rows.min(len));
+    // rows are collected as they come: the file's own row count is not trusted
+    let mut out = Vec::new();
     for (i, row) in reader.get_row_iter(None).map_err(bad)?.enumerate() {
         let row = row.map_err(|e| Error::file(path, format!("row {}: {e}", i + 1)))?;
         match row.to_json_value() {

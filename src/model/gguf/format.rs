@@ -242,6 +242,14 @@ impl<'a> Reader<'a> {
                     t => return Err(self.err(format!("key `{key}`: unknown value type {t}"))),
                 };
                 let n = self.count(key, min)?;
+                // each value is held as a `Value`, larger than its bytes in the file
+                let need = n as u64 * std::mem::size_of::<Value>() as u64;
+                if crate::util::available().is_some_and(|a| need > a) {
+                    return Err(self.err(format!(
+                        "key `{key}`: an array of {n} values needs {} in memory, more than is available",
+                        crate::util::gib(need)
+                    )));
+                }
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push(self.value(ety, key, depth + 1)?);

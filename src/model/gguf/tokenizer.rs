@@ -13,6 +13,20 @@ use super::format::Value;
 use super::GgufFile;
 use crate::error::{Error, Result};
 
+/// GPT-2's split regex.
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// llama.cpp's DEFAULT pre-tokenizer: punctuation runs, GPT-2's regex, digit runs, then
+/// groups of three digits, each splitting the pieces of the one before.
+const DEFAULT_REGEXES: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    GPT2_REGEX,
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+/// The pre names llama.cpp reads with Llama 3's type (merges ignored for whole-token
+/// pieces, BOS added by default).
+const LLAMA3_NAMES: [&str; 4] = ["llama3", "llama-bpe", "llama-v3", "falcon3"];
+
 /// Llama 3's split regex: numbers in groups of up to three digits.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split regex: as Llama 3's, one digit at a time.
@@ -22,11 +36,12 @@ fn byte_level(use_regex: bool) -> Json {
     json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
 }
 
+fn split(regex: &str) -> Json {
+    json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
+}
+
 fn split_then_bytes(regex: &str) -> Json {
-    json!({"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-        byte_level(false),
-    ]})
+    json!({"type": "Sequence", "pretokenizers": [split(regex), byte_level(false)]})
 }
 
 /// The pre-tokenizer (and normalizer) that splits as llama.cpp does for pre name `pre`.
@@ -40,8 +55,16 @@ fn pre_tokenizer(pre: &str) -> Option<(Json, Json)> {
                 byte_level(true),
             ]}),
         ),
-        "gpt2" | "gpt-2" | "default" | "phi-2" | "jina-es" | "jina-de" => {
+        "gpt2" | "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "mpt" | "olmo" => {
             (Json::Null, byte_level(true))
+        }
+        "default" => {
+            let mut list: Vec<Json> = DEFAULT_REGEXES.iter().map(|r| split(r)).collect();
+            list.push(byte_level(false));
+            (
+                Json::Null,
+                json!({"type": "Sequence", "pretokenizers": list}),
+            )
         }
         "llama3" | "llama-bpe" | "llama-v3" | "dbrx" | "smaug-bpe" | "falcon3" => {
             (Json::Null, split_then_bytes(LLAMA3_REGEX))
@@ -60,9 +83,23 @@ fn pre_name(pre: &Json) -> Option<&'static str> {
             && v.get("use_regex").and_then(|u| u.as_bool()).unwrap_or(true) == regex
     };
     if is_bytes(pre, true) {
-        return Some("gpt2");
+        return Some("gpt-2");
     }
     let list = pre.get("pretokenizers")?.as_array()?;
+    let regex = |v: &Json| {
+        v.pointer("/pattern/Regex")
+            .and_then(|r| r.as_str())
+            .map(String::from)
+    };
+    if list.len() == DEFAULT_REGEXES.len() + 1
+        && is_bytes(&list[DEFAULT_REGEXES.len()], false)
+        && list
+            .iter()
+            .zip(DEFAULT_REGEXES)
+            .all(|(v, r)| regex(v).as_deref() == Some(r))
+    {
+        return Some("default");
+    }
     match list.as_slice() {
         [d, b]
             if d.get("type").and_then(|t| t.as_str()) == Some("Digits")
@@ -209,10 +246,11 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
     let eos = id_of("tokenizer.ggml.eos_token_id")?;
     let pad = id_of("tokenizer.ggml.padding_token_id")?;
     let unk = id_of("tokenizer.ggml.unknown_token_id")?;
+    // llama.cpp adds a BOS by default for Llama 3's pre-tokenizer type only
     let add_bos = g
         .meta("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
-        .unwrap_or(false);
+        .unwrap_or(LLAMA3_NAMES.contains(&pre));
     let post = match (&bos, add_bos) {
         (Some((id, t)), true) => json!({
             "type": "TemplateProcessing",
@@ -237,7 +275,7 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": pre_name(&pre_tok) == Some("llama-bpe"),
+            "ignore_merges": LLAMA3_NAMES.contains(&pre),
             "vocab": vocab, "merges": pairs,
         },
     });
@@ -276,17 +314,39 @@ pub fn gguf_meta(tok: &crate::model::Tok, vocab_size: usize) -> Result<Vec<(Stri
     }
     let pre = j.get("pre_tokenizer").and_then(pre_name).ok_or_else(|| {
         err(format!(
-            "its pre-tokenizer ({}) is not one llama.cpp names (smollm, gpt2, llama-bpe, qwen2)",
+            "its pre-tokenizer ({}) is not one llama.cpp names (smollm, gpt-2, default, llama-bpe, qwen2)",
             j["pre_tokenizer"]
         ))
     })?;
+    // llama.cpp applies no normalizer (Qwen2's NFC aside) and never adds a prefix space:
+    // a tokenizer that needs either would tokenize differently there
+    match j.get("normalizer") {
+        None | Some(Json::Null) => {}
+        Some(n) if pre == "qwen2" && n.get("type").and_then(|t| t.as_str()) == Some("NFC") => {}
+        Some(n) => {
+            return Err(err(format!(
+                "its normalizer ({n}) has no GGUF equivalent; llama.cpp would tokenize differently"
+            )))
+        }
+    }
+    if j["pre_tokenizer"]
+        .to_string()
+        .contains("\"add_prefix_space\":true")
+    {
+        return Err(err(
+            "it adds a prefix space (add_prefix_space), which llama.cpp's gpt2 tokenizer does not"
+                .into(),
+        ));
+    }
     let vocab = tok.inner.get_vocab(true);
-    let n = vocab
-        .values()
-        .map(|&i| i as usize + 1)
-        .max()
-        .unwrap_or(0)
-        .max(vocab_size);
+    let largest = vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0);
+    if largest > vocab_size {
+        return Err(err(format!(
+            "the tokenizer has ids up to {}, past the model's {vocab_size} embedding rows; llama.cpp needs one token per row",
+            largest - 1
+        )));
+    }
+    let n = vocab_size;
     let mut tokens: Vec<Option<String>> = vec![None; n];
     for (t, &id) in &vocab {
         tokens[id as usize] = Some(t.clone());
@@ -317,7 +377,18 @@ pub fn gguf_meta(tok: &crate::model::Tok, vocab_size: usize) -> Result<Vec<(Stri
             other => Value::Str(other.as_str().unwrap_or("").to_string()),
         })
         .collect();
-    let add_bos = j.pointer("/post_processor/single/0/SpecialToken").is_some();
+    // a TemplateProcessing that opens with a special token, at the top or inside a Sequence
+    let mut add_bos = false;
+    let mut stack: Vec<&Json> = j.get("post_processor").into_iter().collect();
+    while let Some(p) = stack.pop() {
+        add_bos |= p.pointer("/single/0/SpecialToken").is_some();
+        stack.extend(
+            p.get("processors")
+                .and_then(|x| x.as_array())
+                .into_iter()
+                .flatten(),
+        );
+    }
     let mut meta = vec![
         (
             "tokenizer.ggml.model".to_string(),
@@ -345,4 +416,48 @@ pub fn gguf_meta(tok: &crate::model::Tok, vocab_size: usize) -> Result<Vec<(Stri
         meta.push(("tokenizer.chat_template".to_string(), Value::Str(t.clone())));
     }
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let (_, json) = pre_tokenizer(pre).unwrap();
+        let p: tokenizers::PreTokenizerWrapper = serde_json::from_value(json).unwrap();
+        let mut s = PreTokenizedString::from(text);
+        p.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(t, _, _)| t.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn pre_tokenizers_split_as_llama_cpp_s_regex_lists() {
+        // DEFAULT: punctuation runs, then GPT-2's regex, then digit runs, then threes
+        assert_eq!(
+            pieces("default", "Hello, world 12345!"),
+            ["Hello", ",", "Ġworld", "Ġ", "123", "45", "!"]
+        );
+        // SMOLLM: every digit alone, then GPT-2's regex
+        assert_eq!(
+            pieces("smollm", "I have 123 apples"),
+            ["I", "Ġhave", "Ġ", "1", "2", "3", "Ġapples"]
+        );
+        // LLAMA3: digits in threes; QWEN2: one at a time
+        assert_eq!(pieces("llama-bpe", "x 12345"), ["x", "Ġ", "123", "45"]);
+        assert_eq!(pieces("qwen2", "x 123"), ["x", "Ġ", "1", "2", "3"]);
+        assert_eq!(pieces("gpt-2", "x 12345"), ["x", "Ġ12345"]);
+        for name in ["default", "smollm", "llama-bpe", "qwen2", "gpt-2"] {
+            let (_, json) = pre_tokenizer(name).unwrap();
+            assert_eq!(
+                pre_name(&json),
+                Some(name),
+                "{name} does not name itself back"
+            );
+        }
+        assert!(pre_tokenizer("tekken").is_none());
+    }
 }

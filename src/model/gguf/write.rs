@@ -146,6 +146,16 @@ pub fn gguf_bytes(net: &Transformer, tok: Option<&Tok>, wt: WeightType) -> Resul
         }
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
         let (ty, bytes) = encode(&x, &dims, wt);
+        // a finite f32 can overflow f16 (|x| > 65504), or a Q8_0 block's f16 scale
+        let mut back = vec![0f32; x.len()];
+        quant::dequantize(ty, &bytes, &mut back);
+        let bad = back.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::invalid(
+                "save",
+                format!("tensor `{hf}`: {bad} value(s) overflow {} (its range is +-65504); save with --dtype f32 or bf16", ty.name()),
+            ));
+        }
         tensors.push(OutTensor {
             name: g,
             dims,
