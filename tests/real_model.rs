@@ -274,6 +274,45 @@ fn gguf_to_hf_equals_an_independent_dequantization() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// models/reference/check_gguf.py (gguf-py, vendored by `.ci/run` into target/pyvendor).
+fn check_with_gguf_py(gguf: &Path, hf: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let vendor = root.join("target/pyvendor");
+    let probe = Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .env("PYTHONPATH", &vendor)
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = "gguf-py check SKIPPED: python3 with gguf and numpy is unavailable (`.ci/run` installs them)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}; CI=true requires them");
+        }
+        eprintln!("{why}");
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(root.join("models/reference/check_gguf.py"))
+        .args([
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--hf",
+            hf.to_str().unwrap(),
+        ])
+        .env("PYTHONPATH", &vendor)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("ok: gguf-py reads 272 tensors"),
+        "{text}"
+    );
+    eprintln!("{}", text.trim());
+}
+
 /// The tensors of a GGUF file, by name: (type, dims, bytes).
 fn tensors(p: &Path) -> Vec<(String, String, Vec<u64>, Vec<u8>)> {
     let f = ponder::model::gguf::GgufFile::open(p).unwrap();
@@ -349,6 +388,10 @@ fn gguf_hf_gguf_round_trips_bit_exact_in_f32_and_f16() {
                 fa.meta(key),
                 "{key} differs from the source file's"
             );
+        }
+        // llama.cpp's own reader sees in the file what the Hugging Face directory holds
+        if dt == "f32" {
+            check_with_gguf_py(&b, &hf);
         }
         for p in [&a, &b] {
             let _ = std::fs::remove_file(p);
