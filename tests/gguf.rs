@@ -4,8 +4,9 @@
 //! identical logits, a GGUF input to training, a LoRA run's merged model as GGUF, files
 //! read back by gguf-py, and damaged files refused with errors that name what is wrong.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ponder::model::gguf::{GgmlType, GgufFile};
 use ponder::model::{LoadOpts, Model};
@@ -16,32 +17,30 @@ fn root() -> &'static Path {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gguf-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch(&format!("gguf-{name}"))
 }
 
 fn ponder(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::ponder_cli(args)
 }
 
 fn ok(args: &[&str]) -> String {
     let (ok, out) = ponder(args);
     assert!(ok, "ponder {args:?} failed:\n{out}");
     out
+}
+
+/// `ponder save --model SRC --out OUT --dtype DT`, which must succeed.
+fn save(src: &Path, out: &Path, dtype: &str) {
+    ok(&[
+        "save",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dtype",
+        dtype,
+    ]);
 }
 
 fn load(p: &Path) -> Model {
@@ -121,13 +120,7 @@ fn hf_gguf_hf_keeps_every_tensor_and_logit() {
         let src = root().join("models/fixtures").join(fx);
         let d = tmp(&fx.replace(['/', '.'], "_"));
         let g = d.join("model.gguf");
-        ok(&[
-            "save",
-            "--model",
-            src.to_str().unwrap(),
-            "--out",
-            g.to_str().unwrap(),
-        ]);
+        save(&src, &g, "f32");
         let (a, b) = (load(&src), load(&g));
         assert_eq!(a.cfg.arch, b.cfg.arch);
         let ids: Vec<u32> = (0..13)
@@ -150,13 +143,7 @@ fn hf_gguf_hf_keeps_every_tensor_and_logit() {
         assert_eq!(ta.eos_ids, tb.eos_ids, "{fx}");
         // and back to a directory, tensor for tensor
         let back = d.join("back");
-        ok(&[
-            "save",
-            "--model",
-            g.to_str().unwrap(),
-            "--out",
-            back.to_str().unwrap(),
-        ]);
+        save(&g, &back, "f32");
         let c = load(&back);
         assert_eq!(
             a.net.named_parameters().len(),
@@ -184,58 +171,17 @@ fn hf_gguf_hf_keeps_every_tensor_and_logit() {
 /// writes read back in llama.cpp's own reader to the same tensors, tokenizer and template.
 #[test]
 fn gguf_py_reads_back_what_ponder_writes() {
-    let vendor = root().join("target/pyvendor");
-    let probe = Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .env("PYTHONPATH", &vendor)
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = "SKIPPED: python3 with the gguf and numpy packages is unavailable (`.ci/run` installs them into target/pyvendor)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{why}; CI=true requires them");
-        }
-        eprintln!("{why}");
-        return;
-    }
     let d = tmp("gguf_py");
     for fx in ["llama-gqa", "qwen2-tied"] {
         let src = root().join("models/fixtures").join(fx);
         for dt in ["f32", "f16", "q8_0"] {
             let g = d.join(format!("{fx}.{dt}.gguf"));
-            ok(&[
-                "save",
-                "--model",
-                src.to_str().unwrap(),
-                "--out",
-                g.to_str().unwrap(),
-                "--dtype",
-                dt,
-            ]);
+            save(&src, &g, dt);
             // f16 weights are compared at f16's resolution; f32 and Q8_0 bit for bit
             let tol = if dt == "f16" { "2e-3" } else { "0" };
-            let out = Command::new("python3")
-                .arg(root().join("models/reference/check_gguf.py"))
-                .args([
-                    "--gguf",
-                    g.to_str().unwrap(),
-                    "--hf",
-                    src.to_str().unwrap(),
-                    "--tol",
-                    tol,
-                ])
-                .env("PYTHONPATH", &vendor)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success(),
-                "{fx} {dt}: gguf-py disagrees:\n{text}"
-            );
-            assert!(text.contains("ok: gguf-py reads"), "{text}");
+            if common::check_with_gguf_py(&g, &src, tol).is_none() {
+                return;
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&d);
@@ -247,13 +193,7 @@ fn training_takes_a_gguf_model_and_a_merged_lora_run_saves_as_gguf() {
     let d = tmp("train");
     let g = d.join("base.gguf");
     let src = root().join("models/fixtures/llama-gqa");
-    ok(&[
-        "save",
-        "--model",
-        src.to_str().unwrap(),
-        "--out",
-        g.to_str().unwrap(),
-    ]);
+    save(&src, &g, "f32");
     let data = root().join("models/fixtures/train/pairs.jsonl");
     let out = d.join("dpo");
     ok(&[
@@ -279,13 +219,7 @@ fn training_takes_a_gguf_model_and_a_merged_lora_run_saves_as_gguf() {
     ]);
     let merged = load(&out);
     let back = d.join("merged.gguf");
-    ok(&[
-        "save",
-        "--model",
-        out.to_str().unwrap(),
-        "--out",
-        back.to_str().unwrap(),
-    ]);
+    save(&out, &back, "f32");
     let again = load(&back);
     let ids = [3u32, 17, 42, 9, 100];
     let (a, b) = (logits(&merged, &ids), logits(&again, &ids));
@@ -335,13 +269,7 @@ fn save_refuses_an_existing_gguf_file_and_q8_0_for_a_directory() {
 /// A small valid GGUF file made by ponder, to damage.
 fn sample(d: &Path) -> Vec<u8> {
     let g = d.join("s.gguf");
-    ok(&[
-        "save",
-        "--model",
-        root().join("models/fixtures/llama-gqa").to_str().unwrap(),
-        "--out",
-        g.to_str().unwrap(),
-    ]);
+    save(&root().join("models/fixtures/llama-gqa"), &g, "f32");
     std::fs::read(&g).unwrap()
 }
 
@@ -490,13 +418,7 @@ fn pre_tokenizer_names_round_trip() {
     let d = tmp("pre");
     let src = root().join("models/fixtures/llama-gqa");
     let g = d.join("m.gguf");
-    ok(&[
-        "save",
-        "--model",
-        src.to_str().unwrap(),
-        "--out",
-        g.to_str().unwrap(),
-    ]);
+    save(&src, &g, "f32");
     let f = GgufFile::open(&g).unwrap();
     // the fixture's plain ByteLevel tokenizer is llama.cpp's `gpt-2`
     assert_eq!(

@@ -65,23 +65,12 @@ fn load(g: &Path, device: Device) -> Model {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("real-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch(&format!("real-{name}"))
 }
 
 fn ponder(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ponder"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ponder {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = common::ponder_cli(args);
+    assert!(ok, "ponder {args:?} failed:\n{out}");
 }
 
 /// Logits of every reference prompt against transformers': the top-10 values at every
@@ -274,45 +263,6 @@ fn gguf_to_hf_equals_an_independent_dequantization() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// models/reference/check_gguf.py (gguf-py, vendored by `.ci/run` into target/pyvendor).
-fn check_with_gguf_py(gguf: &Path, hf: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let vendor = root.join("target/pyvendor");
-    let probe = Command::new("python3")
-        .args(["-c", "import gguf, numpy"])
-        .env("PYTHONPATH", &vendor)
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = "gguf-py check SKIPPED: python3 with gguf and numpy is unavailable (`.ci/run` installs them)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{why}; CI=true requires them");
-        }
-        eprintln!("{why}");
-        return;
-    }
-    let out = Command::new("python3")
-        .arg(root.join("models/reference/check_gguf.py"))
-        .args([
-            "--gguf",
-            gguf.to_str().unwrap(),
-            "--hf",
-            hf.to_str().unwrap(),
-        ])
-        .env("PYTHONPATH", &vendor)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("ok: gguf-py reads 272 tensors"),
-        "{text}"
-    );
-    eprintln!("{}", text.trim());
-}
-
 /// The tensors of a GGUF file, by name: (type, dims, bytes).
 fn tensors(p: &Path) -> Vec<(String, String, Vec<u64>, Vec<u8>)> {
     let f = ponder::model::gguf::GgufFile::open(p).unwrap();
@@ -391,7 +341,10 @@ fn gguf_hf_gguf_round_trips_bit_exact_in_f32_and_f16() {
         }
         // llama.cpp's own reader sees in the file what the Hugging Face directory holds
         if dt == "f32" {
-            check_with_gguf_py(&b, &hf);
+            if let Some(text) = common::check_with_gguf_py(&b, &hf, "0") {
+                assert!(text.contains("272 tensors"), "{text}");
+                eprintln!("{}", text.trim());
+            }
         }
         for p in [&a, &b] {
             let _ = std::fs::remove_file(p);

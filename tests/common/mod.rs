@@ -317,3 +317,77 @@ pub fn add_matmul_vs_composed(m: usize, n: usize, k: usize, s: u64, atol: f64) {
         );
     }
 }
+
+/// Run the `ponder` binary: (whether it succeeded, its stdout then stderr).
+pub fn ponder_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ponder"))
+        .args(args)
+        .output()
+        .expect("run ponder");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A fresh, empty scratch directory under cargo's target tmp dir, unique to this process.
+pub fn scratch(tag: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Read a GGUF file with llama.cpp's own Python reader (models/reference/check_gguf.py;
+/// `.ci/run` vendors gguf and numpy into target/pyvendor) and compare it with the Hugging
+/// Face directory it came from. Returns the script's output, or None (with the reason
+/// printed) when python3 with gguf is unavailable; with CI=true that fails instead.
+pub fn check_with_gguf_py(
+    gguf: &std::path::Path,
+    hf: &std::path::Path,
+    tol: &str,
+) -> Option<String> {
+    use std::process::Command;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let vendor = root.join("target/pyvendor");
+    let probe = Command::new("python3")
+        .args(["-c", "import gguf, numpy"])
+        .env("PYTHONPATH", &vendor)
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = "gguf-py check SKIPPED: python3 with the gguf and numpy packages is unavailable (`.ci/run` installs them into target/pyvendor)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}; CI=true requires them");
+        }
+        eprintln!("{why}");
+        return None;
+    }
+    let out = Command::new("python3")
+        .arg(root.join("models/reference/check_gguf.py"))
+        .args([
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--hf",
+            hf.to_str().unwrap(),
+        ])
+        .args(["--tol", tol])
+        .env("PYTHONPATH", &vendor)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("ok: gguf-py reads"),
+        "gguf-py disagrees with {}:\n{text}",
+        gguf.display()
+    );
+    Some(text)
+}

@@ -303,6 +303,14 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// (scale, min) as f32 for the two sub-blocks of Q4_K/Q5_K chunk `c`: d * sc, dmin * m.
+fn chunk_scales(c: usize, scales: &[u8], d: f32, dmin: f32) -> [(f32, f32); 2] {
+    [2 * c, 2 * c + 1].map(|j| {
+        let (sc, m) = scale_min_k4(j, scales);
+        (d * sc as f32, dmin * m as f32)
+    })
+}
+
 // Q4_K: d, dmin (f16), scales[12], qs[128]. Four chunks of 64 values over 32 bytes each:
 // the low nibbles give 32 values with sub-block scale 2i, the high nibbles 32 with 2i + 1.
 fn q4_k(b: &[u8], y: &mut [f32]) {
@@ -310,10 +318,7 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
     let scales = &b[4..16];
     let qs = &b[16..144];
     for c in 0..4 {
-        let (s1, m1) = scale_min_k4(2 * c, scales);
-        let (s2, m2) = scale_min_k4(2 * c + 1, scales);
-        let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
-        let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+        let [(d1, m1), (d2, m2)] = chunk_scales(c, scales, d, dmin);
         let q = &qs[c * 32..c * 32 + 32];
         let y = &mut y[c * 64..c * 64 + 64];
         for l in 0..32 {
@@ -331,10 +336,7 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
     let qh = &b[16..48];
     let qs = &b[48..176];
     for c in 0..4 {
-        let (s1, m1) = scale_min_k4(2 * c, scales);
-        let (s2, m2) = scale_min_k4(2 * c + 1, scales);
-        let (d1, m1) = (d * s1 as f32, dmin * m1 as f32);
-        let (d2, m2) = (d * s2 as f32, dmin * m2 as f32);
+        let [(d1, m1), (d2, m2)] = chunk_scales(c, scales, d, dmin);
         let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
         let q = &qs[c * 32..c * 32 + 32];
         let y = &mut y[c * 64..c * 64 + 64];
