@@ -427,3 +427,48 @@ fn pre_tokenizer_names_round_trip() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A GGUF whose tokenizer ponder cannot build (here llama.cpp's `llama` SentencePiece
+/// model) still loads for what needs no tokenizer: saving its weights, logits from ids. A
+/// command that needs the tokenizer stops and says why.
+#[test]
+fn an_unreadable_tokenizer_costs_only_the_commands_that_need_it() {
+    let d = tmp("spm");
+    let good = sample(&d);
+    let key = b"tokenizer.ggml.model";
+    let at = good.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // after the key: the value type (u32) and the string's length (u64), then "gpt2"
+    let v = at + 4 + 8;
+    assert_eq!(&good[v..v + 4], b"gpt2");
+    let mut spm = good.clone();
+    spm[v..v + 4].copy_from_slice(b"lama");
+    let p = d.join("spm.gguf");
+    std::fs::write(&p, &spm).unwrap();
+    let out = d.join("weights");
+    let (okay, log) = ponder(&[
+        "save",
+        "--model",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(okay, "{log}");
+    assert!(
+        log.contains("tokenizer model `lama`") && log.contains("not supported"),
+        "{log}"
+    );
+    assert!(out.join("model.safetensors").is_file() && !out.join("tokenizer.json").exists());
+    let (okay, log) = ponder(&["logits", "--model", p.to_str().unwrap(), "--ids", "3,17,42"]);
+    assert!(okay && log.contains("\"shape\":[3,"), "{log}");
+    let (okay, log) = ponder(&[
+        "generate",
+        "--model",
+        p.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(!okay && log.contains("tokenizer"), "{log}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -27,8 +27,14 @@ pub const TOKENIZER_FILES: [&str; 5] = [
 pub fn tokenizer_files(src: &Path) -> Result<Vec<(&'static str, Vec<u8>)>> {
     if super::gguf::is_gguf(src) {
         let g = super::gguf::GgufFile::open(src)?;
-        let Some((tok, cfg, gen)) = super::gguf::tokenizer::hf_files(&g)? else {
-            return Ok(vec![]);
+        let (tok, cfg, gen) = match super::gguf::tokenizer::hf_files(&g) {
+            Ok(Some(files)) => files,
+            Ok(None) => return Ok(vec![]),
+            // the weights are still worth saving: say why no tokenizer goes with them
+            Err(e) => {
+                eprintln!("note: {e}; no tokenizer files are written");
+                return Ok(vec![]);
+            }
         };
         let pretty = |v: &serde_json::Value| -> Result<Vec<u8>> {
             serde_json::to_vec_pretty(v).map_err(|e| Error::invalid("save", e.to_string()))
