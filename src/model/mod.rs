@@ -37,6 +37,12 @@ impl Model {
     /// sequence classifier (a reward model) is refused here: it has no LM head to
     /// generate or train with; [`reward::RewardModel`] loads those.
     pub fn load(dir: &Path, opts: LoadOpts) -> Result<Model> {
+        if gguf::is_gguf(dir) {
+            // one parse of the file gives the config, the tokenizer and the tensors
+            let g = gguf::GgufFile::open(dir)?;
+            let cfg = g.config()?;
+            return Model::from_gguf(dir, g, cfg, opts);
+        }
         let cfg = Config::load(dir)?;
         if cfg.num_labels.is_some() {
             return Err(crate::error::Error::file(
@@ -50,24 +56,7 @@ impl Model {
     /// Load `dir` with its config already read, whatever its head.
     pub(crate) fn load_any(dir: &Path, cfg: Config, opts: LoadOpts) -> Result<Model> {
         if gguf::is_gguf(dir) {
-            let g = gguf::GgufFile::open(dir)?;
-            // a model whose tokenizer ponder cannot build still loads (save to a directory,
-            // logits from ids); commands that need the tokenizer stop with the reason
-            let tok = match Tok::from_gguf(&g) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("note: {e}");
-                    None
-                }
-            };
-            let ckpt = weights::Checkpoint::from_gguf(g);
-            let net = Transformer::load(&cfg, &ckpt, opts)?;
-            return Ok(Model {
-                dir: dir.to_path_buf(),
-                cfg,
-                net,
-                tok,
-            });
+            return Model::from_gguf(dir, gguf::GgufFile::open(dir)?, cfg, opts);
         }
         let ckpt = weights::Checkpoint::open(dir)?;
         let net = Transformer::load(&cfg, &ckpt, opts)?;
@@ -76,6 +65,27 @@ impl Model {
         } else {
             None
         };
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            cfg,
+            net,
+            tok,
+        })
+    }
+
+    /// The model in an open GGUF file. A model whose tokenizer ponder cannot build still
+    /// loads (save to a directory, logits from ids); commands that need the tokenizer stop
+    /// with the reason.
+    fn from_gguf(dir: &Path, g: gguf::GgufFile, cfg: Config, opts: LoadOpts) -> Result<Model> {
+        let tok = match Tok::from_gguf(&g) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("note: {e}");
+                None
+            }
+        };
+        let ckpt = weights::Checkpoint::from_gguf(g);
+        let net = Transformer::load(&cfg, &ckpt, opts)?;
         Ok(Model {
             dir: dir.to_path_buf(),
             cfg,

@@ -240,9 +240,11 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             } else {
                 let mut key = KeyHasher::default();
                 key.model_dir(&ref_dir)?;
+                // the tokenizer that made the ids: a GGUF file carries its own, already
+                // hashed above when the policy is its own reference
                 if !crate::model::gguf::is_gguf(&args.model) {
                     key.file(&args.model.join("tokenizer.json"))?;
-                } else {
+                } else if ref_dir != args.model {
                     key.model_dir(&args.model)?;
                 }
                 key.pairs(pairs);
