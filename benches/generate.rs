@@ -5,6 +5,12 @@
 use ponder::model::{Config, LoadOpts, Model, Transformer};
 use ponder::{DType, Device};
 
+const GREEDY: ponder::bench::Sampling = ponder::bench::Sampling {
+    temperature: 0.0,
+    top_k: 0,
+    top_p: 1.0,
+};
+
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures");
     let mut devices = vec![Device::Cpu];
@@ -24,7 +30,7 @@ fn main() {
             )
             .unwrap();
             for b in [1, 8] {
-                let s = ponder::bench::generation(&m.net, b, 64, 64).unwrap();
+                let s = ponder::bench::generation(&m.net, b, 64, 64, GREEDY, 1).unwrap();
                 println!("{name} batch {b} on {dev}: {}", s.summary());
             }
         }
@@ -38,7 +44,7 @@ fn main() {
         .unwrap();
         let net = Transformer::random(&cfg, dev, DType::BF16, 7).unwrap();
         for b in [1, 8] {
-            let s = ponder::bench::generation(&net, b, 128, 32).unwrap();
+            let s = ponder::bench::generation(&net, b, 128, 32, GREEDY, 1).unwrap();
             println!("qwen2.5-0.5b-shaped batch {b} on {dev}: {}", s.summary());
         }
         println!(

@@ -116,8 +116,10 @@ impl Tensor {
                     *slot = Some(acc);
                 }
                 Some(node) => {
+                    let span = crate::backend::cpu::profile::span(node.op, true);
                     let in_grads = (node.backward)(&g)
                         .map_err(|e| Error::Autograd(format!("backward of {}: {e}", node.op)))?;
+                    drop(span);
                     if in_grads.len() != node.inputs.len() {
                         panic!(
                             "backward of {} returned {} grads for {} inputs",

@@ -62,8 +62,9 @@ fn counters() -> crate::backend::gpu::profile::Counters {
     crate::backend::gpu::profile::counters()
 }
 
-/// When profiling is on, run `f` once more under the GPU profiler and keep the table;
-/// on the CPU there are no kernels to time, which the kept line says.
+/// When profiling is on, run `f` once more under the GPU profiler (kernels timed with
+/// timestamp queries) or the CPU one (wall time per op, see `backend::cpu::profile`) and
+/// keep the table.
 /// `last` holds the free counts of the last unprofiled run: a profiled dispatch gets a
 /// compute pass of its own, so only an unprofiled run shows how many passes are shared.
 fn maybe_profile(
@@ -75,7 +76,12 @@ fn maybe_profile(
         return Ok(());
     }
     let table = if dev != Device::Gpu {
-        "--profile times GPU kernels; this run was on the CPU".to_string()
+        crate::backend::cpu::profile::start();
+        let t0 = Instant::now();
+        let r = f();
+        let table = crate::backend::cpu::profile::finish(t0.elapsed().as_secs_f64());
+        r?;
+        table
     } else {
         let ctx = crate::backend::gpu::context()?;
         ctx.sync()?;
@@ -167,13 +173,16 @@ pub fn time(
 }
 
 /// C (M x N) = A (M x K) @ B (K x N), f32. With `weight_t`, B is the transpose of a
-/// row-major (N, K) weight, as in a linear layer's x @ W^T.
+/// row-major (N, K) weight, as in a linear layer's x @ W^T; with `a_t`, A is the transpose
+/// of a row-major (K, M) matrix, as in a weight gradient dY^T @ X.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     dev: Device,
     m: usize,
     n: usize,
     k: usize,
     weight_t: bool,
+    a_t: bool,
     warmup: usize,
     reps: usize,
 ) -> Result<BenchResult> {
@@ -183,7 +192,11 @@ pub fn matmul(
         &[("m", m), ("n", n), ("k", k), ("reps", reps)],
         4 * (m_ * k_ + k_ * n_ + m_ * n_),
     )?;
-    let a = Tensor::randn(&[m, k], 1.0, 1, dev)?;
+    let a = if a_t {
+        Tensor::randn(&[k, m], 1.0, 1, dev)?.t()?
+    } else {
+        Tensor::randn(&[m, k], 1.0, 1, dev)?
+    };
     let b = if weight_t {
         Tensor::randn(&[n, k], 1.0, 2, dev)?.t()?
     } else {
@@ -191,8 +204,9 @@ pub fn matmul(
     };
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
     let name = format!(
-        "matmul {m}x{n}x{k}{}",
-        if weight_t { " (x @ W^T)" } else { "" }
+        "matmul {m}x{n}x{k}{}{}",
+        if weight_t { " (x @ W^T)" } else { "" },
+        if a_t { " (dY^T @ X)" } else { "" }
     );
     time(&name, dev, flops, warmup, reps, || {
         a.matmul(&b)?;
@@ -294,13 +308,24 @@ pub fn qwen25_05b_config() -> serde_json::Value {
     })
 }
 
+/// How [`generation`] picks tokens: greedy at temperature 0, else HF's order of
+/// temperature, top-k (0: off), top-p (1: off).
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+}
+
 /// Prefill and decode throughput of `net`: `batch` rows of `prompt_len` random tokens,
-/// then `new_tokens` greedy steps (EOS ignored).
+/// then `new_tokens` steps (EOS ignored), timed `reps` times (the median call is returned).
 pub fn generation(
     net: &crate::model::Transformer,
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
+    sampling: Sampling,
+    reps: usize,
 ) -> Result<crate::model::generate::GenStats> {
     check_sizes(
         "bench generate",
@@ -321,14 +346,24 @@ pub fn generation(
         })
         .collect();
     let p = SamplingParams {
-        temperature: 0.0,
+        temperature: sampling.temperature,
+        top_k: sampling.top_k,
+        top_p: sampling.top_p,
         max_new_tokens: new_tokens,
         ignore_eos: true,
         ..Default::default()
     };
-    let c0 = counters();
-    let (_, stats) = generate(net, &prompts, 1, &p, None, &mut |_, _| {})?;
-    let last = Some(counters() - c0);
+    // `reps` timed calls; the one with the median wall time is reported
+    let mut runs = Vec::new();
+    let mut last = None;
+    for _ in 0..reps.max(1) {
+        let c0 = counters();
+        let (_, stats) = generate(net, &prompts, 1, &p, None, &mut |_, _| {})?;
+        last = Some(counters() - c0);
+        runs.push(stats);
+    }
+    runs.sort_by(|a, b| (a.prefill_s + a.decode_s).total_cmp(&(b.prefill_s + b.decode_s)));
+    let stats = runs[(runs.len() - 1) / 2];
     maybe_profile(net.device, last, || {
         generate(net, &prompts, 1, &p, None, &mut |_, _| {}).map(|_| ())
     })?;
@@ -344,8 +379,8 @@ pub struct DpoBench {
     pub peak_rss_mib: f64,
 }
 
-/// Time full DPO optimizer steps (policy forward + backward + AdamW) on `pairs` synthetic
-/// pairs of `prompt_len + completion_len` tokens. With `cached`, the reference log-probs
+/// Time full DPO optimizer steps (policy forward + backward + AdamW), after one untimed
+/// warm-up step, on `pairs` synthetic pairs of `prompt_len + completion_len` tokens. With `cached`, the reference log-probs
 /// are computed once beforehand (as the cache does); without, a frozen 16-bit reference
 /// model is loaded and run under no_grad in every step.
 pub fn dpo_step(
@@ -403,7 +438,8 @@ pub fn dpo_step(
     trainer.reference = reference.map(|r| LiveReference::Model(Box::new(r)));
     let mut times = Vec::new();
     let mut last = None;
-    for _ in 0..steps {
+    // one untimed step first, as the peer does: the optimizer state is allocated there
+    for i in 0..steps + 1 {
         let c0 = counters();
         let t0 = Instant::now();
         let batch = MicroBatch::Dpo {
@@ -414,7 +450,9 @@ pub fn dpo_step(
         if device == Device::Gpu {
             crate::backend::gpu::context()?.sync()?;
         }
-        times.push(t0.elapsed().as_secs_f64());
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
         last = Some(counters() - c0);
     }
     maybe_profile(device, last, || {

@@ -297,3 +297,117 @@ fn stops_at_eos_and_stop_strings() {
     assert_eq!(free[0].finish, Finish::Length);
     assert_eq!(free[0].ids.len(), 8);
 }
+
+/// The exact distribution `sample` draws from, in f64, written from HF's definitions:
+/// logits / T, top-k (ties at the k-th kept), then top-p over the kept tokens sorted by
+/// (logit descending, id ascending): a token stays while the mass before it is < p.
+fn exact_distribution(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<f64> {
+    let n = logits.len();
+    let mut keep: Vec<usize> = (0..n).collect();
+    keep.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if top_k > 0 && top_k < n {
+        let kth = logits[keep[top_k - 1]];
+        keep.retain(|&i| logits[i] >= kth);
+    }
+    let m = logits[keep[0]] as f64 / t;
+    let w: Vec<f64> = keep
+        .iter()
+        .map(|&i| (logits[i] as f64 / t - m).exp())
+        .collect();
+    let z: f64 = w.iter().sum();
+    let mut kept = keep.len();
+    if top_p < 1.0 {
+        let (mut cum, mut k) = (0.0, 0);
+        for &x in &w {
+            if cum >= top_p && k > 0 {
+                break;
+            }
+            cum += x / z;
+            k += 1;
+        }
+        kept = k;
+    }
+    let z2: f64 = w[..kept].iter().sum();
+    let mut p = vec![0.0; n];
+    for (j, &i) in keep[..kept].iter().enumerate() {
+        p[i] = w[j] / z2;
+    }
+    p
+}
+
+/// Pearson's chi-square of `counts` against `p` (cells expecting fewer than 5 draws are
+/// pooled); a draw of a token with probability 0 fails at once.
+fn chi_square(counts: &[usize], p: &[f64], draws: usize) -> (f64, usize) {
+    let (mut x2, mut cells) = (0.0, 0usize);
+    let (mut pool_c, mut pool_e) = (0.0, 0.0);
+    for (i, (&c, &q)) in counts.iter().zip(p).enumerate() {
+        assert!(
+            q > 0.0 || c == 0,
+            "token {i} has probability 0 but was drawn {c} times"
+        );
+        let e = q * draws as f64;
+        if e >= 5.0 {
+            x2 += (c as f64 - e).powi(2) / e;
+            cells += 1;
+        } else {
+            pool_c += c as f64;
+            pool_e += e;
+        }
+    }
+    if pool_e > 0.0 {
+        x2 += (pool_c - pool_e).powi(2) / pool_e;
+        cells += 1;
+    }
+    (x2, cells.saturating_sub(1))
+}
+
+#[test]
+fn sampled_frequencies_follow_the_exact_distribution() {
+    // a vocabulary of 300 with a spread of logits, some tied
+    let mut logits = ponder::util::randn_vec(300, 2.0, 77);
+    logits[5] = logits[9];
+    let draws = 30_000;
+    for (t, top_k, top_p) in [
+        (1.0, 0, 1.0),
+        (0.7, 0, 1.0),
+        (1.3, 20, 1.0),
+        (0.8, 0, 0.9),
+        (1.0, 40, 0.5),
+    ] {
+        let p = SamplingParams {
+            temperature: t as f32,
+            top_k,
+            top_p: top_p as f32,
+            ..Default::default()
+        };
+        let want = exact_distribution(&logits, t, top_k, top_p);
+        let mut rng = ponder::util::rng(5);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[sample(&logits, &p, &mut rng) as usize] += 1;
+        }
+        let (x2, dof) = chi_square(&counts, &want, draws);
+        // far in the tail: about 7 standard deviations of chi-square(dof) above its mean
+        let bound = dof as f64 + 7.0 * (2.0 * dof as f64).sqrt() + 10.0;
+        assert!(x2 < bound, "T {t} top-k {top_k} top-p {top_p}: chi-square {x2:.1} over {dof} dof (bound {bound:.1})");
+    }
+    // a flat vocabulary of 5,000 under top-p 0.5: the kept set (about half) is larger than
+    // the first slice the sampler sorts, so it must grow it, and nothing outside is drawn
+    let flat: Vec<f32> = ponder::util::randn_vec(5000, 0.05, 78);
+    let want = exact_distribution(&flat, 1.0, 0, 0.5);
+    let kept = want.iter().filter(|&&q| q > 0.0).count();
+    assert!(kept > 1000, "the test needs a large kept set, got {kept}");
+    let p = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.5,
+        ..Default::default()
+    };
+    let mut rng = ponder::util::rng(6);
+    for _ in 0..20_000 {
+        let id = sample(&flat, &p, &mut rng) as usize;
+        assert!(
+            want[id] > 0.0,
+            "top-p 0.5 drew token {id}, outside the nucleus"
+        );
+    }
+}

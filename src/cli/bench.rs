@@ -15,7 +15,8 @@ pub(crate) enum BenchCmd {
     Matmul {
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        /// Profile one more run and print the table: every GPU kernel with timestamp queries,
+        /// or on the CPU the wall time of each op family, forward and backward.
         #[arg(long)]
         profile: bool,
         #[arg(long, default_value_t = 1024)]
@@ -27,6 +28,9 @@ pub(crate) enum BenchCmd {
         /// B is the transpose of a row-major (N, K) weight (x @ W^T).
         #[arg(long)]
         weight_t: bool,
+        /// A is the transpose of a row-major (K, M) matrix (a weight gradient dY^T @ X).
+        #[arg(long)]
+        a_t: bool,
         #[arg(long, default_value_t = 7)]
         reps: usize,
         #[arg(long, default_value_t = 2)]
@@ -36,7 +40,8 @@ pub(crate) enum BenchCmd {
     Attention {
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        /// Profile one more run and print the table: every GPU kernel with timestamp queries,
+        /// or on the CPU the wall time of each op family, forward and backward.
         #[arg(long)]
         profile: bool,
         #[arg(long, default_value_t = 1)]
@@ -77,7 +82,8 @@ pub(crate) enum BenchCmd {
         steps: usize,
         #[arg(long)]
         device: Option<String>,
-        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        /// Profile one more run and print the table: every GPU kernel with timestamp queries,
+        /// or on the CPU the wall time of each op family, forward and backward.
         #[arg(long)]
         profile: bool,
     },
@@ -98,9 +104,22 @@ pub(crate) enum BenchCmd {
         prompt_len: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
+        /// Sample at this temperature (0: greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Keep the k most likely tokens when sampling (0: off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Keep the smallest set of tokens whose probability reaches p (1: off).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Timed calls per batch size; the median call is reported.
+        #[arg(long, default_value_t = 1)]
+        reps: usize,
         #[arg(long)]
         device: Option<String>,
-        /// Time every GPU kernel of one more run with timestamp queries, and print the table.
+        /// Profile one more run and print the table: every GPU kernel with timestamp queries,
+        /// or on the CPU the wall time of each op family, forward and backward.
         #[arg(long)]
         profile: bool,
         /// Write the random model to this directory (Hugging Face layout) and stop, so that
@@ -131,10 +150,11 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             n,
             k,
             weight_t,
+            a_t,
             reps,
             warmup,
             ..
-        } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, weight_t, warmup, reps)?,
+        } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, weight_t, a_t, warmup, reps)?,
         BenchCmd::Attention {
             device: d,
             b,
@@ -232,10 +252,19 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             batch,
             prompt_len,
             new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            reps,
             device: d,
             save_random,
             ..
         } => {
+            let sampling = ponder::bench::Sampling {
+                temperature,
+                top_k,
+                top_p,
+            };
             let dev = device(d)?;
             let t0 = std::time::Instant::now();
             let (net, name) = if qwen_05b {
@@ -268,7 +297,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 return Ok(true);
             }
             for b in batch {
-                let s = ponder::bench::generation(&net, b, prompt_len, new_tokens)?;
+                let s = ponder::bench::generation(&net, b, prompt_len, new_tokens, sampling, reps)?;
                 outln!("batch {b} on {dev}: {}", s.summary());
             }
             outln!(

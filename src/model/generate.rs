@@ -13,6 +13,7 @@ use super::tokenizer::Tok;
 use super::transformer::{Forward, KvCache, Transformer};
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
+use rayon::prelude::*;
 
 /// Largest KV cache a generation call may allocate.
 const MAX_KV_BYTES: usize = 64 << 30;
@@ -76,11 +77,12 @@ pub struct Sequence {
 /// towards `max_new_tokens`; the hook is asked again only once they are all emitted.
 pub type Steer<'a> = dyn FnMut(usize, &str) -> Option<Vec<u32>> + 'a;
 
-/// `log_softmax(logits)[id]`, in f64 for the sum.
+/// `log_softmax(logits)[id]`: f32 exponentials (vectorised), summed in f64.
 fn logprob_of(logits: &[f32], id: u32) -> f32 {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let z: f64 = logits.iter().map(|&x| (x as f64 - m).exp()).sum();
-    (logits[id as usize] as f64 - m - z.ln()) as f32
+    use crate::backend::cpu::vmath;
+    let m = vmath::max(logits);
+    let z = vmath::exp_weights(logits, m, 1.0, None);
+    ((logits[id as usize] - m) as f64 - z.ln()) as f32
 }
 
 /// Whether the generated text, whose last `new` bytes just arrived, now contains a stop
@@ -109,20 +111,29 @@ pub struct GenStats {
 impl GenStats {
     pub fn summary(&self) -> String {
         format!(
-            "prefill {} tokens in {:.3}s ({:.1} tok/s); decode {} tokens over {} rows in {:.3}s ({:.1} tok/s)",
+            "prefill {} tokens in {:.3}s ({:.1} tok/s); decode {} tokens over {} rows in {:.3}s ({:.1} tok/s); {:.1} new tok/s over the whole call",
             self.prefill_tokens,
             self.prefill_s,
             self.prefill_tokens as f64 / self.prefill_s.max(1e-9),
             self.decode_tokens,
             self.rows,
             self.decode_s,
-            self.decode_tokens as f64 / self.decode_s.max(1e-9)
+            self.decode_tokens as f64 / self.decode_s.max(1e-9),
+            self.decode_tokens as f64 / (self.prefill_s + self.decode_s).max(1e-9)
         )
     }
 }
 
 /// Pick the next token from one row of logits (HF order: temperature, top-k, top-p).
+///
+/// Nothing sorts the vocabulary: plain temperature sampling draws from the weights
+/// e^((x - max) / T) in id order; top-k takes its k candidates by partial selection and
+/// sorts only those; top-p alone sorts growing slices of the most likely ids until they
+/// hold the mass p. Kept candidates are ordered by (logit descending, id ascending) and a
+/// token is kept while the mass of the more likely ones is below p, as HF's filters do.
+/// One uniform is drawn per call.
 pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
+    use crate::backend::cpu::vmath;
     if p.temperature <= 0.0 {
         // first maximum, as torch.argmax
         let mut best = 0;
@@ -133,50 +144,103 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
         }
         return best as u32;
     }
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let inv_t = 1.0 / p.temperature;
     let by_logit = |a: &u32, b: &u32| {
         logits[*b as usize]
             .total_cmp(&logits[*a as usize])
             .then(a.cmp(b))
     };
-    if p.top_k > 0 && p.top_k < idx.len() {
+    let top_k = p.top_k > 0 && p.top_k < logits.len();
+    if !top_k && p.top_p >= 1.0 {
+        let mut w = vec![0.0f32; logits.len()];
+        let total = vmath::exp_weights(logits, vmath::max(logits), inv_t, Some(&mut w));
+        return draw(&w, None, total, rng);
+    }
+    // candidates in order, with their weights
+    let (kept, w): (Vec<u32>, Vec<f32>) = if top_k {
         // keep every token at least as likely as the k-th (ties included, as HF's top-k)
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         idx.select_nth_unstable_by(p.top_k - 1, by_logit);
         let kth = logits[idx[p.top_k - 1] as usize];
         idx.retain(|&i| logits[i as usize] >= kth);
+        idx.sort_unstable_by(by_logit);
+        let m = logits[idx[0] as usize];
+        let w: Vec<f32> = idx
+            .iter()
+            .map(|&i| vmath::exp((logits[i as usize] - m) * inv_t))
+            .collect();
+        (idx, w)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    if top_k {
+        let total: f64 = w.iter().map(|&x| x as f64).sum();
+        let keep = nucleus(&w, p.top_p as f64 * total, p.top_p >= 1.0);
+        let total: f64 = w[..keep].iter().map(|&x| x as f64).sum();
+        return draw(&w[..keep], Some(&kept[..keep]), total, rng);
     }
-    idx.sort_unstable_by(by_logit);
-    let t = p.temperature as f64;
-    let m = logits[idx[0] as usize] as f64 / t;
-    let mut probs: Vec<f64> = idx
-        .iter()
-        .map(|&i| (logits[i as usize] as f64 / t - m).exp())
-        .collect();
-    let z: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|x| *x /= z);
-    if p.top_p < 1.0 {
-        // keep a token while the mass of the more likely ones is below top_p
-        let mut cum = 0.0;
-        let mut keep = 0;
-        for &q in &probs {
-            if cum >= p.top_p as f64 && keep > 0 {
-                break;
+    // top-p alone: weights of the whole vocabulary, then sorted slices of the largest
+    let mut all = vec![0.0f32; logits.len()];
+    let total = vmath::exp_weights(logits, vmath::max(logits), inv_t, Some(&mut all));
+    let target = p.top_p as f64 * total;
+    let mut rest: Vec<u32> = (0..logits.len() as u32).collect();
+    let (mut ids, mut ws) = (Vec::new(), Vec::new());
+    let (mut cum, mut chunk) = (0.0f64, 64usize);
+    'grow: while !rest.is_empty() {
+        let take = chunk.min(rest.len());
+        if take < rest.len() {
+            rest.select_nth_unstable_by(take - 1, by_logit);
+        }
+        let tail = rest.split_off(take);
+        let mut head = std::mem::replace(&mut rest, tail);
+        head.sort_unstable_by(by_logit);
+        for id in head {
+            if cum >= target && !ids.is_empty() {
+                break 'grow;
             }
-            cum += q;
-            keep += 1;
+            let x = all[id as usize];
+            cum += x as f64;
+            ids.push(id);
+            ws.push(x);
         }
-        probs.truncate(keep);
-        idx.truncate(keep);
+        chunk *= 4;
     }
-    let total: f64 = probs.iter().sum();
+    draw(&ws, Some(&ids), cum, rng)
+}
+
+/// How many of the (descending) weights `w` top-p keeps: while the mass before a token is
+/// below `target`, and at least one.
+fn nucleus(w: &[f32], target: f64, off: bool) -> usize {
+    if off {
+        return w.len();
+    }
+    let mut cum = 0.0f64;
+    for (k, &x) in w.iter().enumerate() {
+        if cum >= target && k > 0 {
+            return k;
+        }
+        cum += x as f64;
+    }
+    w.len()
+}
+
+/// Draw index k with probability w[k] / total (`total` is their sum), returning `ids[k]`
+/// or k itself; the last positive weight takes what rounding leaves over.
+fn draw(w: &[f32], ids: Option<&[u32]>, total: f64, rng: &mut impl Rng) -> u32 {
+    let id = |k: usize| ids.map_or(k as u32, |ids| ids[k]);
     let mut u = rng.random::<f64>() * total;
-    for (k, &q) in probs.iter().enumerate() {
-        if u < q {
-            return idx[k];
+    let mut last = 0;
+    for (k, &x) in w.iter().enumerate() {
+        let x = x as f64;
+        if x > 0.0 {
+            if u < x {
+                return id(k);
+            }
+            last = k;
         }
-        u -= q;
+        u -= x;
     }
-    idx[probs.len() - 1]
+    id(last)
 }
 
 /// One batched forward with per-row positions and key ranges, returning the last
@@ -409,21 +473,32 @@ pub fn generate_steered(
     let t1 = Instant::now();
     for step in 0..p.max_new_tokens {
         let mut next = vec![0u32; rows];
-        for r in 0..rows {
-            if done[r] {
-                continue;
-            }
-            let row = &logits[r * v..(r + 1) * v];
-            let id = match queued[r].pop_front() {
-                Some(f) if (f as usize) < v => {
-                    seqs[r].forced += 1;
-                    f
+        // every live row's token and its log-prob, rows in parallel: a forced id if one
+        // is queued (an out-of-vocabulary one is dropped and the row samples instead)
+        let picks: Vec<Option<(u32, bool, f32)>> = rngs
+            .par_iter_mut()
+            .enumerate()
+            .map(|(r, rng)| {
+                if done[r] {
+                    return None;
                 }
-                _ => sample(row, p, &mut rngs[r]),
+                let row = &logits[r * v..(r + 1) * v];
+                let forced = queued[r].front().copied().filter(|&f| (f as usize) < v);
+                let id = forced.unwrap_or_else(|| sample(row, p, rng));
+                Some((id, forced.is_some(), logprob_of(row, id)))
+            })
+            .collect();
+        for r in 0..rows {
+            let Some((id, forced, lp)) = picks[r] else {
+                continue;
             };
+            queued[r].pop_front();
+            if forced {
+                seqs[r].forced += 1;
+            }
             next[r] = id;
             seqs[r].ids.push(id);
-            seqs[r].logprobs.push(logprob_of(row, id));
+            seqs[r].logprobs.push(lp);
             stats.decode_tokens += 1;
             on_token(r, id);
             if !p.ignore_eos && p.eos_ids.contains(&id) {

@@ -122,10 +122,14 @@ impl Tensor {
                 Some(r.contiguous()?)
             }
         };
+        // FLOPs counted as torch's peers do: 4 T S NH HD per batch row, halved when causal
+        let fwd_flops =
+            4.0 * (d.b * d.t * d.s * d.nh * d.hd) as f64 / if d.causal { 2.0 } else { 1.0 };
         let (out, lse) = match dev {
             Device::Cpu => with_real!("attention", dt, T => {
                 let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
                 let (o, l) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {
+                    crate::backend::cpu::profile::flops(fwd_flops);
                     cpu::attention(&d, qs, ks, vs, rv.as_deref())
                 })))???;
                 (cpu_tensor(o, q.shape())?, cpu_tensor(l, &[d.b, d.nh, d.t])?)
@@ -142,6 +146,7 @@ impl Tensor {
                     let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
                     let (dq, dk, dv) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {
                         o_saved.cpu_read("attention", |os: &[T]| lse_saved.cpu_read("attention", |ls: &[T]| g.cpu_read("attention", |gs: &[T]| {
+                            crate::backend::cpu::profile::flops(2.5 * fwd_flops);
                             cpu::attention_bwd(&d, qs, ks, vs, os, ls, gs, rv.as_deref())
                         })))
                     })))??????;

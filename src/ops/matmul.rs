@@ -157,9 +157,11 @@ impl Tensor {
                 (_, None) => b = b.contiguous()?,
             }
         };
+        let flops = 2.0 * (gemm.batch * gemm.m * gemm.n * gemm.k) as f64;
         let out = match dev {
             Device::Cpu if half_rhs => {
                 let v = a.cpu_strided("matmul", |xa: &[f32], _| {
+                    crate::backend::cpu::profile::flops(flops);
                     b.with_cpu_data(|d, _| match d {
                         CpuData::F16(xb) => gemm_f32(&gemm, xa, xb),
                         CpuData::BF16(xb) => gemm_f32(&gemm, xa, xb),
@@ -170,6 +172,7 @@ impl Tensor {
             }
             Device::Cpu => with_real!("matmul", dt, T => {
                 let v = a.cpu_strided("matmul", |xa: &[T], _| {
+                    crate::backend::cpu::profile::flops(flops);
                     b.cpu_strided("matmul", |xb: &[T], _| T::gemm(&gemm, xa, xb))
                 })??;
                 cpu_tensor(v, &out_shape)?
@@ -238,8 +241,39 @@ impl Tensor {
         };
         match dev {
             Device::Gpu => kernels::gemm_acc(&gemm, a, b, self),
+            // f32 into an accumulator of its own: the product is added in place, with no
+            // (M, N) temporary (the LM head's dW is V x C)
+            Device::Cpu
+                if dt == DType::F32
+                    && !std::ptr::eq(&**self.storage(), &**a.storage())
+                    && !std::ptr::eq(&**self.storage(), &**b.storage()) =>
+            {
+                let _span = crate::backend::cpu::profile::span("add_matmul_", false);
+                a.cpu_strided("matmul", |xa: &[f32], _| {
+                    crate::backend::cpu::profile::flops(2.0 * (m * n * k) as f64);
+                    b.cpu_strided("matmul", |xb: &[f32], _| {
+                        self.with_cpu_data_mut(|d, _| match d {
+                            CpuData::F32(out) => {
+                                crate::backend::cpu::matmul::gemm_f32_acc(
+                                    &gemm,
+                                    xa,
+                                    xb,
+                                    &mut out[..m * n],
+                                );
+                                Ok(())
+                            }
+                            _ => Err(Error::invalid(
+                                "add_matmul_",
+                                "accumulator storage is not its dtype",
+                            )),
+                        })
+                    })
+                })??
+            }
             Device::Cpu => with_real!("add_matmul_", dt, T => {
+                let _span = crate::backend::cpu::profile::span("add_matmul_", false);
                 let v = a.cpu_strided("matmul", |xa: &[T], _| {
+                    crate::backend::cpu::profile::flops(2.0 * (m * n * k) as f64);
                     b.cpu_strided("matmul", |xb: &[T], _| T::gemm(&gemm, xa, xb))
                 })??;
                 self.with_cpu_data_mut(|d, _| match T::slice_mut(d) {

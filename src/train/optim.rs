@@ -172,6 +172,16 @@ impl Optimizer {
             }
             return crate::backend::gpu::kernels::sum_squares(&grads).map(Some);
         }
+        // f32 on the CPU: one fused pass per gradient, summed in f64
+        let grads: Vec<Tensor> = self.params.iter().filter_map(|(_, p)| p.grad()).collect();
+        if !grads.is_empty() && grads.iter().all(|g| g.dtype() == crate::dtype::DType::F32) {
+            let mut total = 0.0f64;
+            for g in &grads {
+                total += crate::backend::cpu::sum_squares(g)?;
+            }
+            return Tensor::from_vec(vec![total as f32], &[1], crate::tensor::Device::Cpu)
+                .map(Some);
+        }
         let mut total: Option<Tensor> = None;
         for (_, p) in &self.params {
             if let Some(g) = p.grad() {
@@ -207,9 +217,15 @@ impl Optimizer {
             self.clip_coef = Some(coef);
             return Ok(());
         }
+        // on the CPU the coefficient is a number at hand: gradients already within the
+        // bound are left as they are (a scale by 1 would only copy them)
+        let c = coef.to_vec_f32()?[0] as f64;
+        if c == 1.0 {
+            return Ok(());
+        }
         for (_, p) in &self.params {
             if let Some(g) = p.grad() {
-                p.set_grad(Some(g.mul(&coef)?));
+                p.set_grad(Some(g.scale(c)?));
             }
         }
         Ok(())

@@ -41,12 +41,39 @@ pub(super) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
     }
 }
 
+/// Causal grouped-query attention in any [`Real`]: for f32 the flash-tiled kernels once
+/// there are enough queries to fill a tile (`flash.rs`), else the reference loops.
+pub fn attention<T: Real>(
+    d: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    ranges: Option<&[u32]>,
+) -> (Vec<T>, Vec<T>) {
+    T::attention(d, q, k, v, ranges)
+}
+
+/// Backward of [`attention`], in the same split.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<T: Real>(
+    d: &AttnDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    dout: &[T],
+    ranges: Option<&[u32]>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    T::attention_bwd(d, q, k, v, o, lse, dout, ranges)
+}
+
 /// Causal grouped-query attention, reference loops. Returns out `(B, T, NH, HD)` and the
 /// log-sum-exp of the scaled scores `(B, NH, T)` (LSE_MASKED for rows with no key).
 ///   s_j = scale * q . k_j,  p_j = softmax(s)_j,  o = sum_j p_j v_j,  kv head = h / (NH/NKV)
 /// Each (batch, head) is one task on rayon's threads, written to its own buffer and then
 /// scattered into place.
-pub fn attention<T: Real>(
+pub fn attention_ref<T: Real>(
     d: &AttnDims,
     q: &[T],
     k: &[T],
@@ -104,13 +131,13 @@ pub fn attention<T: Real>(
     (out, lse)
 }
 
-/// Backward of [`attention`], recomputing probabilities from the saved logsumexp:
+/// Backward of [`attention_ref`], recomputing probabilities from the saved logsumexp:
 ///   p_j = exp(s_j - lse),  dp_j = do . v_j,  D = do . o,  ds_j = p_j (dp_j - D)
 ///   dq = scale sum_j ds_j k_j,  dk_j += scale ds_j q,  dv_j += p_j do
 /// Returns dq `(B,T,NH,HD)`, dk and dv `(B,S,NKV,HD)` (dense). Each (batch, kv head) is
 /// one task: it owns that kv head's dk and dv and the dq of the query heads sharing it.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_bwd<T: Real>(
+pub fn attention_bwd_ref<T: Real>(
     d: &AttnDims,
     q: &[T],
     k: &[T],

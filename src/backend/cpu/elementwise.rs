@@ -25,10 +25,63 @@ pub fn unary<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
             UnaryOp::Affine(..) => p0 * x + p1,
         }
     };
+    // the affine map (scale, shift) is the hot one (gradient scaling): a loop of its own,
+    // which vectorises, rather than a match per element
+    if let UnaryOp::Affine(..) = op {
+        return map1(x, move |v| p0 * v + p1);
+    }
+    map1(x, f)
+}
+
+/// `f` over every element, on rayon's threads for large slices (one thread per element,
+/// fixed order), monomorphised per `f` so that simple maps vectorise.
+#[inline(always)]
+fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     if x.len() >= PAR_MIN {
         return x.par_iter().map(|&v| f(v)).collect();
     }
     x.iter().map(|&v| f(v)).collect()
+}
+
+/// `f` over pairs of elements, as [`map1`].
+#[inline(always)]
+fn map2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    if a.len() >= PAR_MIN {
+        return a.par_iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    }
+    a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+}
+
+/// `a (op) b` over contiguous slices (`b` of length 1 is a scalar), with one loop per op.
+fn binary_dense<T: Real>(op: BinaryOp, a: &[T], b: &[T]) -> Vec<T> {
+    macro_rules! per_op {
+        ($($op:ident => $f:expr),* $(,)?) => {
+            match op {
+                $(BinaryOp::$op => {
+                    let f = $f;
+                    if b.len() == 1 && a.len() != 1 {
+                        let y = b[0];
+                        map1(a, move |x| f(x, y))
+                    } else {
+                        map2(a, b, f)
+                    }
+                })*
+                _ => {
+                    if b.len() == 1 && a.len() != 1 {
+                        map1(a, |x| binary_scalar(op, x, b[0]))
+                    } else {
+                        map2(a, b, |x, y| binary_scalar(op, x, y))
+                    }
+                }
+            }
+        };
+    }
+    per_op!(
+        Add => |x: T, y: T| x + y,
+        Sub => |x: T, y: T| x - y,
+        Mul => |x: T, y: T| x * y,
+        Div => |x: T, y: T| x / y,
+    )
 }
 
 /// dx = g * f'(x), the backward of [`unary`].
@@ -122,18 +175,15 @@ pub fn binary<T: Real>(op: BinaryOp, a: &[T], la: &Layout, b: &[T], lb: &Layout)
             &a[la.offset..la.offset + la.numel()],
             &b[lb.offset..lb.offset + lb.numel()],
         );
-        if a.len() >= PAR_MIN {
-            return a
-                .par_iter()
-                .zip(b)
-                .map(|(&x, &y)| binary_scalar(op, x, y))
-                .collect();
-        }
-        return a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| binary_scalar(op, x, y))
-            .collect();
+        return binary_dense(op, a, b);
+    }
+    // a dense tensor against one broadcast value (a scalar coefficient)
+    if la.is_contiguous() && lb.strides.iter().all(|&s| s == 0) && la.numel() > 0 {
+        return binary_dense(
+            op,
+            &a[la.offset..la.offset + la.numel()],
+            &b[lb.offset..lb.offset + 1],
+        );
     }
     let (ra, n, sa) = rows_of(la);
     let (rb, _, sb) = rows_of(lb);

@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+pub use super::microkernel::AsF32;
+use super::microkernel::{Kernel, MR, NR};
 use super::Real;
 
 /// A strided matrix operand: element (batch, row, col) lives at
@@ -47,44 +49,9 @@ pub fn gemm_ref<T: Real>(g: &Gemm, a: &[T], b: &[T]) -> Vec<T> {
         });
     c
 }
-
-const MR: usize = 6;
-const NR: usize = 16;
 const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
-
-/// An element the fast path can read as f32: f32 itself, or 16-bit stored weights
-/// (widened while packing, so a bf16 model never needs an f32 copy).
-pub trait AsF32: Copy + Send + Sync {
-    fn as_f32(self) -> f32;
-    /// The slice itself when it already is f32 (no widening copy needed).
-    fn f32_slice(s: &[Self]) -> Option<&[f32]> {
-        let _ = s;
-        None
-    }
-}
-impl AsF32 for f32 {
-    #[inline(always)]
-    fn as_f32(self) -> f32 {
-        self
-    }
-    fn f32_slice(s: &[Self]) -> Option<&[f32]> {
-        Some(s)
-    }
-}
-impl AsF32 for half::f16 {
-    fn as_f32(self) -> f32 {
-        self.to_f32()
-    }
-}
-impl AsF32 for half::bf16 {
-    #[inline(always)]
-    fn as_f32(self) -> f32 {
-        // bf16 is the top half of an f32 (NaN payloads stay NaN)
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-}
 
 /// The fast f32 path (see the module comment).
 pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
@@ -92,13 +59,45 @@ pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     if m == 0 || n == 0 {
         return vec![0.0; g.batch * m * n];
     }
+    if (SKINNY_MIN_M..=SKINNY_M).contains(&m) && g.b.sr == 1 && n >= MR && m * n * k >= 16 * 64 * 64
+    {
+        if let Some(w) = B::f32_slice(b) {
+            return gemm_skinny(g, a, w);
+        }
+    }
     if m <= SMALL_M && (g.b.sr == 1 || g.b.sc == 1) && n >= 64 {
         return gemm_small_m(g, a, b);
     }
-    let mut c = vec![0.0f32; g.batch * m * n];
-    if m == 0 || n == 0 {
-        return c;
+    if m <= MC && n >= 2 * NR && m * n * k >= 64 * 64 * 64 {
+        return gemm_wide(g, a, b);
     }
+    let mut c = vec![0.0f32; g.batch * m * n];
+    gemm_blocked(g, a, b, &mut c, false);
+    c
+}
+
+/// `c += A @ B` in place (`c` dense `(batch, m, n)`): the gradient sums of a backward.
+/// Large products add each KC step's partial product straight into C, so no temporary
+/// the size of C exists; the rounding then differs from `c + gemm_f32(..)` in the last
+/// bits (still one fixed order, whatever the threads).
+pub fn gemm_f32_acc<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32]) {
+    assert_eq!(
+        c.len(),
+        g.batch * g.m * g.n,
+        "gemm_f32_acc: C has the wrong size"
+    );
+    if g.m <= MC || g.k == 0 {
+        for (cv, x) in c.iter_mut().zip(gemm_f32(g, a, b)) {
+            *cv += x;
+        }
+        return;
+    }
+    gemm_blocked(g, a, b, c, true);
+}
+
+/// The blocked path: C (+)= A @ B over KC x NC panels of B and MC x KC blocks of A.
+fn gemm_blocked<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32], accumulate: bool) {
+    let (m, n, k) = (g.m, g.n, g.k);
     let kern = Kernel::detect();
     // Small problems: pack once, no threads.
     let parallel = m * n * k >= 64 * 64 * 64;
@@ -107,30 +106,143 @@ pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
         let cb = &mut c[bi * m * n..(bi + 1) * m * n];
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                pack_b(g, b, bi, pc, kc, jc, nc, &mut bpack);
+            // units of work: (block of MC rows, chunk of about 512 columns), so that both
+            // dimensions feed the threads (11 row blocks on 2 threads would idle one)
+            let blocks = m.div_ceil(MC);
+            let threads = rayon::current_num_threads().max(1);
+            let chunks = if blocks % threads == 0 || blocks >= 8 * threads {
+                1
+            } else {
+                nc.div_ceil(512)
+            };
+            let chunk = nc.div_ceil(chunks).div_ceil(NR) * NR;
+            for pc in (0..k).step_by(k_step(k)) {
+                let kc = k_step(k).min(k - pc);
+                let panels = nc.div_ceil(NR);
+                let pack = |(pi, panel): (usize, &mut [f32])| {
+                    let jr = pi * NR;
+                    pack_b(g, b, bi, pc, kc, jc + jr, NR.min(nc - jr), panel);
+                };
+                let live = &mut bpack[..panels * KC * NR];
+                if parallel {
+                    live.par_chunks_mut(KC * NR).enumerate().for_each(pack);
+                } else {
+                    live.chunks_mut(KC * NR).enumerate().for_each(pack);
+                }
                 let bp = &bpack[..];
-                let work = |(blk, cblock): (usize, &mut [f32])| {
+                let out = SharedOut(cb.as_mut_ptr(), cb.len());
+                let work = |unit: usize| {
+                    let (blk, ch) = (unit / chunks, unit % chunks);
                     let ic = blk * MC;
                     let mc = MC.min(m - ic);
+                    // this unit's rows of A, packed where it computes (they stay in cache)
                     let mut apack = [0.0f32; KC * MC];
                     pack_a(g, a, bi, ic, mc, pc, kc, &mut apack);
-                    for jr in (0..nc).step_by(NR) {
+                    let (j0, j1) = (ch * chunk, ((ch + 1) * chunk).min(nc));
+                    for jr in (j0..j1).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         let bpanel = &bp[(jr / NR) * KC * NR..];
                         for ir in (0..mc).step_by(MR) {
                             let mr = MR.min(mc - ir);
                             let apanel = &apack[(ir / MR) * KC * MR..];
-                            let cptr = &mut cblock[ir * n + jc + jr..];
-                            kern.run(kc, apanel, bpanel, cptr, n, mr, nr, pc > 0);
+                            let at = (ic + ir) * n + jc + jr;
+                            let cptr = out.tile(at, (mr - 1) * n + nr);
+                            // SAFETY: in bounds (checked by tile); units write disjoint tiles
+                            // of C (their own rows x their own columns), each by one thread.
+                            let acc = pc > 0 || accumulate;
+                            unsafe { kern.run_raw(kc, apanel, bpanel, cptr, n, mr, nr, acc) };
                         }
                     }
                 };
                 if parallel {
-                    cb.par_chunks_mut(MC * n).enumerate().for_each(work);
+                    (0..blocks * chunks).into_par_iter().for_each(work);
                 } else {
-                    cb.chunks_mut(MC * n).enumerate().for_each(work);
+                    (0..blocks * chunks).for_each(work);
+                }
+            }
+        }
+    }
+}
+
+/// C's storage, shared by the units of [`gemm_f32`], which write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32, usize);
+
+impl SharedOut {
+    /// A pointer to element `at`, after checking that `span` more elements exist.
+    fn tile(self, at: usize, span: usize) -> *mut f32 {
+        assert!(at + span <= self.1, "gemm tile out of bounds");
+        // SAFETY: at < len (asserted), so the pointer stays inside the allocation.
+        unsafe { self.0.add(at) }
+    }
+}
+// SAFETY: the units that share it write disjoint elements (see gemm_f32).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Rows of A for which [`gemm_skinny`] takes f32 products with a transposed B. Below
+/// the lower bound a padded 16-column panel would waste most of its work, and the
+/// matrix-vector loops of [`gemm_small_m`] are faster.
+const SKINNY_M: usize = 64;
+const SKINNY_MIN_M: usize = 8;
+
+/// Few rows of A against B = W^T with W row-major f32 (a linear layer while decoding):
+/// computed as C^T = W A^T, so that the weight is read in place and never packed. A^T is
+/// packed once as NR-column panels (the rows of A, zero-padded to a multiple of NR), and
+/// the micro-kernel takes its MR "A" rows straight from MR rows of W, each a contiguous
+/// stream. Threads split W's rows; each output element is one dot product summed in k
+/// order by one thread.
+fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let kern = Kernel::detect();
+    let panels = m.div_ceil(NR);
+    // W rows per task: several MR groups, enough tasks for every thread to take a few
+    let tasks = 8 * rayon::current_num_threads().max(1);
+    let rows_per = (n.div_ceil(tasks).div_ceil(MR) * MR).max(MR);
+    let mut c = vec![0.0f32; g.batch * m * n];
+    for bi in 0..g.batch {
+        // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR
+        let mut at = vec![0.0f32; panels * k * NR];
+        let abase = g.a.off + bi * g.a.sb;
+        for i in 0..m {
+            let panel = &mut at[(i / NR) * k * NR..(i / NR + 1) * k * NR];
+            for p in 0..k {
+                panel[p * NR + i % NR] = a[abase + i * g.a.sr + p * g.a.sc];
+            }
+        }
+        let wbase = g.b.off + bi * g.b.sb;
+        let parts: Vec<Vec<f32>> = (0..n.div_ceil(rows_per))
+            .into_par_iter()
+            .map(|ti| {
+                let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
+                // C^T rows j0..j1, (j1 - j0, m)
+                let mut out = vec![0.0f32; (j1 - j0) * m];
+                for jg in (j0..j1).step_by(MR) {
+                    let live = MR.min(j1 - jg);
+                    // MR rows of W; a short last group repeats its last row (discarded)
+                    let rows: [&[f32]; MR] = std::array::from_fn(|r| {
+                        let j = jg + r.min(live - 1);
+                        let at = wbase + j * g.b.sc;
+                        &w[at..at + k]
+                    });
+                    for q in 0..panels {
+                        let tile = kern.rows_tile(k, rows, &at[q * k * NR..(q + 1) * k * NR]);
+                        for (r, trow) in tile.iter().enumerate().take(live) {
+                            let dst = &mut out[(jg + r - j0) * m..(jg + r - j0 + 1) * m];
+                            let cols = NR.min(m - q * NR);
+                            dst[q * NR..q * NR + cols].copy_from_slice(&trow[..cols]);
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
+        for (ti, out) in parts.iter().enumerate() {
+            let j0 = ti * rows_per;
+            for (jj, row) in out.chunks_exact(m).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    cb[i * n + j0 + jj] = v;
                 }
             }
         }
@@ -206,6 +318,79 @@ fn gemm_small_m<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     c
 }
 
+/// The k range split into equal steps of at most KC (576 = 2 x 288, not 384 + 192), so
+/// that no step is short and pays the micro-kernel's fixed cost for little work.
+fn k_step(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC).max(1)).max(1)
+}
+
+/// Output columns per task in [`gemm_wide`]: enough tasks for every thread to take
+/// several (so that uneven ones balance), at least one NR panel, at most 256 columns.
+fn wide_chunk(n: usize) -> usize {
+    let tasks = 8 * rayon::current_num_threads().max(1);
+    (n.div_ceil(tasks).div_ceil(NR) * NR).clamp(NR, 256)
+}
+
+/// At most one block of rows (decoding and small batches): all of A is packed once, and
+/// threads split the output columns, so each task streams its panel of B once for every
+/// row. The sums run in the same order as the blocked path's (KC steps of the
+/// micro-kernel), whatever the chunking.
+fn gemm_wide<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let kern = Kernel::detect();
+    let chunk = wide_chunk(n);
+    let mut c = vec![0.0f32; g.batch * m * n];
+    for bi in 0..g.batch {
+        // A as MR-row panels over the whole of k: element (r, p) at (r/MR)*k*MR + p*MR + r%MR
+        let mut apack = vec![0.0f32; m.div_ceil(MR) * MR * k];
+        let abase = g.a.off + bi * g.a.sb;
+        for r in 0..m {
+            let panel = &mut apack[(r / MR) * k * MR..(r / MR + 1) * k * MR];
+            for p in 0..k {
+                panel[p * MR + r % MR] = a[abase + r * g.a.sr + p * g.a.sc];
+            }
+        }
+        let parts: Vec<Vec<f32>> = (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .map(|ci| {
+                let (j0, w) = (ci * chunk, chunk.min(n - ci * chunk));
+                let mut out = vec![0.0f32; m * w];
+                let mut bpack = vec![0.0f32; KC * w.div_ceil(NR) * NR];
+                for pc in (0..k).step_by(k_step(k)) {
+                    let kc = k_step(k).min(k - pc);
+                    pack_b(g, b, bi, pc, kc, j0, w, &mut bpack);
+                    for jr in (0..w).step_by(NR) {
+                        let bpanel = &bpack[(jr / NR) * KC * NR..];
+                        for ir in (0..m).step_by(MR) {
+                            let apanel = &apack[(ir / MR) * k * MR + pc * MR..];
+                            let (mr, nr) = (MR.min(m - ir), NR.min(w - jr));
+                            kern.run(
+                                kc,
+                                apanel,
+                                bpanel,
+                                &mut out[ir * w + jr..],
+                                w,
+                                mr,
+                                nr,
+                                pc > 0,
+                            );
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
+        for (ci, out) in parts.iter().enumerate() {
+            let (j0, w) = (ci * chunk, chunk.min(n - ci * chunk));
+            for r in 0..m {
+                cb[r * n + j0..r * n + j0 + w].copy_from_slice(&out[r * w..(r + 1) * w]);
+            }
+        }
+    }
+    c
+}
+
 /// Pack B[pc..pc+kc, jc..jc+nc] as panels of NR columns: panel-major, then p, then column.
 /// Columns past the edge are zero.
 #[allow(clippy::too_many_arguments)]
@@ -268,6 +453,16 @@ fn pack_a(
     for (pi, ir) in (0..mc).step_by(MR).enumerate() {
         let mr = MR.min(mc - ir);
         let panel = &mut out[pi * KC * MR..pi * KC * MR + kc * MR];
+        if g.a.sr == 1 && mr == MR {
+            // A is a transposed row-major matrix (dW = dY^T X): its MR rows at one k are
+            // adjacent in memory, so read them together rather than striding down columns
+            let first = base + (ic + ir) + pc * g.a.sc;
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let at = first + p * g.a.sc;
+                dst.copy_from_slice(&a[at..at + MR]);
+            }
+            continue;
+        }
         for r in 0..MR {
             if r >= mr {
                 for p in 0..kc {
@@ -279,250 +474,6 @@ fn pack_a(
             for p in 0..kc {
                 panel[p * MR + r] = a[row + p * g.a.sc];
             }
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl Kernel {
-    /// AVX2+FMA when the CPU has them and `PONDER_CPU_PORTABLE` is unset; decided once.
-    fn detect() -> Kernel {
-        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *KERNEL.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::env::var("PONDER_CPU_PORTABLE").is_err()
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                {
-                    return Kernel::Avx2;
-                }
-            }
-            Kernel::Portable
-        })
-    }
-
-    /// C[0..mr, 0..nr] (row stride ldc) (+)= Apanel (kc x MR) ^T . Bpanel (kc x NR).
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        self,
-        kc: usize,
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        acc: bool,
-    ) {
-        assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-        assert!(c.len() >= (mr - 1) * ldc + nr);
-        let mut tile = [[0.0f32; NR]; MR];
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: detect() checked avx2+fma; the asserts above bound every pointer read.
-            Kernel::Avx2 => unsafe { avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile) },
-            Kernel::Portable => portable_kernel(kc, a, b, &mut tile),
-        }
-        for r in 0..mr {
-            let row = &mut c[r * ldc..r * ldc + nr];
-            if acc {
-                for (cv, tv) in row.iter_mut().zip(&tile[r][..nr]) {
-                    *cv += tv;
-                }
-            } else {
-                row.copy_from_slice(&tile[r][..nr]);
-            }
-        }
-    }
-}
-
-/// sum_i x_i y_i with 8 independent partial sums (vectorisable), in a fixed order.
-#[inline(always)]
-fn dot8(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (a, b) in xr.iter().zip(yr) {
-        s += a * b;
-    }
-    s
-}
-
-/// out[jj * m + i] = rows[i] . widen(b[jj * stride .. + k]) for `width` columns of B.
-#[inline(always)]
-fn col_dots<B: AsF32>(
-    rows: &[Vec<f32>],
-    b: &[B],
-    stride: usize,
-    width: usize,
-    col: &mut [f32],
-    out: &mut [f32],
-    dot4: impl Fn([&[f32]; 4], &[f32]) -> [f32; 4],
-) {
-    let m = rows.len();
-    let k = col.len();
-    for jj in 0..width {
-        let src = &b[jj * stride..jj * stride + k];
-        let col: &[f32] = match B::f32_slice(src) {
-            Some(f) => f,
-            None => {
-                for (d, v) in col.iter_mut().zip(src) {
-                    *d = v.as_f32();
-                }
-                col
-            }
-        };
-        // four rows at a time: four independent accumulator chains share each load of col
-        let mut i = 0;
-        while i + 4 <= m {
-            let d = dot4([&rows[i], &rows[i + 1], &rows[i + 2], &rows[i + 3]], col);
-            out[jj * m + i..jj * m + i + 4].copy_from_slice(&d);
-            i += 4;
-        }
-        for (r, row) in rows.iter().enumerate().skip(i) {
-            out[jj * m + r] = dot8(row, col);
-        }
-    }
-}
-
-/// Four dot products against one vector, each in the fixed order of [`dot8`].
-#[inline(always)]
-fn dot8x4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
-    let mut acc = [[0.0f32; 8]; 4];
-    let n8 = y.len() / 8 * 8;
-    for c in (0..n8).step_by(8) {
-        let yc = &y[c..c + 8];
-        for r in 0..4 {
-            let xc = &x[r][c..c + 8];
-            for l in 0..8 {
-                acc[r][l] += xc[l] * yc[l];
-            }
-        }
-    }
-    let mut out = [0.0f32; 4];
-    for r in 0..4 {
-        let a = &acc[r];
-        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-        for l in n8..y.len() {
-            s += x[r][l] * y[l];
-        }
-        out[r] = s;
-    }
-    out
-}
-
-impl Kernel {
-    fn col_dots<B: AsF32>(
-        self,
-        rows: &[Vec<f32>],
-        b: &[B],
-        stride: usize,
-        width: usize,
-        col: &mut [f32],
-        out: &mut [f32],
-    ) {
-        assert!(width == 0 || b.len() >= (width - 1) * stride + col.len());
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: detect() checked avx2+fma; all indexing is bounds-checked.
-            Kernel::Avx2 => unsafe { avx2::col_dots(rows, b, stride, width, col, out) },
-            Kernel::Portable => col_dots(rows, b, stride, width, col, out, dot8x4),
-        }
-    }
-}
-
-fn portable_kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
-    for p in 0..kc {
-        let ar: &[f32; MR] = a[p * MR..(p + 1) * MR].try_into().unwrap();
-        let br: &[f32; NR] = b[p * NR..(p + 1) * NR].try_into().unwrap();
-        for r in 0..MR {
-            for j in 0..NR {
-                tile[r][j] += ar[r] * br[j];
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{MR, NR};
-    use std::arch::x86_64::*;
-
-    /// The portable small-M loop compiled with AVX2/FMA enabled (auto-vectorised).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn col_dots<B: super::AsF32>(
-        rows: &[Vec<f32>],
-        b: &[B],
-        stride: usize,
-        width: usize,
-        col: &mut [f32],
-        out: &mut [f32],
-    ) {
-        super::col_dots(rows, b, stride, width, col, out, |x, y| unsafe {
-            dot4(x, y)
-        })
-    }
-
-    /// Four dot products against one vector: four FMA chains share each load of y.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
-        let n = y.len();
-        assert!(x.iter().all(|r| r.len() >= n));
-        let n8 = n / 8 * 8;
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut c = 0;
-        while c < n8 {
-            let yv = _mm256_loadu_ps(y.as_ptr().add(c));
-            for r in 0..4 {
-                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r].as_ptr().add(c)), yv, acc[r]);
-            }
-            c += 8;
-        }
-        let mut out = [0.0f32; 4];
-        for r in 0..4 {
-            let mut lanes = [0.0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
-            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-            for l in n8..n {
-                s += x[r][l] * y[l];
-            }
-            out[r] = s;
-        }
-        out
-    }
-
-    /// 6x16 outer-product accumulation: 12 ymm accumulators, 2 loads of B and 6
-    /// broadcasts of A per k step.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: &mut [[f32; NR]; MR]) {
-        let mut c = [[_mm256_setzero_ps(); 2]; MR];
-        for p in 0..kc {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let ap = a.add(p * MR);
-            for (r, cr) in c.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(r));
-                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
-                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
-            }
-        }
-        for r in 0..MR {
-            _mm256_storeu_ps(tile[r].as_mut_ptr(), c[r][0]);
-            _mm256_storeu_ps(tile[r].as_mut_ptr().add(8), c[r][1]);
         }
     }
 }
@@ -543,6 +494,14 @@ mod tests {
             (1, 97, 17, 300),
             (3, 13, 40, 5),
             (1, 130, 2100, 20),
+            // the decode-sized paths: few rows (B transposed or not), threads over columns
+            (1, 64, 576, 300),
+            (1, 16, 96, 70),
+            (2, 5, 200, 64),
+            (1, 64, 7, 600),
+            (1, 37, 101, 200),
+            (2, 17, 1000, 257),
+            (1, 96, 33, 600),
         ] {
             let a = crate::util::randn_vec(bt * m * k + 3, 1.0, 1);
             let b = crate::util::randn_vec(bt * k * n + 5, 1.0, 2);

@@ -8,6 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod matmul;
+mod microkernel;
 
 use std::fmt::Debug;
 use std::iter::Sum;
@@ -61,6 +62,26 @@ pub trait Real:
     fn wrap(v: Vec<Self>) -> CpuData;
     /// Matrix multiply: the blocked SIMD path for f32, the reference loops for f64.
     fn gemm(g: &matmul::Gemm, a: &[Self], b: &[Self]) -> Vec<Self>;
+    /// Attention forward: flash-tiled for f32, the reference loops for f64.
+    fn attention(
+        d: &AttnDims,
+        q: &[Self],
+        k: &[Self],
+        v: &[Self],
+        ranges: Option<&[u32]>,
+    ) -> (Vec<Self>, Vec<Self>);
+    /// Attention backward, split as the forward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        d: &AttnDims,
+        q: &[Self],
+        k: &[Self],
+        v: &[Self],
+        o: &[Self],
+        lse: &[Self],
+        dout: &[Self],
+        ranges: Option<&[u32]>,
+    ) -> (Vec<Self>, Vec<Self>, Vec<Self>);
     fn zero() -> Self {
         Self::from_f64(0.0)
     }
@@ -70,7 +91,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty, $dt:expr, $variant:ident, $gemm:path) => {
+    ($t:ty, $dt:expr, $variant:ident, $gemm:path, $attn:path, $attn_bwd:path) => {
         impl Real for $t {
             const DTYPE: DType = $dt;
             fn from_f64(v: f64) -> Self {
@@ -121,11 +142,46 @@ macro_rules! impl_real {
             fn gemm(g: &matmul::Gemm, a: &[Self], b: &[Self]) -> Vec<Self> {
                 $gemm(g, a, b)
             }
+            fn attention(
+                d: &AttnDims,
+                q: &[Self],
+                k: &[Self],
+                v: &[Self],
+                ranges: Option<&[u32]>,
+            ) -> (Vec<Self>, Vec<Self>) {
+                $attn(d, q, k, v, ranges)
+            }
+            fn attention_bwd(
+                d: &AttnDims,
+                q: &[Self],
+                k: &[Self],
+                v: &[Self],
+                o: &[Self],
+                lse: &[Self],
+                dout: &[Self],
+                ranges: Option<&[u32]>,
+            ) -> (Vec<Self>, Vec<Self>, Vec<Self>) {
+                $attn_bwd(d, q, k, v, o, lse, dout, ranges)
+            }
         }
     };
 }
-impl_real!(f32, DType::F32, F32, matmul::gemm_f32);
-impl_real!(f64, DType::F64, F64, matmul::gemm_ref);
+impl_real!(
+    f32,
+    DType::F32,
+    F32,
+    matmul::gemm_f32,
+    flash::attention_f32,
+    flash::attention_bwd_f32
+);
+impl_real!(
+    f64,
+    DType::F64,
+    F64,
+    matmul::gemm_ref,
+    attention::attention_ref,
+    attention::attention_bwd_ref
+);
 
 /// Typed access to a CPU tensor's storage for the reference loops (here, beside [`Real`],
 /// so that the tensor type does not depend on the backend).
@@ -154,6 +210,8 @@ impl crate::tensor::Tensor {
         let Storage::Cpu(data) = &**self.storage() else {
             return Err(Error::invalid(op, "expected a cpu tensor"));
         };
+        let _span = profile::span(op, false);
+        profile::bytes((self.layout().numel() * self.dtype().size()) as f64);
         let d = data.read_recursive();
         match T::slice(&d) {
             Some(s) => Ok(f(s, self.layout())),
@@ -164,6 +222,45 @@ impl crate::tensor::Tensor {
             }),
         }
     }
+}
+
+/// The sum of squares of an f32 CPU tensor's elements, added in f64 (in parallel blocks
+/// of fixed size, then in block order, so the result does not depend on the threads).
+pub fn sum_squares(t: &crate::tensor::Tensor) -> Result<f64> {
+    t.cpu_read("sum_squares", |x: &[f32]| {
+        const BLOCK: usize = 1 << 14;
+        let part = |c: &[f32]| -> f64 {
+            let mut acc = [0.0f64; 4];
+            let chunks = c.chunks_exact(4);
+            let rest = chunks.remainder();
+            for q in chunks {
+                for l in 0..4 {
+                    acc[l] += (q[l] as f64) * (q[l] as f64);
+                }
+            }
+            rest.iter()
+                .fold((acc[0] + acc[2]) + (acc[1] + acc[3]), |s, &v| {
+                    s + (v as f64) * (v as f64)
+                })
+        };
+        let parts: Vec<f64> = x.par_chunks(BLOCK).map(part).collect();
+        parts.iter().sum()
+    })
+}
+
+/// `x` as f32 when `T` is f32 (the fast paths' entry), else None.
+fn f32_view<T: Real>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32 (same type, so same size and alignment).
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+/// A fast path's f32 result as `Vec<T>`; only called when `T` is f32.
+fn from_f32_vec<T: Real>(v: Vec<f32>) -> Vec<T> {
+    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: T is f32 (asserted), so the allocation's layout is T's.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
 }
 
 fn sigmoid<T: Real>(x: T) -> T {
@@ -180,16 +277,19 @@ mod adamw;
 mod attention;
 mod elementwise;
 mod embedding;
+pub mod flash;
 mod logprob;
+pub mod profile;
 mod reduce;
 mod rmsnorm;
 mod rope;
 mod softmax;
 mod swiglu;
+pub mod vmath;
 
 pub use super::AdamW;
 pub use adamw::adamw;
-pub use attention::{attention, attention_bwd, attn_key_range};
+pub use attention::{attention, attention_bwd, attention_bwd_ref, attention_ref, attn_key_range};
 pub use elementwise::{binary, copy_strided, unary, unary_grad, where_select};
 pub use embedding::{embedding, embedding_bwd};
 pub use logprob::{token_logprobs, token_logprobs_bwd};

@@ -1,0 +1,525 @@
+//! The GEMM micro-kernels: C[0..MR, 0..NR] (+)= A panel^T . B panel over k, held in
+//! registers (AVX-512 or AVX2+FMA where the CPU has them, portable Rust otherwise), plus
+//! the matrix-vector loops of few-row products. [`super::matmul`] packs operands for
+//! them and splits the work over threads; flash attention calls them on its tiles.
+
+/// Rows of an A panel and columns of a B panel: one micro-kernel tile.
+pub(super) const MR: usize = 6;
+pub(super) const NR: usize = 16;
+
+/// An element the fast path can read as f32: f32 itself, or 16-bit stored weights
+/// (widened while packing, so a bf16 model never needs an f32 copy).
+pub trait AsF32: Copy + Send + Sync {
+    fn as_f32(self) -> f32;
+    /// The slice itself when it already is f32 (no widening copy needed).
+    fn f32_slice(s: &[Self]) -> Option<&[f32]> {
+        let _ = s;
+        None
+    }
+}
+impl AsF32 for f32 {
+    #[inline(always)]
+    fn as_f32(self) -> f32 {
+        self
+    }
+    fn f32_slice(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+}
+impl AsF32 for half::f16 {
+    fn as_f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+impl AsF32 for half::bf16 {
+    #[inline(always)]
+    fn as_f32(self) -> f32 {
+        // bf16 is the top half of an f32 (NaN payloads stay NaN)
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX2 for everything but whole 6x16 tiles, which use one 512-bit register per row:
+    /// the same arithmetic (one FMA per element and k step, in k order) in half the
+    /// instructions.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    Portable,
+}
+
+impl Kernel {
+    /// AVX2+FMA when the CPU has them and `PONDER_CPU_PORTABLE` is unset; decided once.
+    pub(super) fn detect() -> Kernel {
+        static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::env::var("PONDER_CPU_PORTABLE").is_err()
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                {
+                    if std::env::var("PONDER_CPU_NO_AVX512").is_err()
+                        && is_x86_feature_detected!("avx512f")
+                    {
+                        return Kernel::Avx512;
+                    }
+                    return Kernel::Avx2;
+                }
+            }
+            Kernel::Portable
+        })
+    }
+
+    /// The MR x NR tile `rows[r] . b[:, c]` over k, with the MR "A" rows given as slices
+    /// (no packing) and B an NR-column panel (`b[p * NR + c]`), summed in k order.
+    pub(super) fn rows_tile(self, k: usize, rows: [&[f32]; MR], b: &[f32]) -> [[f32; NR]; MR] {
+        assert!(rows.iter().all(|r| r.len() >= k) && b.len() >= k * NR);
+        let mut tile = [[0.0f32; NR]; MR];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() checked avx2+fma; the assert above bounds every read.
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::rows_kernel(k, rows, b, &mut tile) },
+            Kernel::Portable => {
+                for p in 0..k {
+                    let br = &b[p * NR..(p + 1) * NR];
+                    for (r, t) in tile.iter_mut().enumerate() {
+                        let av = rows[r][p];
+                        for (tv, &bv) in t.iter_mut().zip(br) {
+                            *tv += av * bv;
+                        }
+                    }
+                }
+            }
+        }
+        tile
+    }
+
+    /// Whether this is the AVX2+FMA kernel (callers compile their own loops to match).
+    pub(super) fn is_avx2(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => true,
+            Kernel::Portable => false,
+        }
+    }
+
+    /// C[0..mr, 0..nr] (row stride ldc) (+)= Apanel (kc x MR) ^T . Bpanel (kc x NR).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run(
+        self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        acc: bool,
+    ) {
+        assert!(c.len() >= (mr - 1) * ldc + nr);
+        // SAFETY: c holds the whole tile (asserted); run_raw checks the panels.
+        unsafe { self.run_raw(kc, a, b, c.as_mut_ptr(), ldc, mr, nr, acc) }
+    }
+
+    /// As [`Kernel::run`], with C as a pointer, for callers whose threads write disjoint
+    /// tiles of one matrix.
+    ///
+    /// # Safety
+    /// `c` must be valid for reads and writes of rows `0..mr` (stride `ldc`), columns
+    /// `0..nr`, and no other thread may access those elements meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run_raw(
+        self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+        acc: bool,
+    ) {
+        assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+        assert!((1..=MR).contains(&mr) && (1..=NR).contains(&nr));
+        #[cfg(target_arch = "x86_64")]
+        if let (Kernel::Avx2, MR, NR) = (self, mr, nr) {
+            // a whole tile: the kernel stores (or adds) straight into C
+            // SAFETY: detect() checked avx2+fma; the panels are asserted above, C by the caller.
+            unsafe { avx2::kernel_to(kc, a.as_ptr(), b.as_ptr(), c, ldc, acc) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (Kernel::Avx512, MR, NR) = (self, mr, nr) {
+            // SAFETY: detect() checked avx512f; the panels are asserted above, C by the caller.
+            unsafe { avx512::kernel_to(kc, a.as_ptr(), b.as_ptr(), c, ldc, acc) };
+            return;
+        }
+        let mut tile = [[0.0f32; NR]; MR];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() checked avx2+fma; the asserts above bound every pointer read.
+            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile)
+            },
+            Kernel::Portable => portable_kernel(kc, a, b, &mut tile),
+        }
+        for (r, t) in tile.iter().enumerate().take(mr) {
+            // SAFETY: the caller guarantees rows 0..mr x columns 0..nr of C.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nr) };
+            if acc {
+                for (cv, tv) in row.iter_mut().zip(&t[..nr]) {
+                    *cv += tv;
+                }
+            } else {
+                row.copy_from_slice(&t[..nr]);
+            }
+        }
+    }
+}
+
+/// sum_i x_i y_i with 8 independent partial sums (vectorisable), in a fixed order.
+#[inline(always)]
+fn dot8(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (a, b) in xr.iter().zip(yr) {
+        s += a * b;
+    }
+    s
+}
+
+/// out[jj * m + i] = rows[i] . widen(b[jj * stride .. + k]) for `width` columns of B.
+#[inline(always)]
+fn col_dots<B: AsF32>(
+    rows: &[Vec<f32>],
+    b: &[B],
+    stride: usize,
+    width: usize,
+    col: &mut [f32],
+    out: &mut [f32],
+    dot4: impl Fn([&[f32]; 4], &[f32]) -> [f32; 4],
+) {
+    let m = rows.len();
+    let k = col.len();
+    for jj in 0..width {
+        let src = &b[jj * stride..jj * stride + k];
+        let col: &[f32] = match B::f32_slice(src) {
+            Some(f) => f,
+            None => {
+                for (d, v) in col.iter_mut().zip(src) {
+                    *d = v.as_f32();
+                }
+                col
+            }
+        };
+        // four rows at a time: four independent accumulator chains share each load of col
+        let mut i = 0;
+        while i + 4 <= m {
+            let d = dot4([&rows[i], &rows[i + 1], &rows[i + 2], &rows[i + 3]], col);
+            out[jj * m + i..jj * m + i + 4].copy_from_slice(&d);
+            i += 4;
+        }
+        for (r, row) in rows.iter().enumerate().skip(i) {
+            out[jj * m + r] = dot8(row, col);
+        }
+    }
+}
+
+/// Four dot products against one vector, each in the fixed order of [`dot8`].
+#[inline(always)]
+fn dot8x4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; 8]; 4];
+    let n8 = y.len() / 8 * 8;
+    for c in (0..n8).step_by(8) {
+        let yc = &y[c..c + 8];
+        for r in 0..4 {
+            let xc = &x[r][c..c + 8];
+            for l in 0..8 {
+                acc[r][l] += xc[l] * yc[l];
+            }
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for r in 0..4 {
+        let a = &acc[r];
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for l in n8..y.len() {
+            s += x[r][l] * y[l];
+        }
+        out[r] = s;
+    }
+    out
+}
+
+impl Kernel {
+    pub(super) fn col_dots<B: AsF32>(
+        self,
+        rows: &[Vec<f32>],
+        b: &[B],
+        stride: usize,
+        width: usize,
+        col: &mut [f32],
+        out: &mut [f32],
+    ) {
+        assert!(width == 0 || b.len() >= (width - 1) * stride + col.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() checked avx2+fma; all indexing is bounds-checked.
+            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                avx2::col_dots(rows, b, stride, width, col, out)
+            },
+            Kernel::Portable => col_dots(rows, b, stride, width, col, out, dot8x4),
+        }
+    }
+}
+
+fn portable_kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
+    for p in 0..kc {
+        let ar: &[f32; MR] = a[p * MR..(p + 1) * MR].try_into().unwrap();
+        let br: &[f32; NR] = b[p * NR..(p + 1) * NR].try_into().unwrap();
+        for r in 0..MR {
+            for j in 0..NR {
+                tile[r][j] += ar[r] * br[j];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// 6x16 outer-product accumulation with one zmm accumulator per row: per k step one
+    /// load of B, six broadcasts of A and six FMAs. Stores (or adds) into C.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn kernel_to(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        const { assert!(NR == 16) };
+        let mut t = [_mm512_setzero_ps(); MR];
+        for p in 0..kc {
+            let bv = _mm512_loadu_ps(b.add(p * NR));
+            let ap = a.add(p * MR);
+            for (r, tr) in t.iter_mut().enumerate() {
+                *tr = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(r)), bv, *tr);
+            }
+        }
+        for (r, tr) in t.iter().enumerate() {
+            let row = c.add(r * ldc);
+            if acc {
+                _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), *tr));
+            } else {
+                _mm512_storeu_ps(row, *tr);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// 6x16 accumulation with the six A rows read in place: per k step six broadcasts
+    /// (one from each row's stream), two loads of B, twelve FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_kernel(k: usize, rows: [&[f32]; MR], b: &[f32], tile: &mut [[f32; NR]; MR]) {
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        let ptrs: [*const f32; MR] = std::array::from_fn(|r| rows[r].as_ptr());
+        let bp = b.as_ptr();
+        for p in 0..k {
+            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ptrs[r].add(p));
+                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+            }
+        }
+        for r in 0..MR {
+            _mm256_storeu_ps(tile[r].as_mut_ptr(), c[r][0]);
+            _mm256_storeu_ps(tile[r].as_mut_ptr().add(8), c[r][1]);
+        }
+    }
+
+    /// The portable small-M loop compiled with AVX2/FMA enabled (auto-vectorised).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn col_dots<B: super::AsF32>(
+        rows: &[Vec<f32>],
+        b: &[B],
+        stride: usize,
+        width: usize,
+        col: &mut [f32],
+        out: &mut [f32],
+    ) {
+        super::col_dots(rows, b, stride, width, col, out, |x, y| unsafe {
+            dot4(x, y)
+        })
+    }
+
+    /// Four dot products against one vector: four FMA chains share each load of y.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
+        let n = y.len();
+        assert!(x.iter().all(|r| r.len() >= n));
+        let n8 = n / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < n8 {
+            let yv = _mm256_loadu_ps(y.as_ptr().add(c));
+            for r in 0..4 {
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x[r].as_ptr().add(c)), yv, acc[r]);
+            }
+            c += 8;
+        }
+        let mut out = [0.0f32; 4];
+        for r in 0..4 {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for l in n8..n {
+                s += x[r][l] * y[l];
+            }
+            out[r] = s;
+        }
+        out
+    }
+
+    /// As [`kernel`], storing the 6x16 result into C (row stride ldc), or adding it to
+    /// what C holds when `acc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_to(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        let mut t = [[_mm256_setzero_ps(); 2]; MR];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let ap = a.add(p * MR);
+            for (r, tr) in t.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                tr[0] = _mm256_fmadd_ps(av, b0, tr[0]);
+                tr[1] = _mm256_fmadd_ps(av, b1, tr[1]);
+            }
+        }
+        for (r, tr) in t.iter().enumerate() {
+            let row = c.add(r * ldc);
+            if acc {
+                // c + tile, the same single rounding as the tile path's `c += tile`
+                _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), tr[0]));
+                _mm256_storeu_ps(
+                    row.add(8),
+                    _mm256_add_ps(_mm256_loadu_ps(row.add(8)), tr[1]),
+                );
+            } else {
+                _mm256_storeu_ps(row, tr[0]);
+                _mm256_storeu_ps(row.add(8), tr[1]);
+            }
+        }
+    }
+
+    /// 6x16 outer-product accumulation: 12 ymm accumulators, 2 loads of B and 6
+    /// broadcasts of A per k step.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: &mut [[f32; NR]; MR]) {
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            let ap = a.add(p * MR);
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+            }
+        }
+        for r in 0..MR {
+            _mm256_storeu_ps(tile[r].as_mut_ptr(), c[r][0]);
+            _mm256_storeu_ps(tile[r].as_mut_ptr().add(8), c[r][1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every micro-kernel this CPU can run, the portable one first.
+    fn kernels() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut k = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                k.push(Kernel::Avx2);
+                if is_x86_feature_detected!("avx512f") {
+                    k.push(Kernel::Avx512);
+                }
+            }
+        }
+        k
+    }
+
+    #[test]
+    fn every_kernel_on_this_cpu_matches_the_portable_one() {
+        let kc = 37;
+        let a = crate::util::randn_vec(kc * MR, 1.0, 3);
+        let b = crate::util::randn_vec(kc * NR, 1.0, 4);
+        let c0 = crate::util::randn_vec(MR * 20, 1.0, 5);
+        let rows: Vec<Vec<f32>> = (0..MR)
+            .map(|r| crate::util::randn_vec(kc, 1.0, 6 + r as u64))
+            .collect();
+        let rows_ref: [&[f32]; MR] = std::array::from_fn(|r| &rows[r][..]);
+        let ks = kernels();
+        println!("kernels on this cpu: {}", ks.len());
+        let mut want: Vec<Vec<f32>> = Vec::new();
+        for (i, kern) in ks.iter().enumerate() {
+            let mut got = Vec::new();
+            // whole and partial tiles, stored and accumulated, in a C of row stride 20
+            for (mr, nr, acc) in [
+                (MR, NR, false),
+                (MR, NR, true),
+                (4, 9, false),
+                (1, 16, true),
+            ] {
+                let mut c = c0.clone();
+                kern.run(kc, &a, &b, &mut c, 20, mr, nr, acc);
+                got.push(c);
+            }
+            got.push(kern.rows_tile(kc, rows_ref, &b).concat());
+            if i == 0 {
+                want = got;
+                continue;
+            }
+            for (x, y) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "kernel {i}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
