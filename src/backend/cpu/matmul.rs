@@ -204,48 +204,56 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
         // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR
         let mut at = vec![0.0f32; panels * k * NR];
         let abase = g.a.off + bi * g.a.sb;
-        for i in 0..m {
-            let panel = &mut at[(i / NR) * k * NR..(i / NR + 1) * k * NR];
-            for p in 0..k {
-                panel[p * NR + i % NR] = a[abase + i * g.a.sr + p * g.a.sc];
+        // (serial: a few thousand values, less than waking the threads twice costs)
+        for (q, panel) in at.chunks_mut(k * NR).enumerate() {
+            for i in q * NR..m.min((q + 1) * NR) {
+                for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    dst[i % NR] = a[abase + i * g.a.sr + p * g.a.sc];
+                }
             }
         }
+        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
+        let shared = SharedOut(cb.as_mut_ptr(), cb.len());
         let wbase = g.b.off + bi * g.b.sb;
-        let parts: Vec<Vec<f32>> = (0..n.div_ceil(rows_per))
-            .into_par_iter()
-            .map(|ti| {
-                let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
-                // C^T rows j0..j1, (j1 - j0, m)
-                let mut out = vec![0.0f32; (j1 - j0) * m];
-                for jg in (j0..j1).step_by(MR) {
-                    let live = MR.min(j1 - jg);
-                    // MR rows of W; a short last group repeats its last row (discarded)
-                    let rows: [&[f32]; MR] = std::array::from_fn(|r| {
-                        let j = jg + r.min(live - 1);
-                        let at = wbase + j * g.b.sc;
-                        &w[at..at + k]
-                    });
-                    for q in 0..panels {
-                        let tile = kern.rows_tile(k, rows, &at[q * k * NR..(q + 1) * k * NR]);
-                        for (r, trow) in tile.iter().enumerate().take(live) {
-                            let dst = &mut out[(jg + r - j0) * m..(jg + r - j0 + 1) * m];
-                            let cols = NR.min(m - q * NR);
-                            dst[q * NR..q * NR + cols].copy_from_slice(&trow[..cols]);
-                        }
+        (0..n.div_ceil(rows_per)).into_par_iter().for_each(|ti| {
+            let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
+            // C^T rows j0..j1, (j1 - j0, m)
+            let mut out = vec![0.0f32; (j1 - j0) * m];
+            for jg in (j0..j1).step_by(MR) {
+                let live = MR.min(j1 - jg);
+                // MR rows of W; a short last group repeats its last row (discarded)
+                let rows: [&[f32]; MR] = std::array::from_fn(|r| {
+                    let j = jg + r.min(live - 1);
+                    let at = wbase + j * g.b.sc;
+                    &w[at..at + k]
+                });
+                // k in steps, so that each step's A^T panel stays in L1
+                let mut tiles = [[[0.0f32; NR]; MR]; SKINNY_M / NR];
+                for pc in (0..k).step_by(k_step(k)) {
+                    let kc = k_step(k).min(k - pc);
+                    let rows_pc: [&[f32]; MR] = std::array::from_fn(|r| &rows[r][pc..pc + kc]);
+                    for (q, tile) in tiles.iter_mut().enumerate().take(panels) {
+                        let panel = &at[q * k * NR + pc * NR..(q + 1) * k * NR];
+                        kern.rows_tile(kc, rows_pc, panel, tile);
                     }
                 }
-                out
-            })
-            .collect();
-        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
-        for (ti, out) in parts.iter().enumerate() {
-            let j0 = ti * rows_per;
-            for (jj, row) in out.chunks_exact(m).enumerate() {
-                for (i, &v) in row.iter().enumerate() {
-                    cb[i * n + j0 + jj] = v;
+                for (q, tile) in tiles.iter().enumerate().take(panels) {
+                    for (r, trow) in tile.iter().enumerate().take(live) {
+                        let dst = &mut out[(jg + r - j0) * m..(jg + r - j0 + 1) * m];
+                        let cols = NR.min(m - q * NR);
+                        dst[q * NR..q * NR + cols].copy_from_slice(&trow[..cols]);
+                    }
                 }
             }
-        }
+            // this task's columns j0..j1 of C, written from its own threads
+            for i in 0..m {
+                let dst = shared.tile(i * n + j0, j1 - j0);
+                for (jj, row) in out.chunks_exact(m).enumerate() {
+                    // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
+                    unsafe { *dst.add(jj) = row[i] };
+                }
+            }
+        });
     }
     c
 }

@@ -74,28 +74,39 @@ impl Kernel {
         })
     }
 
-    /// The MR x NR tile `rows[r] . b[:, c]` over k, with the MR "A" rows given as slices
-    /// (no packing) and B an NR-column panel (`b[p * NR + c]`), summed in k order.
-    pub(super) fn rows_tile(self, k: usize, rows: [&[f32]; MR], b: &[f32]) -> [[f32; NR]; MR] {
+    /// `tile[r][c] += rows[r] . b[:, c]` over k, with the MR "A" rows given as slices (no
+    /// packing) and B an NR-column panel (`b[p * NR + c]`): the products are summed in k
+    /// order in registers, then added to the tile.
+    pub(super) fn rows_tile(
+        self,
+        k: usize,
+        rows: [&[f32]; MR],
+        b: &[f32],
+        tile: &mut [[f32; NR]; MR],
+    ) {
         assert!(rows.iter().all(|r| r.len() >= k) && b.len() >= k * NR);
-        let mut tile = [[0.0f32; NR]; MR];
         match self {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detect() checked avx2+fma; the assert above bounds every read.
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::rows_kernel(k, rows, b, &mut tile) },
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::rows_kernel(k, rows, b, tile) },
             Kernel::Portable => {
+                let mut acc = [[0.0f32; NR]; MR];
                 for p in 0..k {
                     let br = &b[p * NR..(p + 1) * NR];
-                    for (r, t) in tile.iter_mut().enumerate() {
+                    for (r, t) in acc.iter_mut().enumerate() {
                         let av = rows[r][p];
                         for (tv, &bv) in t.iter_mut().zip(br) {
                             *tv += av * bv;
                         }
                     }
                 }
+                for (t, a) in tile.iter_mut().zip(&acc) {
+                    for (tv, av) in t.iter_mut().zip(a) {
+                        *tv += av;
+                    }
+                }
             }
         }
-        tile
     }
 
     /// Whether this is the AVX2+FMA kernel (callers compile their own loops to match).
@@ -354,8 +365,9 @@ mod avx2 {
             }
         }
         for r in 0..MR {
-            _mm256_storeu_ps(tile[r].as_mut_ptr(), c[r][0]);
-            _mm256_storeu_ps(tile[r].as_mut_ptr().add(8), c[r][1]);
+            let t = tile[r].as_mut_ptr();
+            _mm256_storeu_ps(t, _mm256_add_ps(_mm256_loadu_ps(t), c[r][0]));
+            _mm256_storeu_ps(t.add(8), _mm256_add_ps(_mm256_loadu_ps(t.add(8)), c[r][1]));
         }
     }
 
@@ -509,7 +521,9 @@ mod tests {
                 kern.run(kc, &a, &b, &mut c, 20, mr, nr, acc);
                 got.push(c);
             }
-            got.push(kern.rows_tile(kc, rows_ref, &b).concat());
+            let mut tile = [[0.5f32; NR]; MR];
+            kern.rows_tile(kc, rows_ref, &b, &mut tile);
+            got.push(tile.concat());
             if i == 0 {
                 want = got;
                 continue;
