@@ -219,7 +219,7 @@ impl Optimizer {
         }
         // on the CPU the coefficient is a number at hand: gradients already within the
         // bound are left as they are (a scale by 1 would only copy them)
-        let c = coef.to_vec_f32()?[0] as f64;
+        let c = coef.to_vec_f64()?[0];
         if c == 1.0 {
             return Ok(());
         }
