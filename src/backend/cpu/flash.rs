@@ -222,6 +222,13 @@ fn fwd_block<const FMA: bool>(
         // S = (scale Q) K_j^T   (rows, n)
         let kt = &kv.kt[(j0 / NR) * hd * NR..];
         gemm(kern, rows, n, hd, &qa, kt, hd * NR, &mut s, BC, false);
+        // P goes straight into A panels (k = n) as each row is finished; rows past `rows`
+        // stay zero (the buffer is cleared whenever the layout changes)
+        let size = rows.div_ceil(MR) * MR * n;
+        if pa.len() != size {
+            pa.clear();
+            pa.resize(size, 0.0);
+        }
         for r in 0..rows {
             let (lo, hi) = rr[r];
             let srow = &mut s[r * BC..r * BC + n];
@@ -232,23 +239,26 @@ fn fwd_block<const FMA: bool>(
             let m_new = m[r].max(max_lanes(srow));
             if m_new == f32::NEG_INFINITY {
                 srow.fill(0.0);
-                continue;
-            }
-            let alpha = exp2_softmax::<FMA>(m[r] - m_new);
-            for x in srow.iter_mut() {
-                *x = exp2_softmax::<FMA>(*x - m_new);
-            }
-            let sum = sum_lanes(srow);
-            l[r] = l[r] * alpha + sum;
-            m[r] = m_new;
-            if alpha != 1.0 {
-                for o in &mut out[r * hd..(r + 1) * hd] {
-                    *o *= alpha;
+            } else {
+                let alpha = exp2_softmax::<FMA>(m[r] - m_new);
+                for x in srow.iter_mut() {
+                    *x = exp2_softmax::<FMA>(*x - m_new);
                 }
+                let sum = sum_lanes(srow);
+                l[r] = l[r] * alpha + sum;
+                m[r] = m_new;
+                if alpha != 1.0 {
+                    for o in &mut out[r * hd..(r + 1) * hd] {
+                        *o *= alpha;
+                    }
+                }
+            }
+            let panel = &mut pa[(r / MR) * n * MR..(r / MR + 1) * n * MR];
+            for (dst, &v) in panel.chunks_exact_mut(MR).zip(srow.iter()) {
+                dst[r % MR] = v;
             }
         }
         // O += P V_j
-        pack_tile(&s, rows, n, BC, false, &mut pa);
         gemm(
             kern,
             rows,
