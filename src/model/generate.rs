@@ -156,9 +156,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
         let total = vmath::exp_weights(logits, vmath::max(logits), inv_t, Some(&mut w));
         return draw(&w, None, total, rng);
     }
-    // candidates in order, with their weights
-    let (kept, w): (Vec<u32>, Vec<f32>) = if top_k {
-        // keep every token at least as likely as the k-th (ties included, as HF's top-k)
+    if top_k {
+        // keep every token at least as likely as the k-th (ties included, as HF's top-k),
+        // sorted, then top-p over their weights
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
         idx.select_nth_unstable_by(p.top_k - 1, by_logit);
         let kth = logits[idx[p.top_k - 1] as usize];
@@ -169,15 +169,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
             .iter()
             .map(|&i| vmath::exp((logits[i as usize] - m) * inv_t))
             .collect();
-        (idx, w)
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    if top_k {
-        let total: f64 = w.iter().map(|&x| x as f64).sum();
-        let keep = nucleus(&w, p.top_p as f64 * total, p.top_p >= 1.0);
+        let keep = nucleus(&w, p.top_p);
         let total: f64 = w[..keep].iter().map(|&x| x as f64).sum();
-        return draw(&w[..keep], Some(&kept[..keep]), total, rng);
+        return draw(&w[..keep], Some(&idx[..keep]), total, rng);
     }
     // top-p alone: weights of the whole vocabulary, then sorted slices of the largest
     let mut all = vec![0.0f32; logits.len()];
@@ -208,12 +202,13 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
     draw(&ws, Some(&ids), cum, rng)
 }
 
-/// How many of the (descending) weights `w` top-p keeps: while the mass before a token is
-/// below `target`, and at least one.
-fn nucleus(w: &[f32], target: f64, off: bool) -> usize {
-    if off {
+/// How many of the (descending) weights `w` top-p keeps: a token stays while the mass
+/// before it is below `top_p` of the total, and at least one does.
+fn nucleus(w: &[f32], top_p: f32) -> usize {
+    if top_p >= 1.0 {
         return w.len();
     }
+    let target = top_p as f64 * w.iter().map(|&x| x as f64).sum::<f64>();
     let mut cum = 0.0f64;
     for (k, &x) in w.iter().enumerate() {
         if cum >= target && k > 0 {

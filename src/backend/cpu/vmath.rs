@@ -84,17 +84,6 @@ pub fn exp2_softmax<const FMA: bool>(x: f32) -> f32 {
     }
 }
 
-/// `x[i] = e^(x[i] - sub)` in place; returns the sum (eight f32 lanes, then added
-/// pairwise). Inlined into callers compiled for AVX2, so it vectorises there.
-#[inline(always)]
-pub fn exp_sub_sum(x: &mut [f32], sub: f32) -> f32 {
-    // two plain passes: the loop vectoriser handles each, a fused one it does not
-    for v in x.iter_mut() {
-        *v = exp(*v - sub);
-    }
-    sum_lanes(x)
-}
-
 /// Sum with eight f32 lanes, then pairwise (vectorises where inlined for AVX2).
 #[inline(always)]
 pub fn sum_lanes(x: &[f32]) -> f32 {
@@ -126,20 +115,15 @@ pub fn max_lanes(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-/// Whether this CPU runs the AVX2+FMA builds of the hot loops (decided once, with the
-/// GEMM kernel; `PONDER_CPU_PORTABLE` turns them off).
-pub fn has_avx2() -> bool {
-    simd()
-}
-
 /// 1 / (1 + e^-x) with [`exp`]: e^-x overflows to inf for very negative x, giving 0.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Whether the slice helpers below run their AVX2 builds (decided once, with the GEMM).
-fn simd() -> bool {
+/// Whether this CPU runs the AVX2+FMA builds of the hot loops (decided once, with the
+/// GEMM kernel; `PONDER_CPU_PORTABLE` turns them off).
+pub fn has_avx2() -> bool {
     super::microkernel::Kernel::detect().is_avx2()
 }
 
@@ -155,8 +139,8 @@ pub fn max(x: &[f32]) -> f32 {
         body(x)
     }
     #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: simd() saw AVX2 and FMA on this CPU.
+    if has_avx2() {
+        // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
         return unsafe { avx2(x) };
     }
     body(x)
@@ -201,8 +185,8 @@ pub fn exp_weights(x: &[f32], sub: f32, mul: f32, out: Option<&mut [f32]>) -> f6
         body(x, sub, mul, out)
     }
     #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: simd() saw AVX2 and FMA on this CPU.
+    if has_avx2() {
+        // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
         return unsafe { avx2(x, sub, mul, out) };
     }
     body(x, sub, mul, out)
