@@ -279,21 +279,39 @@ fn chunked_lm_head_logprobs() {
             .unwrap()
             .to_device(dev)
             .unwrap();
-        for chunk in [1, 4, 100] {
+        // keep 0: the backward recomputes the logits; usize::MAX: it reads the forward's
+        for (chunk, keep) in [(1, 0), (4, 0), (100, 0), (4, usize::MAX), (100, usize::MAX)] {
             compare(
-                &format!("lm_head chunk {chunk}"),
+                &format!("lm_head chunk {chunk} keep {keep}"),
                 &[randn(&[k, c], s), randn(&[v, c], s + 1).scale(0.7).unwrap()],
                 dev,
                 tol,
-                |t| Ok(lm_head_logprobs(&t[0], &t[1], &tg, chunk, false)?.0),
+                |t| Ok(lm_head_logprobs(&t[0], &t[1], &tg, chunk, keep, false)?.0),
                 |t| t[0].matmul(&t[1].t()?)?.token_logprobs(&tg),
             );
         }
+        // kept logits are the recomputed ones: the gradients agree bit for bit
+        let grads = |keep: usize| {
+            let h = randn(&[k, c], s + 4)
+                .to_device(dev)
+                .unwrap()
+                .requires_grad_();
+            let w = randn(&[v, c], s + 5)
+                .to_device(dev)
+                .unwrap()
+                .requires_grad_();
+            let (lp, _) = lm_head_logprobs(&h, &w, &tg, 4, keep, false).unwrap();
+            lp.sum_all().unwrap().backward().unwrap();
+            [h, w].map(|t| t.grad().unwrap().to_vec_f64().unwrap())
+        };
+        let (kept, recomputed) = (grads(usize::MAX), grads(0));
+        assert_eq!(kept[0], recomputed[0], "dh, kept vs recomputed logits");
+        assert_eq!(kept[1], recomputed[1], "dW, kept vs recomputed logits");
         // chunk size never changes a result beyond 1e-6, logit sums included
         let h = randn(&[k, c], s + 2).to_device(dev).unwrap();
         let w = randn(&[v, c], s + 3).to_device(dev).unwrap();
-        let (a, sa) = lm_head_logprobs(&h, &w, &tg, 1, true).unwrap();
-        let (b, sb) = lm_head_logprobs(&h, &w, &tg, k, true).unwrap();
+        let (a, sa) = lm_head_logprobs(&h, &w, &tg, 1, 0, true).unwrap();
+        let (b, sb) = lm_head_logprobs(&h, &w, &tg, k, 0, true).unwrap();
         assert_close(
             "chunk 1 vs all",
             &a.to_vec_f64().unwrap(),

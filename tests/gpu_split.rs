@@ -362,7 +362,7 @@ fn lm_head_over_the_limit() {
         true,
         1e-4,
         |t| {
-            let (lp, _) = ponder::ops::lm_head::lm_head_logprobs(&t[0], &t[1], &t[2], 2, false)?;
+            let (lp, _) = ponder::ops::lm_head::lm_head_logprobs(&t[0], &t[1], &t[2], 2, 0, false)?;
             Ok(lp)
         },
     );
@@ -386,7 +386,8 @@ fn lm_head_over_the_limit() {
         1e-4,
         |t| {
             let h = t[0].embedding(&t[1])?.silu()?;
-            let (lp, _) = ponder::ops::lm_head::lm_head_logprobs(&h, &t[0], &t[2], 2, false)?;
+            let (lp, _) =
+                ponder::ops::lm_head::lm_head_logprobs(&h, &t[0], &t[2], 2, usize::MAX, false)?;
             Ok(lp)
         },
     );

@@ -6,7 +6,8 @@
 //!   logits_c = h_c @ W^T                      (c, V), dropped after the chunk
 //!   lp_c     = logits_c[t] - logsumexp(logits_c)
 //! saving only h, W, the targets and the `(K,)` logsumexp.
-//! Backward, per chunk, recomputing logits_c:
+//! Backward, per chunk, recomputing logits_c (or reading them back when all K x V of
+//! them fit [`KEEP_BYTES`]: a short batch then skips one of the head's three GEMMs):
 //!   dlogits_c = g_c * (onehot(t) - exp(logits_c - lse_c))
 //!   dh_c      = dlogits_c @ W
 //!   dW       += dlogits_c^T @ h_c
@@ -19,6 +20,19 @@ use crate::tensor::Tensor;
 
 /// Bytes of one chunk's logits that [`default_chunk`] aims for.
 pub const CHUNK_BYTES: usize = 64 << 20;
+
+/// The forward keeps its logits for the backward, instead of recomputing them, when all
+/// `K x V` f32 of them fit this many bytes (and something needs a gradient).
+/// `PONDER_LOGITS_KEEP` (bytes) overrides it; 0 always recomputes.
+pub const KEEP_BYTES: usize = 256 << 20;
+
+/// The byte budget under which [`lm_head_logprobs`] keeps its logits (see [`KEEP_BYTES`]).
+pub fn keep_bytes() -> usize {
+    std::env::var("PONDER_LOGITS_KEEP")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(KEEP_BYTES)
+}
 
 /// Rows per chunk for a vocabulary of `v`: `CHUNK_BYTES` of f32 logits, at least one
 /// row. `PONDER_LOGITS_CHUNK` overrides it (tests, and a smaller GPU).
@@ -36,12 +50,15 @@ pub fn default_chunk(v: usize) -> usize {
 /// Log p(target) of every row of `h` `(K, C)` under the head `w` `(V, C)` (a weight
 /// applied as `h @ w^T`, f32 or 16-bit), with targets `(K,)` i32/u32, in chunks of
 /// `chunk` rows. Also returns, when `logit_sums`, each row's sum of logits over the
-/// vocabulary (detached; TRL's logits/* metrics). Differentiable in `h` and `w`.
+/// vocabulary (detached; TRL's logits/* metrics). Differentiable in `h` and `w`. When
+/// all `K x V` logits take at most `keep` bytes, the forward keeps them for the backward
+/// ([`keep_bytes`] gives the default budget).
 pub fn lm_head_logprobs(
     h: &Tensor,
     w: &Tensor,
     targets: &Tensor,
     chunk: usize,
+    keep: usize,
     logit_sums: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (k, c) = match h.shape() {
@@ -72,6 +89,10 @@ pub fn lm_head_logprobs(
     let wd = w.detach();
     let tg = targets.contiguous()?;
     let need_dw = w.requires_grad();
+    let keep = crate::tensor::grad_enabled()
+        && (h.requires_grad() || need_dw)
+        && k.saturating_mul(v).saturating_mul(4) <= keep;
+    let mut kept = Vec::new(); // each chunk's logits, when `keep`
     let (lp, lse, sums) = no_grad(|| -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let wt = wd.t()?;
         let (mut lps, mut lses, mut ss) = (Vec::new(), Vec::new(), Vec::new());
@@ -84,6 +105,9 @@ pub fn lm_head_logprobs(
             lses.push(lse);
             if logit_sums {
                 ss.push(logits.sum(-1, false)?);
+            }
+            if keep {
+                kept.push(logits);
             }
             r0 += n;
         }
@@ -100,6 +124,7 @@ pub fn lm_head_logprobs(
             if logit_sums { Some(cat(&ss)?) } else { None },
         ))
     })?;
+    let kept = std::sync::Mutex::new(kept);
     let lp = record(lp, "lm_head_logprobs", &[h, w], move |g| {
         no_grad(|| {
             let g = g.contiguous()?;
@@ -107,10 +132,15 @@ pub fn lm_head_logprobs(
             let mut dh_parts = Vec::new();
             let mut dw: Option<Tensor> = None;
             let mut r0 = 0;
+            // taken, so that each chunk's logits are freed once used
+            let mut kept = std::mem::take(&mut *kept.lock().unwrap()).into_iter();
             while r0 < k {
                 let n = chunk.min(k - r0);
                 let hc = hd.narrow(0, r0, n)?;
-                let logits = hc.matmul(&wt)?; // recomputed (n, V)
+                let logits = match kept.next() {
+                    Some(l) => l,
+                    None => hc.matmul(&wt)?, // recomputed (n, V)
+                };
                 let dlogits = logprobs_bwd(
                     &logits,
                     &tg.narrow(0, r0, n)?.contiguous()?,

@@ -91,6 +91,7 @@ pub fn sequence_logps(
         net.head_weight()?,
         &tg,
         crate::ops::lm_head::default_chunk(v),
+        crate::ops::lm_head::keep_bytes(),
         want_logits,
     )?; // (K,)
     let counts: Vec<usize> = seqs.iter().map(|s| s.completion_len()).collect();

@@ -10,7 +10,9 @@
 //! - saved activations, per layer: about 10 C + 3 F values per position (norm inputs and
 //!   outputs, q/k/v, the attention output, the residuals, gate, up and their product) and
 //!   NH log-sum-exps (attention is flash-style: no T x T matrix is kept);
-//! - the LM head: the logits, their log-softmax and its gradient, 3 V values per position.
+//! - the LM head, which runs in chunks of rows (`ops::lm_head`): one chunk's logits and
+//!   their gradient, plus all V logits of every position when they fit the budget under
+//!   which the forward keeps them for the backward.
 //!
 //! It is an estimate (allocator slack and transient buffers are not counted), so the
 //! refusal only fires when the estimate alone is over what is available.
@@ -61,7 +63,16 @@ pub fn estimate(cfg: &Config, trainable: u64, lora: bool, rows: u64, t: u64) -> 
         weights: params.saturating_mul(weight_bytes) + if lora { trainable * 4 } else { 0 },
         optimizer: trainable.saturating_mul(12),
         activations: positions.saturating_mul(per_position).saturating_mul(4),
-        logits: positions.saturating_mul(3 * v).saturating_mul(4),
+        logits: {
+            use crate::ops::lm_head::{keep_bytes, CHUNK_BYTES};
+            let all = positions.saturating_mul(v).saturating_mul(4);
+            let chunk = all.min(CHUNK_BYTES as u64);
+            if all <= keep_bytes() as u64 {
+                all + chunk
+            } else {
+                2 * chunk
+            }
+        },
     }
 }
 
@@ -140,7 +151,8 @@ mod tests {
         let cfg = qwen05();
         let p = parameter_count(&cfg);
         let small = estimate(&cfg, p, false, 8, 512);
-        // weights 2 GB, optimizer 6 GB, logits 8 x 512 x 3V x 4 = 7.5 GB
+        // weights 2 GB, optimizer 6 GB, activations 8 x 512 x 24 x (10 C + 3 F + NH) x 4
+        // = 9.3 GB, logits two chunks of 64 MiB
         assert!(
             small.total() > 10 << 30 && small.total() < 24 << 30,
             "{small:?}"

@@ -430,7 +430,16 @@ fn pack_b<B: AsF32>(
         for p in 0..kc {
             let row = base + (pc + p) * g.b.sr;
             let dst = &mut panel[p * NR..(p + 1) * NR];
-            if g.b.sc == 1 {
+            if g.b.sc == 1 && nr == NR {
+                // a whole panel row: a fixed-size copy the compiler inlines (not a call)
+                let s = row + jc + jr;
+                let src: &[B; NR] = b[s..s + NR].try_into().unwrap();
+                let dst: &mut [f32; NR] = dst.try_into().unwrap();
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = v.as_f32();
+                }
+                continue;
+            } else if g.b.sc == 1 {
                 let s = row + jc + jr;
                 for (d, v) in dst[..nr].iter_mut().zip(&b[s..s + nr]) {
                     *d = v.as_f32();

@@ -324,6 +324,14 @@ mod avx512 {
         acc: bool,
     ) {
         const { assert!(NR == 16) };
+        if acc {
+            // C's tile is read once the sums are done: start its rows on their way to L1
+            // now, so a long-K product does not stall on every tile it adds into
+            for r in 0..MR {
+                _mm_prefetch(c.add(r * ldc) as *const i8, _MM_HINT_T0);
+                _mm_prefetch(c.add(r * ldc + NR - 1) as *const i8, _MM_HINT_T0);
+            }
+        }
         let mut t = [_mm512_setzero_ps(); MR];
         for p in 0..kc {
             let bv = _mm512_loadu_ps(b.add(p * NR));
