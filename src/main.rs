@@ -234,6 +234,7 @@ fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
 }
 
 fn main() -> ExitCode {
+    ponder::backend::cpu::allocator::keep_freed_memory();
     let argv = match expand_config(std::env::args().collect()) {
         Ok(a) => a,
         Err(e) => {

@@ -7,6 +7,7 @@
 // Reference loops index the way the math is written (x[i], s[j]).
 #![allow(clippy::needless_range_loop)]
 
+pub mod allocator;
 pub mod matmul;
 mod microkernel;
 
