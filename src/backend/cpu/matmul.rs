@@ -133,8 +133,13 @@ fn gemm_blocked<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32], accumulat
                 let out = SharedOut(cb.as_mut_ptr(), cb.len());
                 let work = |unit: usize| {
                     let (blk, ch) = (unit / chunks, unit % chunks);
-                    let ic = blk * MC;
-                    let mc = MC.min(m - ic);
+                    // one unit per row block: even blocks; otherwise full MC blocks (the
+                    // column chunks already balance the threads)
+                    let (ic, mc) = if chunks == 1 {
+                        row_block(m, blocks, blk)
+                    } else {
+                        (blk * MC, MC.min(m - blk * MC))
+                    };
                     // this unit's rows of A, packed where it computes (they stay in cache)
                     let mut apack = [0.0f32; KC * MC];
                     pack_a(g, a, bi, ic, mc, pc, kc, &mut apack);
@@ -162,6 +167,16 @@ fn gemm_blocked<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32], accumulat
             }
         }
     }
+}
+
+/// Rows `(first, count)` of block `blk` when `m` rows are split into `blocks` blocks of
+/// whole MR panels as evenly as they go (341 rows in 4: 84, 84, 84, 89, not 96, 96, 96,
+/// 53, which would leave one of two threads idle a fifth of the time). Each block has
+/// at most MC rows when `blocks >= m / MC`.
+fn row_block(m: usize, blocks: usize, blk: usize) -> (usize, usize) {
+    let panels = m.div_ceil(MR);
+    let at = |b: usize| (b * panels / blocks * MR).min(m);
+    (at(blk), at(blk + 1) - at(blk))
 }
 
 /// C's storage, shared by the units of [`gemm_f32`], which write disjoint tiles of it.
@@ -426,8 +441,22 @@ fn pack_b<B: AsF32>(
     for (pi, jr) in (0..nc).step_by(NR).enumerate() {
         let nr = NR.min(nc - jr);
         let panel = &mut out[pi * KC * NR..pi * KC * NR + kc * NR];
+        if g.b.sr == 1 && g.b.sc != 1 && nr == NR {
+            // B is a transposed row-major matrix (x @ W^T): read its NR columns (rows of
+            // W) side by side and write the panel in order
+            let cols: [&[B]; NR] = std::array::from_fn(|j| {
+                let at = base + pc + (jc + jr + j) * g.b.sc;
+                &b[at..at + kc]
+            });
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                for (d, col) in dst.iter_mut().zip(&cols) {
+                    *d = col[p].as_f32();
+                }
+            }
+            continue;
+        }
         if g.b.sr == 1 && g.b.sc != 1 {
-            // B is a transposed row-major matrix (x @ W^T): walk each column along k.
+            // the last, narrower panel: walk each column along k
             panel.fill(0.0);
             for j in 0..nr {
                 let col = base + pc + (jc + jr + j) * g.b.sc;
@@ -490,6 +519,20 @@ fn pack_a(
             }
             continue;
         }
+        if g.a.sc == 1 && mr == MR {
+            // A row-major (x @ W^T, dY @ W): read the MR rows side by side and write the
+            // panel in order, one MR-wide column at a time
+            let rows: [&[f32]; MR] = std::array::from_fn(|r| {
+                let at = base + (ic + ir + r) * g.a.sr + pc;
+                &a[at..at + kc]
+            });
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                for (d, row) in dst.iter_mut().zip(&rows) {
+                    *d = row[p];
+                }
+            }
+            continue;
+        }
         for r in 0..MR {
             if r >= mr {
                 for p in 0..kc {
@@ -514,6 +557,21 @@ mod tests {
     }
 
     #[test]
+    fn row_blocks_cover_every_row_once_within_mc() {
+        for m in 1..400usize {
+            let blocks = m.div_ceil(MC);
+            let mut next = 0;
+            for blk in 0..blocks {
+                let (first, count) = row_block(m, blocks, blk);
+                assert_eq!(first, next, "m {m} block {blk}");
+                assert!(count <= MC && (count % MR == 0 || first + count == m));
+                next = first + count;
+            }
+            assert_eq!(next, m);
+        }
+    }
+
+    #[test]
     fn fast_path_matches_reference_on_awkward_shapes() {
         for &(bt, m, n, k) in &[
             (1, 1, 1, 1),
@@ -529,6 +587,9 @@ mod tests {
             (1, 37, 101, 200),
             (2, 17, 1000, 257),
             (1, 96, 33, 600),
+            // even row blocks (4 of 341 rows), and the long-K accumulate
+            (1, 341, 50, 70),
+            (1, 101, 40, 1100),
         ] {
             let a = crate::util::randn_vec(bt * m * k + 3, 1.0, 1);
             let b = crate::util::randn_vec(bt * k * n + 5, 1.0, 2);
@@ -561,6 +622,26 @@ mod tests {
             }
             let a64: Vec<f64> = a.iter().map(|&x| x as f64).collect();
             let b64: Vec<f64> = b.iter().map(|&x| x as f64).collect();
+            // and A row-major, against both layouts of B
+            for gr in [
+                Gemm {
+                    a: op(3, m * k, k, 1),
+                    ..g
+                },
+                Gemm {
+                    a: op(3, m * k, k, 1),
+                    ..gt
+                },
+            ] {
+                let (fast, slow) = (gemm_f32(&gr, &a, &b), gemm_ref(&gr, &a64, &b64));
+                assert_eq!(fast.len(), slow.len());
+                for (i, (x, y)) in fast.iter().zip(&slow).enumerate() {
+                    assert!(
+                        (*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()) * (k as f64).sqrt(),
+                        "{bt}x{m}x{n}x{k} (A row-major) at {i}: {x} vs {y}"
+                    );
+                }
+            }
             let slow = gemm_ref(&g, &a64, &b64);
             for (i, (x, y)) in fast.iter().zip(&slow).enumerate() {
                 assert!(
