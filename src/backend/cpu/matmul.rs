@@ -214,28 +214,21 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     // W rows per task: several MR groups, enough tasks for every thread to take a few
     let tasks = 8 * rayon::current_num_threads().max(1);
     let rows_per = (n.div_ceil(tasks).div_ceil(MR) * MR).max(MR);
-    // every element of C is written below (tasks own disjoint columns, and every row
-    // of each), so C is not zeroed first
-    let mut c: Vec<f32> = Vec::with_capacity(g.batch * m * n);
+    let mut c = vec![0.0f32; g.batch * m * n];
     for bi in 0..g.batch {
-        // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR, built in
-        // memory order (no zeroing pass; rows past m are zero). Serial: a few thousand
-        // values, less than waking the threads twice costs.
+        // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR
+        let mut at = vec![0.0f32; panels * k * NR];
         let abase = g.a.off + bi * g.a.sb;
-        let mut at: Vec<f32> = Vec::with_capacity(panels * k * NR);
-        for q in 0..panels {
-            let live = NR.min(m - q * NR);
-            let first = abase + q * NR * g.a.sr;
-            for p in 0..k {
-                let mut col = [0.0f32; NR];
-                for (ii, v) in col.iter_mut().enumerate().take(live) {
-                    *v = a[first + ii * g.a.sr + p * g.a.sc];
+        // (serial: a few thousand values, less than waking the threads twice costs)
+        for (q, panel) in at.chunks_mut(k * NR).enumerate() {
+            for i in q * NR..m.min((q + 1) * NR) {
+                for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    dst[i % NR] = a[abase + i * g.a.sr + p * g.a.sc];
                 }
-                at.extend_from_slice(&col);
             }
         }
-        // SAFETY: batch bi's m x n block lies inside C's capacity.
-        let shared = SharedOut(unsafe { c.as_mut_ptr().add(bi * m * n) }, m * n);
+        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
+        let shared = SharedOut(cb.as_mut_ptr(), cb.len());
         let wbase = g.b.off + bi * g.b.sb;
         (0..n.div_ceil(rows_per)).into_par_iter().for_each(|ti| {
             let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
@@ -277,9 +270,6 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
             }
         });
     }
-    // SAFETY: the tasks above wrote all batch x m x n elements (disjoint columns j0..j1
-    // covering 0..n, every row i of each), and f32 has no invalid bit patterns.
-    unsafe { c.set_len(g.batch * m * n) };
     c
 }
 
