@@ -5,6 +5,8 @@
 //! element is summed by one thread in a fixed order, so results do not depend on the
 //! number of threads.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 pub use super::microkernel::AsF32;
@@ -214,21 +216,30 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     // W rows per task: several MR groups, enough tasks for every thread to take a few
     let tasks = 8 * rayon::current_num_threads().max(1);
     let rows_per = (n.div_ceil(tasks).div_ceil(MR) * MR).max(MR);
-    let mut c = vec![0.0f32; g.batch * m * n];
+    // C and A^T are written in full below, so neither is zeroed first (at decode sizes
+    // the two memsets cost a twentieth of the product)
+    let mut c = uninit(g.batch * m * n);
+    let mut at = uninit(panels * k * NR);
     for bi in 0..g.batch {
-        // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR
-        let mut at = vec![0.0f32; panels * k * NR];
+        // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR, rows past m
+        // zero (serial: a few thousand values, less than waking the threads twice costs)
         let abase = g.a.off + bi * g.a.sb;
-        // (serial: a few thousand values, less than waking the threads twice costs)
         for (q, panel) in at.chunks_mut(k * NR).enumerate() {
-            for i in q * NR..m.min((q + 1) * NR) {
+            for i in q * NR..(q + 1) * NR {
                 for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    dst[i % NR] = a[abase + i * g.a.sr + p * g.a.sc];
+                    let v = if i < m {
+                        a[abase + i * g.a.sr + p * g.a.sc]
+                    } else {
+                        0.0
+                    };
+                    dst[i % NR] = MaybeUninit::new(v);
                 }
             }
         }
+        // SAFETY: every element of `at` was written just above.
+        let at: &[f32] = unsafe { assume_init(&at) };
         let cb = &mut c[bi * m * n..(bi + 1) * m * n];
-        let shared = SharedOut(cb.as_mut_ptr(), cb.len());
+        let shared = SharedOut(cb.as_mut_ptr().cast::<f32>(), cb.len());
         let wbase = g.b.off + bi * g.b.sb;
         (0..n.div_ceil(rows_per)).into_par_iter().for_each(|ti| {
             let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
@@ -270,7 +281,31 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
             }
         });
     }
-    c
+    // SAFETY: the tasks above wrote every element of C (disjoint columns j0..j1 covering
+    // 0..n, every row of each, for every batch).
+    unsafe { assume_init_vec(c) }
+}
+
+/// A vector of `len` f32 slots, not yet written (for outputs written in full).
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation, and the capacity is len.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `v` as f32s. SAFETY: the caller has written every element.
+unsafe fn assume_init(v: &[MaybeUninit<f32>]) -> &[f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees initialisation.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
+}
+
+/// [`assume_init`] for an owned vector. SAFETY: as there.
+unsafe fn assume_init_vec(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, layout, length and capacity; the caller guarantees
+    // initialisation, and the original is never dropped.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
 /// Rows at or below which a product is a few matrix-vector products (decoding).
