@@ -73,9 +73,14 @@ pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     if m <= MC && n >= 2 * NR && m * n * k >= 64 * 64 * 64 {
         return gemm_wide(g, a, b);
     }
-    let mut c = vec![0.0f32; g.batch * m * n];
+    if k == 0 {
+        return vec![0.0; g.batch * m * n];
+    }
+    // the first KC step stores every element of C, so C is not zeroed first
+    let mut c = uninit(g.batch * m * n);
     gemm_blocked(g, a, b, &mut c, false);
-    c
+    // SAFETY: k > 0, so gemm_blocked stored every tile of every batch.
+    unsafe { assume_init_vec(c) }
 }
 
 /// `c += A @ B` in place (`c` dense `(batch, m, n)`): the gradient sums of a backward.
@@ -94,11 +99,20 @@ pub fn gemm_f32_acc<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32]) {
         }
         return;
     }
+    // SAFETY: f32 -> MaybeUninit<f32> keeps the layout, and only f32s are written back.
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
     gemm_blocked(g, a, b, c, true);
 }
 
 /// The blocked path: C (+)= A @ B over KC x NC panels of B and MC x KC blocks of A.
-fn gemm_blocked<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32], accumulate: bool) {
+/// Without `accumulate`, C may start unwritten: the first KC step stores each tile.
+fn gemm_blocked<B: AsF32>(
+    g: &Gemm,
+    a: &[f32],
+    b: &[B],
+    c: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
     let (m, n, k) = (g.m, g.n, g.k);
     let kern = Kernel::detect();
     // Small problems: pack once, no threads.
@@ -132,7 +146,7 @@ fn gemm_blocked<B: AsF32>(g: &Gemm, a: &[f32], b: &[B], c: &mut [f32], accumulat
                     live.chunks_mut(KC * NR).enumerate().for_each(pack);
                 }
                 let bp = &bpack[..];
-                let out = SharedOut(cb.as_mut_ptr(), cb.len());
+                let out = SharedOut(cb.as_mut_ptr().cast::<f32>(), cb.len());
                 let work = |unit: usize| {
                     let (blk, ch) = (unit / chunks, unit % chunks);
                     // one unit per row block: even blocks; otherwise full MC blocks (the
