@@ -596,6 +596,21 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_inner_dimension_gives_zeros_on_every_path() {
+        for (m, n) in [(1, 70), (12, 40), (64, 200), (100, 40), (300, 50)] {
+            let g = Gemm {
+                batch: 2,
+                m,
+                n,
+                k: 0,
+                a: op(0, 0, 0, 1),
+                b: op(0, 0, 1, 0),
+            };
+            assert_eq!(gemm_f32::<f32>(&g, &[], &[]), vec![0.0; 2 * m * n]);
+        }
+    }
+
+    #[test]
     fn row_blocks_cover_every_row_once_within_mc() {
         for m in 1..400usize {
             let blocks = m.div_ceil(MC);
