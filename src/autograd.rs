@@ -12,7 +12,45 @@ use crate::tensor::{Inner, Tensor};
 // The node type, the grad mode and `record` live with the tensor that carries them (a
 // tensor and the node that produced it refer to each other); this file walks the nodes.
 pub(crate) use crate::tensor::record;
-pub use crate::tensor::{grad_enabled, no_grad, NoGradGuard, Node};
+pub use crate::tensor::{enable_grad, grad_enabled, no_grad, NoGradGuard, Node};
+
+/// Activation checkpointing: `f(x)`, keeping only `x` for the backward instead of every
+/// activation inside `f`. The forward runs `f` without recording; the backward runs it
+/// again with recording and backpropagates through that copy, so the gradients are the
+/// ones the plain graph gives (the same ops in the same order). `params` are the leaves
+/// `f` reads (a decoder layer's weights): the recomputed graph accumulates their
+/// gradients into them directly. `f` must compute the same thing both times (dropout
+/// masks from a seed, not from a running generator).
+pub fn checkpoint(
+    x: &Tensor,
+    params: &[&Tensor],
+    f: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !grad_enabled() || !(x.requires_grad() || params.iter().any(|p| p.requires_grad())) {
+        return f(x);
+    }
+    let out = no_grad(|| f(&x.detach()))?;
+    let saved = x.detach();
+    let x_grad = x.requires_grad();
+    let mut inputs = vec![x];
+    inputs.extend_from_slice(params);
+    let n = inputs.len();
+    Ok(record(out, "checkpoint", &inputs, move |g| {
+        // a fresh leaf for x, so that its gradient can be read back after the walk
+        let xin = if x_grad {
+            saved.clone().requires_grad_()
+        } else {
+            saved.clone()
+        };
+        let y = enable_grad(|| f(&xin))?;
+        if y.requires_grad() {
+            y.backward_with(g.clone())?;
+        }
+        let mut grads = vec![None; n];
+        grads[0] = if x_grad { xin.grad() } else { None };
+        Ok(grads)
+    }))
+}
 
 impl Tensor {
     /// A leaf that accumulates gradients (a parameter).
@@ -116,7 +154,9 @@ impl Tensor {
                     *slot = Some(acc);
                 }
                 Some(node) => {
-                    let span = crate::backend::cpu::profile::span(node.op, true);
+                    // a checkpoint's recomputed ops are profiled one by one, not as one
+                    let span = (node.op != "checkpoint")
+                        .then(|| crate::backend::cpu::profile::span(node.op, true));
                     let in_grads = (node.backward)(&g)
                         .map_err(|e| Error::Autograd(format!("backward of {}: {e}", node.op)))?;
                     drop(span);

@@ -477,6 +477,20 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Run `f` with gradients recorded even inside a `no_grad` scope or a backward pass
+/// (an activation checkpoint's recomputation); the previous mode returns afterwards,
+/// also if `f` panics.
+pub fn enable_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD_DEPTH.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_GRAD_DEPTH.with(|d| d.replace(0)));
+    f()
+}
+
 /// While alive, ops on this thread record nothing.
 pub struct NoGradGuard(());
 

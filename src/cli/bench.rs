@@ -72,6 +72,10 @@ pub(crate) enum BenchCmd {
         /// Run a frozen bf16 reference model in every step instead of cached log-probs.
         #[arg(long)]
         no_ref_cache: bool,
+        /// Recompute each decoder layer in the backward instead of keeping its
+        /// activations (as `ponder dpo --gradient-checkpointing`).
+        #[arg(long)]
+        gradient_checkpointing: bool,
         #[arg(long, default_value_t = 2)]
         pairs: usize,
         #[arg(long, default_value_t = 64)]
@@ -181,6 +185,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             model,
             qwen_05b,
             no_ref_cache,
+            gradient_checkpointing,
             pairs,
             prompt_len,
             completion_len,
@@ -226,6 +231,8 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 };
                 (p, r, dir.display().to_string())
             };
+            let mut policy = policy;
+            policy.gradient_checkpointing = gradient_checkpointing;
             let r = ponder::bench::dpo_step(
                 policy,
                 reference,
@@ -235,8 +242,9 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 steps,
             )?;
             outln!(
-                "dpo step on {dev}, {name}, reference {}: median {:.3}s per step, {} tokens/step = {:.1} tokens/s, peak RSS {:.0} MiB",
+                "dpo step on {dev}, {name}, reference {}{}: median {:.3}s per step, {} tokens/step = {:.1} tokens/s, peak RSS {:.0} MiB",
                 if no_ref_cache { "live (bf16 model each step)" } else { "cached log-probs" },
+                if gradient_checkpointing { ", gradient checkpointing" } else { "" },
                 r.median_step_s,
                 r.tokens_per_step,
                 r.tokens_per_step as f64 / r.median_step_s,

@@ -94,6 +94,96 @@ pub struct Layer {
     pub down_proj: Linear,
 }
 
+/// What every decoder layer of one forward pass shares.
+struct LayerCtx {
+    b: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    eps: f32,
+    cos: Tensor,
+    sin: Tensor,
+    attn: AttnOpts,
+    linear: LinearCtx,
+}
+
+impl Layer {
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    /// Every tensor the layer reads: norms, weights, biases, LoRA adapters.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut out = vec![&self.input_layernorm, &self.post_attention_layernorm];
+        for l in self.linears() {
+            out.push(&l.weight);
+            out.extend(&l.bias);
+            if let Some(lora) = &l.lora {
+                out.extend([&lora.a, &lora.b]);
+            }
+        }
+        out
+    }
+
+    /// Layer `i` on the residual stream `h` `(B, T, C)`, writing its keys and values
+    /// into `cache` at `offset` when given.
+    fn forward(
+        &self,
+        i: usize,
+        h: &Tensor,
+        c: &LayerCtx,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, nh, nkv, hd) = (c.b, c.t, c.nh, c.nkv, c.hd);
+        // attention block: h += o_proj(attn(rope(q), rope(k), v))
+        let x = h.rms_norm(&self.input_layernorm, c.eps)?;
+        let lc = &c.linear;
+        let salt = (i as u64) << 8;
+        let q = self
+            .q_proj
+            .forward_ctx(&x, lc, salt)?
+            .reshape(&[b, t, nh, hd])?
+            .rope(&c.cos, &c.sin)?;
+        let k = self
+            .k_proj
+            .forward_ctx(&x, lc, salt + 1)?
+            .reshape(&[b, t, nkv, hd])?
+            .rope(&c.cos, &c.sin)?;
+        let v = self
+            .v_proj
+            .forward_ctx(&x, lc, salt + 2)?
+            .reshape(&[b, t, nkv, hd])?;
+        let (k, v) = match cache {
+            Some((kv, offset)) => {
+                let win = kv.k[i].layout().narrow(1, offset, t)?;
+                crate::ops::movement::copy_into(&k, &kv.k[i], &win)?;
+                crate::ops::movement::copy_into(&v, &kv.v[i], &win)?;
+                (
+                    kv.k[i].narrow(1, 0, offset + t)?,
+                    kv.v[i].narrow(1, 0, offset + t)?,
+                )
+            }
+            None => (k, v),
+        };
+        let a = Tensor::attention(&q, &k, &v, &c.attn)?.reshape(&[b, t, nh * hd])?;
+        let h = h.add(&self.o_proj.forward_ctx(&a, lc, salt + 3)?)?;
+        // MLP block: h += down(silu(gate(x)) * up(x))
+        let x = h.rms_norm(&self.post_attention_layernorm, c.eps)?;
+        let gate = self.gate_proj.forward_ctx(&x, lc, salt + 4)?;
+        let m = gate.swiglu(&self.up_proj.forward_ctx(&x, lc, salt + 5)?)?;
+        h.add(&self.down_proj.forward_ctx(&m, lc, salt + 6)?)
+    }
+}
+
 /// Keys and values of every layer, `(B, capacity, NKV, HD)`, resident on the device.
 pub struct KvCache {
     pub k: Vec<Tensor>,
@@ -164,6 +254,10 @@ pub struct Transformer {
     pub score: Option<Linear>,
     pub rope: Rope,
     pub device: Device,
+    /// Keep only each decoder layer's input for the backward and recompute the layer
+    /// there (TRL's `gradient_checkpointing`, transformers'
+    /// `gradient_checkpointing_enable()`); passes that fill a KV cache ignore it.
+    pub gradient_checkpointing: bool,
 }
 
 /// PEFT module names of LoRA targets given as `q`, `gate`, ... or `q_proj`, `gate_proj`, ...
@@ -291,6 +385,7 @@ impl Transformer {
             score,
             rope: Rope::new(cfg),
             device,
+            gradient_checkpointing: false,
         })
     }
 
@@ -718,44 +813,31 @@ impl Transformer {
         if fwd.hidden_states {
             hidden.push(h.clone());
         }
+        let ctx = LayerCtx {
+            b,
+            t,
+            nh,
+            nkv,
+            hd,
+            eps,
+            cos,
+            sin,
+            attn,
+            linear: fwd.linear,
+        };
+        // checkpointing applies to training passes (no cache to fill)
+        let checkpointed = self.gradient_checkpointing && fwd.cache.is_none();
+        let ctx = std::sync::Arc::new(ctx);
         for (i, layer) in self.layers.iter().enumerate() {
-            // attention block: h += o_proj(attn(rope(q), rope(k), v))
-            let x = h.rms_norm(&layer.input_layernorm, eps)?;
-            let lc = &fwd.linear;
-            let salt = (i as u64) << 8;
-            let q = layer
-                .q_proj
-                .forward_ctx(&x, lc, salt)?
-                .reshape(&[b, t, nh, hd])?
-                .rope(&cos, &sin)?;
-            let k = layer
-                .k_proj
-                .forward_ctx(&x, lc, salt + 1)?
-                .reshape(&[b, t, nkv, hd])?
-                .rope(&cos, &sin)?;
-            let v = layer
-                .v_proj
-                .forward_ctx(&x, lc, salt + 2)?
-                .reshape(&[b, t, nkv, hd])?;
-            let (k, v) = match fwd.cache.as_deref_mut() {
-                Some(c) => {
-                    let win = c.k[i].layout().narrow(1, offset, t)?;
-                    crate::ops::movement::copy_into(&k, &c.k[i], &win)?;
-                    crate::ops::movement::copy_into(&v, &c.v[i], &win)?;
-                    (
-                        c.k[i].narrow(1, 0, offset + t)?,
-                        c.v[i].narrow(1, 0, offset + t)?,
-                    )
-                }
-                None => (k, v),
+            h = if checkpointed {
+                let (layer_c, ctx_c) = (layer.clone(), ctx.clone());
+                crate::autograd::checkpoint(&h, &layer.tensors(), move |h| {
+                    layer_c.forward(i, h, &ctx_c, None)
+                })?
+            } else {
+                let cache = fwd.cache.as_deref_mut().map(|c| (c, offset));
+                layer.forward(i, &h, &ctx, cache)?
             };
-            let a = Tensor::attention(&q, &k, &v, &attn)?.reshape(&[b, t, nh * hd])?;
-            h = h.add(&layer.o_proj.forward_ctx(&a, &fwd.linear, salt + 3)?)?;
-            // MLP block: h += down(silu(gate(x)) * up(x))
-            let x = h.rms_norm(&layer.post_attention_layernorm, eps)?;
-            let gate = layer.gate_proj.forward_ctx(&x, &fwd.linear, salt + 4)?;
-            let m = gate.swiglu(&layer.up_proj.forward_ctx(&x, &fwd.linear, salt + 5)?)?;
-            h = h.add(&layer.down_proj.forward_ctx(&m, &fwd.linear, salt + 6)?)?;
             if fwd.hidden_states {
                 hidden.push(h.clone());
             }

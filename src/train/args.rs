@@ -110,6 +110,11 @@ pub struct TrainArgs {
     /// Save the base with the adapters merged in, instead of a PEFT adapter.
     #[arg(long)]
     pub merge_lora: bool,
+    /// Keep only each decoder layer's input for the backward and recompute the layer
+    /// there: activation memory falls from every layer's to about one layer's, for
+    /// about a third more compute (TRL's gradient_checkpointing).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Compute the reference on the fly instead of caching its log-probs.
     #[arg(long)]
     pub no_ref_cache: bool,

@@ -198,8 +198,16 @@ fn fits(net: &Transformer, rows: usize, t: usize) -> Result<()> {
         return Ok(());
     }
     let p = net.num_parameters() as u64;
-    let e = super::memory::estimate(&net.cfg, p, false, rows as u64, t as u64);
-    super::memory::check("fit", &e, rows as u64, t as u64, super::memory::available())
+    super::memory::check_training(
+        "fit",
+        &net.cfg,
+        p,
+        false,
+        rows as u64,
+        t as u64,
+        net.gradient_checkpointing,
+        super::memory::available(),
+    )
 }
 
 /// SFT of `net` (every parameter trainable) on `data`.

@@ -9,7 +9,9 @@
 //!   one its gradient and AdamW's two moments: 4 + 4 + 8 bytes;
 //! - saved activations, per layer: about 10 C + 3 F values per position (norm inputs and
 //!   outputs, q/k/v, the attention output, the residuals, gate, up and their product) and
-//!   NH log-sum-exps (attention is flash-style: no T x T matrix is kept);
+//!   NH log-sum-exps (attention is flash-style: no T x T matrix is kept). With gradient
+//!   checkpointing a layer keeps only its input, C values, and one layer's worth of the
+//!   rest exists at a time, while the backward recomputes it;
 //! - the LM head, which runs in chunks of rows (`ops::lm_head`): one chunk's logits and
 //!   their gradient, plus all V logits of every position when they fit the budget under
 //!   which the forward keeps them for the backward.
@@ -46,8 +48,16 @@ pub fn parameter_count(cfg: &Config) -> u64 {
 }
 
 /// The estimate for training `cfg` with `trainable` trainable parameters (all of them, or
-/// the LoRA adapters), on micro-batches of `rows` sequences of at most `t` tokens.
-pub fn estimate(cfg: &Config, trainable: u64, lora: bool, rows: u64, t: u64) -> Estimate {
+/// the LoRA adapters), on micro-batches of `rows` sequences of at most `t` tokens, with
+/// or without gradient checkpointing (`ckpt`).
+pub fn estimate(
+    cfg: &Config,
+    trainable: u64,
+    lora: bool,
+    rows: u64,
+    t: u64,
+    ckpt: bool,
+) -> Estimate {
     let params = parameter_count(cfg);
     let weight_bytes = if lora { 2 } else { 4 };
     let positions = rows.saturating_mul(t);
@@ -58,7 +68,13 @@ pub fn estimate(cfg: &Config, trainable: u64, lora: bool, rows: u64, t: u64) -> 
         cfg.num_hidden_layers as u64,
         cfg.vocab_size as u64,
     );
-    let per_position = l.saturating_mul(10 * c + 3 * f + nh);
+    let layer = 10 * c + 3 * f + nh;
+    let per_position = if ckpt {
+        // every layer's input, plus one layer recomputed (and its gradients) at a time
+        l.saturating_mul(c) + 2 * layer
+    } else {
+        l.saturating_mul(layer)
+    };
     Estimate {
         weights: params.saturating_mul(weight_bytes) + if lora { trainable * 4 } else { 0 },
         optimizer: trainable.saturating_mul(12),
@@ -77,6 +93,38 @@ pub fn estimate(cfg: &Config, trainable: u64, lora: bool, rows: u64, t: u64) -> 
 }
 
 pub use crate::util::{available, gib};
+
+/// [`check`] for a training run of `cfg` (see [`estimate`]); a run that fits only with
+/// gradient checkpointing is refused with a message that says so.
+#[allow(clippy::too_many_arguments)]
+pub fn check_training(
+    what: &'static str,
+    cfg: &Config,
+    trainable: u64,
+    lora: bool,
+    rows: u64,
+    t: u64,
+    ckpt: bool,
+    available: Option<u64>,
+) -> Result<()> {
+    let e = estimate(cfg, trainable, lora, rows, t, ckpt);
+    match check(what, &e, rows, t, available) {
+        Err(Error::Invalid { op, msg }) if !ckpt && rows > 0 => {
+            let with = estimate(cfg, trainable, lora, rows, t, true);
+            if check(what, &with, rows, t, available).is_ok() {
+                return Err(Error::Invalid {
+                    op,
+                    msg: format!(
+                        "{msg}; with --gradient-checkpointing it needs about {} and fits",
+                        gib(with.total())
+                    ),
+                });
+            }
+            Err(Error::Invalid { op, msg })
+        }
+        r => r,
+    }
+}
 
 /// Refuse a run whose estimate is over `available` bytes, naming the parts and the flags
 /// that shrink them. `what` names the run for the message.
@@ -150,7 +198,7 @@ mod tests {
     fn a_run_over_the_available_memory_is_refused_naming_the_flags() {
         let cfg = qwen05();
         let p = parameter_count(&cfg);
-        let small = estimate(&cfg, p, false, 8, 512);
+        let small = estimate(&cfg, p, false, 8, 512, false);
         // weights 2 GB, optimizer 6 GB, activations 8 x 512 x 24 x (10 C + 3 F + NH) x 4
         // = 9.3 GB, logits two chunks of 64 MiB
         assert!(
@@ -166,5 +214,33 @@ mod tests {
             "{err}"
         );
         assert!(check("dpo", &small, 8, 512, None).is_ok());
+    }
+
+    #[test]
+    fn checkpointing_shrinks_the_activations_and_a_run_that_needs_it_says_so() {
+        let cfg = qwen05();
+        let p = parameter_count(&cfg);
+        let (plain, ckpt) = (
+            estimate(&cfg, p, false, 8, 512, false),
+            estimate(&cfg, p, false, 8, 512, true),
+        );
+        // 24 layers of (10 C + 3 F + NH) values per position against 24 C + 2 layers'
+        assert!(
+            ckpt.activations * 5 < plain.activations,
+            "{plain:?} {ckpt:?}"
+        );
+        assert_eq!((ckpt.weights, ckpt.logits), (plain.weights, plain.logits));
+        // 12 GiB: too little without checkpointing, enough with it
+        let avail = Some(12 << 30);
+        let err = check_training("dpo", &cfg, p, false, 8, 512, false, avail)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("with --gradient-checkpointing"), "{err}");
+        assert!(check_training("dpo", &cfg, p, false, 8, 512, true, avail).is_ok());
+        // and no hint where checkpointing would not help enough
+        let err = check_training("dpo", &cfg, p, false, 8, 512, false, Some(4 << 30))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("gradient-checkpointing"), "{err}");
     }
 }

@@ -79,7 +79,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     {
         let cfg = crate::model::config::Config::load(&args.model)?;
         let p = super::memory::parameter_count(&cfg);
-        let e = super::memory::estimate(&cfg, if lora { 0 } else { p }, lora, 0, 0);
+        let e = super::memory::estimate(&cfg, if lora { 0 } else { p }, lora, 0, 0, false);
         super::memory::check("train", &e, 0, 0, avail)?;
     }
     // the trainable policy: f32 leaves, or a frozen (16-bit kept) base with f32 adapters
@@ -100,6 +100,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             args.seed,
         )?;
     }
+    m.net.gradient_checkpointing = args.gradient_checkpointing;
     let tok = m.tokenizer()?;
     let max_pos = m.net.cfg.max_position_embeddings;
     if let Some(l) = args.max_length.filter(|&l| l > max_pos) {
@@ -147,8 +148,16 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         } else {
             m.net.num_parameters()
         };
-        let e = super::memory::estimate(&m.net.cfg, trainable as u64, lora, rows as u64, t as u64);
-        super::memory::check("train", &e, rows as u64, t as u64, avail)?;
+        super::memory::check_training(
+            "train",
+            &m.net.cfg,
+            trainable as u64,
+            lora,
+            rows as u64,
+            t as u64,
+            args.gradient_checkpointing,
+            avail,
+        )?;
     }
     let data_hash = {
         let mut h = KeyHasher::default();
