@@ -7,6 +7,7 @@ pub mod compare;
 pub mod config;
 pub mod generate;
 pub mod gguf;
+pub mod layer;
 pub mod reward;
 pub mod rope;
 pub mod save;

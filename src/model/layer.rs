@@ -1,0 +1,211 @@
+//! One decoder layer of the Llama/Qwen2 stack: attention block then MLP block, each a
+//! residual branch after an RMSNorm, with the Hugging Face weight names
+//! (`model.layers.N.self_attn.q_proj`, ...), built from Linear (with its LoRA adapter)
+//! and filling a KvCache while decoding. [`super::transformer::Transformer::forward`]
+//! runs the layers in turn, each plainly or as an activation checkpoint.
+
+use super::config::Config;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ops::attention::AttnOpts;
+use crate::tensor::{Device, Tensor};
+
+/// y = x W^T + b, W of shape (out, in) as PyTorch stores it, plus an optional LoRA
+/// adapter: y += scale * dropout(x) A^T B^T (PEFT's convention, scale = alpha / r).
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+/// A LoRA adapter: A `(r, in)`, B `(out, r)`.
+#[derive(Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// Per-forward switches that reach every Linear.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinearCtx {
+    /// Run the base model only (the DPO reference under LoRA).
+    pub disable_adapters: bool,
+    /// Seed for LoRA dropout masks; None = no dropout (eval).
+    pub dropout_seed: Option<u64>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_ctx(
+            x,
+            &LinearCtx {
+                disable_adapters: true,
+                dropout_seed: None,
+            },
+            0,
+        )
+    }
+
+    /// Forward with adapters per `ctx`; `salt` makes each layer's dropout mask distinct.
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &LinearCtx, salt: u64) -> Result<Tensor> {
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.add(b)?;
+        }
+        if let (Some(l), false) = (&self.lora, ctx.disable_adapters) {
+            let xd = match ctx.dropout_seed {
+                Some(seed) if l.dropout > 0.0 => {
+                    // inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p)
+                    let keep = 1.0 - l.dropout;
+                    let mut r = crate::util::rng(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let m: Vec<f32> = (0..x.numel())
+                        .map(|_| {
+                            if rand::Rng::random::<f32>(&mut r) < keep {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    x.mul(&Tensor::from_vec(m, x.shape(), x.device())?)?
+                }
+                _ => x.clone(),
+            };
+            y = y.add(&xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?.scale(l.scale)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// Keys and values of every layer, `(B, capacity, NKV, HD)`, resident on the device.
+pub struct KvCache {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Positions filled so far.
+    pub len: usize,
+    pub capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &Config, batch: usize, capacity: usize, device: Device) -> Result<KvCache> {
+        let shape = [batch, capacity, cfg.num_key_value_heads, cfg.head_dim];
+        let mk = || crate::ops::movement::empty(&shape, DType::F32, device);
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.num_hidden_layers {
+            k.push(mk()?);
+            v.push(mk()?);
+        }
+        Ok(KvCache {
+            k,
+            v,
+            len: 0,
+            capacity,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Layer {
+    pub input_layernorm: Tensor,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: Tensor,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+/// What every decoder layer of one forward pass shares.
+pub(super) struct LayerCtx {
+    pub(super) b: usize,
+    pub(super) t: usize,
+    pub(super) nh: usize,
+    pub(super) nkv: usize,
+    pub(super) hd: usize,
+    pub(super) eps: f32,
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
+    pub(super) attn: AttnOpts,
+    pub(super) linear: LinearCtx,
+}
+
+impl Layer {
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    /// Every tensor the layer reads: norms, weights, biases, LoRA adapters.
+    pub(super) fn tensors(&self) -> Vec<&Tensor> {
+        let mut out = vec![&self.input_layernorm, &self.post_attention_layernorm];
+        for l in self.linears() {
+            out.push(&l.weight);
+            out.extend(&l.bias);
+            if let Some(lora) = &l.lora {
+                out.extend([&lora.a, &lora.b]);
+            }
+        }
+        out
+    }
+
+    /// Layer `i` on the residual stream `h` `(B, T, C)`, writing its keys and values
+    /// into `cache` at `offset` when given.
+    pub(super) fn forward(
+        &self,
+        i: usize,
+        h: &Tensor,
+        c: &LayerCtx,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, nh, nkv, hd) = (c.b, c.t, c.nh, c.nkv, c.hd);
+        // attention block: h += o_proj(attn(rope(q), rope(k), v))
+        let x = h.rms_norm(&self.input_layernorm, c.eps)?;
+        let lc = &c.linear;
+        let salt = (i as u64) << 8;
+        let q = self
+            .q_proj
+            .forward_ctx(&x, lc, salt)?
+            .reshape(&[b, t, nh, hd])?
+            .rope(&c.cos, &c.sin)?;
+        let k = self
+            .k_proj
+            .forward_ctx(&x, lc, salt + 1)?
+            .reshape(&[b, t, nkv, hd])?
+            .rope(&c.cos, &c.sin)?;
+        let v = self
+            .v_proj
+            .forward_ctx(&x, lc, salt + 2)?
+            .reshape(&[b, t, nkv, hd])?;
+        let (k, v) = match cache {
+            Some((kv, offset)) => {
+                let win = kv.k[i].layout().narrow(1, offset, t)?;
+                crate::ops::movement::copy_into(&k, &kv.k[i], &win)?;
+                crate::ops::movement::copy_into(&v, &kv.v[i], &win)?;
+                (
+                    kv.k[i].narrow(1, 0, offset + t)?,
+                    kv.v[i].narrow(1, 0, offset + t)?,
+                )
+            }
+            None => (k, v),
+        };
+        let a = Tensor::attention(&q, &k, &v, &c.attn)?.reshape(&[b, t, nh * hd])?;
+        let h = h.add(&self.o_proj.forward_ctx(&a, lc, salt + 3)?)?;
+        // MLP block: h += down(silu(gate(x)) * up(x))
+        let x = h.rms_norm(&self.post_attention_layernorm, c.eps)?;
+        let gate = self.gate_proj.forward_ctx(&x, lc, salt + 4)?;
+        let m = gate.swiglu(&self.up_proj.forward_ctx(&x, lc, salt + 5)?)?;
+        h.add(&self.down_proj.forward_ctx(&m, lc, salt + 6)?)
+    }
+}
