@@ -24,6 +24,22 @@ const PASS: &str = "#1b873f";
 const FAIL: &str = "#c62828";
 
 /// `s` with `& < > " '` escaped (for SVG and HTML text and attributes).
+/// Every plot ponder writes carries this element, so that a later run can tell its own
+/// plot (safe to replace) from a user's file of the same name.
+const MARK: &str = "<desc>ponder plot</desc>";
+
+/// Whether `path` holds something other than a ponder plot: a file ponder must not
+/// overwrite. Plots from before the mark are recognised by their opening tag.
+pub fn foreign_file(path: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false; // absent (or unreadable, and then the write reports it)
+    };
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    let older = r#"<svg xmlns="http://www.w3.org/2000/svg" width="#;
+    let ours = head.contains(MARK) || (head.starts_with(older) && head.contains(FONT));
+    !ours
+}
+
 pub fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -217,6 +233,7 @@ impl Svg {
             s,
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="{FONT}">"##
         );
+        let _ = write!(s, "{MARK}");
         let _ = write!(s, r##"<rect width="{w}" height="{h}" fill="#ffffff"/>"##);
         Svg { s }
     }

@@ -646,3 +646,41 @@ fn config_epochs_yield_to_command_line_steps() {
     assert!(ok, "{log}");
     assert_eq!(column(&dir.join("out"), "loss").len(), 2);
 }
+
+#[test]
+fn a_users_file_where_the_plot_would_go_is_kept() {
+    // `--metrics NAME.jsonl` puts the plot at NAME.svg: a user's NAME.svg survives (the
+    // plot is skipped, with a message), while ponder's own plot there is replaced
+    let dir = tmp("plotname");
+    let mine = dir.join("notes.svg");
+    let text = "<svg xmlns=\"http://www.w3.org/2000/svg\"><text>my figure</text></svg>";
+    std::fs::write(&mine, text).unwrap();
+    let mut a = dpo_args(&dir.join("run"), &dir.join("ref.logps"));
+    a.steps = Some(1);
+    a.metrics = Some(dir.join("notes.jsonl"));
+    train(Mode::Dpo, &a).unwrap();
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), text);
+    assert!(
+        !dir.join("run/metrics.jsonl").exists(),
+        "metrics went to --metrics"
+    );
+    assert_eq!(
+        metrics::read(&dir.join("notes.jsonl")).unwrap().len(),
+        1,
+        "the metrics file is written"
+    );
+    // a plot of ponder's at the path is replaced by the next run's
+    let mut b = dpo_args(&dir.join("run2"), &dir.join("ref.logps"));
+    b.steps = Some(1);
+    b.metrics = Some(dir.join("plot.jsonl"));
+    train(Mode::Dpo, &b).unwrap();
+    let first = std::fs::read_to_string(dir.join("plot.svg")).unwrap();
+    assert!(first.contains("<svg"));
+    let mut c = dpo_args(&dir.join("run3"), &dir.join("ref.logps"));
+    c.steps = Some(3);
+    c.metrics = Some(dir.join("plot.jsonl"));
+    train(Mode::Dpo, &c).unwrap();
+    let second = std::fs::read_to_string(dir.join("plot.svg")).unwrap();
+    assert_ne!(first, second, "ponder's own plot was not replaced");
+    let _ = std::fs::remove_dir_all(&dir);
+}

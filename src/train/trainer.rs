@@ -422,13 +422,24 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         &["loss", "grad_norm"]
     };
     let plot_path = metrics_path.with_extension("svg");
-    metrics::plot(&rows, keys, &plot_path)?;
-    log(format!(
-        "metrics: {} ({} steps), plot: {}",
-        metrics_path.display(),
-        rows.len(),
-        plot_path.display()
-    ));
+    if crate::plot::foreign_file(&plot_path) {
+        // `--metrics NAME.jsonl` beside a user's NAME.svg: keep the user's file
+        log(format!(
+            "metrics: {} ({} steps); plot not written: {} exists and is not a ponder plot \
+             (name the metrics file differently to get one)",
+            metrics_path.display(),
+            rows.len(),
+            plot_path.display()
+        ));
+    } else {
+        metrics::plot(&rows, keys, &plot_path)?;
+        log(format!(
+            "metrics: {} ({} steps), plot: {}",
+            metrics_path.display(),
+            rows.len(),
+            plot_path.display()
+        ));
+    }
     Ok(summary)
 }
 
