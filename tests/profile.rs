@@ -121,3 +121,46 @@ fn repeated_work_shares_passes_and_reuses_bind_groups() {
     let cpu = z.sum(1, false).unwrap().to_vec_f64().unwrap();
     common::assert_close("matmul, mul, add, exp, sum", &want, &cpu, 1e-4, 1e-4);
 }
+
+#[test]
+fn a_head_whose_logits_fit_the_budget_skips_their_recomputation() {
+    // the LM head's backward reads the forward's logits when they fit `keep` bytes: one
+    // GEMM fewer per chunk than when it recomputes them (counted in dispatches)
+    if !common::gpu_ok("profile lm head") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = ponder::backend::gpu::context().unwrap();
+    let (k, c, v, chunk) = (9, 16, 40, 3);
+    let gemms = |keep: usize| -> usize {
+        let h = Tensor::randn(&[k, c], 1.0, 3, Device::Gpu)
+            .unwrap()
+            .requires_grad_();
+        let w = Tensor::randn(&[v, c], 1.0, 4, Device::Gpu)
+            .unwrap()
+            .requires_grad_();
+        let tg = Tensor::from_u32(
+            (0..k as u32).map(|i| i * 7 % v as u32).collect(),
+            &[k],
+            Device::Gpu,
+        )
+        .unwrap();
+        ctx.sync().unwrap();
+        ctx.profile_start();
+        let (lp, _) =
+            ponder::ops::lm_head::lm_head_logprobs(&h, &w, &tg, chunk, keep, false).unwrap();
+        lp.sum_all().unwrap().backward().unwrap();
+        let p = ctx.profile_finish().unwrap();
+        p.rows
+            .iter()
+            .filter(|r| r.kernel.starts_with("matmul"))
+            .map(|r| r.count)
+            .sum()
+    };
+    let (recomputed, kept) = (gemms(0), gemms(usize::MAX));
+    assert_eq!(
+        recomputed - kept,
+        k / chunk,
+        "recomputing {recomputed} vs keeping {kept}"
+    );
+}
