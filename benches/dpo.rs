@@ -36,7 +36,14 @@ fn main() {
                 .unwrap()
                 .net
             });
-            let r = ponder::bench::dpo_step(policy, reference, 4, 32, 32, 9).unwrap();
+            let shape = ponder::bench::PairShape {
+                pairs: 4,
+                prompt_len: 32,
+                chosen: (32, 32),
+                rejected: (32, 32),
+            };
+            let data = ponder::bench::synthetic_pairs(shape, policy.cfg.vocab_size).unwrap();
+            let r = ponder::bench::dpo_step(policy, reference, &data, 9).unwrap();
             println!(
                 "dpo step on {dev} (tiny fixture), reference {}: median {:.4}s, {:.0} tokens/s, peak RSS {:.0} MiB",
                 if live { "live" } else { "cached" },

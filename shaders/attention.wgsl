@@ -2,7 +2,9 @@
 // memory, an online softmax in registers, the T x S score matrix never stored).
 // q (B, T, NH, HD), k and v (B, S, NKV, HD) with free batch/sequence strides; query t sits
 // at absolute position t + S - T; query head h reads kv head h / (NH / NKV).
-// Optional per-batch valid key range R[2b], R[2b+1] = [start, end).
+// Optional valid key ranges [start, end): has_ranges 1, one per batch row R[2b], R[2b+1]
+// (padding); has_ranges 2, one per query R[2(bT + t)], R[2(bT + t) + 1] (sequences packed
+// end to end, block-diagonal causal attention).
 //
 // Forward (one thread per query row):
 //   s_j = scale q.k_j;  online: m' = max(m, s_j), l = l e^(m-m') + e^(s_j-m'),
@@ -63,6 +65,48 @@ var<workgroup> T1: array<f32, BKV * HD>;
 var<workgroup> T2: array<f32, BKV * HD>;
 var<workgroup> RL: array<f32, BKV>;
 var<workgroup> RD: array<f32, BKV>;
+// Packed sequences (has_ranges 2): the workgroup's first key / last query, reduced with
+// atomics and handed out uniformly, so tiles outside every thread's sequence are skipped.
+var<workgroup> KMIN: atomic<u32>;
+var<workgroup> KMAX: atomic<u32>;
+var<workgroup> KOUT: u32;
+
+// With per-query ranges, the least of the threads' `lo` (their first key; u32 max for a
+// thread with none), the same value in every thread; 0 otherwise.
+fn block_key_start(lo: u32, lid: u32) -> u32 {
+    if (P.has_ranges != 2u) {
+        return 0u;
+    }
+    if (lid == 0u) {
+        atomicStore(&KMIN, 0xffffffffu);
+    }
+    workgroupBarrier();
+    atomicMin(&KMIN, lo);
+    workgroupBarrier();
+    if (lid == 0u) {
+        KOUT = atomicLoad(&KMIN);
+    }
+    return workgroupUniformLoad(&KOUT);
+}
+
+// With per-query ranges (each query's range is its own sequence, S = T), one past the
+// last query that sees any of the workgroup's keys: the greatest of their sequences'
+// ends (`end`, 0 for a thread with no key), the same value in every thread; T otherwise.
+fn block_query_end(end: u32, lid: u32) -> u32 {
+    if (P.has_ranges != 2u || P.s != P.t) {
+        return P.t;
+    }
+    if (lid == 0u) {
+        atomicStore(&KMAX, 0u);
+    }
+    workgroupBarrier();
+    atomicMax(&KMAX, end);
+    workgroupBarrier();
+    if (lid == 0u) {
+        KOUT = atomicLoad(&KMAX);
+    }
+    return min(workgroupUniformLoad(&KOUT), P.t);
+}
 
 // Valid keys [lo, hi) for query t of batch bi.
 fn key_range(bi: u32, t: u32) -> vec2<u32> {
@@ -71,6 +115,10 @@ fn key_range(bi: u32, t: u32) -> vec2<u32> {
     if (P.has_ranges == 1u) {
         lo = R[2u * bi];
         hi = min(R[2u * bi + 1u], P.s);
+    } else if (P.has_ranges == 2u) {
+        let i = bi * P.t + t;
+        lo = R[2u * i];
+        hi = min(R[2u * i + 1u], P.s);
     }
     if (P.causal == 1u) {
         hi = min(hi, t + P.s - P.t + 1u);
@@ -138,7 +186,12 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var m = -1.0e30;
     var l = 0.0;
     let kend = block_key_end(t0);
-    for (var j0 = 0u; j0 < kend; j0 = j0 + BKV) {
+    var lo = 0xffffffffu;
+    if (live && kr.x < kr.y) {
+        lo = kr.x;
+    }
+    let kstart = block_key_start(lo, lid) / BKV * BKV;
+    for (var j0 = kstart; j0 < kend; j0 = j0 + BKV) {
         load_kv(bi, g, j0, lid);
         workgroupBarrier();
         let jn = min(BKV, kend - j0);
@@ -238,7 +291,12 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         dd = ST[2u * r + 1u];
     }
     let kend = block_key_end(t0);
-    for (var j0 = 0u; j0 < kend; j0 = j0 + BKV) {
+    var lo = 0xffffffffu;
+    if (live && kr.x < kr.y) {
+        lo = kr.x;
+    }
+    let kstart = block_key_start(lo, lid) / BKV * BKV;
+    for (var j0 = kstart; j0 < kend; j0 = j0 + BKV) {
         load_kv(bi, g, j0, lid);
         workgroupBarrier();
         let jn = min(BKV, kend - j0);
@@ -311,9 +369,15 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (P.causal == 1u && j0 + P.t > P.s) {
         tstart = j0 + P.t - P.s;
     }
+    // packed sequences: key j's own range is its sequence, whose queries alone see it
+    var qend = 0u;
+    if (j < P.s && P.has_ranges == 2u && P.s == P.t) {
+        qend = R[2u * (bi * P.t + j) + 1u];
+    }
+    let tend = block_query_end(qend, lid);
     for (var hh = P.hh; hh < P.hh + P.hn; hh = hh + 1u) {
         let h = g * group + hh;
-        for (var ta = tstart; ta < P.t; ta = ta + BKV) {
+        for (var ta = tstart; ta < tend; ta = ta + BKV) {
             // T1 = q rows, T2 = dO rows, RL/RD = their lse and D
             for (var e = lid; e < BKV * HD; e = e + WQ) {
                 let tt = ta + e / HD;
@@ -341,11 +405,17 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             }
             workgroupBarrier();
             if (valid) {
-                let tn = min(BKV, P.t - ta);
+                let tn = min(BKV, tend - ta);
                 for (var ti = 0u; ti < tn; ti = ti + 1u) {
                     let tt = ta + ti;
                     if (P.causal == 1u && j > tt + P.s - P.t) {
                         continue;
+                    }
+                    if (P.has_ranges == 2u) {
+                        let kr = key_range(bi, tt);
+                        if (j < kr.x || j >= kr.y) {
+                            continue;
+                        }
                     }
                     var sc = 0.0;
                     var dp = 0.0;

@@ -375,51 +375,100 @@ pub fn generation(
 pub struct DpoBench {
     pub steps: usize,
     pub median_step_s: f64,
+    /// Tokens of the pairs (chosen + rejected, prompts included), padding not counted.
     pub tokens_per_step: usize,
+    /// Tokens the step computes on: the same when padding-free, rows x longest otherwise.
+    pub computed_tokens: usize,
     pub peak_rss_mib: f64,
+    /// On the GPU, the most device memory the buffer pool held at once.
+    pub peak_device_mib: Option<f64>,
 }
 
-/// Time full DPO optimizer steps (policy forward + backward + AdamW), after one untimed
-/// warm-up step, on `pairs` synthetic pairs of `prompt_len + completion_len` tokens. With `cached`, the reference log-probs
-/// are computed once beforehand (as the cache does); without, a frozen 16-bit reference
-/// model is loaded and run under no_grad in every step.
-pub fn dpo_step(
-    policy: crate::model::Transformer,
-    reference: Option<crate::model::Transformer>,
-    pairs: usize,
-    prompt_len: usize,
-    completion_len: usize,
-    steps: usize,
-) -> Result<DpoBench> {
+/// Lengths of the synthetic pairs of `ponder bench dpo`.
+#[derive(Clone, Copy, Debug)]
+pub struct PairShape {
+    pub pairs: usize,
+    pub prompt_len: usize,
+    /// Completion lengths `[min, max]`, drawn uniformly per pair (seeded).
+    pub chosen: (usize, usize),
+    pub rejected: (usize, usize),
+}
+
+/// Synthetic pairs of `shape` over a vocabulary of `v` ids (no all-zero data: ids are
+/// spread over the vocabulary).
+pub fn synthetic_pairs(shape: PairShape, v: usize) -> Result<Vec<crate::train::data::Pair>> {
+    use crate::train::data::{Pair, Seq};
+    use rand::Rng;
+    let PairShape {
+        pairs,
+        prompt_len,
+        chosen,
+        rejected,
+    } = shape;
     check_sizes(
         "bench dpo",
         &[
             ("pairs", pairs),
             ("prompt-len", prompt_len),
-            ("completion-len", completion_len),
-            ("steps", steps),
+            ("completion-len", chosen.0.min(rejected.0)),
         ],
         // the token ids alone; the memory estimate of a step is the trainer's
-        8 * pairs as u128 * (prompt_len as u128 + completion_len as u128),
+        8 * pairs as u128 * (prompt_len as u128 + chosen.1.max(rejected.1) as u128),
     )?;
-    use crate::train::data::{Pair, Seq};
-    use crate::train::loss::DpoParams;
-    use crate::train::optim::{Schedule, Scheduler};
-    use crate::train::step::{reference_sums, LiveReference, MicroBatch, Trainer};
-    let v = policy.cfg.vocab_size as u32;
-    let seq = |salt: u32| -> Seq {
-        let ids: Vec<u32> = (0..(prompt_len + completion_len) as u32)
+    for (flag, (lo, hi)) in [("chosen-len", chosen), ("rejected-len", rejected)] {
+        if lo > hi {
+            return Err(crate::train::fit::range_error(
+                "bench dpo",
+                flag,
+                format!("{lo},{hi}"),
+                "MIN,MAX with MIN <= MAX",
+            ));
+        }
+    }
+    let mut rng = crate::util::rng(0x5EED);
+    let v = v as u32;
+    let mut seq = |salt: u32, (lo, hi): (usize, usize)| -> Seq {
+        let n = rng.random_range(lo..=hi);
+        let ids: Vec<u32> = (0..(prompt_len + n) as u32)
             .map(|i| (i * 7919 + salt * 104729 + 17) % v)
             .collect();
         Seq { ids, prompt_len }
     };
-    let data: Vec<Pair> = (0..pairs as u32)
+    Ok((0..pairs as u32)
         .map(|i| Pair {
-            chosen: seq(2 * i),
-            rejected: seq(2 * i + 1),
+            chosen: seq(2 * i, chosen),
+            rejected: seq(2 * i + 1, rejected),
         })
-        .collect();
+        .collect())
+}
+
+/// Time full DPO optimizer steps (policy forward + backward + AdamW) over `data` as one
+/// micro-batch, after one untimed warm-up step. Without `reference`, the reference
+/// log-probs are computed once beforehand (as the cache does); with it, that frozen
+/// model runs under no_grad in every step. The policy's `padding_free` and
+/// `gradient_checkpointing` switches apply.
+pub fn dpo_step(
+    policy: crate::model::Transformer,
+    reference: Option<crate::model::Transformer>,
+    data: &[crate::train::data::Pair],
+    steps: usize,
+) -> Result<DpoBench> {
+    check_sizes("bench dpo", &[("pairs", data.len()), ("steps", steps)], 0)?;
+    use crate::train::data::Pair;
+    use crate::train::loss::DpoParams;
+    use crate::train::optim::{Schedule, Scheduler};
+    use crate::train::step::{reference_sums, LiveReference, MicroBatch, Trainer};
     let ps: Vec<&Pair> = data.iter().collect();
+    let lens: Vec<usize> = data
+        .iter()
+        .flat_map(|p| [p.chosen.ids.len(), p.rejected.ids.len()])
+        .collect();
+    let tokens: usize = lens.iter().sum();
+    let computed = if policy.padding_free {
+        tokens
+    } else {
+        lens.len() * lens.iter().copied().max().unwrap_or(0)
+    };
     let p = DpoParams::sigmoid(0.1);
     let schedule = Schedule {
         kind: Scheduler::Constant,
@@ -434,8 +483,12 @@ pub fn dpo_step(
         None => Some(reference_sums(&policy, &ps, false)?),
         Some(_) => None,
     };
+    let padding_free = policy.padding_free;
     let mut trainer = Trainer::new(policy, false, schedule, 0.0, 1.0, p, 0)?;
-    trainer.reference = reference.map(|r| LiveReference::Model(Box::new(r)));
+    trainer.reference = reference.map(|mut r| {
+        r.padding_free = padding_free;
+        LiveReference::Model(Box::new(r))
+    });
     let mut times = Vec::new();
     let mut last = None;
     // one untimed step first, as the peer does: the optimizer state is allocated there
@@ -466,7 +519,10 @@ pub fn dpo_step(
     Ok(DpoBench {
         steps,
         median_step_s: times[times.len() / 2],
-        tokens_per_step: 2 * pairs * (prompt_len + completion_len),
+        tokens_per_step: tokens,
+        computed_tokens: computed,
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+        peak_device_mib: (device == Device::Gpu)
+            .then(|| crate::backend::gpu::peak_bytes() as f64 / (1u64 << 20) as f64),
     })
 }

@@ -76,12 +76,28 @@ pub(crate) enum BenchCmd {
         /// activations (as `ponder dpo --gradient-checkpointing`).
         #[arg(long)]
         gradient_checkpointing: bool,
+        /// Lay the pairs' sequences end to end in one row instead of padding them (as
+        /// `ponder dpo --padding-free`).
+        #[arg(long)]
+        padding_free: bool,
         #[arg(long, default_value_t = 2)]
         pairs: usize,
         #[arg(long, default_value_t = 64)]
         prompt_len: usize,
+        /// Completion length of every chosen and rejected answer.
         #[arg(long, default_value_t = 64)]
         completion_len: usize,
+        /// Chosen completion lengths MIN,MAX, drawn per pair (seeded; default
+        /// --completion-len).
+        #[arg(long, value_delimiter = ',', num_args = 1..=2)]
+        chosen_len: Option<Vec<usize>>,
+        /// Rejected completion lengths MIN,MAX (as --chosen-len).
+        #[arg(long, value_delimiter = ',', num_args = 1..=2)]
+        rejected_len: Option<Vec<usize>>,
+        /// Time the first --pairs pairs of this preference JSONL instead (tokenized as
+        /// `ponder dpo` does, with the model's tokenizer and chat template).
+        #[arg(long, conflicts_with_all = ["qwen_05b", "chosen_len", "rejected_len"])]
+        data: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         steps: usize,
         #[arg(long)]
@@ -186,9 +202,13 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             qwen_05b,
             no_ref_cache,
             gradient_checkpointing,
+            padding_free,
             pairs,
             prompt_len,
             completion_len,
+            chosen_len,
+            rejected_len,
+            data,
             steps,
             device: d,
             ..
@@ -214,7 +234,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 };
                 (p, r, "random Qwen2.5-0.5B-shaped model".to_string())
             } else {
-                let dir = model.expect("clap requires --model");
+                let dir = model.clone().expect("clap requires --model");
                 let p = Model::load(
                     &dir,
                     LoadOpts {
@@ -233,20 +253,51 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             };
             let mut policy = policy;
             policy.gradient_checkpointing = gradient_checkpointing;
-            let r = ponder::bench::dpo_step(
-                policy,
-                reference,
-                pairs,
-                prompt_len,
-                completion_len,
-                steps,
-            )?;
+            policy.padding_free = padding_free;
+            let set = match (&data, &model) {
+                (Some(file), Some(dir)) => {
+                    // the model once more on the CPU, 16-bit, for its tokenizer
+                    let m = Model::load(dir, frozen(Device::Cpu))?;
+                    let trunc = ponder::train::data::Truncation {
+                        max_prompt_length: None,
+                        max_length: Some(m.net.cfg.max_position_embeddings),
+                        mode: ponder::train::data::TruncationMode::KeepStart,
+                    };
+                    let (mut v, _) = ponder::train::data::load_pairs(file, m.tokenizer()?, &trunc)?;
+                    v.truncate(pairs);
+                    v
+                }
+                _ => {
+                    let range = |r: &Option<Vec<usize>>| match r.as_deref() {
+                        Some([a]) => (*a, *a),
+                        Some([a, b]) => (*a, *b),
+                        _ => (completion_len, completion_len),
+                    };
+                    ponder::bench::synthetic_pairs(
+                        ponder::bench::PairShape {
+                            pairs,
+                            prompt_len,
+                            chosen: range(&chosen_len),
+                            rejected: range(&rejected_len),
+                        },
+                        policy.cfg.vocab_size,
+                    )?
+                }
+            };
+            let r = ponder::bench::dpo_step(policy, reference, &set, steps)?;
+            let device_peak = r
+                .peak_device_mib
+                .map(|m| format!(", peak device memory {m:.0} MiB (buffer pool)"))
+                .unwrap_or_default();
             outln!(
-                "dpo step on {dev}, {name}, reference {}{}: median {:.3}s per step, {} tokens/step = {:.1} tokens/s, peak RSS {:.0} MiB",
+                "dpo step on {dev}, {name}, {} pairs, reference {}{}{}: median {:.3}s per step, {} tokens/step ({} computed) = {:.1} tokens/s, peak RSS {:.0} MiB{device_peak}",
+                set.len(),
                 if no_ref_cache { "live (bf16 model each step)" } else { "cached log-probs" },
                 if gradient_checkpointing { ", gradient checkpointing" } else { "" },
+                if padding_free { ", padding-free" } else { ", padded" },
                 r.median_step_s,
                 r.tokens_per_step,
+                r.computed_tokens,
                 r.tokens_per_step as f64 / r.median_step_s,
                 r.peak_rss_mib
             );
@@ -288,7 +339,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                     ),
                 )
             } else {
-                let dir = model.expect("clap requires --model");
+                let dir = model.clone().expect("clap requires --model");
                 let name = dir.display().to_string();
                 (Model::load(&dir, frozen(dev))?.net, name)
             };

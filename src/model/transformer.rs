@@ -61,6 +61,11 @@ pub struct Transformer {
     /// there (TRL's `gradient_checkpointing`, transformers'
     /// `gradient_checkpointing_enable()`); passes that fill a KV cache ignore it.
     pub gradient_checkpointing: bool,
+    /// Log-prob passes over a batch of sequences ([`crate::train::loss::sequence_logps`])
+    /// lay them end to end in one row instead of padding each to the longest (TRL's
+    /// `padding_free`): attention is block-diagonal causal and RoPE restarts at each
+    /// sequence, so the results are the padded pass's, without its padding.
+    pub padding_free: bool,
 }
 
 /// PEFT module names of LoRA targets given as `q`, `gate`, ... or `q_proj`, `gate_proj`, ...
@@ -189,6 +194,7 @@ impl Transformer {
             rope: Rope::new(cfg),
             device,
             gradient_checkpointing: false,
+            padding_free: false,
         })
     }
 

@@ -16,8 +16,35 @@ pub struct AttnOpts {
     pub causal: bool,
     /// Score scale; default 1/sqrt(HD).
     pub scale: Option<f64>,
-    /// Per-sequence valid key range `(B, 2)` u32 `[start, end)`: padding on either side.
+    /// Valid keys `[start, end)`, u32: `(B, 2)`, one range per batch row (padding on
+    /// either side), or `(B, T, 2)`, one per query (sequences packed end to end, each
+    /// query seeing only its own sequence: block-diagonal causal attention; see
+    /// [`AttnOpts::packed_ranges`]).
     pub kv_ranges: Option<Tensor>,
+}
+
+impl AttnOpts {
+    /// Per-query key ranges `(B, T, 2)` for sequences packed end to end in each row:
+    /// `cu_seqlens[b]` holds row b's sequence boundaries `0 = c_0 < c_1 < ... <= T`, and a
+    /// query in `[c_i, c_(i+1))` sees keys from `c_i` on (causal attention cuts them at
+    /// itself). Positions past the last boundary (padding) see no key.
+    pub fn packed_ranges(cu_seqlens: &[Vec<usize>], t: usize) -> Vec<u32> {
+        let mut r = Vec::with_capacity(cu_seqlens.len() * t * 2);
+        for cu in cu_seqlens {
+            let mut seg = 0;
+            for p in 0..t {
+                while seg + 1 < cu.len() && p >= cu[seg + 1] {
+                    seg += 1;
+                }
+                if seg + 1 < cu.len() {
+                    r.extend([cu[seg] as u32, cu[seg + 1] as u32]);
+                } else {
+                    r.extend([0, 0]);
+                }
+            }
+        }
+        r
+    }
 }
 
 /// Dims of q (B,T,NH,HD) against k,v (B,S,NKV,HD); batch/seq strides come from the views.
@@ -112,10 +139,11 @@ impl Tensor {
             None => None,
             Some(r) => {
                 super::same_device("attention", &[q, r])?;
-                if r.shape() != [d.b, 2] || r.dtype() != DType::U32 {
+                if (r.shape() != [d.b, 2] && r.shape() != [d.b, d.t, 2]) || r.dtype() != DType::U32
+                {
                     return Err(Error::bad_shape(
                         "attention",
-                        "kv_ranges must be (B, 2) u32",
+                        "kv_ranges must be (B, 2) or (B, T, 2) u32",
                         r.shape(),
                     ));
                 }

@@ -273,6 +273,8 @@ pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
         .iter()
         .flat_map(|p| [&p.chosen, &p.rejected])
         .collect();
+    let mut net = net;
+    net.padding_free = o.dpo.padding_free;
     let sums = crate::model::score::completion_sums(&net, &seqs, 16)?;
     s.reference_forwards = seqs.len().div_ceil(16);
     let refs: Vec<(f64, f64)> = sums.chunks(2).map(|c| (c[0], c[1])).collect();

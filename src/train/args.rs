@@ -115,6 +115,18 @@ pub struct TrainArgs {
     /// about a third more compute (TRL's gradient_checkpointing).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Lay the sequences of each micro-batch end to end in one row instead of padding
+    /// each to the longest (TRL's padding_free; `--packing`, SFT's name, is the same
+    /// switch): attention stays inside each sequence and RoPE restarts at each, so the
+    /// losses are the padded run's, without the padding's compute and memory.
+    #[arg(long, visible_alias = "packing")]
+    pub padding_free: bool,
+    /// Form micro-batches by tokens instead of rows: each optimizer step's examples
+    /// (batch-size x grad-accum of them, so the loss is normalised as TRL normalises it)
+    /// go into micro-batches of at most this many tokens, padding included unless
+    /// --padding-free; a longer example is a micro-batch of its own.
+    #[arg(long)]
+    pub max_tokens_per_batch: Option<usize>,
     /// Compute the reference on the fly instead of caching its log-probs.
     #[arg(long)]
     pub no_ref_cache: bool,
@@ -226,6 +238,9 @@ impl TrainArgs {
         }
         if let Some(l) = self.max_prompt_length {
             count("max-prompt-length", l, 1 << 20)?;
+        }
+        if let Some(n) = self.max_tokens_per_batch {
+            count("max-tokens-per-batch", n, 1 << 24)?;
         }
         if let Some(r) = self.lora_r {
             count("lora-r", r, 1 << 12)?;

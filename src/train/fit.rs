@@ -29,6 +29,10 @@ pub struct FitOpts {
     /// Progress bar label; hidden when `quiet`.
     pub label: String,
     pub quiet: bool,
+    /// Lay each micro-batch's sequences end to end instead of padding them (see
+    /// [`Transformer::padding_free`]). On by default: the recipes' sets mix long and short
+    /// completions, and where they do not the packed pass costs what the padded one does.
+    pub padding_free: bool,
 }
 
 impl Default for FitOpts {
@@ -48,6 +52,7 @@ impl Default for FitOpts {
             seed: 0,
             label: "train".into(),
             quiet: true,
+            padding_free: true,
         }
     }
 }
@@ -193,10 +198,19 @@ fn run<'d>(
 
 /// Refuse, before the first step allocates, training that would not fit in memory on the
 /// CPU (see [`super::memory`]).
-fn fits(net: &Transformer, rows: usize, t: usize) -> Result<()> {
+fn fits(net: &Transformer, lens: &[usize], bs: usize) -> Result<()> {
     if !matches!(net.device, crate::tensor::Device::Cpu) {
         return Ok(());
     }
+    // the largest micro-batch: bs sequences padded to the longest, or the bs longest end
+    // to end in one row
+    let mut lens = lens.to_vec();
+    lens.sort_unstable_by(|a, b| b.cmp(a));
+    let (rows, t) = if net.padding_free {
+        (1, lens.iter().take(bs).sum::<usize>())
+    } else {
+        (bs, lens.first().copied().unwrap_or(0))
+    };
     let p = net.num_parameters() as u64;
     super::memory::check_training(
         "fit",
@@ -211,13 +225,18 @@ fn fits(net: &Transformer, rows: usize, t: usize) -> Result<()> {
 }
 
 /// SFT of `net` (every parameter trainable) on `data`.
-pub fn sft(net: Transformer, data: &[Seq], o: &FitOpts) -> Result<(Transformer, Vec<StepStats>)> {
+pub fn sft(
+    mut net: Transformer,
+    data: &[Seq],
+    o: &FitOpts,
+) -> Result<(Transformer, Vec<StepStats>)> {
     if data.is_empty() {
         return Err(Error::invalid("fit", "no SFT examples"));
     }
     o.validate("fit", "", "epochs")?;
-    let longest = data.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-    fits(&net, o.batch_size, longest)?;
+    net.padding_free = o.padding_free;
+    let lens: Vec<usize> = data.iter().map(|s| s.ids.len()).collect();
+    fits(&net, &lens, o.batch_size)?;
     let plan = batches(data.len(), o.batch_size, o.epochs, o.seed);
     let t = trainer(net, o, plan.len())?;
     run(t, &plan, o, |b| {
@@ -228,7 +247,7 @@ pub fn sft(net: Transformer, data: &[Seq], o: &FitOpts) -> Result<(Transformer, 
 /// DPO of `net` on `pairs`, whose reference log-prob sums (chosen, rejected) are given
 /// (recorded while sampling, or from a reference pass before training).
 pub fn dpo(
-    net: Transformer,
+    mut net: Transformer,
     pairs: &[Pair],
     refs: &[(f64, f64)],
     o: &FitOpts,
@@ -240,12 +259,12 @@ pub fn dpo(
         ));
     }
     o.validate("fit", "", "epochs")?;
-    let longest = pairs
+    net.padding_free = o.padding_free;
+    let lens: Vec<usize> = pairs
         .iter()
-        .map(|p| p.chosen.ids.len().max(p.rejected.ids.len()))
-        .max()
-        .unwrap_or(0);
-    fits(&net, 2 * o.batch_size, longest)?;
+        .flat_map(|p| [p.chosen.ids.len(), p.rejected.ids.len()])
+        .collect();
+    fits(&net, &lens, 2 * o.batch_size)?;
     let plan = batches(pairs.len(), o.batch_size, o.epochs, o.seed);
     let t = trainer(net, o, plan.len())?;
     run(t, &plan, o, |b| MicroBatch::Dpo {

@@ -38,6 +38,85 @@ impl Examples {
     }
 }
 
+impl Examples {
+    /// Token counts of example `i`'s sequences (a pair's chosen and rejected).
+    fn lens(&self, i: usize) -> Vec<usize> {
+        match self {
+            Examples::Sft(v) => vec![v[i].ids.len()],
+            Examples::Dpo(v) => vec![v[i].chosen.ids.len(), v[i].rejected.ids.len()],
+        }
+    }
+}
+
+/// Tokens a micro-batch of sequences of these lengths computes on: their sum laid end to
+/// end, or rows x the longest when padded.
+fn batch_tokens(lens: &[usize], padding_free: bool) -> usize {
+    if padding_free {
+        lens.iter().sum()
+    } else {
+        lens.len() * lens.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// One step's examples `idx` split into micro-batches of at most `budget` tokens
+/// (first fit, longest first; an example over the budget alone). The step's examples and
+/// so its loss are the same whatever the split.
+fn by_tokens(
+    idx: &[usize],
+    budget: usize,
+    padding_free: bool,
+    lens: impl Fn(usize) -> Vec<usize>,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<(usize, Vec<usize>)> = idx.iter().map(|&i| (i, lens(i))).collect();
+    order.sort_by_key(|(i, l)| (std::cmp::Reverse(l.iter().sum::<usize>()), *i));
+    let mut bins: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    for (i, l) in order {
+        let fit = bins.iter_mut().find(|(_, bl)| {
+            let mut all = bl.clone();
+            all.extend(&l);
+            batch_tokens(&all, padding_free) <= budget
+        });
+        match fit {
+            Some((b, bl)) => {
+                b.push(i);
+                bl.extend(l);
+            }
+            None => bins.push((vec![i], l)),
+        }
+    }
+    bins.into_iter().map(|(b, _)| b).collect()
+}
+
+/// The (rows, T) of the largest micro-batch the run can form, for the memory check: a
+/// padded batch holds bs examples' rows each padded at most to the longest in the data;
+/// a padding-free one is one row of at most the bs longest examples end to end. A token
+/// budget bounds either (past it, an example is a batch of its own).
+fn largest_micro_batch(examples: &Examples, bs: usize, args: &TrainArgs) -> (usize, usize) {
+    let mut lens: Vec<Vec<usize>> = (0..examples.len()).map(|i| examples.lens(i)).collect();
+    lens.sort_by_key(|l| std::cmp::Reverse(l.iter().sum::<usize>()));
+    let per = lens.first().map_or(1, |l| l.len());
+    let longest_seq = lens.iter().flatten().copied().max().unwrap_or(0);
+    let (rows, t) = if args.padding_free {
+        let top: usize = lens.iter().take(bs).flatten().sum();
+        (1, top)
+    } else {
+        (bs * per, longest_seq)
+    };
+    match args.max_tokens_per_batch {
+        None => (rows, t),
+        Some(budget) => {
+            let one = batch_tokens(lens.first().map_or(&[][..], |l| &l[..]), args.padding_free);
+            if args.padding_free {
+                (1, t.min(budget.max(one)))
+            } else {
+                // rows of the longest sequence that fit the budget, at least one example's
+                let fit = (budget / longest_seq.max(1)).max(per);
+                (rows.min(fit), longest_seq)
+            }
+        }
+    }
+}
+
 /// Run messages go to stderr (the progress bar, hidden by --quiet, draws there too).
 fn log(msg: impl std::fmt::Display) {
     eprintln!("{msg}");
@@ -101,6 +180,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         )?;
     }
     m.net.gradient_checkpointing = args.gradient_checkpointing;
+    m.net.padding_free = args.padding_free;
     let tok = m.tokenizer()?;
     let max_pos = m.net.cfg.max_position_embeddings;
     if let Some(l) = args.max_length.filter(|&l| l > max_pos) {
@@ -131,18 +211,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     log(format!("data {}: {stats}", args.data.display()));
     let bs = args.batch_size.max(1);
     {
-        // a micro-batch holds bs sequences (2 bs for DPO: chosen and rejected rows), each
-        // padded at most to the longest in the data
-        let (rows, t) = match &examples {
-            Examples::Sft(v) => (bs, v.iter().map(|s| s.ids.len()).max().unwrap_or(0)),
-            Examples::Dpo(v) => (
-                2 * bs,
-                v.iter()
-                    .map(|p| p.chosen.ids.len().max(p.rejected.ids.len()))
-                    .max()
-                    .unwrap_or(0),
-            ),
-        };
+        let (rows, t) = largest_micro_batch(&examples, bs, args);
         let trainable: usize = if lora {
             m.net.lora_parameters().iter().map(|(_, p)| p.numel()).sum()
         } else {
@@ -229,7 +298,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         Examples::Dpo(pairs) => {
             let ref_dir = args.ref_model.clone().unwrap_or_else(|| args.model.clone());
             let frozen = |dir: &Path| -> Result<Transformer> {
-                Ok(Model::load(
+                let mut net = Model::load(
                     dir,
                     LoadOpts {
                         device,
@@ -237,7 +306,9 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                         trainable: false,
                     },
                 )?
-                .net)
+                .net;
+                net.padding_free = args.padding_free;
+                Ok(net)
             };
             if args.no_ref_cache {
                 log("reference: computed on the fly (--no-ref-cache)");
@@ -356,7 +427,12 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     bar.set_position(start_step as u64);
     let mut last_loss = f64::NAN;
     for step in start_step..total_steps {
-        let batches: Vec<Vec<usize>> = (step * ga..(step + 1) * ga).map(&mut mb_at).collect();
+        let mut batches: Vec<Vec<usize>> = (step * ga..(step + 1) * ga).map(&mut mb_at).collect();
+        if let Some(budget) = args.max_tokens_per_batch {
+            batches = by_tokens(&batches.concat(), budget, args.padding_free, |i| {
+                examples.lens(i)
+            });
+        }
         let micro: Vec<MicroBatch> = batches
             .iter()
             .map(|b| match (&examples, &cache) {
@@ -478,4 +554,38 @@ fn save_adapter(net: &Transformer, args: &TrainArgs) -> Result<()> {
         crate::files::write_atomic(&args.out.join(f), &bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{batch_tokens, by_tokens};
+
+    #[test]
+    fn token_budget_micro_batches_cover_the_step_and_keep_to_the_budget() {
+        // example i's sequences: a long chosen and a short rejected, one over the budget
+        let lens = |i: usize| {
+            vec![
+                [300, 40, 120, 900, 10, 75, 60][i],
+                [5, 30, 8, 12, 4, 6, 9][i],
+            ]
+        };
+        let idx: Vec<usize> = (0..7).collect();
+        for free in [true, false] {
+            let bins = by_tokens(&idx, 320, free, lens);
+            let mut all: Vec<usize> = bins.concat();
+            all.sort();
+            assert_eq!(all, idx, "every example once (padding-free {free})");
+            for b in &bins {
+                let l: Vec<usize> = b.iter().flat_map(|&i| lens(i)).collect();
+                assert!(
+                    batch_tokens(&l, free) <= 320 || b.len() == 1,
+                    "{b:?} is over the budget (padding-free {free})"
+                );
+            }
+            assert!(bins.contains(&vec![3]), "the 912-token example alone");
+        }
+        // padding-free packs tighter: fewer micro-batches than padded
+        assert!(by_tokens(&idx, 320, true, lens).len() < by_tokens(&idx, 320, false, lens).len());
+        assert_eq!(by_tokens(&idx, 320, true, lens).len(), 4);
+    }
 }

@@ -3,12 +3,15 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// Valid keys for query `t` of batch `bi`: `[lo, hi)`.
+/// Valid keys for query `t` of batch `bi`: `[lo, hi)`. `ranges` holds one `[start, end)`
+/// per batch row `(B, 2)` (padding), or one per query `(B, T, 2)` (sequences packed end to
+/// end: each query sees only its own sequence, cu_seqlens style). The two agree at T = 1.
 pub fn attn_key_range(d: &AttnDims, ranges: Option<&[u32]>, bi: usize, t: usize) -> (usize, usize) {
     let (mut lo, mut hi) = (0, d.s);
     if let Some(r) = ranges {
-        lo = r[2 * bi] as usize;
-        hi = (r[2 * bi + 1] as usize).min(d.s);
+        let i = if r.len() == 2 * d.b { bi } else { bi * d.t + t };
+        lo = r[2 * i] as usize;
+        hi = (r[2 * i + 1] as usize).min(d.s);
     }
     if d.causal {
         hi = hi.min(t + d.s - d.t + 1);

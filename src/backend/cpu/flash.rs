@@ -641,6 +641,22 @@ mod tests {
             // left padding on row 0, right padding on row 1, a fully masked row 2
             (3, 97, 97, 6, 3, 64, true, Some(vec![13, 97, 0, 60, 5, 5])),
             (2, 65, 65, 2, 1, 8, false, Some(vec![3, 64, 0, 1])),
+            // sequences packed end to end (per-query ranges): row 0 holds 1, 40, 70 and 19
+            // tokens, boundaries inside and across query and key tiles; row 1 holds 130
+            // tokens and then padding that sees nothing
+            (
+                2,
+                130,
+                130,
+                4,
+                2,
+                16,
+                true,
+                Some(crate::ops::attention::AttnOpts::packed_ranges(
+                    &[vec![0, 1, 41, 111, 130], vec![0, 97]],
+                    130,
+                )),
+            ),
         ];
         for (ci, (b, t, s, nh, nkv, hd, causal, ranges)) in cases.iter().cloned().enumerate() {
             // q strided as a view of a fused projection: an offset and a wider row

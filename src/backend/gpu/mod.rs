@@ -10,6 +10,7 @@ mod pipelines;
 mod pool;
 /// The op dispatches under their former name.
 pub use ops as kernels;
+pub use pool::peak_bytes;
 pub mod profile;
 pub mod split;
 

@@ -68,12 +68,26 @@ pub(super) fn bucket(size: u64) -> u64 {
     size.div_ceil(step) * step
 }
 
+/// Bytes of device buffers the pool holds from the driver now (in use or idle), and the
+/// most it has held: pooled buffers count until [`GpuContext::trim_pool`] releases them,
+/// shared ones (the optimizer arena, which lives as long as the run) from their creation.
+static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The most device memory the pool has held at once, in bytes (see [`HELD`]).
+pub fn peak_bytes() -> u64 {
+    PEAK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl GpuContext {
     /// Release every idle pooled buffer to the driver (after a large one-off move, such
     /// as the optimizer's parameters into its arena, whose old buffers would otherwise
     /// stay reserved).
     pub fn trim_pool(&self) {
-        self.pool.lock().unwrap().clear();
+        let mut pool = self.pool.lock().unwrap();
+        let freed: u64 = pool.iter().map(|(size, v)| size * v.len() as u64).sum();
+        HELD.fetch_sub(freed, std::sync::atomic::Ordering::Relaxed);
+        pool.clear();
     }
 
     /// A storage buffer of at least `bytes` bytes from the pool (contents undefined).
@@ -105,6 +119,9 @@ impl GpuContext {
 
     /// A new storage buffer that copies may read and write.
     pub(super) fn storage_buffer(&self, size: u64, what: &str) -> wgpu::Buffer {
+        use std::sync::atomic::Ordering::Relaxed;
+        let held = HELD.fetch_add(size, Relaxed) + size;
+        PEAK.fetch_max(held, Relaxed);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(what),
             size,

@@ -33,7 +33,17 @@ fn attn_spec(hd: usize) -> Result<Vec<(&'static str, u32)>> {
 
 /// The attention uniform. `heads` is for `attn_bwd_dkdv` only: (first query head of the
 /// kv group this dispatch sums, how many, whether it adds to dk/dv).
-fn attn_uniform(d: &AttnDims, has_ranges: bool, heads: (usize, usize, bool)) -> Uniform {
+/// `ranges` as the shader's `has_ranges`: 0 none, 1 one per batch row `(B, 2)`, 2 one per
+/// query `(B, T, 2)` (packed sequences).
+fn ranges_mode(d: &AttnDims, ranges: Option<&Tensor>) -> usize {
+    match ranges {
+        None => 0,
+        Some(r) if r.numel() == 2 * d.b => 1,
+        Some(_) => 2,
+    }
+}
+
+fn attn_uniform(d: &AttnDims, has_ranges: usize, heads: (usize, usize, bool)) -> Uniform {
     Uniform::new()
         .u(d.b)
         .u(d.t)
@@ -42,7 +52,7 @@ fn attn_uniform(d: &AttnDims, has_ranges: bool, heads: (usize, usize, bool)) -> 
         .u(d.nkv)
         .f(d.scale as f32)
         .u(d.causal as usize)
-        .u(has_ranges as usize)
+        .u(has_ranges)
         .u(d.q_str.0)
         .u(d.q_str.1)
         .u(d.q_str.2)
@@ -109,7 +119,7 @@ fn attention_block(
         Some(r) => dense(r)?,
         None => empty(&[2], DType::U32)?,
     };
-    let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
+    let u = attn_uniform(d, ranges_mode(d, ranges), (0, 0, false));
     let groups = [d.t.div_ceil(ATT_Q) as u32, d.nh as u32, d.b as u32];
     // for the profiler: QK^T and PV over the causal half; q, k, v read and o written once
     crate::backend::gpu::profile::cost(
@@ -154,7 +164,7 @@ fn attention_bwd_block(
         None => empty(&[2], DType::U32)?,
     };
     let ctx = context()?;
-    let u = attn_uniform(d, ranges.is_some(), (0, 0, false));
+    let u = attn_uniform(d, ranges_mode(d, ranges), (0, 0, false));
     let spec = attn_spec(d.hd)?;
     let rows = d.b * d.nh * d.t;
     // stats[row] = (lse, D = dO . O)
@@ -223,7 +233,7 @@ fn attention_bwd_block(
     };
     for hh in (0..group).step_by(per_dispatch) {
         let heads = (hh, per_dispatch.min(group - hh), hh > 0 || adding);
-        let u = attn_uniform(d, ranges.is_some(), heads);
+        let u = attn_uniform(d, ranges_mode(d, ranges), heads);
         // this dispatch's share of the heads: q and dO rows read, k, v, dk, dv
         let share = heads.1 as f64 / group as f64;
         crate::backend::gpu::profile::cost(4.0 * prod * share, 2.0 * qrows * share + 4.0 * kvrows);
@@ -380,7 +390,10 @@ fn gather_qkv(
         gather(k, b0, nb, 2, g0, ng)?,
         gather(v, b0, nb, 2, g0, ng)?,
     ];
-    let rb = ranges.map(|r| gather(r, b0, nb, 1, 0, 2)).transpose()?;
+    // (B, 2) or (B, T, 2): items b0.. of either, the last dim whole
+    let rb = ranges
+        .map(|r| gather(r, b0, nb, r.rank() as isize - 1, 0, 2))
+        .transpose()?;
     Ok((bd, h0, qkv, rb))
 }
 

@@ -1,0 +1,360 @@
+//! Padding-free packing: the sequences of a batch lie end to end in one row, attention is
+//! block-diagonal causal (per-query key ranges, cu_seqlens style), RoPE restarts at each
+//! sequence and the log-prob sums keep to their own sequence. Everything a padded batch
+//! computes comes out the same: attention against each sequence alone, and the DPO and
+//! SFT losses and every parameter gradient against the padded pass, on the CPU (1e-6)
+//! and the GPU (1e-4, and the GPU's variable-length kernels against the CPU's).
+
+mod common;
+use std::path::{Path, PathBuf};
+
+use ponder::model::transformer::LinearCtx;
+use ponder::model::{LoadOpts, Model};
+use ponder::ops::attention::AttnOpts;
+use ponder::train::data::Seq;
+use ponder::train::loss::{self, DpoParams};
+use ponder::{Device, Tensor};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
+}
+
+/// Sequence lengths packed into one row: a lone token, boundaries inside and across the
+/// CPU kernel's 64-row query tiles and the GPU's 64-query workgroups.
+const LENS: [usize; 5] = [1, 40, 70, 19, 3];
+
+/// q `(1, L, NH, HD)` and k, v `(1, L, NKV, HD)` of the packed row.
+fn packed_qkv(nh: usize, nkv: usize, hd: usize, s: u64) -> [Tensor; 3] {
+    let l: usize = LENS.iter().sum();
+    [
+        common::randn(&[1, l, nh, hd], s),
+        common::randn(&[1, l, nkv, hd], s + 1),
+        common::randn(&[1, l, nkv, hd], s + 2),
+    ]
+}
+
+fn packed_opts(dev: Device) -> AttnOpts {
+    let l: usize = LENS.iter().sum();
+    let mut cu = vec![0];
+    for n in LENS {
+        cu.push(cu.last().unwrap() + n);
+    }
+    let r = AttnOpts::packed_ranges(&[cu], l);
+    AttnOpts {
+        causal: true,
+        kv_ranges: Some(Tensor::from_u32(r, &[1, l, 2], dev).unwrap()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn packed_attention_is_each_sequence_attending_alone() {
+    let (nh, nkv, hd) = (4, 2, 16);
+    let s = common::seed("packed attention");
+    let [q, k, v] = packed_qkv(nh, nkv, hd, s);
+    let (q, k, v) = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_());
+    let l: usize = LENS.iter().sum();
+    let dout = common::randn(&[1, l, nh, hd], s + 3);
+    let out = Tensor::attention(&q, &k, &v, &packed_opts(Device::Cpu)).unwrap();
+    out.mul(&dout)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let got = [
+        out.to_vec_f64().unwrap(),
+        q.grad().unwrap().to_vec_f64().unwrap(),
+        k.grad().unwrap().to_vec_f64().unwrap(),
+        v.grad().unwrap().to_vec_f64().unwrap(),
+    ];
+    // each sequence alone, plain causal attention over its own (1, n) batch
+    let mut want: [Vec<f64>; 4] = Default::default();
+    let mut at = 0;
+    for n in LENS {
+        let cut = |x: &Tensor| x.detach().narrow(1, at, n).unwrap().contiguous().unwrap();
+        let (qs, ks, vs) = (
+            cut(&q).requires_grad_(),
+            cut(&k).requires_grad_(),
+            cut(&v).requires_grad_(),
+        );
+        let opts = AttnOpts {
+            causal: true,
+            ..Default::default()
+        };
+        let o = Tensor::attention(&qs, &ks, &vs, &opts).unwrap();
+        o.mul(&cut(&dout))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        want[0].extend(o.to_vec_f64().unwrap());
+        want[1].extend(qs.grad().unwrap().to_vec_f64().unwrap());
+        want[2].extend(ks.grad().unwrap().to_vec_f64().unwrap());
+        want[3].extend(vs.grad().unwrap().to_vec_f64().unwrap());
+        at += n;
+    }
+    for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+        assert!(want[i].iter().any(|&x| x != 0.0), "{name}: all zero");
+        common::assert_close(
+            &format!("packed {name} vs alone"),
+            &got[i],
+            &want[i],
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn packed_attention_gpu_matches_cpu() {
+    if !common::gpu_ok("packed attention gpu") {
+        return;
+    }
+    let s = common::seed("packed attention gpu");
+    // one kv head for two query heads, and Qwen2.5-0.5B's seven
+    for (nh, nkv, hd) in [(4, 2, 16), (7, 1, 64)] {
+        let [q, k, v] = packed_qkv(nh, nkv, hd, s);
+        common::gpu_vs_cpu(
+            &format!("packed attention {nh}/{nkv}x{hd}"),
+            &[q, k, v],
+            true,
+            1e-3,
+            |x| Tensor::attention(&x[0], &x[1], &x[2], &packed_opts(x[0].device())),
+        );
+    }
+}
+
+/// DPO pairs of ThinkPO's shape in miniature: long chosen, short rejected, prompts of
+/// different lengths; one rejected completion of a single token.
+fn pairs(vocab: u32) -> Vec<(Seq, Seq)> {
+    let mk = |len: usize, prompt_len: usize, s: u32| Seq {
+        ids: (0..len as u32)
+            .map(|i| (i * 37 + s * 101 + 5) % vocab)
+            .collect(),
+        prompt_len,
+    };
+    vec![
+        (mk(61, 7, 1), mk(9, 7, 2)),
+        (mk(23, 4, 3), mk(5, 4, 4)),
+        (mk(90, 12, 5), mk(13, 12, 6)),
+    ]
+}
+
+/// Loss and every trainable gradient of one DPO objective (padded or packed), and one SFT
+/// loss over the chosen sequences in the same layout.
+fn loss_and_grads(
+    dev: Device,
+    packed: bool,
+    ckpt: bool,
+    lora: bool,
+) -> (Vec<f64>, Vec<(String, Vec<f64>)>) {
+    let mut m = Model::load(
+        &root().join("qwen2-tied"),
+        LoadOpts {
+            device: dev,
+            keep_16bit: false,
+            trainable: !lora,
+        },
+    )
+    .unwrap();
+    if lora {
+        let targets: Vec<String> = ["q", "k", "v", "o", "down"].map(String::from).to_vec();
+        // no dropout: its masks are drawn over the batch's layout, so a padded and a
+        // packed batch would drop different values
+        m.net.add_lora(&targets, 4, 8.0, 0.0, 3).unwrap();
+        for (i, layer) in m.net.layers.iter_mut().enumerate() {
+            for lin in [
+                &mut layer.q_proj,
+                &mut layer.k_proj,
+                &mut layer.v_proj,
+                &mut layer.o_proj,
+                &mut layer.down_proj,
+            ] {
+                let l = lin.lora.as_mut().unwrap();
+                l.b = common::randn(l.b.shape(), 70 + i as u64)
+                    .scale(0.1)
+                    .unwrap()
+                    .to_device(dev)
+                    .unwrap()
+                    .requires_grad_();
+            }
+        }
+    }
+    m.net.padding_free = packed;
+    m.net.gradient_checkpointing = ckpt;
+    let ps = pairs(m.net.cfg.vocab_size as u32);
+    let seqs: Vec<&Seq> = ps
+        .iter()
+        .map(|p| &p.0)
+        .chain(ps.iter().map(|p| &p.1))
+        .collect();
+    let linear = LinearCtx {
+        disable_adapters: false,
+        dropout_seed: Some(77),
+    };
+    let lp = loss::sequence_logps(&m.net, &seqs, linear, true).unwrap();
+    let (rc, rr) = (vec![-60.0, -20.5, -99.0], vec![-11.0, -4.0, -15.5]);
+    let p = DpoParams::sigmoid(0.1);
+    let dpo = loss::dpo_objective(&lp, &rc, &rr, &p).unwrap();
+    let sft_lp = loss::sequence_logps(&m.net, &seqs[..3], linear, false).unwrap();
+    let sft = loss::sft_loss(&sft_lp, 150).unwrap();
+    let total = dpo.add(&sft).unwrap();
+    total.backward().unwrap();
+    let mut numbers = vec![dpo.to_vec_f64().unwrap()[0], sft.to_vec_f64().unwrap()[0]];
+    numbers.extend(lp.sum.to_vec_f64().unwrap());
+    numbers.extend(lp.per_token.to_vec_f64().unwrap());
+    // each position's sum of logits over the vocabulary (TRL's logits/chosen): a sum of
+    // V terms that cancel, so compared relative to the sum of their magnitudes
+    let v = m.net.cfg.vocab_size as f64;
+    numbers.extend(
+        lp.logit_rows
+            .as_ref()
+            .unwrap()
+            .to_vec_f64()
+            .unwrap()
+            .iter()
+            .map(|x| x / v),
+    );
+    let params = if lora {
+        m.net.lora_parameters()
+    } else {
+        m.net.named_parameters()
+    };
+    let grads = params
+        .into_iter()
+        .map(|(n, p)| {
+            let g = p.grad().unwrap_or_else(|| panic!("no gradient for {n}"));
+            (n, g.to_vec_f64().unwrap())
+        })
+        .collect();
+    (numbers, grads)
+}
+
+fn compare(
+    what: &str,
+    (na, ga): &(Vec<f64>, Vec<(String, Vec<f64>)>),
+    (nb, gb): &(Vec<f64>, Vec<(String, Vec<f64>)>),
+    tol: f64,
+) {
+    assert_eq!(na.len(), nb.len(), "{what}: different numbers of values");
+    common::assert_close(&format!("{what}: losses and log-probs"), nb, na, tol, tol);
+    assert_eq!(ga.len(), gb.len());
+    assert!(ga.len() > 4, "{what}: too few parameters compared");
+    for ((n, a), (_, b)) in ga.iter().zip(gb) {
+        assert!(
+            a.iter().any(|&x| x != 0.0),
+            "{what}: {n} has an all-zero gradient"
+        );
+        let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
+        common::assert_close(&format!("{what}: {n}"), b, a, tol * scale, tol);
+    }
+}
+
+#[test]
+fn packed_dpo_and_sft_give_the_padded_losses_and_gradients_on_the_cpu() {
+    for (ckpt, lora) in [(false, false), (true, true)] {
+        let padded = loss_and_grads(Device::Cpu, false, ckpt, lora);
+        let packed = loss_and_grads(Device::Cpu, true, ckpt, lora);
+        compare(
+            &format!("cpu packed vs padded (checkpointing {ckpt}, lora {lora})"),
+            &padded,
+            &packed,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn packed_dpo_and_sft_give_the_padded_losses_and_gradients_on_the_gpu() {
+    if !common::gpu_ok("packed dpo gpu") {
+        return;
+    }
+    for (ckpt, lora) in [(false, false), (true, true)] {
+        let padded = loss_and_grads(Device::Gpu, false, ckpt, lora);
+        let packed = loss_and_grads(Device::Gpu, true, ckpt, lora);
+        compare(
+            &format!("gpu packed vs padded (checkpointing {ckpt}, lora {lora})"),
+            &padded,
+            &packed,
+            1e-4,
+        );
+        let cpu = loss_and_grads(Device::Cpu, true, ckpt, lora);
+        compare(
+            &format!("packed gpu vs cpu (checkpointing {ckpt}, lora {lora})"),
+            &cpu,
+            &packed,
+            1e-3,
+        );
+    }
+}
+
+/// `ponder dpo` and `ponder sft` as a user runs them: padded, `--padding-free` (SFT's
+/// `--packing`), and padding-free micro-batches formed by a token budget, log the same
+/// losses step by step (a step holds the same examples however they are split).
+#[test]
+fn padding_free_and_token_budget_runs_log_the_padded_run() {
+    use ponder::train::metrics;
+    use ponder::train::trainer::{train, Mode, TrainArgs};
+    let dir = std::env::temp_dir().join(format!("ponder-packing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |mode: Mode, tag: &str, extra: &[&str]| -> Vec<Vec<f64>> {
+        let (m, out) = (root().join("qwen2-tied"), dir.join(tag));
+        let d = root().join(match mode {
+            Mode::Dpo => "train/arith_pairs.jsonl",
+            Mode::Sft => "train/sft.jsonl",
+        });
+        #[rustfmt::skip]
+        let mut flags = vec!["--model", m.to_str().unwrap(), "--data", d.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "--lr", "5e-3", "--batch-size", "4", "--grad-accum", "2", "--steps", "3", "--device", "cpu", "--quiet",
+            "--ref-cache", dir.join(format!("{tag}.logps")).to_str().unwrap().to_string().leak()];
+        flags.extend(extra);
+        train(mode, &TrainArgs::from_flags(&flags).unwrap()).unwrap();
+        let rows = metrics::read(&out.join("metrics.jsonl")).unwrap();
+        let keys: &[&str] = match mode {
+            Mode::Dpo => &["loss", "grad_norm", "rewards/margins", "logps/chosen"],
+            Mode::Sft => &["loss", "grad_norm"],
+        };
+        keys.iter()
+            .map(|k| rows.iter().map(|r| r[*k].as_f64().unwrap()).collect())
+            .collect()
+    };
+    let same = |what: &str, a: &[Vec<f64>], b: &[Vec<f64>]| {
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.len(), 3, "{what}: steps logged");
+            common::assert_close(what, y, x, 1e-5, 1e-5);
+        }
+    };
+    let padded = run(Mode::Dpo, "dpo-padded", &[]);
+    same(
+        "dpo --padding-free",
+        &padded,
+        &run(Mode::Dpo, "dpo-free", &["--padding-free"]),
+    );
+    // 8 pairs of 20-30 tokens a step, in micro-batches of at most 90 tokens
+    same(
+        "dpo --padding-free --max-tokens-per-batch 90",
+        &padded,
+        &run(
+            Mode::Dpo,
+            "dpo-budget",
+            &["--padding-free", "--max-tokens-per-batch", "90"],
+        ),
+    );
+    same(
+        "dpo --max-tokens-per-batch 90 (padded)",
+        &padded,
+        &run(
+            Mode::Dpo,
+            "dpo-budget-padded",
+            &["--max-tokens-per-batch", "90"],
+        ),
+    );
+    same(
+        "sft --packing",
+        &run(Mode::Sft, "sft-padded", &[]),
+        &run(Mode::Sft, "sft-packed", &["--packing"]),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
