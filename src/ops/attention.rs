@@ -150,14 +150,29 @@ impl Tensor {
                 Some(r.contiguous()?)
             }
         };
-        // FLOPs counted as torch's peers do: 4 T S NH HD per batch row, halved when causal
-        let fwd_flops =
-            4.0 * (d.b * d.t * d.s * d.nh * d.hd) as f64 / if d.causal { 2.0 } else { 1.0 };
+        // FLOPs counted as torch's peers do: 4 T S NH HD per batch row, halved when causal;
+        // for packed sequences (per-query ranges), 4 NH HD per key each query really sees
+        let dc = d;
+        let fwd_flops = move |rv: Option<&[u32]>| match rv {
+            Some(r) if dc.t > 1 && r.len() == 2 * dc.b * dc.t => {
+                let keys: usize = (0..dc.b * dc.t)
+                    .map(|i| {
+                        let (lo, hi) = cpu::attn_key_range(&dc, Some(r), i / dc.t, i % dc.t);
+                        hi - lo
+                    })
+                    .sum();
+                4.0 * (keys * dc.nh * dc.hd) as f64
+            }
+            _ => {
+                let (b, t, s) = (dc.b, dc.t, dc.s);
+                4.0 * (b * t * s * dc.nh * dc.hd) as f64 / if dc.causal { 2.0 } else { 1.0 }
+            }
+        };
         let (out, lse) = match dev {
             Device::Cpu => with_real!("attention", dt, T => {
                 let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
                 let (o, l) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {
-                    crate::backend::cpu::profile::flops(fwd_flops);
+                    crate::backend::cpu::profile::flops(fwd_flops(rv.as_deref()));
                     cpu::attention(&d, qs, ks, vs, rv.as_deref())
                 })))???;
                 (cpu_tensor(o, q.shape())?, cpu_tensor(l, &[d.b, d.nh, d.t])?)
@@ -174,7 +189,7 @@ impl Tensor {
                     let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
                     let (dq, dk, dv) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {
                         o_saved.cpu_read("attention", |os: &[T]| lse_saved.cpu_read("attention", |ls: &[T]| g.cpu_read("attention", |gs: &[T]| {
-                            crate::backend::cpu::profile::flops(2.5 * fwd_flops);
+                            crate::backend::cpu::profile::flops(2.5 * fwd_flops(rv.as_deref()));
                             cpu::attention_bwd(&d, qs, ks, vs, os, ls, gs, rv.as_deref())
                         })))
                     })))??????;

@@ -159,7 +159,7 @@ pub fn sequence_logps(
         net.head_weight()?,
         &tg,
         crate::ops::lm_head::default_chunk(v),
-        crate::ops::lm_head::keep_bytes(),
+        crate::ops::lm_head::keep_bytes(net.device),
         want_logits,
     )?; // (K,)
     let counts: Vec<usize> = seqs.iter().map(|s| s.completion_len()).collect();

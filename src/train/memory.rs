@@ -83,7 +83,7 @@ pub fn estimate(
             use crate::ops::lm_head::{keep_bytes, CHUNK_BYTES};
             let all = positions.saturating_mul(v).saturating_mul(4);
             let chunk = all.min(CHUNK_BYTES as u64);
-            if all <= keep_bytes() as u64 {
+            if all <= keep_bytes(crate::tensor::Device::Cpu) as u64 {
                 all + chunk
             } else {
                 2 * chunk

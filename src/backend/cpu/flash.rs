@@ -8,7 +8,9 @@
 //!   m' = max(m, rowmax S), P = 2^(S - m'), l = l 2^(m - m') + rowsum P,
 //!   O = O 2^(m - m') + P V_j; at the end O /= l and lse = (m + log2 l) ln 2.
 //! Backward, one task per (batch, kv head), which owns that head's dK and dV and the dQ of
-//! the query heads that share it (so no two tasks write the same gradient):
+//! the query heads that share it (so no two tasks write the same gradient); with too few
+//! such pairs for the threads, one task per query head, whose dK and dV shares are summed
+//! afterwards in head order:
 //!   P = 2^(S - lse log2 e), dP = dO V_j^T, dS = scale P (dP - D) with D = rowsum(dO * O),
 //!   dV_j += P^T dO, dK_j += dS^T Q, dQ += dS K_j.
 //! Grouped-query heads read their kv head's packed K and V; nothing is repeated in memory.
@@ -31,6 +33,10 @@ use std::f32::consts::{LN_2, LOG2_E};
 const BR: usize = 48;
 /// Keys per block (a multiple of NR).
 const BC: usize = 128;
+
+/// Backward tasks: one per (batch, kv head), or one per query head when there are fewer
+/// (batch, kv head) pairs than this.
+const SPLIT_BELOW: usize = 8;
 
 /// Below this many queries per sequence the plain loops are as fast (decoding).
 pub const MIN_T: usize = 8;
@@ -345,7 +351,8 @@ pub fn attention(
     (out, lse)
 }
 
-/// Backward of one (batch, kv head): dq `(GROUP, T, HD)`, dk and dv `(S, HD)`.
+/// Backward of query heads `g0..g0 + gn` of one (batch, kv head)'s group: their dq
+/// `(gn, T, HD)`, and their share of dk and dv `(S, HD)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn bwd_kv_head<const FMA: bool>(
@@ -359,6 +366,7 @@ fn bwd_kv_head<const FMA: bool>(
     ranges: Option<&[u32]>,
     bi: usize,
     kvh: usize,
+    (g0, gn): (usize, usize),
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let kern = Kernel::detect();
     let (hd, group, t, s) = (d.hd, d.nh / d.nkv, d.t, d.s);
@@ -369,13 +377,14 @@ fn bwd_kv_head<const FMA: bool>(
     let vt = pack_bt(s, hd, vrow, v); // for dP = dO V^T
     let kb = pack_b(s, hd, krow, k); // for dQ = dS K
     let rr = row_ranges(d, ranges, bi, 0, t);
-    let mut dq = vec![0.0f32; group * t * hd];
+    let mut dq = vec![0.0f32; gn * t * hd];
     let mut dk = vec![0.0f32; s * hd];
     let mut dv = vec![0.0f32; s * hd];
     let (mut st, mut dpt) = (vec![0.0f32; BR * BC], vec![0.0f32; BR * BC]);
     let mut pa = Vec::new();
-    for g in 0..group {
-        let h = kvh * group + g;
+    debug_assert!(g0 + gn <= group);
+    for g in 0..gn {
+        let h = kvh * group + g0 + g;
         let qrow = |r: usize| d.q_str.2 + bi * d.q_str.0 + r * d.q_str.1 + h * hd;
         let orow = |r: usize| ((bi * t + r) * d.nh + h) * hd;
         let qa = pack_a(t, hd, qrow, q, scale * LOG2_E); // for S, as in the forward
@@ -509,8 +518,9 @@ unsafe fn bwd_kv_head_avx2(
     ranges: Option<&[u32]>,
     bi: usize,
     kvh: usize,
+    heads: (usize, usize),
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    bwd_kv_head::<true>(d, q, k, v, o, lse, dout, ranges, bi, kvh)
+    bwd_kv_head::<true>(d, q, k, v, o, lse, dout, ranges, bi, kvh, heads)
 }
 
 /// Backward of [`attention`] (see the module comment): dq `(B, T, NH, HD)`, dk and dv
@@ -528,26 +538,36 @@ pub fn attention_bwd(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (hd, group) = (d.hd, d.nh / d.nkv);
     let simd = avx2();
-    let parts: Vec<_> = (0..d.b * d.nkv)
+    // Few (batch, kv head) pairs (one packed row of a 3-kv-head model: three tasks for
+    // the threads) split further, a task per query head, whose dK and dV shares are then
+    // summed in head order. The split depends on the shapes only, never on the thread
+    // count, so neither do the results.
+    let per = if d.b * d.nkv < SPLIT_BELOW { 1 } else { group };
+    let tasks = group / per;
+    let parts: Vec<_> = (0..d.b * d.nkv * tasks)
         .into_par_iter()
-        .map(|bk| {
-            let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
+        .map(|task| {
+            let (bk, part) = (task / tasks, task % tasks);
+            let (bi, kvh, heads) = (bk / d.nkv, bk % d.nkv, (part * per, per));
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: avx2() saw AVX2 and FMA on this CPU.
-                return unsafe { bwd_kv_head_avx2(d, q, k, v, o, lse, dout, ranges, bi, kvh) };
+                return unsafe {
+                    bwd_kv_head_avx2(d, q, k, v, o, lse, dout, ranges, bi, kvh, heads)
+                };
             }
             let _ = simd;
-            bwd_kv_head::<false>(d, q, k, v, o, lse, dout, ranges, bi, kvh)
+            bwd_kv_head::<false>(d, q, k, v, o, lse, dout, ranges, bi, kvh, heads)
         })
         .collect();
     let mut dq = vec![0.0f32; d.b * d.t * d.nh * hd];
     let mut dk = vec![0.0f32; d.b * d.s * d.nkv * hd];
     let mut dv = vec![0.0f32; d.b * d.s * d.nkv * hd];
-    for (bk, (gq, gk, gv)) in parts.into_iter().enumerate() {
+    for (task, (gq, gk, gv)) in parts.into_iter().enumerate() {
+        let (bk, part) = (task / tasks, task % tasks);
         let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
-        for g in 0..group {
-            let h = kvh * group + g;
+        for g in 0..per {
+            let h = kvh * group + part * per + g;
             for r in 0..d.t {
                 let oo = ((bi * d.t + r) * d.nh + h) * hd;
                 dq[oo..oo + hd].copy_from_slice(&gq[(g * d.t + r) * hd..(g * d.t + r + 1) * hd]);
@@ -555,8 +575,18 @@ pub fn attention_bwd(
         }
         for j in 0..d.s {
             let dense = ((bi * d.s + j) * d.nkv + kvh) * hd;
-            dk[dense..dense + hd].copy_from_slice(&gk[j * hd..(j + 1) * hd]);
-            dv[dense..dense + hd].copy_from_slice(&gv[j * hd..(j + 1) * hd]);
+            let (src_k, src_v) = (&gk[j * hd..(j + 1) * hd], &gv[j * hd..(j + 1) * hd]);
+            if part == 0 {
+                dk[dense..dense + hd].copy_from_slice(src_k);
+                dv[dense..dense + hd].copy_from_slice(src_v);
+            } else {
+                for (x, y) in dk[dense..dense + hd].iter_mut().zip(src_k) {
+                    *x += y;
+                }
+                for (x, y) in dv[dense..dense + hd].iter_mut().zip(src_v) {
+                    *x += y;
+                }
+            }
         }
     }
     (dq, dk, dv)
