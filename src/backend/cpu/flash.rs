@@ -35,8 +35,9 @@ const BR: usize = 48;
 const BC: usize = 128;
 
 /// Backward tasks: one per (batch, kv head), or one per query head when there are fewer
-/// (batch, kv head) pairs than this.
-const SPLIT_BELOW: usize = 8;
+/// (batch, kv head) pairs than this. Measured on 2 threads: one packed row of SmolLM2's
+/// 3 kv heads, 10% faster split; two rows (6 pairs), 3% slower split.
+const SPLIT_BELOW: usize = 4;
 
 /// Below this many queries per sequence the plain loops are as fast (decoding).
 pub const MIN_T: usize = 8;
