@@ -36,22 +36,7 @@ fn grads(dev: Device, ckpt: bool, lora: bool) -> Vec<(String, Vec<f64>)> {
         let targets: Vec<String> = ["q", "v", "gate", "down"].map(String::from).to_vec();
         m.net.add_lora(&targets, 4, 8.0, 0.25, 11).unwrap();
         // B starts at zero (so A's gradient would be zero): give it values
-        for (i, layer) in m.net.layers.iter_mut().enumerate() {
-            for lin in [
-                &mut layer.q_proj,
-                &mut layer.v_proj,
-                &mut layer.gate_proj,
-                &mut layer.down_proj,
-            ] {
-                let l = lin.lora.as_mut().unwrap();
-                l.b = common::randn(l.b.shape(), 40 + i as u64)
-                    .scale(0.1)
-                    .unwrap()
-                    .to_device(dev)
-                    .unwrap()
-                    .requires_grad_();
-            }
-        }
+        common::randomise_lora_b(&mut m.net, dev, 40);
     }
     m.net.gradient_checkpointing = ckpt;
     let v = m.net.cfg.vocab_size as u32;

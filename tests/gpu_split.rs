@@ -303,49 +303,38 @@ fn attention_over_the_limit() {
             Tensor::attention(&x[0], &x[1], &x[2], &opts)
         });
     }
-    // padding ranges follow their batch items into the blocks
-    let (q, k, v) = (
-        randn(&[3, 16, 4, 8], s),
-        randn(&[3, 16, 2, 8], s + 1),
-        randn(&[3, 16, 2, 8], s + 2),
-    );
-    let r = Tensor::from_u32(vec![2, 16, 0, 9, 5, 12], &[3, 2], Device::Cpu).unwrap();
-    gpu_vs_cpu(
-        "attention blocks with ranges",
-        &[q, k, v, r],
-        true,
-        1e-4,
-        |x| {
-            let opts = AttnOpts {
-                causal: true,
-                kv_ranges: Some(x[3].clone()),
-                ..Default::default()
-            };
-            Tensor::attention(&x[0], &x[1], &x[2], &opts)
-        },
-    );
-    // so do per-query ranges (sequences packed end to end in each row)
-    let (q, k, v) = (
-        randn(&[3, 16, 4, 8], s + 3),
-        randn(&[3, 16, 2, 8], s + 4),
-        randn(&[3, 16, 2, 8], s + 5),
-    );
+    // key ranges follow their batch items into the blocks: padding (one range per row),
+    // and sequences packed end to end (one range per query)
     let cu = [vec![0, 3, 16], vec![0, 1, 2, 10], vec![0, 16]];
-    let r = Tensor::from_u32(AttnOpts::packed_ranges(&cu, 16), &[3, 16, 2], Device::Cpu).unwrap();
-    gpu_vs_cpu(
-        "attention blocks with packed sequences",
-        &[q, k, v, r],
-        true,
-        1e-4,
-        |x| {
-            let opts = AttnOpts {
-                causal: true,
-                kv_ranges: Some(x[3].clone()),
-                ..Default::default()
-            };
-            Tensor::attention(&x[0], &x[1], &x[2], &opts)
-        },
-    );
+    for (what, r, shape) in [
+        ("padding", vec![2, 16, 0, 9, 5, 12], vec![3, 2]),
+        (
+            "packed sequences",
+            AttnOpts::packed_ranges(&cu, 16),
+            vec![3, 16, 2],
+        ),
+    ] {
+        let r = Tensor::from_u32(r, &shape, Device::Cpu).unwrap();
+        let (q, k, v) = (
+            randn(&[3, 16, 4, 8], s),
+            randn(&[3, 16, 2, 8], s + 1),
+            randn(&[3, 16, 2, 8], s + 2),
+        );
+        gpu_vs_cpu(
+            &format!("attention blocks with {what}"),
+            &[q, k, v, r],
+            true,
+            1e-4,
+            |x| {
+                let opts = AttnOpts {
+                    causal: true,
+                    kv_ranges: Some(x[3].clone()),
+                    ..Default::default()
+                };
+                Tensor::attention(&x[0], &x[1], &x[2], &opts)
+            },
+        );
+    }
 }
 
 #[test]

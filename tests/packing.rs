@@ -164,23 +164,8 @@ fn loss_and_grads(
         // no dropout: its masks are drawn over the batch's layout, so a padded and a
         // packed batch would drop different values
         m.net.add_lora(&targets, 4, 8.0, 0.0, 3).unwrap();
-        for (i, layer) in m.net.layers.iter_mut().enumerate() {
-            for lin in [
-                &mut layer.q_proj,
-                &mut layer.k_proj,
-                &mut layer.v_proj,
-                &mut layer.o_proj,
-                &mut layer.down_proj,
-            ] {
-                let l = lin.lora.as_mut().unwrap();
-                l.b = common::randn(l.b.shape(), 70 + i as u64)
-                    .scale(0.1)
-                    .unwrap()
-                    .to_device(dev)
-                    .unwrap()
-                    .requires_grad_();
-            }
-        }
+        // B starts at zero (so A's gradient would be zero): give it values
+        common::randomise_lora_b(&mut m.net, dev, 70);
     }
     m.net.padding_free = packed;
     m.net.gradient_checkpointing = ckpt;

@@ -391,3 +391,28 @@ pub fn check_with_gguf_py(
     );
     Some(text)
 }
+
+/// Give the LoRA B matrix of every adapted projection random values on `dev`, seeded by
+/// `seed` and the layer: B starts at zero, which would zero A's gradient.
+pub fn randomise_lora_b(net: &mut ponder::model::Transformer, dev: Device, seed: u64) {
+    for (i, layer) in net.layers.iter_mut().enumerate() {
+        for lin in [
+            &mut layer.q_proj,
+            &mut layer.k_proj,
+            &mut layer.v_proj,
+            &mut layer.o_proj,
+            &mut layer.gate_proj,
+            &mut layer.up_proj,
+            &mut layer.down_proj,
+        ] {
+            if let Some(l) = lin.lora.as_mut() {
+                l.b = randn(l.b.shape(), seed + i as u64)
+                    .scale(0.1)
+                    .unwrap()
+                    .to_device(dev)
+                    .unwrap()
+                    .requires_grad_();
+            }
+        }
+    }
+}
