@@ -23,7 +23,9 @@ pub struct Example {
     pub rationale: Option<String>,
 }
 
-fn text_field(
+/// The first of `names` on a JSONL line: a string, or a number as its text (a bare
+/// answer such as `42`); another type is an error naming the field and what it holds.
+pub(crate) fn text_field(
     path: &Path,
     line: usize,
     o: &serde_json::Map<String, Value>,

@@ -149,16 +149,8 @@ fn read_examples_loose(path: &std::path::Path) -> Result<Vec<(String, String)>> 
     crate::train::data::read_jsonl(path)?
         .into_iter()
         .map(|(line, o)| {
-            let get = |ks: &[&str]| {
-                ks.iter()
-                    .find_map(|k| o.get(*k).and_then(|v| v.as_str()).map(String::from))
-                    .ok_or_else(|| {
-                        Error::file(
-                            path,
-                            format!("line {line}: missing field `{}`", ks.join("` or `")),
-                        )
-                    })
-            };
+            // a number is its text (a bare answer), another type is named in the error
+            let get = |ks: &[&str]| super::data::text_field(path, line, &o, ks);
             Ok((get(&["prompt", "question"])?, get(&["completion"])?))
         })
         .collect()
@@ -313,4 +305,30 @@ pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
     row.insert("seconds".into(), json!(t0.elapsed().as_secs_f64()));
     dir.finish_round(row, &["accuracy", "mean_tokens"])?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_answers_may_be_numbers_and_other_types_are_named() {
+        let dir = std::env::temp_dir().join(format!("ponder-thinkpo-short-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("short.jsonl");
+        std::fs::write(
+            &ok,
+            "{\"prompt\": \"What is 6 x 7?\", \"completion\": 42}\n{\"question\": \"1 + 1?\", \"completion\": \"2\"}\n",
+        )
+        .unwrap();
+        let got = super::read_examples_loose(&ok).unwrap();
+        assert_eq!(got[0], ("What is 6 x 7?".into(), "42".into()));
+        assert_eq!(got[1], ("1 + 1?".into(), "2".into()));
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, "{\"prompt\": \"p\", \"completion\": [1, 2]}\n").unwrap();
+        let e = super::read_examples_loose(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.contains("`completion`") && e.contains("expected a string"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
