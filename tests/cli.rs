@@ -234,3 +234,21 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
     );
     assert!(text.contains("matmul:gemm"), "{text}");
 }
+
+/// `eval --limit 0` would evaluate nothing and print a table of dashes: it is refused,
+/// naming the flag and the accepted range.
+#[test]
+fn eval_refuses_a_limit_of_zero() {
+    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny/sft-short");
+    let (ok, out) = ponder(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        "unused.jsonl",
+        "--limit",
+        "0",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("--limit") && out.contains("1.."), "{out}");
+}

@@ -46,8 +46,8 @@ pub(crate) struct EvalArgs {
     /// Wrap each prompt as a user message in the chat template.
     #[arg(long)]
     pub(crate) chat: bool,
-    /// Evaluate only the first N questions.
-    #[arg(long)]
+    /// Evaluate only the first N questions (N >= 1).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) limit: Option<usize>,
     /// Questions per generation batch.
     #[arg(long, default_value_t = 32)]
