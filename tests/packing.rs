@@ -97,11 +97,14 @@ fn packed_attention_is_each_sequence_attending_alone() {
     }
     for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
         assert!(want[i].iter().any(|&x| x != 0.0), "{name}: all zero");
+        // f32 sums taken in another order (other tiles, other tasks): 1e-6 of the
+        // largest value
+        let scale = want[i].iter().fold(1.0f64, |m, x| m.max(x.abs()));
         common::assert_close(
             &format!("packed {name} vs alone"),
             &got[i],
             &want[i],
-            1e-6,
+            1e-6 * scale,
             1e-6,
         );
     }
