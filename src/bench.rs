@@ -463,6 +463,13 @@ pub fn dpo_step(
         .iter()
         .flat_map(|p| [p.chosen.ids.len(), p.rejected.ids.len()])
         .collect();
+    let max_pos = policy.cfg.max_position_embeddings;
+    if let Some(l) = lens.iter().copied().max().filter(|&l| l > max_pos) {
+        return Err(crate::Error::invalid(
+            "bench dpo",
+            format!("a sequence of {l} tokens is past the model's max_position_embeddings = {max_pos}: shorten --prompt-len and --completion-len (or --chosen-len, --rejected-len)"),
+        ));
+    }
     let tokens: usize = lens.iter().sum();
     let computed = if policy.padding_free {
         tokens

@@ -252,3 +252,54 @@ fn eval_refuses_a_limit_of_zero() {
     assert!(!ok, "{out}");
     assert!(out.contains("--limit") && out.contains("1.."), "{out}");
 }
+
+/// `bench dpo` refuses pairs longer than the model's positions, naming the flags, and
+/// takes length ranges and padding-free batches.
+#[test]
+fn bench_dpo_checks_lengths_and_takes_ranges() {
+    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/qwen2-tied");
+    let m = m.to_str().unwrap();
+    let (ok, out) = ponder(&[
+        "bench",
+        "dpo",
+        "--model",
+        m,
+        "--device",
+        "cpu",
+        "--prompt-len",
+        "8",
+        "--completion-len",
+        "100000",
+        "--steps",
+        "1",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("max_position_embeddings") && out.contains("--completion-len"),
+        "{out}"
+    );
+    let (ok, out) = ponder(&[
+        "bench",
+        "dpo",
+        "--model",
+        m,
+        "--device",
+        "cpu",
+        "--pairs",
+        "3",
+        "--prompt-len",
+        "4",
+        "--chosen-len",
+        "10,30",
+        "--rejected-len",
+        "2,5",
+        "--padding-free",
+        "--steps",
+        "1",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("3 pairs") && out.contains("padding-free"),
+        "{out}"
+    );
+}
