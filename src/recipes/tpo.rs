@@ -526,11 +526,30 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
         row.insert("round".into(), json!(round));
         row.insert("pairs".into(), json!(pairs.len()));
         row.insert("rho".into(), json!(rho));
-        row.insert("mean_chosen_length".into(), json!(mc));
-        row.insert("mean_rejected_length".into(), json!(mr));
+        // a round without pairs (or without a scored sample) has no mean: null, not the
+        // -0.0 an empty float sum gives
+        let lens = (!pairs.is_empty()).then_some((mc, mr));
+        let scored = judged
+            .iter()
+            .flat_map(|j| j.scores.iter().flatten())
+            .count();
+        let judge_mean = (scored > 0).then_some(judge_mean);
+        row.insert("mean_chosen_length".into(), json!(lens.map(|l| l.0)));
+        row.insert("mean_rejected_length".into(), json!(lens.map(|l| l.1)));
         row.insert("judge_score".into(), json!(judge_mean));
         row.insert("parsed_share".into(), json!(parsed_share));
-        log(format!("tpo round {round}: {} pairs, rho {rho}, mean response length chosen {mc:.1} vs rejected {mr:.1}, judge mean {judge_mean:.3}", pairs.len()));
+        let lens_text = match lens {
+            Some((c, r)) => format!("mean response length chosen {c:.1} vs rejected {r:.1}"),
+            None => "no pair to train on".to_string(),
+        };
+        let judge_text = match judge_mean {
+            Some(j) => format!("{j:.3}"),
+            None => "- (nothing scored)".to_string(),
+        };
+        log(format!(
+            "tpo round {round}: {} pairs, rho {rho}, {lens_text}, judge mean {judge_text}",
+            pairs.len()
+        ));
         // checkpoint selection: keep the new model unless it is worse on validation
         net = if pairs.is_empty() {
             net
