@@ -303,3 +303,34 @@ fn bench_dpo_checks_lengths_and_takes_ranges() {
         "{out}"
     );
 }
+
+/// `tpo --response-delimiter` with a built-in template would be silently ignored: it is
+/// refused, naming the template.
+#[test]
+fn tpo_refuses_a_delimiter_with_a_builtin_template() {
+    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny/sft-short");
+    let (ok, out) = ponder(&[
+        "tpo",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        "unused.jsonl",
+        "--out",
+        std::env::temp_dir()
+            .join("ponder-tpo-delim-unused")
+            .to_str()
+            .unwrap(),
+        "--template",
+        "specific",
+        "--response-delimiter",
+        "ANSWER:",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("--response-delimiter") && out.contains("`specific`"),
+        "{out}"
+    );
+    assert!(!std::env::temp_dir()
+        .join("ponder-tpo-delim-unused")
+        .exists());
+}

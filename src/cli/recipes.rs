@@ -154,6 +154,7 @@ pub(crate) struct TpoArgs {
     /// `{instruction}` (then give --response-delimiter).
     #[arg(long, default_value = "generic")]
     pub(crate) template: String,
+    /// Where a template file's response starts (only with --template FILE).
     #[arg(long)]
     pub(crate) response_delimiter: Option<String>,
     /// verifier (the answer checker against the gold answer), reward-model:DIR (a
@@ -315,6 +316,19 @@ pub(crate) fn thinkpo_cmd(a: ThinkPoArgs) -> Result<bool> {
 pub(crate) fn tpo_cmd(a: TpoArgs) -> Result<bool> {
     a.fields.install()?;
     use ponder::recipes::tpo::{run, JudgeKind, ThoughtTemplate, TpoOpts};
+    let builtin = ["generic", "specific", "answer-line"];
+    if let (Some(d), true) = (
+        &a.response_delimiter,
+        builtin.contains(&a.template.as_str()),
+    ) {
+        return Err(Error::invalid(
+            "tpo",
+            format!(
+                "--response-delimiter {d:?} is for a template file; the built-in template `{}` has its own delimiter (omit the flag, or give --template FILE)",
+                a.template
+            ),
+        ));
+    }
     let template = match a.template.as_str() {
         "generic" => ThoughtTemplate::generic(),
         "specific" => ThoughtTemplate::specific(),
