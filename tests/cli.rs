@@ -235,15 +235,22 @@ fn bench_dpo_profile_prints_the_kernel_table_without_mesa_noise() {
     assert!(text.contains("matmul:gemm"), "{text}");
 }
 
+/// A path inside the repository, as text.
+fn repo(rel: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `eval --limit 0` would evaluate nothing and print a table of dashes: it is refused,
 /// naming the flag and the accepted range.
 #[test]
 fn eval_refuses_a_limit_of_zero() {
-    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny/sft-short");
     let (ok, out) = ponder(&[
         "eval",
         "--model",
-        m.to_str().unwrap(),
+        &repo("models/ponder-tiny/sft-short"),
         "--data",
         "unused.jsonl",
         "--limit",
@@ -257,8 +264,7 @@ fn eval_refuses_a_limit_of_zero() {
 /// takes length ranges and padding-free batches.
 #[test]
 fn bench_dpo_checks_lengths_and_takes_ranges() {
-    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/qwen2-tied");
-    let m = m.to_str().unwrap();
+    let m = &repo("models/fixtures/qwen2-tied");
     let (ok, out) = ponder(&[
         "bench",
         "dpo",
@@ -308,11 +314,10 @@ fn bench_dpo_checks_lengths_and_takes_ranges() {
 /// refused, naming the template.
 #[test]
 fn tpo_refuses_a_delimiter_with_a_builtin_template() {
-    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny/sft-short");
     let (ok, out) = ponder(&[
         "tpo",
         "--model",
-        m.to_str().unwrap(),
+        &repo("models/ponder-tiny/sft-short"),
         "--data",
         "unused.jsonl",
         "--out",

@@ -256,14 +256,13 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             policy.padding_free = padding_free;
             let set = match (&data, &model) {
                 (Some(file), Some(dir)) => {
-                    // the model once more on the CPU, 16-bit, for its tokenizer
-                    let m = Model::load(dir, frozen(Device::Cpu))?;
+                    let tok = ponder::model::Tok::load(dir)?;
                     let trunc = ponder::train::data::Truncation {
                         max_prompt_length: None,
-                        max_length: Some(m.net.cfg.max_position_embeddings),
+                        max_length: Some(policy.cfg.max_position_embeddings),
                         mode: ponder::train::data::TruncationMode::KeepStart,
                     };
-                    let (mut v, _) = ponder::train::data::load_pairs(file, m.tokenizer()?, &trunc)?;
+                    let (mut v, _) = ponder::train::data::load_pairs(file, &tok, &trunc)?;
                     v.truncate(pairs);
                     v
                 }

@@ -69,19 +69,22 @@ fn by_tokens(
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<(usize, Vec<usize>)> = idx.iter().map(|&i| (i, lens(i))).collect();
     order.sort_by_key(|(i, l)| (std::cmp::Reverse(l.iter().sum::<usize>()), *i));
-    let mut bins: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    // each bin: its examples, and its sequences' count, total and longest length
+    let mut bins: Vec<(Vec<usize>, [usize; 3])> = Vec::new();
     for (i, l) in order {
-        let fit = bins.iter_mut().find(|(_, bl)| {
-            let mut all = bl.clone();
-            all.extend(&l);
-            batch_tokens(&all, padding_free) <= budget
-        });
-        match fit {
-            Some((b, bl)) => {
+        let (n, sum, max) = (
+            l.len(),
+            l.iter().sum::<usize>(),
+            l.iter().copied().max().unwrap_or(0),
+        );
+        let with = |[bn, bs, bm]: [usize; 3]| [bn + n, bs + sum, bm.max(max)];
+        let tokens = |[bn, bs, bm]: [usize; 3]| if padding_free { bs } else { bn * bm };
+        match bins.iter_mut().find(|(_, st)| tokens(with(*st)) <= budget) {
+            Some((b, st)) => {
                 b.push(i);
-                bl.extend(l);
+                *st = with(*st);
             }
-            None => bins.push((vec![i], l)),
+            None => bins.push((vec![i], [n, sum, max])),
         }
     }
     bins.into_iter().map(|(b, _)| b).collect()
