@@ -370,6 +370,51 @@ pub fn generation(
     Ok(stats)
 }
 
+/// The prompts of a `{"prompt"|"question"}` JSONL file as ids (first `limit`, 0: all),
+/// wrapped in the chat template when `chat`.
+pub fn data_prompts(
+    path: &std::path::Path,
+    tok: &crate::model::Tok,
+    chat: bool,
+    limit: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::new();
+    for (line, o, _) in crate::train::data::read_jsonl_lines(path)? {
+        let text = crate::recipes::data::text_field(path, line, &o, &["prompt", "question"])?;
+        out.push(crate::recipes::eval::prompt_ids(tok, &text, chat)?);
+        if out.len() == limit {
+            break;
+        }
+    }
+    if out.is_empty() {
+        return Err(crate::error::Error::file(path, "holds no prompt"));
+    }
+    Ok(out)
+}
+
+/// Sampling over real prompts (rows end at EOS): `samples` continuations of each prompt,
+/// `rows` rows decoding at once, through the sampling engine. Returns the engine's
+/// statistics and the generated tokens (EOS not counted).
+pub fn generation_data(
+    net: &crate::model::Transformer,
+    prompts: &[Vec<u32>],
+    samples: usize,
+    p: &crate::model::generate::SamplingParams,
+) -> Result<(crate::model::generate::GenStats, usize)> {
+    use crate::model::generate::generate;
+    let c0 = counters();
+    let (seqs, stats) = generate(net, prompts, samples, p, None, &mut |_, _| {})?;
+    let last = Some(counters() - c0);
+    let tokens = seqs
+        .iter()
+        .map(|s| s.ids.len() - usize::from(s.finish == crate::model::generate::Finish::Eos))
+        .sum();
+    maybe_profile(net.device, last, || {
+        generate(net, prompts, samples, p, None, &mut |_, _| {}).map(|_| ())
+    })?;
+    Ok((stats, tokens))
+}
+
 /// Outcome of [`dpo_step`].
 #[derive(Clone, Debug)]
 pub struct DpoBench {

@@ -300,8 +300,9 @@ fn stops_at_eos_and_stop_strings() {
 
 /// The exact distribution `sample` draws from, in f64, written from HF's definitions:
 /// logits / T, top-k (ties at the k-th kept), then top-p over the kept tokens sorted by
-/// (logit descending, id ascending): a token stays while the mass before it is < p.
-fn exact_distribution(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<f64> {
+/// (logit descending, id ascending): a token stays while the mass before it is < p; then
+/// min-p: a token stays if its probability is at least min_p times the largest.
+fn exact_distribution(logits: &[f32], t: f64, top_k: usize, top_p: f64, min_p: f64) -> Vec<f64> {
     let n = logits.len();
     let mut keep: Vec<usize> = (0..n).collect();
     keep.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
@@ -326,6 +327,9 @@ fn exact_distribution(logits: &[f32], t: f64, top_k: usize, top_p: f64) -> Vec<f
             k += 1;
         }
         kept = k;
+    }
+    if min_p > 0.0 {
+        kept = w[..kept].iter().take_while(|&&x| x >= min_p).count();
     }
     let z2: f64 = w[..kept].iter().sum();
     let mut p = vec![0.0; n];
@@ -367,20 +371,23 @@ fn sampled_frequencies_follow_the_exact_distribution() {
     let mut logits = ponder::util::randn_vec(300, 2.0, 77);
     logits[5] = logits[9];
     let draws = 30_000;
-    for (t, top_k, top_p) in [
-        (1.0, 0, 1.0),
-        (0.7, 0, 1.0),
-        (1.3, 20, 1.0),
-        (0.8, 0, 0.9),
-        (1.0, 40, 0.5),
+    for (t, top_k, top_p, min_p) in [
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 0, 1.0, 0.0),
+        (1.3, 20, 1.0, 0.0),
+        (0.8, 0, 0.9, 0.0),
+        (1.0, 40, 0.5, 0.0),
+        (1.0, 0, 1.0, 0.1),
+        (0.7, 30, 0.9, 0.02),
     ] {
         let p = SamplingParams {
             temperature: t as f32,
             top_k,
             top_p: top_p as f32,
+            min_p: min_p as f32,
             ..Default::default()
         };
-        let want = exact_distribution(&logits, t, top_k, top_p);
+        let want = exact_distribution(&logits, t, top_k, top_p, min_p);
         let mut rng = ponder::util::rng(5);
         let mut counts = vec![0usize; logits.len()];
         for _ in 0..draws {
@@ -389,12 +396,12 @@ fn sampled_frequencies_follow_the_exact_distribution() {
         let (x2, dof) = chi_square(&counts, &want, draws);
         // far in the tail: about 7 standard deviations of chi-square(dof) above its mean
         let bound = dof as f64 + 7.0 * (2.0 * dof as f64).sqrt() + 10.0;
-        assert!(x2 < bound, "T {t} top-k {top_k} top-p {top_p}: chi-square {x2:.1} over {dof} dof (bound {bound:.1})");
+        assert!(x2 < bound, "T {t} top-k {top_k} top-p {top_p} min-p {min_p}: chi-square {x2:.1} over {dof} dof (bound {bound:.1})");
     }
     // a flat vocabulary of 5,000 under top-p 0.5: the kept set (about half) is larger than
     // the first slice the sampler sorts, so it must grow it, and nothing outside is drawn
     let flat: Vec<f32> = ponder::util::randn_vec(5000, 0.05, 78);
-    let want = exact_distribution(&flat, 1.0, 0, 0.5);
+    let want = exact_distribution(&flat, 1.0, 0, 0.5, 0.0);
     let kept = want.iter().filter(|&&q| q > 0.0).count();
     assert!(kept > 1000, "the test needs a large kept set, got {kept}");
     let p = SamplingParams {

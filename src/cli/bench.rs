@@ -120,6 +120,23 @@ pub(crate) enum BenchCmd {
         dtype: SaveDType,
         #[arg(long, value_delimiter = ',', default_value = "1,8")]
         batch: Vec<usize>,
+        /// Real prompts instead of random ones: {"question"|"prompt"} JSONL; each is
+        /// sampled --samples times with --batch x --samples rows decoding at once, ending
+        /// at EOS or --new-tokens (the workload of `eval --samples`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Column(s) of --data holding the prompt (comma-separated columns are joined).
+        #[arg(long, default_value = "question")]
+        question_field: String,
+        /// Wrap each --data prompt as a user message in the chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Continuations of each --data prompt.
+        #[arg(long, default_value_t = 4)]
+        samples: usize,
+        /// Use only the first N prompts of --data (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
         #[arg(long, default_value_t = 128)]
         prompt_len: usize,
         #[arg(long, default_value_t = 32)]
@@ -316,6 +333,11 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             reps,
             device: d,
             save_random,
+            data,
+            question_field,
+            chat,
+            samples,
+            limit,
             ..
         } => {
             let sampling = ponder::bench::Sampling {
@@ -354,9 +376,50 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 outln!("wrote {}", out.display());
                 return Ok(true);
             }
-            for b in batch {
-                let s = ponder::bench::generation(&net, b, prompt_len, new_tokens, sampling, reps)?;
-                outln!("batch {b} on {dev}: {}", s.summary());
+            if let Some(path) = data {
+                let dir = model.clone().ok_or_else(|| {
+                    ponder::Error::invalid("bench generate", "--data needs --model (its tokenizer)")
+                })?;
+                let tok = ponder::model::Tok::load(&dir)?;
+                ponder::train::data::FieldArgs {
+                    question_field: Some(question_field.clone()),
+                    ..Default::default()
+                }
+                .install()?;
+                let prompts = ponder::bench::data_prompts(&path, &tok, chat, limit)?;
+                let flops_per_token = 2.0 * net.num_parameters() as f64;
+                for b in batch {
+                    let p = ponder::model::generate::SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        max_new_tokens: new_tokens,
+                        seed: 0,
+                        eos_ids: tok.eos_ids.clone(),
+                        rows: b * samples,
+                        ..Default::default()
+                    };
+                    let (s, tokens) = ponder::bench::generation_data(&net, &prompts, samples, &p)?;
+                    let wall = s.prefill_s + s.decode_s;
+                    outln!(
+                        "{} prompts x {samples} samples, {} rows on {dev}: {:.2}s, {tokens} tokens generated (mean {:.1}), {:.1} tok/s, {:.1} GFLOP/s (2 x params per token, prefill included)",
+                        prompts.len(),
+                        s.rows,
+                        wall,
+                        tokens as f64 / (prompts.len() * samples) as f64,
+                        tokens as f64 / wall,
+                        flops_per_token * (s.decode_tokens + s.prefill_tokens) as f64 / wall / 1e9
+                    );
+                    outln!("  {}", s.summary());
+                    outln!("  {}", s.engine_summary());
+                }
+            } else {
+                for b in batch {
+                    let s =
+                        ponder::bench::generation(&net, b, prompt_len, new_tokens, sampling, reps)?;
+                    outln!("batch {b} on {dev}: {}", s.summary());
+                    outln!("  {}", s.engine_summary());
+                }
             }
             outln!(
                 "peak RSS {:.0} MiB",

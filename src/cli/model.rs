@@ -38,8 +38,15 @@ pub(crate) struct GenerateArgs {
     top_k: usize,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Keep tokens at least this fraction as likely as the most likely one (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
+    /// Rows decoding at once (0: all -n samples together); a row that ends takes the next
+    /// sample.
+    #[arg(long, default_value_t = 0)]
+    rows: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Keep going past EOS ids.
@@ -166,9 +173,11 @@ pub(crate) fn generate_cmd(a: GenerateArgs) -> Result<bool> {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
+        min_p: a.min_p,
         max_new_tokens: a.max_new_tokens,
         seed: a.seed,
         ignore_eos: a.ignore_eos,
+        rows: a.rows,
         // generation_config.json, the tokenizer's eos_token and config.json's eos_token_id
         eos_ids: {
             let mut e = tok.map(|t| t.eos_ids.clone()).unwrap_or_default();

@@ -5,11 +5,13 @@
 pub mod chat;
 pub mod compare;
 pub mod config;
+pub mod engine;
 pub mod generate;
 pub mod gguf;
 pub mod layer;
 pub mod reward;
 pub mod rope;
+pub mod sampling;
 pub mod save;
 pub mod score;
 pub mod tokenizer;

@@ -9,7 +9,7 @@ use super::data::Example;
 use super::Calculator;
 use crate::error::{Error, Result};
 use crate::model::chat::Message;
-use crate::model::generate::{generate_steered, SamplingParams, Steer};
+use crate::model::generate::{generate_with, Hooks, SamplingParams, Steer};
 use crate::model::{Tok, Transformer};
 
 /// How completions are produced.
@@ -256,52 +256,53 @@ pub fn evaluate(
         eos_ids: tok.eos_ids.clone(),
         ..Default::default()
     };
+    // every question in one engine run: `batch` questions' worth of rows decode at once,
+    // and a row that ends takes the next sample
+    let p = SamplingParams {
+        rows: opts.batch * opts.samples,
+        ..p
+    };
     let mut calc = Calculator::new(tok);
-    let mut recs = Vec::with_capacity(examples.len() * opts.samples);
+    let prompts: Vec<Vec<u32>> = examples
+        .iter()
+        .map(|e| prompt_ids(tok, &e.prompt, opts.chat))
+        .collect::<Result<_>>()?;
+    let mut hook = |_: usize, text: &str| calc.force(text);
+    let mut left = vec![opts.samples; examples.len()];
     let mut done = 0;
-    for (b, chunk) in examples.chunks(opts.batch).enumerate() {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|e| prompt_ids(tok, &e.prompt, opts.chat))
-            .collect::<Result<_>>()?;
-        let mut hook = |_: usize, text: &str| calc.force(text);
-        let steer: Option<&mut Steer<'_>> = if opts.calculator {
-            Some(&mut hook)
+    let mut on_finish = |s: &crate::model::generate::Sequence| {
+        left[s.prompt] -= 1;
+        if left[s.prompt] == 0 {
+            done += 1;
+            progress(done);
+        }
+    };
+    let mut hooks = Hooks {
+        on_token: &mut |_, _| {},
+        on_finish: Some(&mut on_finish),
+        steer: if opts.calculator {
+            Some(&mut hook as &mut Steer<'_>)
         } else {
             None
-        };
-        let pb = SamplingParams {
-            seed: p.seed ^ (b as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
-            ..p.clone()
-        };
-        let (seqs, _) = generate_steered(
-            net,
-            &prompts,
-            opts.samples,
-            &pb,
-            Some(tok),
-            &mut |_, _| {},
-            steer,
-        )?;
-        for s in seqs {
-            let mut ids = s.ids.as_slice();
-            if let Some((&last, rest)) = ids.split_last() {
-                if tok.eos_ids.contains(&last) {
-                    ids = rest;
-                }
+        },
+    };
+    let (seqs, _) = generate_with(net, &prompts, opts.samples, &p, Some(tok), &mut hooks)?;
+    let mut recs = Vec::with_capacity(examples.len() * opts.samples);
+    for s in seqs {
+        let mut ids = s.ids.as_slice();
+        if let Some((&last, rest)) = ids.split_last() {
+            if tok.eos_ids.contains(&last) {
+                ids = rest;
             }
-            let text = tok.decode(ids, true)?;
-            let index = done + s.prompt;
-            recs.push(record(
-                index,
-                s.sample,
-                text,
-                &examples[index].answer,
-                Some(ids.len()),
-            ));
         }
-        done += chunk.len();
-        progress(done);
+        let text = tok.decode(ids, true)?;
+        recs.push(record(
+            s.prompt,
+            s.sample,
+            text,
+            &examples[s.prompt].answer,
+            Some(ids.len()),
+        ));
     }
     let mut rep = Report::from_records(examples.len(), opts.samples, &recs);
     rep.calculator_calls = calc.fired;

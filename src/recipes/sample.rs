@@ -5,7 +5,7 @@
 use super::eval::prompt_ids;
 use super::Calculator;
 use crate::error::Result;
-use crate::model::generate::{generate_steered, Finish, SamplingParams, Steer};
+use crate::model::generate::{generate_with, Finish, Hooks, SamplingParams, Sequence, Steer};
 use crate::model::{Tok, Transformer};
 use crate::train::data::Seq;
 
@@ -108,33 +108,47 @@ pub fn sample(
     };
     let bar = crate::util::progress_bar(prompts.len() as u64, &o.label, o.quiet);
     let mut calc = Calculator::new(tok);
-    let mut out: Vec<Vec<Sample>> = vec![Vec::new(); prompts.len()];
-    let mut done = 0;
-    for (b, chunk) in prompts.chunks(o.batch.max(1)).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|q| prompt_ids(tok, q, false))
-            .collect::<Result<_>>()?;
-        let mut hook = |_: usize, text: &str| calc.force(text);
-        let steer: Option<&mut Steer<'_>> = if o.calculator { Some(&mut hook) } else { None };
-        let pb = SamplingParams {
-            seed: p.seed ^ (b as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ..p.clone()
-        };
-        let (seqs, _) = generate_steered(net, &ids, o.k, &pb, Some(tok), &mut |_, _| {}, steer)?;
-        for s in seqs {
-            let q = done + s.prompt;
-            out[q].push(Sample {
-                question: q,
-                prompt_ids: ids[s.prompt].clone(),
-                text: tok.decode(&s.ids, true)?,
-                ids: s.ids,
-                logprobs: s.logprobs,
-                finished: s.finish == Finish::Eos,
-            });
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|q| prompt_ids(tok, q, false))
+        .collect::<Result<_>>()?;
+    // every question in one engine run: `batch` questions' worth of rows decode at once,
+    // and a row that ends takes the next sample
+    let p = SamplingParams {
+        rows: o.batch.max(1) * o.k,
+        ..p
+    };
+    let mut hook = |_: usize, text: &str| calc.force(text);
+    let mut left = vec![o.k; prompts.len()];
+    let mut done = 0u64;
+    let mut on_finish = |s: &Sequence| {
+        left[s.prompt] -= 1;
+        if left[s.prompt] == 0 {
+            done += 1;
+            bar.set_position(done);
         }
-        done += chunk.len();
-        bar.set_position(done as u64);
+    };
+    let mut hooks = Hooks {
+        on_token: &mut |_, _| {},
+        on_finish: Some(&mut on_finish),
+        steer: if o.calculator {
+            Some(&mut hook as &mut Steer<'_>)
+        } else {
+            None
+        },
+    };
+    let (seqs, _) = generate_with(net, &ids, o.k, &p, Some(tok), &mut hooks)?;
+    let mut out: Vec<Vec<Sample>> = vec![Vec::new(); prompts.len()];
+    for s in seqs {
+        let q = s.prompt;
+        out[q].push(Sample {
+            question: q,
+            prompt_ids: ids[q].clone(),
+            text: tok.decode(&s.ids, true)?,
+            ids: s.ids,
+            logprobs: s.logprobs,
+            finished: s.finish == Finish::Eos,
+        });
     }
     bar.finish_and_clear();
     Ok((out, calc.fired))

@@ -134,6 +134,86 @@ pub fn attention_ref<T: Real>(
     (out, lse)
 }
 
+/// f32 attention for a few queries per row (decoding): the reference loops' math, but one
+/// task per (batch, kv head) that reads each cached key and value row once for all the
+/// query heads sharing it, and vectorised exponentials. The softmax sum is added in f64.
+pub fn attention_decode(
+    d: &AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ranges: Option<&[u32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    use super::vmath;
+    let (hd, group) = (d.hd, d.nh / d.nkv);
+    let scale = d.scale as f32;
+    // one (batch, kv head): out (T, group, HD) and lse (group, T)
+    let task = |bk: usize| -> (Vec<f32>, Vec<f32>) {
+        let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
+        let mut out = vec![0.0f32; d.t * group * hd];
+        let mut lse = vec![0.0f32; group * d.t];
+        let mut s = vec![0.0f32; group * d.s];
+        let mut w = vec![0.0f32; d.s];
+        let mut inv = vec![0.0f32; group];
+        for t in 0..d.t {
+            let (lo, hi) = attn_key_range(d, ranges, bi, t);
+            if lo == hi {
+                for g in 0..group {
+                    lse[g * d.t + t] = LSE_MASKED;
+                }
+                continue;
+            }
+            let n = hi - lo;
+            let qo = |g: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (kvh * group + g) * hd;
+            for j in lo..hi {
+                let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kvh * hd;
+                let krow = &k[ko..ko + hd];
+                for g in 0..group {
+                    s[g * d.s + j - lo] = dot(&q[qo(g)..qo(g) + hd], krow) * scale;
+                }
+            }
+            for g in 0..group {
+                // p_j = e^(s_j - m) / l, lse = m + ln l
+                let sg = &mut s[g * d.s..g * d.s + n];
+                let m = vmath::max(sg);
+                let l = vmath::exp_weights(sg, m, 1.0, Some(&mut w[..n]));
+                sg.copy_from_slice(&w[..n]);
+                lse[g * d.t + t] = (m as f64 + l.ln()) as f32;
+                inv[g] = (1.0 / l) as f32;
+            }
+            for j in lo..hi {
+                let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kvh * hd;
+                let vrow = &v[vo..vo + hd];
+                for g in 0..group {
+                    let o = (t * group + g) * hd;
+                    axpy(&mut out[o..o + hd], s[g * d.s + j - lo] * inv[g], vrow);
+                }
+            }
+        }
+        (out, lse)
+    };
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..d.b * d.nkv).into_par_iter().map(task).collect();
+    let mut out = vec![0.0f32; d.b * d.t * d.nh * hd];
+    let mut lse = vec![0.0f32; d.b * d.nh * d.t];
+    for (bk, (o, l)) in parts.into_iter().enumerate() {
+        let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
+        for t in 0..d.t {
+            for g in 0..group {
+                let h = kvh * group + g;
+                let oo = ((bi * d.t + t) * d.nh + h) * hd;
+                out[oo..oo + hd]
+                    .copy_from_slice(&o[(t * group + g) * hd..(t * group + g + 1) * hd]);
+            }
+        }
+        for g in 0..group {
+            let h = kvh * group + g;
+            let at = (bi * d.nh + h) * d.t;
+            lse[at..at + d.t].copy_from_slice(&l[g * d.t..(g + 1) * d.t]);
+        }
+    }
+    (out, lse)
+}
+
 /// Backward of [`attention_ref`], recomputing probabilities from the saved logsumexp:
 ///   p_j = exp(s_j - lse),  dp_j = do . v_j,  D = do . o,  ds_j = p_j (dp_j - D)
 ///   dq = scale sum_j ds_j k_j,  dk_j += scale ds_j q,  dv_j += p_j do

@@ -593,7 +593,7 @@ pub fn attention_bwd(
     (dq, dk, dv)
 }
 
-/// f32: flash-tiled for prefill and training shapes, reference loops for decoding.
+/// f32: flash-tiled for prefill and training shapes, per-kv-head loops for decoding.
 pub(super) fn attention_f32(
     d: &AttnDims,
     q: &[f32],
@@ -604,7 +604,7 @@ pub(super) fn attention_f32(
     if d.t >= MIN_T {
         attention(d, q, k, v, ranges)
     } else {
-        super::attention::attention_ref(d, q, k, v, ranges)
+        super::attention::attention_decode(d, q, k, v, ranges)
     }
 }
 

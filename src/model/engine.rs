@@ -1,0 +1,476 @@
+//! The sampling engine: continuous batching of (prompt, sample) items over a pool of R
+//! decode rows.
+//!
+//! - Items are numbered `prompt * n + sample` and enter the pool in that order. When a
+//!   row ends (EOS, a stop string, or `max_new_tokens`), its slot takes the next item at
+//!   once, so the pool stays full until the queue runs dry.
+//! - Prompts are prefilled in chunks of about [`PREFILL_TOKENS`] padded tokens, in order,
+//!   once each; a chunk's keys and values stay on the device until every sample of its
+//!   prompts has been admitted, and admitting an item copies its prompt's cached
+//!   positions into the slot (the n samples of a prompt share one prefill).
+//! - The KV cache is one slot per row, `(R, capacity)`. Every row writes the same column
+//!   `c` each step and reads its own key range `[start, c]`; an admitted prompt is placed
+//!   to end at column `c`, over whatever its slot held before. Rotary positions are per
+//!   row (`column - start`). When `c` reaches the capacity, the live columns are moved
+//!   back to the front in one strided copy per layer tensor ("rebase"); when the queue is
+//!   empty and rows have finished, the live rows are gathered to the front so the batch
+//!   shrinks to the rows still working ("compaction").
+//! - Slot per row was chosen over a paged cache: the pool's rows all advance together, so
+//!   one shared write column and contiguous per-row key ranges reuse the attention kernels
+//!   unchanged (CPU and WGSL), and the cost of the design (the rebase copy, every
+//!   `capacity - longest row` steps) measured below 1% of decode time. A paged cache pays
+//!   off when rows differ wildly in length and memory is tight; here each slot holds at
+//!   most one prompt plus `max_new_tokens`.
+//! - Randomness is `uniform(seed, item, step)` ([`super::sampling::uniform`]): results do
+//!   not depend on R or on which slot an item landed in, except through the last bits of
+//!   the logits (the matrix products pick their kernel by the batch width).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::generate::{Finish, GenStats, SamplingParams, Sequence, Steer};
+use super::sampling;
+use super::tokenizer::{StreamDecoder, Tok};
+use super::transformer::{Forward, KvCache, Transformer};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ops::movement::{copy_into, empty};
+use crate::tensor::Tensor;
+
+/// Padded prompt tokens prefilled together (one forward).
+pub const PREFILL_TOKENS: usize = 4096;
+
+/// What the engine calls back while it works.
+pub struct Hooks<'a, 'b> {
+    /// Each token as it is chosen: `(item, id)`.
+    pub on_token: &'a mut dyn FnMut(usize, u32),
+    /// Each item once it has ended.
+    pub on_finish: Option<&'a mut dyn FnMut(&Sequence)>,
+    /// A steering hook (see [`Steer`]); it is called with the item's number.
+    pub steer: Option<&'a mut Steer<'b>>,
+}
+
+/// A chunk of consecutive prompts prefilled together.
+struct Chunk {
+    first: usize,
+    count: usize,
+    /// Padded length: prompt i's positions are `[len - prompt_len, len)`.
+    len: usize,
+    cache: KvCache,
+    /// Last-position logits, `(count, V)`.
+    logits: Vec<f32>,
+    /// Samples of its prompts not yet admitted.
+    pending: usize,
+}
+
+/// A slot's item while it decodes.
+struct Row {
+    seq: Sequence,
+    item: usize,
+    /// First cache column of its prompt.
+    start: usize,
+    /// The token to feed at the next step.
+    next: u32,
+    queued: VecDeque<u32>,
+    decoder: StreamDecoder,
+    text: String,
+    gen_start: usize,
+}
+
+/// Where tokens go once chosen: the user's callbacks and the stop rules.
+struct Sink<'p, 'a, 'b> {
+    p: &'p SamplingParams,
+    tok: Option<&'p Tok>,
+    need_text: bool,
+    hooks: &'p mut Hooks<'a, 'b>,
+}
+
+impl Sink<'_, '_, '_> {
+    /// Record `id` for `row`; returns whether the row has ended.
+    fn emit(&mut self, row: &mut Row, id: u32, forced: bool, lp: f32) -> Result<bool> {
+        let p = self.p;
+        row.queued.pop_front();
+        if forced {
+            row.seq.forced += 1;
+        }
+        row.seq.ids.push(id);
+        row.seq.logprobs.push(lp);
+        row.next = id;
+        (self.hooks.on_token)(row.item, id);
+        if !p.ignore_eos && p.eos_ids.contains(&id) {
+            row.seq.finish = Finish::Eos;
+            return Ok(true);
+        }
+        if let (true, Some(t)) = (self.need_text, self.tok) {
+            let new = row.decoder.push(t, id)?;
+            let added = new.len();
+            row.text.push_str(new);
+            if !p.stop_strings.is_empty()
+                && hit_stop(&row.text[row.gen_start..], added, &p.stop_strings)
+            {
+                row.seq.finish = Finish::Stop;
+                return Ok(true);
+            }
+        }
+        if row.seq.ids.len() >= p.max_new_tokens {
+            row.seq.finish = Finish::Length;
+            return Ok(true);
+        }
+        if let (true, Some(hook)) = (row.queued.is_empty(), self.hooks.steer.as_deref_mut()) {
+            if let Some(force) = hook(row.item, &row.text) {
+                row.queued.extend(force);
+            }
+        }
+        Ok(false)
+    }
+
+    fn finish(&mut self, row: Row, out: &mut [Option<Sequence>]) {
+        if let Some(f) = self.hooks.on_finish.as_deref_mut() {
+            f(&row.seq);
+        }
+        out[row.item] = Some(row.seq);
+    }
+}
+
+/// Whether the generated text, whose last `new` bytes just arrived, now contains a stop
+/// string: only the tail that could hold a new match is searched.
+pub(super) fn hit_stop(text: &str, new: usize, stops: &[String]) -> bool {
+    let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut from = text.len().saturating_sub(new + longest);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let tail = &text[from..];
+    stops
+        .iter()
+        .any(|s| !s.is_empty() && tail.contains(s.as_str()))
+}
+
+/// Consecutive prompt ranges `[first, first + count)` of at most [`PREFILL_TOKENS`]
+/// padded tokens each (one prompt at least).
+fn plan_chunks(prompts: &[Vec<u32>]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut first, mut longest) = (0, 0);
+    for (i, q) in prompts.iter().enumerate() {
+        let l = longest.max(q.len());
+        if i > first && l * (i + 1 - first) > PREFILL_TOKENS {
+            out.push((first, i - first));
+            (first, longest) = (i, q.len());
+        } else {
+            longest = l;
+        }
+    }
+    out.push((first, prompts.len() - first));
+    out
+}
+
+/// Prefill prompts `[first, first + count)` into a cache of their own.
+fn prefill(
+    net: &Transformer,
+    prompts: &[Vec<u32>],
+    (first, count): (usize, usize),
+    n: usize,
+) -> Result<Chunk> {
+    let qs = &prompts[first..first + count];
+    let l = qs.iter().map(|q| q.len()).max().unwrap_or(1);
+    let mut ids = Vec::with_capacity(count * l);
+    let mut ranges = Vec::with_capacity(count * 2);
+    let mut positions = Vec::with_capacity(count);
+    for q in qs {
+        let s = l - q.len();
+        ids.extend(std::iter::repeat_n(0u32, s));
+        ids.extend(q);
+        ranges.extend([s as u32, l as u32]);
+        positions.push((0..l).map(|t| t.saturating_sub(s)).collect());
+    }
+    let mut cache = KvCache::new(&net.cfg, count, l, net.device)?;
+    let fwd = Forward {
+        positions: Some(positions),
+        kv_ranges: Some(Tensor::from_u32(ranges, &[count, 2], net.device)?),
+        cache: Some(&mut cache),
+        last_only: true,
+        ..Default::default()
+    };
+    let logits = net.forward(&ids, count, l, fwd)?.logits.to_vec_f32()?;
+    Ok(Chunk {
+        first,
+        count,
+        len: l,
+        cache,
+        logits,
+        pending: count * n,
+    })
+}
+
+/// Copy, for every layer's keys and values, columns `[s0, s0 + w)` of slots `from` into
+/// columns `[d0, d0 + w)` of slots `0..from.len()` (through a temporary: source and
+/// destination share the cache's storage).
+fn regather(cache: &KvCache, from: &[usize], s0: usize, d0: usize, w: usize) -> Result<()> {
+    let n = from.len();
+    let in_place = from.iter().enumerate().all(|(i, &s)| i == s);
+    for t in cache.k.iter().chain(&cache.v) {
+        let (h, hd) = (t.shape()[2], t.shape()[3]);
+        let tmp = empty(&[n, w, h, hd], DType::F32, t.device())?;
+        if in_place {
+            copy_into(&t.narrow(0, 0, n)?.narrow(1, s0, w)?, &tmp, tmp.layout())?;
+        } else {
+            for (i, &s) in from.iter().enumerate() {
+                let src = t.narrow(0, s, 1)?.narrow(1, s0, w)?;
+                copy_into(&src, &tmp, &tmp.layout().narrow(0, i, 1)?)?;
+            }
+        }
+        let dst = t.layout().narrow(0, 0, n)?.narrow(1, d0, w)?;
+        copy_into(&tmp, t, &dst)?;
+    }
+    Ok(())
+}
+
+/// Run every item `prompt * n + sample` to its end with at most `rows` rows decoding at
+/// once (0: one row per item). Returns the items' sequences in item order.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    net: &Transformer,
+    prompts: &[Vec<u32>],
+    n: usize,
+    p: &SamplingParams,
+    tok: Option<&Tok>,
+    rows: usize,
+    need_text: bool,
+    hooks: &mut Hooks<'_, '_>,
+) -> Result<(Vec<Sequence>, GenStats)> {
+    let items = prompts.len() * n;
+    let r = if rows == 0 { items } else { rows.min(items) };
+    let lmax = prompts.iter().map(|q| q.len()).max().unwrap_or(0);
+    let v = net.cfg.vocab_size;
+    let mut stats = GenStats {
+        rows: r,
+        ..Default::default()
+    };
+    let mut out: Vec<Option<Sequence>> = vec![None; items];
+    if p.max_new_tokens == 0 {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = Some(new_seq(i, n));
+        }
+        return Ok((out.into_iter().map(Option::unwrap).collect(), stats));
+    }
+    // a row's live columns never exceed lmax + max_new - 1; the slack sets how often the
+    // columns are moved back to the front
+    let live_max = lmax + p.max_new_tokens;
+    let cap = live_max + (live_max / 4).max(32);
+    let cache = KvCache::new(&net.cfg, r, cap, net.device)?;
+    let plan = plan_chunks(prompts);
+    let mut next_chunk = 0;
+    let mut chunks: VecDeque<Chunk> = VecDeque::new();
+    let prompt_texts: Vec<String> = match (need_text, tok) {
+        (true, Some(t)) => prompts
+            .iter()
+            .map(|q| t.decode(q, false))
+            .collect::<Result<_>>()?,
+        _ => vec![String::new(); prompts.len()],
+    };
+    let mut sink = Sink {
+        p,
+        tok,
+        need_text,
+        hooks,
+    };
+    let mut slots: Vec<Option<Row>> = (0..r).map(|_| None).collect();
+    let mut queue = 0usize;
+    let mut c = lmax;
+    let t_start = Instant::now();
+    let mut forward_s = 0.0;
+    loop {
+        // admit the next items into free slots
+        for (s, slot) in slots.iter_mut().enumerate() {
+            while slot.is_none() && queue < items {
+                let item = queue;
+                queue += 1;
+                let pi = item / n;
+                while chunks.back().is_none_or(|ch| ch.first + ch.count <= pi) {
+                    let t0 = Instant::now();
+                    let ch = prefill(net, prompts, plan[next_chunk], n)?;
+                    next_chunk += 1;
+                    stats.prefill_tokens += ch.count * ch.len;
+                    stats.prefill_s += t0.elapsed().as_secs_f64();
+                    chunks.push_back(ch);
+                }
+                let ch = chunks
+                    .iter_mut()
+                    .find(|ch| (ch.first..ch.first + ch.count).contains(&pi))
+                    .expect("items are admitted in prompt order");
+                let (j, lp) = (pi - ch.first, prompts[pi].len());
+                for (src, dst) in ch
+                    .cache
+                    .k
+                    .iter()
+                    .zip(&cache.k)
+                    .chain(ch.cache.v.iter().zip(&cache.v))
+                {
+                    let from = src.narrow(0, j, 1)?.narrow(1, ch.len - lp, lp)?;
+                    let to = dst.layout().narrow(0, s, 1)?.narrow(1, c - lp, lp)?;
+                    copy_into(&from, dst, &to)?;
+                }
+                let logits = ch.logits[j * v..(j + 1) * v].to_vec();
+                ch.pending -= 1;
+                while chunks.front().is_some_and(|ch| ch.pending == 0) {
+                    chunks.pop_front();
+                }
+                let mut row = Row {
+                    seq: new_seq(item, n),
+                    item,
+                    start: c - lp,
+                    next: 0,
+                    queued: VecDeque::new(),
+                    decoder: StreamDecoder::new(),
+                    text: prompt_texts[pi].clone(),
+                    gen_start: prompt_texts[pi].len(),
+                };
+                // the hook sees the prompt before the first token: a prompt that ends
+                // inside something the hook completes (an open calculator annotation) is
+                // completed
+                if let Some(hook) = sink.hooks.steer.as_deref_mut() {
+                    if let Some(force) = hook(item, &row.text) {
+                        row.queued.extend(force);
+                    }
+                }
+                let (id, forced, lp) = choose(&logits, &row, p, v);
+                if sink.emit(&mut row, id, forced, lp)? {
+                    sink.finish(row, &mut out);
+                } else {
+                    *slot = Some(row);
+                }
+            }
+        }
+        let live: Vec<usize> = (0..r).filter(|&s| slots[s].is_some()).collect();
+        let Some(&last) = live.last() else { break };
+        let mut w = last + 1;
+        // the queue is dry and rows have ended: gather the live rows to the front
+        if queue == items && w - live.len() >= (w / 8).max(1) {
+            let s0 = live
+                .iter()
+                .map(|&s| slots[s].as_ref().unwrap().start)
+                .min()
+                .unwrap();
+            regather(&cache, &live, s0, s0, c - s0)?;
+            let mut moved: Vec<Option<Row>> = live.iter().map(|&s| slots[s].take()).collect();
+            for (i, row) in moved.iter_mut().enumerate() {
+                slots[i] = row.take();
+            }
+            w = live.len();
+        }
+        // the write column reached the capacity: move the live columns to the front
+        if c + 1 > cap {
+            let s0 = (0..w)
+                .filter_map(|s| slots[s].as_ref().map(|x| x.start))
+                .min()
+                .unwrap();
+            let c2 = (c - s0).max(lmax);
+            let d0 = c2 - (c - s0);
+            regather(&cache, &(0..w).collect::<Vec<_>>(), s0, d0, c - s0)?;
+            for row in slots.iter_mut().flatten() {
+                row.start = row.start - s0 + d0;
+            }
+            c = c2;
+            stats.rebases += 1;
+        }
+        // one decode step over slots 0..w (an empty slot feeds a dummy token that only
+        // sees itself)
+        let mut ids = vec![0u32; w];
+        let mut positions = vec![vec![0usize]; w];
+        let mut ranges = vec![0u32; 2 * w];
+        for s in 0..w {
+            let (lo, id, pos) = match &slots[s] {
+                Some(row) => (row.start, row.next, c - row.start),
+                None => (c, 0, 0),
+            };
+            ids[s] = id;
+            positions[s][0] = pos;
+            ranges[2 * s] = lo as u32;
+            ranges[2 * s + 1] = (c + 1) as u32;
+        }
+        let mut view = KvCache {
+            k: cache
+                .k
+                .iter()
+                .map(|t| t.narrow(0, 0, w))
+                .collect::<Result<_>>()?,
+            v: cache
+                .v
+                .iter()
+                .map(|t| t.narrow(0, 0, w))
+                .collect::<Result<_>>()?,
+            len: c,
+            capacity: cap,
+        };
+        let t0 = Instant::now();
+        let fwd = Forward {
+            positions: Some(positions),
+            kv_ranges: Some(Tensor::from_u32(ranges, &[w, 2], net.device)?),
+            cache: Some(&mut view),
+            last_only: true,
+            ..Default::default()
+        };
+        let logits = net.forward(&ids, w, 1, fwd)?.logits.to_vec_f32()?;
+        forward_s += t0.elapsed().as_secs_f64();
+        c += 1;
+        stats.steps += 1;
+        stats.row_steps += w;
+        stats.readback_bytes += w * v * 4;
+        let picks: Vec<Option<(u32, bool, f32)>> = slots[..w]
+            .par_iter()
+            .enumerate()
+            .map(|(s, row)| {
+                row.as_ref()
+                    .map(|row| choose(&logits[s * v..(s + 1) * v], row, p, v))
+            })
+            .collect();
+        for (s, pick) in picks.into_iter().enumerate() {
+            let Some((id, forced, lp)) = pick else {
+                continue;
+            };
+            let row = slots[s].as_mut().unwrap();
+            stats.busy_row_steps += 1;
+            stats.decode_tokens += 1;
+            if sink.emit(row, id, forced, lp)? {
+                let row = slots[s].take().unwrap();
+                sink.finish(row, &mut out);
+            }
+        }
+    }
+    let total = t_start.elapsed().as_secs_f64();
+    stats.decode_s = total - stats.prefill_s;
+    stats.host_s = total - stats.prefill_s - forward_s;
+    // admissions that ended at once (EOS first) emitted their token outside a step
+    stats.decode_tokens = out.iter().flatten().map(|s| s.ids.len()).sum();
+    Ok((
+        out.into_iter()
+            .map(|s| s.expect("every item ran"))
+            .collect(),
+        stats,
+    ))
+}
+
+fn new_seq(item: usize, n: usize) -> Sequence {
+    Sequence {
+        prompt: item / n,
+        sample: item % n,
+        ids: vec![],
+        logprobs: vec![],
+        forced: 0,
+        finish: Finish::Length,
+    }
+}
+
+/// The row's next token from its logits: a forced id if one is queued (an
+/// out-of-vocabulary one is dropped and the row samples instead), else a draw with the
+/// uniform of (seed, item, step); with its untempered log-prob.
+fn choose(logits: &[f32], row: &Row, p: &SamplingParams, v: usize) -> (u32, bool, f32) {
+    let forced = row.queued.front().copied().filter(|&f| (f as usize) < v);
+    let id = forced.unwrap_or_else(|| {
+        let u = sampling::uniform(p.seed, row.item as u64, row.seq.ids.len() as u64);
+        sampling::choose(logits, p, u)
+    });
+    (id, forced.is_some(), sampling::logprob_of(logits, id))
+}
