@@ -418,3 +418,93 @@ fn sampled_frequencies_follow_the_exact_distribution() {
         );
     }
 }
+
+/// The GPU sampler (`shaders/sample.wgsl`) draws the CPU's tokens from the same uniforms,
+/// forced ids and greedy included, with the same log-probs; and its draws from one row
+/// follow the exact distribution (chi-square), for each filter.
+#[test]
+fn gpu_sampler_draws_the_cpu_tokens_and_the_exact_distribution() {
+    if !common::gpu_ok("gpu sampling") {
+        return;
+    }
+    use ponder::model::sampling::{sample_rows, uniform};
+    use ponder::Tensor;
+    let v = 300;
+    let rules = [
+        (0.0, 0, 1.0, 0.0),
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 20, 1.0, 0.0),
+        (0.8, 0, 0.9, 0.0),
+        (1.0, 0, 1.0, 0.05),
+        (1.3, 50, 0.8, 0.01),
+    ];
+    let params = |(t, k, tp, mp): (f64, usize, f64, f64)| SamplingParams {
+        temperature: t as f32,
+        top_k: k,
+        top_p: tp as f32,
+        min_p: mp as f32,
+        ..Default::default()
+    };
+    // 64 different rows, each with a tie
+    let rows = 64;
+    let mut logits = Vec::new();
+    for r in 0..rows {
+        let mut row = ponder::util::randn_vec(v, 2.0, 100 + r as u64);
+        row[5] = row[9];
+        logits.extend(row);
+    }
+    let forced: Vec<u32> = (0..rows)
+        .map(|r| {
+            if r % 7 == 3 {
+                (r * 13 % v) as u32
+            } else {
+                u32::MAX
+            }
+        })
+        .collect();
+    let u: Vec<f64> = (0..rows)
+        .map(|r| uniform(9, r as u64, 0) as f32 as f64)
+        .collect();
+    let x_cpu = Tensor::from_vec(logits.clone(), &[rows, v], Device::Cpu).unwrap();
+    let x_gpu = Tensor::from_vec(logits, &[rows, v], Device::Gpu).unwrap();
+    for rule in rules {
+        let p = params(rule);
+        let cpu = sample_rows(&x_cpu, &p, &u, &forced).unwrap();
+        let gpu = sample_rows(&x_gpu, &p, &u, &forced).unwrap();
+        for (r, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+            assert_eq!(c.0, g.0, "{rule:?} row {r}: CPU drew {}, GPU {}", c.0, g.0);
+            assert!(
+                (c.1 - g.1).abs() < 1e-4,
+                "{rule:?} row {r}: log-prob {} vs {}",
+                c.1,
+                g.1
+            );
+        }
+    }
+    // many draws from one row with a tie
+    let mut one = ponder::util::randn_vec(v, 2.0, 77);
+    one[5] = one[9];
+    let draws = 6000;
+    let x = Tensor::from_vec(
+        one.iter().copied().cycle().take(draws * v).collect(),
+        &[draws, v],
+        Device::Gpu,
+    )
+    .unwrap();
+    let u: Vec<f64> = (0..draws as u64).map(|r| uniform(11, r, 0)).collect();
+    for rule in &rules[1..] {
+        let (t, k, tp, mp) = *rule;
+        let got = sample_rows(&x, &params(*rule), &u, &vec![u32::MAX; draws]).unwrap();
+        let mut counts = vec![0usize; v];
+        for (id, _) in got {
+            counts[id as usize] += 1;
+        }
+        let want = exact_distribution(&one, t, k, tp, mp);
+        let (x2, dof) = chi_square(&counts, &want, draws);
+        let bound = dof as f64 + 7.0 * (2.0 * dof as f64).sqrt() + 10.0;
+        assert!(
+            x2 < bound,
+            "GPU {rule:?}: chi-square {x2:.1} over {dof} dof (bound {bound:.1})"
+        );
+    }
+}

@@ -28,8 +28,6 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use super::generate::{Finish, GenStats, SamplingParams, Sequence, Steer};
 use super::sampling;
 use super::tokenizer::{StreamDecoder, Tok};
@@ -202,6 +200,27 @@ fn prefill(
         logits,
         pending: count * n,
     })
+}
+
+/// The last position's logits of every prompt, `(prompts, V)` row-major: the prefill
+/// alone, in the engine's chunks (one batched forward per chunk; a judge that reads the
+/// next-token distribution after many prompts uses it).
+pub fn last_logits(net: &Transformer, prompts: &[Vec<u32>]) -> Result<Vec<f32>> {
+    let _ng = crate::autograd::NoGradGuard::new();
+    if let Some(i) = prompts.iter().position(|q| q.is_empty()) {
+        return Err(crate::error::Error::invalid(
+            "forward",
+            format!("prompt {i} is empty"),
+        ));
+    }
+    let mut out = Vec::with_capacity(prompts.len() * net.cfg.vocab_size);
+    if prompts.is_empty() {
+        return Ok(out);
+    }
+    for chunk in plan_chunks(prompts) {
+        out.extend(prefill(net, prompts, chunk, 1)?.logits);
+    }
+    Ok(out)
 }
 
 /// Copy, for every layer's keys and values, columns `[s0, s0 + w)` of slots `from` into
@@ -412,25 +431,34 @@ pub fn run(
             last_only: true,
             ..Default::default()
         };
-        let logits = net.forward(&ids, w, 1, fwd)?.logits.to_vec_f32()?;
+        let logits = net.forward(&ids, w, 1, fwd)?.logits;
+        // each live row's forced id or uniform; an empty slot takes id 0 and is ignored
+        let (mut us, mut forced) = (vec![0.0f64; w], vec![0u32; w]);
+        for (s, row) in slots[..w].iter().enumerate() {
+            if let Some(row) = row {
+                forced[s] = row
+                    .queued
+                    .front()
+                    .copied()
+                    .filter(|&f| (f as usize) < v)
+                    .unwrap_or(u32::MAX);
+                us[s] = sampling::uniform(p.seed, row.item as u64, row.seq.ids.len() as u64);
+            }
+        }
+        let picks = sampling::sample_rows(&logits, p, &us, &forced)?;
         forward_s += t0.elapsed().as_secs_f64();
         c += 1;
         stats.steps += 1;
         stats.row_steps += w;
-        stats.readback_bytes += w * v * 4;
-        let picks: Vec<Option<(u32, bool, f32)>> = slots[..w]
-            .par_iter()
-            .enumerate()
-            .map(|(s, row)| {
-                row.as_ref()
-                    .map(|row| choose(&logits[s * v..(s + 1) * v], row, p, v))
-            })
-            .collect();
-        for (s, pick) in picks.into_iter().enumerate() {
-            let Some((id, forced, lp)) = pick else {
+        stats.readback_bytes += match net.device {
+            crate::tensor::Device::Cpu => w * v * 4,
+            crate::tensor::Device::Gpu => w * 8,
+        };
+        for (s, (id, lp)) in picks.into_iter().enumerate() {
+            let Some(row) = slots[s].as_mut() else {
                 continue;
             };
-            let row = slots[s].as_mut().unwrap();
+            let forced = forced[s] != u32::MAX;
             stats.busy_row_steps += 1;
             stats.decode_tokens += 1;
             if sink.emit(row, id, forced, lp)? {

@@ -98,7 +98,7 @@ pub struct GenStats {
     /// Rows computed, summed over steps, and those of them that held a live item.
     pub row_steps: usize,
     pub busy_row_steps: usize,
-    /// Decode wall time outside the forwards: sampling, admissions, text, hooks.
+    /// Decode wall time outside the forwards and the sampling (admissions, text, hooks).
     pub host_s: f64,
     /// Logits read back from the device over all steps.
     pub readback_bytes: usize,

@@ -16,9 +16,54 @@
 //! `u * total`. The randomness is a function of the seed, the item and the step, never
 //! of the batch a row landed in, so continuous batching is reproducible.
 
+use rayon::prelude::*;
+
 use crate::backend::cpu::vmath;
+use crate::error::Result;
+use crate::tensor::{Device, Tensor};
 
 use super::generate::SamplingParams;
+
+/// The token of every row of `logits` `(rows, V)` (any leading shape) and its untempered
+/// log-prob, on the logits' device: `forced[r]` when it is below V, else the draw with
+/// uniform `u[r]`. On the GPU (`shaders/sample.wgsl`) only the ids and log-probs are read
+/// back; the kernel sums in f32 and its uniform is `u[r]` rounded to f32, so a draw that
+/// falls within rounding of a boundary between two tokens may differ from the CPU's.
+pub fn sample_rows(
+    logits: &Tensor,
+    p: &SamplingParams,
+    u: &[f64],
+    forced: &[u32],
+) -> Result<Vec<(u32, f32)>> {
+    match logits.device() {
+        Device::Gpu => {
+            use crate::backend::gpu::kernels::{sample_rows, SampleRule};
+            let rule = SampleRule {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                min_p: p.min_p,
+            };
+            let u: Vec<f32> = u.iter().map(|&x| x as f32).collect();
+            sample_rows(logits, rule, &u, forced)
+        }
+        Device::Cpu => {
+            let x = logits.to_vec_f32()?;
+            let v = *logits.shape().last().unwrap_or(&1);
+            Ok(x.par_chunks(v.max(1))
+                .zip(u.par_iter().zip(forced))
+                .map(|(row, (&u, &f))| {
+                    let id = if (f as usize) < v {
+                        f
+                    } else {
+                        choose(row, p, u)
+                    };
+                    (id, logprob_of(row, id))
+                })
+                .collect())
+        }
+    }
+}
 
 /// A uniform in [0, 1) for step `step` of item `item` under `seed` (SplitMix64's
 /// finaliser over a mix of the three; 53 bits).

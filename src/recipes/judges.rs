@@ -8,7 +8,7 @@
 use super::answer;
 use crate::error::Result;
 use crate::model::chat::Message;
-use crate::model::{Forward, Tok, Transformer};
+use crate::model::{Tok, Transformer};
 
 /// Bradley-Terry strengths by maximum likelihood, as ELO scores (400 log10 strength,
 /// centred on mean 0). `wins[i][j]` counts i's wins over j; a tie adds 0.5 to both.
@@ -92,40 +92,35 @@ impl PairwiseJudge {
         }
     }
 
-    /// log P(A) - log P(B) for the next token after the comparison prompt.
-    fn preference(&self, ids: &[u32]) -> Result<f64> {
-        let _ng = crate::autograd::NoGradGuard::new();
-        let fwd = Forward {
-            last_only: true,
-            ..Default::default()
-        };
-        let lg = self
-            .net
-            .forward(ids, 1, ids.len(), fwd)?
-            .logits
-            .to_vec_f32()?;
-        Ok(lg[self.a_id as usize] as f64 - lg[self.b_id as usize] as f64)
-    }
-
-    /// ELO scores of `responses` to `instruction`: every pair judged in both orders; a
-    /// pair whose two verdicts disagree (position bias) is a tie.
+    /// ELO scores of `responses` to `instruction`: every pair judged in both orders (the
+    /// verdicts' prompts in one batched pass, [`crate::model::engine::last_logits`]);
+    /// a verdict is log P(A) - log P(B) for the next token, and a pair whose two verdicts
+    /// disagree (position bias) is a tie.
     pub fn elo(&self, instruction: &str, responses: &[String]) -> Result<Vec<f64>> {
         let k = responses.len();
-        let mut wins = vec![vec![0.0; k]; k];
+        let mut pairs = Vec::new();
+        let mut prompts = Vec::new();
         for i in 0..k {
             for j in i + 1..k {
-                let ij =
-                    self.preference(&self.prompt(instruction, &responses[i], &responses[j])?)?;
-                let ji =
-                    self.preference(&self.prompt(instruction, &responses[j], &responses[i])?)?;
-                // ij > 0: i (shown as A) preferred; ji > 0: j (shown as A) preferred
-                match (ij > 0.0, ji > 0.0) {
-                    (true, false) => wins[i][j] += 1.0,
-                    (false, true) => wins[j][i] += 1.0,
-                    _ => {
-                        wins[i][j] += 0.5;
-                        wins[j][i] += 0.5;
-                    }
+                pairs.push((i, j));
+                prompts.push(self.prompt(instruction, &responses[i], &responses[j])?);
+                prompts.push(self.prompt(instruction, &responses[j], &responses[i])?);
+            }
+        }
+        let v = self.net.cfg.vocab_size;
+        let lg = crate::model::engine::last_logits(&self.net, &prompts)?;
+        let pref = |n: usize| {
+            lg[n * v + self.a_id as usize] as f64 - lg[n * v + self.b_id as usize] as f64
+        };
+        let mut wins = vec![vec![0.0; k]; k];
+        for (n, &(i, j)) in pairs.iter().enumerate() {
+            // ij > 0: i (shown as A) preferred; ji > 0: j (shown as A) preferred
+            match (pref(2 * n) > 0.0, pref(2 * n + 1) > 0.0) {
+                (true, false) => wins[i][j] += 1.0,
+                (false, true) => wins[j][i] += 1.0,
+                _ => {
+                    wins[i][j] += 0.5;
+                    wins[j][i] += 0.5;
                 }
             }
         }

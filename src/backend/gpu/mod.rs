@@ -41,6 +41,7 @@ pub(crate) fn shader_source(name: &str) -> &'static str {
         "attention" => include_str!("../../../shaders/attention.wgsl"),
         "logprob" => include_str!("../../../shaders/logprob.wgsl"),
         "adamw" => include_str!("../../../shaders/adamw.wgsl"),
+        "sample" => include_str!("../../../shaders/sample.wgsl"),
         other => panic!("unknown shader {other}"),
     }
 }

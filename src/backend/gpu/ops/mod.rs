@@ -18,6 +18,7 @@ mod matmul;
 mod reduce;
 mod rmsnorm;
 mod rope;
+mod sample;
 mod softmax;
 mod swiglu;
 
@@ -33,5 +34,6 @@ pub use matmul::{gemm, gemm_acc};
 pub use reduce::{reduce, scatter_dim, sum_squares};
 pub use rmsnorm::{rmsnorm, rmsnorm_bwd};
 pub use rope::rope;
+pub use sample::{sample_rows, SampleRule};
 pub use softmax::softmax;
 pub use swiglu::{swiglu, swiglu_bwd};
