@@ -604,7 +604,7 @@ pub(super) fn attention_f32(
     if d.t >= MIN_T {
         attention(d, q, k, v, ranges)
     } else {
-        super::attention::attention_decode(d, q, k, v, ranges)
+        super::decode::attention_decode(d, q, k, v, ranges)
     }
 }
 

@@ -213,8 +213,11 @@ unsafe impl Sync for SharedOut {}
 
 /// Rows of A for which [`gemm_skinny`] takes f32 products with a transposed B. Below
 /// the lower bound a padded 16-column panel would waste most of its work, and the
-/// matrix-vector loops of [`gemm_small_m`] are faster.
-const SKINNY_M: usize = 64;
+/// matrix-vector loops of [`gemm_small_m`] are faster. Up to MC rows it beats
+/// [`gemm_wide`], which repacks the weight on every call: 96 x 1536 x 576 at 172-187
+/// against 90-143 GFLOP/s, the 96-row LM head at 175 against 144-149 (decoding a pool
+/// of 96 rows).
+const SKINNY_M: usize = 96;
 const SKINNY_MIN_M: usize = 8;
 
 /// Few rows of A against B = W^T with W row-major f32 (a linear layer while decoding):

@@ -276,6 +276,7 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 mod adamw;
 mod attention;
+mod decode;
 mod elementwise;
 mod embedding;
 pub mod flash;
