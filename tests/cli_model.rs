@@ -216,3 +216,38 @@ fn save_round_trips() {
     assert_eq!(cfg["torch_dtype"], "float32");
     assert_eq!(cfg["rope_scaling"]["type"], "linear");
 }
+
+/// `generate -n 6 --rows 2`: six samples through a pool of two rows (each ending row takes
+/// the next sample) print what six rows at once print, min-p included.
+#[test]
+fn generate_with_fewer_rows_than_samples_prints_the_same_samples() {
+    let dir = fixture("qwen2-tied");
+    let run = |rows: &str| {
+        let (ok, out, err) = ponder(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Count to five:",
+            "-n",
+            "6",
+            "--rows",
+            rows,
+            "--min-p",
+            "0.05",
+            "--max-new-tokens",
+            "9",
+            "--seed",
+            "4",
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    let all = run("0");
+    assert_eq!(all.lines().count(), 6, "{all}");
+    assert_eq!(run("2"), all);
+}

@@ -104,6 +104,10 @@ pub struct GenStats {
     pub readback_bytes: usize,
     /// Times the live cache columns were moved back to the front.
     pub rebases: usize,
+    /// Times the live rows were gathered to the front (the queue empty).
+    pub compactions: usize,
+    /// Wall time of those moves of the KV cache.
+    pub move_s: f64,
 }
 
 impl GenStats {
@@ -125,7 +129,7 @@ impl GenStats {
     pub fn engine_summary(&self) -> String {
         let steps = self.steps.max(1) as f64;
         format!(
-            "{} steps, rows busy {:.1}% (of the batch computed) / {:.1}% (of {} rows), prefill {:.1}% of the time, host {:.2} ms per step, {:.2} MB read back per step, {} rebases",
+            "{} steps, rows busy {:.1}% (of the batch computed) / {:.1}% (of {} rows), prefill {:.1}% of the time, host {:.2} ms per step, {:.2} MB read back per step, {} rebases and {} compactions of the KV cache in {:.2} s",
             self.steps,
             100.0 * self.busy_row_steps as f64 / self.row_steps.max(1) as f64,
             100.0 * self.busy_row_steps as f64 / (steps * self.rows.max(1) as f64),
@@ -133,7 +137,9 @@ impl GenStats {
             100.0 * self.prefill_s / (self.prefill_s + self.decode_s).max(1e-9),
             1e3 * self.host_s / steps,
             self.readback_bytes as f64 / steps / 1e6,
-            self.rebases
+            self.rebases,
+            self.compactions,
+            self.move_s
         )
     }
 }

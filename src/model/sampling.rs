@@ -48,19 +48,21 @@ pub fn sample_rows(
             sample_rows(logits, rule, &u, forced)
         }
         Device::Cpu => {
-            let x = logits.to_vec_f32()?;
             let v = *logits.shape().last().unwrap_or(&1);
-            Ok(x.par_chunks(v.max(1))
-                .zip(u.par_iter().zip(forced))
-                .map(|(row, (&u, &f))| {
-                    let id = if (f as usize) < v {
-                        f
-                    } else {
-                        choose(row, p, u)
-                    };
-                    (id, logprob_of(row, id))
-                })
-                .collect())
+            // read in place (no copy of the logits); rows in parallel
+            logits.cpu_read("sample", |x: &[f32]| {
+                x.par_chunks(v.max(1))
+                    .zip(u.par_iter().zip(forced))
+                    .map(|(row, (&u, &f))| {
+                        let id = if (f as usize) < v {
+                            f
+                        } else {
+                            choose(row, p, u)
+                        };
+                        (id, logprob_of(row, id))
+                    })
+                    .collect()
+            })
         }
     }
 }
