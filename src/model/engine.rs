@@ -466,7 +466,6 @@ pub fn run(
             };
             let forced = forced[s] != u32::MAX;
             stats.busy_row_steps += 1;
-            stats.decode_tokens += 1;
             if sink.emit(row, id, forced, lp)? {
                 let row = slots[s].take().unwrap();
                 sink.finish(row, &mut out);
@@ -476,7 +475,7 @@ pub fn run(
     let total = t_start.elapsed().as_secs_f64();
     stats.decode_s = total - stats.prefill_s;
     stats.host_s = total - stats.prefill_s - forward_s;
-    // admissions that ended at once (EOS first) emitted their token outside a step
+    // every token chosen, the first of each item (from its prompt's logits) included
     stats.decode_tokens = out.iter().flatten().map(|s| s.ids.len()).sum();
     Ok((
         out.into_iter()
