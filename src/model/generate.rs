@@ -6,9 +6,9 @@
 //! does with an attention mask.
 
 use rand::Rng;
-use serde::Serialize;
 
-pub use super::engine::Hooks;
+pub use super::engine::{Finish, GenStats, Hooks, Sequence, Steer};
+pub use super::sampling::SamplingParams;
 use super::tokenizer::Tok;
 use super::transformer::Transformer;
 use crate::error::{Error, Result};
@@ -16,133 +16,6 @@ use crate::tensor::Device;
 
 /// Largest KV cache a generation call may allocate.
 const MAX_KV_BYTES: usize = 64 << 30;
-
-#[derive(Clone, Debug)]
-pub struct SamplingParams {
-    /// 0 means greedy (argmax).
-    pub temperature: f32,
-    /// Keep the k most likely tokens (0: off).
-    pub top_k: usize,
-    /// Keep the smallest set whose probability reaches p (1: off).
-    pub top_p: f32,
-    /// Keep tokens at least this fraction as likely as the most likely one (0: off).
-    pub min_p: f32,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    /// Do not stop at EOS ids.
-    pub ignore_eos: bool,
-    pub eos_ids: Vec<u32>,
-    /// Stop once the decoded continuation contains one of these.
-    pub stop_strings: Vec<String>,
-    /// Rows decoding at once; items beyond them wait for a row to end (0: one row per
-    /// item, every item at once).
-    pub rows: usize,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            max_new_tokens: 64,
-            seed: 0,
-            ignore_eos: false,
-            eos_ids: vec![],
-            stop_strings: vec![],
-            rows: 0,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Finish {
-    Eos,
-    Stop,
-    Length,
-}
-
-#[derive(Clone, Debug)]
-pub struct Sequence {
-    pub prompt: usize,
-    pub sample: usize,
-    /// Generated ids only (an EOS that ended the sequence included).
-    pub ids: Vec<u32>,
-    /// Untempered log-probability of each id under the model that produced it, read off
-    /// the same logits it was sampled from: a reference log-prob that costs no extra pass.
-    pub logprobs: Vec<f32>,
-    /// How many of `ids` a steering hook forced rather than the sampler chose.
-    pub forced: usize,
-    pub finish: Finish,
-}
-
-/// A steering hook: after each token of row `row` it sees that row's whole text so far
-/// (prompt included) and may return token ids to force next, in order. Forced ids count
-/// towards `max_new_tokens`; the hook is asked again only once they are all emitted.
-pub type Steer<'a> = dyn FnMut(usize, &str) -> Option<Vec<u32>> + 'a;
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GenStats {
-    /// Rows in the pool.
-    pub rows: usize,
-    /// Prompt tokens prefilled, padding included.
-    pub prefill_tokens: usize,
-    pub prefill_s: f64,
-    pub decode_tokens: usize,
-    /// Wall time after the prefills (decode steps, admissions, sampling).
-    pub decode_s: f64,
-    /// Decode steps (forwards of one token per row).
-    pub steps: usize,
-    /// Rows computed, summed over steps, and those of them that held a live item.
-    pub row_steps: usize,
-    pub busy_row_steps: usize,
-    /// Decode wall time outside the forwards and the sampling (admissions, text, hooks).
-    pub host_s: f64,
-    /// Logits read back from the device over all steps.
-    pub readback_bytes: usize,
-    /// Times the live cache columns were moved back to the front.
-    pub rebases: usize,
-    /// Times the live rows were gathered to the front (the queue empty).
-    pub compactions: usize,
-    /// Wall time of those moves of the KV cache.
-    pub move_s: f64,
-}
-
-impl GenStats {
-    pub fn summary(&self) -> String {
-        format!(
-            "prefill {} tokens in {:.3}s ({:.1} tok/s); decode {} tokens over {} rows in {:.3}s ({:.1} tok/s); {:.1} new tok/s over the whole call",
-            self.prefill_tokens,
-            self.prefill_s,
-            self.prefill_tokens as f64 / self.prefill_s.max(1e-9),
-            self.decode_tokens,
-            self.rows,
-            self.decode_s,
-            self.decode_tokens as f64 / self.decode_s.max(1e-9),
-            self.decode_tokens as f64 / (self.prefill_s + self.decode_s).max(1e-9)
-        )
-    }
-
-    /// Rows busy, prefill share, host time and bytes read back per step.
-    pub fn engine_summary(&self) -> String {
-        let steps = self.steps.max(1) as f64;
-        format!(
-            "{} steps, rows busy {:.1}% (of the batch computed) / {:.1}% (of {} rows), prefill {:.1}% of the time, host {:.2} ms per step, {:.2} MB read back per step, {} rebases and {} compactions of the KV cache in {:.2} s",
-            self.steps,
-            100.0 * self.busy_row_steps as f64 / self.row_steps.max(1) as f64,
-            100.0 * self.busy_row_steps as f64 / (steps * self.rows.max(1) as f64),
-            self.rows,
-            100.0 * self.prefill_s / (self.prefill_s + self.decode_s).max(1e-9),
-            1e3 * self.host_s / steps,
-            self.readback_bytes as f64 / steps / 1e6,
-            self.rebases,
-            self.compactions,
-            self.move_s
-        )
-    }
-}
 
 /// Pick the next token from one row of logits with one uniform from `rng` (see
 /// [`super::sampling`]: HF's order of filters, temperature, top-k, top-p, min-p, as

@@ -22,7 +22,44 @@ use crate::backend::cpu::vmath;
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
 
-use super::generate::SamplingParams;
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: off).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1: off).
+    pub top_p: f32,
+    /// Keep tokens at least this fraction as likely as the most likely one (0: off).
+    pub min_p: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// Do not stop at EOS ids.
+    pub ignore_eos: bool,
+    pub eos_ids: Vec<u32>,
+    /// Stop once the decoded continuation contains one of these.
+    pub stop_strings: Vec<String>,
+    /// Rows decoding at once; items beyond them wait for a row to end (0: one row per
+    /// item, every item at once).
+    pub rows: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            max_new_tokens: 64,
+            seed: 0,
+            ignore_eos: false,
+            eos_ids: vec![],
+            stop_strings: vec![],
+            rows: 0,
+        }
+    }
+}
 
 /// The token of every row of `logits` `(rows, V)` (any leading shape) and its untempered
 /// log-prob, on the logits' device: `forced[r]` when it is below V, else the draw with
