@@ -224,7 +224,7 @@ impl Sink<'_, '_, '_> {
 
 /// Whether the generated text, whose last `new` bytes just arrived, now contains a stop
 /// string: only the tail that could hold a new match is searched.
-pub(super) fn hit_stop(text: &str, new: usize, stops: &[String]) -> bool {
+fn hit_stop(text: &str, new: usize, stops: &[String]) -> bool {
     let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut from = text.len().saturating_sub(new + longest);
     while !text.is_char_boundary(from) {
@@ -445,8 +445,9 @@ pub fn run(
                         row.queued.extend(force);
                     }
                 }
-                let (id, forced, lp) = choose(&logits, &row, p, v);
-                if sink.emit(&mut row, id, forced, lp)? {
+                let (f, u) = row.next_draw(p, v);
+                let (id, lp) = sampling::pick(&logits, p, u, f);
+                if sink.emit(&mut row, id, f != u32::MAX, lp)? {
                     sink.finish(row, &mut out);
                 } else {
                     *slot = Some(row);
@@ -531,13 +532,7 @@ pub fn run(
         let (mut us, mut forced) = (vec![0.0f64; w], vec![0u32; w]);
         for (s, row) in slots[..w].iter().enumerate() {
             if let Some(row) = row {
-                forced[s] = row
-                    .queued
-                    .front()
-                    .copied()
-                    .filter(|&f| (f as usize) < v)
-                    .unwrap_or(u32::MAX);
-                us[s] = sampling::uniform(p.seed, row.item as u64, row.seq.ids.len() as u64);
+                (forced[s], us[s]) = row.next_draw(p, v);
             }
         }
         let picks = sampling::sample_rows(&logits, p, &us, &forced)?;
@@ -585,14 +580,13 @@ fn new_seq(item: usize, n: usize) -> Sequence {
     }
 }
 
-/// The row's next token from its logits: a forced id if one is queued (an
-/// out-of-vocabulary one is dropped and the row samples instead), else a draw with the
-/// uniform of (seed, item, step); with its untempered log-prob.
-fn choose(logits: &[f32], row: &Row, p: &SamplingParams, v: usize) -> (u32, bool, f32) {
-    let forced = row.queued.front().copied().filter(|&f| (f as usize) < v);
-    let id = forced.unwrap_or_else(|| {
-        let u = sampling::uniform(p.seed, row.item as u64, row.seq.ids.len() as u64);
-        sampling::choose(logits, p, u)
-    });
-    (id, forced.is_some(), sampling::logprob_of(logits, id))
+impl Row {
+    /// What the next draw needs: the queued forced id (`u32::MAX` for none; an
+    /// out-of-vocabulary one is dropped and the row samples instead) and the uniform of
+    /// (seed, item, step).
+    fn next_draw(&self, p: &SamplingParams, v: usize) -> (u32, f64) {
+        let forced = self.queued.front().copied().filter(|&f| (f as usize) < v);
+        let u = sampling::uniform(p.seed, self.item as u64, self.seq.ids.len() as u64);
+        (forced.unwrap_or(u32::MAX), u)
+    }
 }

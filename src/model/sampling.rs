@@ -90,14 +90,7 @@ pub fn sample_rows(
             logits.cpu_read("sample", |x: &[f32]| {
                 x.par_chunks(v.max(1))
                     .zip(u.par_iter().zip(forced))
-                    .map(|(row, (&u, &f))| {
-                        let id = if (f as usize) < v {
-                            f
-                        } else {
-                            choose(row, p, u)
-                        };
-                        (id, logprob_of(row, id))
-                    })
+                    .map(|(row, (&u, &f))| pick(row, p, u, f))
                     .collect()
             })
         }
@@ -141,14 +134,18 @@ fn filters(p: &SamplingParams, v: usize) -> bool {
     (p.top_k > 0 && p.top_k < v) || p.top_p < 1.0 || p.min_p > 0.0
 }
 
-/// The token for uniform `u` in [0, 1) (see the module comment), and its untempered
-/// log-probability.
-pub fn pick(logits: &[f32], p: &SamplingParams, u: f64) -> (u32, f32) {
-    let id = choose(logits, p, u);
+/// One row's token and its untempered log-probability: `forced` when it is below V,
+/// else the draw for uniform `u` in [0, 1) (see the module comment).
+pub fn pick(logits: &[f32], p: &SamplingParams, u: f64, forced: u32) -> (u32, f32) {
+    let id = if (forced as usize) < logits.len() {
+        forced
+    } else {
+        choose(logits, p, u)
+    };
     (id, logprob_of(logits, id))
 }
 
-/// The token alone (see [`pick`]).
+/// The drawn token alone (see [`pick`]).
 pub fn choose(logits: &[f32], p: &SamplingParams, u: f64) -> u32 {
     if p.temperature <= 0.0 {
         return argmax(logits);

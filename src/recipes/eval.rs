@@ -9,7 +9,7 @@ use super::data::Example;
 use super::Calculator;
 use crate::error::{Error, Result};
 use crate::model::chat::Message;
-use crate::model::generate::{generate_with, Hooks, SamplingParams, Steer};
+use crate::model::generate::{generate_with, Hooks, SamplingParams, Sequence, Steer};
 use crate::model::{Tok, Transformer};
 
 /// How completions are produced.
@@ -256,37 +256,23 @@ pub fn evaluate(
         eos_ids: tok.eos_ids.clone(),
         ..Default::default()
     };
-    // every question in one engine run: `batch` questions' worth of rows decode at once,
-    // and a row that ends takes the next sample
     let p = SamplingParams {
         rows: opts.batch * opts.samples,
         ..p
     };
-    let mut calc = Calculator::new(tok);
     let prompts: Vec<Vec<u32>> = examples
         .iter()
         .map(|e| prompt_ids(tok, &e.prompt, opts.chat))
         .collect::<Result<_>>()?;
-    let mut hook = |_: usize, text: &str| calc.force(text);
-    let mut left = vec![opts.samples; examples.len()];
-    let mut done = 0;
-    let mut on_finish = |s: &crate::model::generate::Sequence| {
-        left[s.prompt] -= 1;
-        if left[s.prompt] == 0 {
-            done += 1;
-            progress(done);
-        }
-    };
-    let mut hooks = Hooks {
-        on_token: &mut |_, _| {},
-        on_finish: Some(&mut on_finish),
-        steer: if opts.calculator {
-            Some(&mut hook as &mut Steer<'_>)
-        } else {
-            None
-        },
-    };
-    let (seqs, _) = generate_with(net, &prompts, opts.samples, &p, Some(tok), &mut hooks)?;
+    let (seqs, fired) = run_questions(
+        net,
+        tok,
+        &prompts,
+        opts.samples,
+        &p,
+        opts.calculator,
+        progress,
+    )?;
     let mut recs = Vec::with_capacity(examples.len() * opts.samples);
     for s in seqs {
         let mut ids = s.ids.as_slice();
@@ -305,7 +291,7 @@ pub fn evaluate(
         ));
     }
     let mut rep = Report::from_records(examples.len(), opts.samples, &recs);
-    rep.calculator_calls = calc.fired;
+    rep.calculator_calls = fired;
     Ok((rep, recs))
 }
 
@@ -313,4 +299,41 @@ pub fn evaluate(
 /// and `tokens`).
 pub fn record_rows(recs: &[Record]) -> Vec<serde_json::Value> {
     recs.iter().map(|r| json!(r)).collect()
+}
+
+/// Every question's `k` samples in one engine run (`p.rows` rows decode at once, and a row
+/// that ends takes the next sample), with calculator decoding when asked.
+/// `progress(done)` is called each time all samples of one more question have ended.
+/// Returns the sequences in item order and the calculator's count of forced results.
+pub(crate) fn run_questions(
+    net: &Transformer,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    k: usize,
+    p: &SamplingParams,
+    calculator: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<Sequence>, usize)> {
+    let mut calc = Calculator::new(tok);
+    let mut hook = |_: usize, text: &str| calc.force(text);
+    let mut left = vec![k; prompts.len()];
+    let mut done = 0;
+    let mut on_finish = |s: &Sequence| {
+        left[s.prompt] -= 1;
+        if left[s.prompt] == 0 {
+            done += 1;
+            progress(done);
+        }
+    };
+    let mut hooks = Hooks {
+        on_token: &mut |_, _| {},
+        on_finish: Some(&mut on_finish),
+        steer: if calculator {
+            Some(&mut hook as &mut Steer<'_>)
+        } else {
+            None
+        },
+    };
+    let (seqs, _) = generate_with(net, prompts, k, p, Some(tok), &mut hooks)?;
+    Ok((seqs, calc.fired))
 }

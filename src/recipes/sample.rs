@@ -3,9 +3,8 @@
 //! preference pair needs no reference forward when that model is the reference.
 
 use super::eval::prompt_ids;
-use super::Calculator;
 use crate::error::Result;
-use crate::model::generate::{generate_with, Finish, Hooks, SamplingParams, Sequence, Steer};
+use crate::model::generate::{Finish, SamplingParams};
 use crate::model::{Tok, Transformer};
 use crate::train::data::Seq;
 
@@ -107,37 +106,18 @@ pub fn sample(
         ..Default::default()
     };
     let bar = crate::util::progress_bar(prompts.len() as u64, &o.label, o.quiet);
-    let mut calc = Calculator::new(tok);
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|q| prompt_ids(tok, q, false))
         .collect::<Result<_>>()?;
-    // every question in one engine run: `batch` questions' worth of rows decode at once,
-    // and a row that ends takes the next sample
     let p = SamplingParams {
         rows: o.batch.max(1) * o.k,
         ..p
     };
-    let mut hook = |_: usize, text: &str| calc.force(text);
-    let mut left = vec![o.k; prompts.len()];
-    let mut done = 0u64;
-    let mut on_finish = |s: &Sequence| {
-        left[s.prompt] -= 1;
-        if left[s.prompt] == 0 {
-            done += 1;
-            bar.set_position(done);
-        }
-    };
-    let mut hooks = Hooks {
-        on_token: &mut |_, _| {},
-        on_finish: Some(&mut on_finish),
-        steer: if o.calculator {
-            Some(&mut hook as &mut Steer<'_>)
-        } else {
-            None
-        },
-    };
-    let (seqs, _) = generate_with(net, &ids, o.k, &p, Some(tok), &mut hooks)?;
+    let (seqs, fired) =
+        super::eval::run_questions(net, tok, &ids, o.k, &p, o.calculator, &mut |done| {
+            bar.set_position(done as u64)
+        })?;
     let mut out: Vec<Vec<Sample>> = vec![Vec::new(); prompts.len()];
     for s in seqs {
         let q = s.prompt;
@@ -151,5 +131,5 @@ pub fn sample(
         });
     }
     bar.finish_and_clear();
-    Ok((out, calc.fired))
+    Ok((out, fired))
 }
