@@ -7,6 +7,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod bench;
+pub mod dist;
 pub mod dtype;
 pub mod error;
 pub mod files;

@@ -243,6 +243,14 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(argv);
+    // one of several MPI ranks, or alone; MPI is finalised when this drops
+    let _mpi = match ponder::dist::init() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let r = match cli.cmd {
         Cmd::Info { device } => info_cmd(device),
         Cmd::Logits { model, ids, device } => logits_cmd(model, ids, device),
@@ -305,6 +313,11 @@ fn main() -> ExitCode {
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
             ExitCode::SUCCESS
+        }
+        Err(e) if ponder::dist::size() > 1 => {
+            // the other ranks may be waiting for this one in a collective: end them all
+            eprintln!("error: rank {}: {e}", ponder::dist::rank());
+            ponder::dist::abort(1)
         }
         Err(e) => {
             eprintln!("error: {e}");

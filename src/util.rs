@@ -44,7 +44,8 @@ pub fn fresh_seed() -> u64 {
 /// A progress bar on stderr (hidden when `quiet`, or when stderr is not a terminal that
 /// indicatif can draw on).
 pub fn progress_bar(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
+    // of several MPI ranks only rank 0 draws, or the bars would overwrite each other
+    if quiet || !crate::dist::is_root() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);

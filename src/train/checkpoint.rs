@@ -48,7 +48,9 @@ pub(crate) fn fingerprint(
         "data": format!("{data_hash:016x}"),
         "model": format!("{model_hash:016x}"),
         "batch_size": args.batch_size,
-        "grad_accum": args.grad_accum,
+        // micro-batches per optimizer step over all MPI ranks: a run may resume with
+        // another rank count and the same trajectory
+        "grad_accum": args.grad_accum * crate::dist::size(),
         "shuffle": args.shuffle,
         "total_steps": total_steps,
         "lr": lr,

@@ -144,6 +144,48 @@ impl Optimizer {
         Ok(true)
     }
 
+    /// Data parallelism: sum every rank's gradients, so each rank holds the gradient of
+    /// the whole step and takes the same AdamW update. One all-reduce over one flat f32
+    /// buffer (the gradients end to end in parameter order, then a has-gradient flag per
+    /// parameter), staged through host memory; a parameter gets a gradient where any rank
+    /// gave it one. A no-op with one rank. Call before [`grad_norm_sq`](Self::grad_norm_sq).
+    pub fn all_reduce_grads(&mut self) -> Result<()> {
+        if crate::dist::size() <= 1 {
+            return Ok(());
+        }
+        let _ng = crate::autograd::NoGradGuard::new();
+        let grads: Vec<Option<Tensor>> = self.params.iter().map(|(_, p)| p.grad()).collect();
+        let total: usize = self.params.iter().map(|(_, p)| p.numel()).sum();
+        let device = self.params.first().map_or(crate::tensor::Device::Cpu, |(_, p)| p.device());
+        // one readback for the lot: missing gradients are zeros
+        let mut parts = Vec::with_capacity(grads.len());
+        for ((_, p), g) in self.params.iter().zip(&grads) {
+            parts.push(match g {
+                Some(g) => g.to_dtype(crate::dtype::DType::F32)?.reshape(&[p.numel()])?,
+                None => Tensor::zeros(&[p.numel()], device)?,
+            });
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        let mut flat = if refs.is_empty() {
+            Vec::new()
+        } else {
+            Tensor::cat(&refs, 0)?.to_vec_f32()?
+        };
+        drop(parts);
+        flat.extend(grads.iter().map(|g| g.is_some() as u8 as f32));
+        crate::dist::all_reduce_f32(&mut flat);
+        let mut at = 0;
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            let n = p.numel();
+            if flat[total + i] > 0.0 {
+                let g = Tensor::from_vec(flat[at..at + n].to_vec(), p.shape(), p.device())?;
+                p.set_grad(Some(g.to_dtype(p.dtype())?));
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
     /// The squared L2 norm of all gradients together (before clipping), as a `(1,)`
     /// tensor on the device: nothing is read back.
     pub fn grad_norm_sq(&mut self) -> Result<Option<Tensor>> {

@@ -14,7 +14,9 @@ use crate::model::transformer::LinearCtx;
 use crate::model::Transformer;
 
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("{msg}");
+    if crate::dist::is_root() {
+        eprintln!("{msg}");
+    }
 }
 
 /// Where the reference cache of this run lives.
@@ -67,6 +69,29 @@ pub(crate) fn build_cache(
     summary: &mut Summary,
 ) -> Result<RefCache> {
     let path = cache_path(args, key);
+    // of several MPI ranks, rank 0 judges the file; then every rank opens it, or every
+    // rank computes its share of the pairs and rank 0 writes the whole
+    if crate::dist::size() > 1 {
+        let hit = crate::dist::root_flag(|| match RefCache::open(&path, key, pairs.len()) {
+            Ok(_) => Ok(true),
+            Err(Invalid::Foreign(why)) => Err(Error::file(&path, format!("refusing to use this as the reference cache: {why}; pass --ref-cache with a new path"))),
+            Err(_) => Ok(false),
+        })?;
+        if hit {
+            log(format!("reference cache: hit, {}", path.display()));
+            return open_written(&path, key, pairs.len(), summary, "hit");
+        }
+        log(format!(
+            "reference cache: computing reference log-probs for {} pairs over {} ranks into {}",
+            pairs.len(),
+            crate::dist::size(),
+            path.display()
+        ));
+        let mine = reference_values(args, pairs, ref_net, adapters_off, summary, true)?;
+        let out = gather_values(&mine, pairs.len())?;
+        crate::dist::root_outcome(|| refcache::write(&path, key, &out))?;
+        return open_written(&path, key, pairs.len(), summary, "built");
+    }
     match RefCache::open(&path, key, pairs.len()) {
         Ok(c) => {
             log(format!("reference cache: hit, {} ({} pairs, {} token log-probs); no reference forward needed", path.display(), c.len(), c.values()));
@@ -93,18 +118,52 @@ pub(crate) fn build_cache(
             path.display()
         )),
     }
+    let out = reference_values(args, pairs, ref_net, adapters_off, summary, false)?;
+    refcache::write(&path, key, &out)?;
+    open_written(&path, key, pairs.len(), summary, "built")
+}
+
+/// The cache at `path` that this run just wrote or found, opened on this rank.
+fn open_written(
+    path: &Path,
+    key: u64,
+    pairs: usize,
+    summary: &mut Summary,
+    how: &str,
+) -> Result<RefCache> {
+    summary.cache = Some(format!("{how} {}", path.display()));
+    RefCache::open(path, key, pairs).map_err(|e| {
+        Error::file(
+            path,
+            format!("cache unreadable right after writing: {e:?}"),
+        )
+    })
+}
+
+/// The reference's completion log-probs of `pairs`, in micro-batches of --batch-size;
+/// with `sharded`, only this MPI rank's contiguous share of the micro-batches.
+fn reference_values(
+    args: &TrainArgs,
+    pairs: &[Pair],
+    ref_net: &dyn Fn() -> Result<Transformer>,
+    adapters_off: bool,
+    summary: &mut Summary,
+    sharded: bool,
+) -> Result<RefLogps> {
     let net = ref_net()?;
     let _ng = crate::autograd::NoGradGuard::new();
     let mut out = RefLogps {
         chosen: Vec::new(),
         rejected: Vec::new(),
     };
-    let bar = super::report::progress(
-        args,
-        (pairs.len().div_ceil(args.batch_size.max(1))) as u64,
-        "reference",
-    );
-    for chunk in pairs.chunks(args.batch_size.max(1)) {
+    let chunks: Vec<&[Pair]> = pairs.chunks(args.batch_size.max(1)).collect();
+    let mine = if sharded {
+        crate::dist::share(chunks.len())
+    } else {
+        0..chunks.len()
+    };
+    let bar = super::report::progress(args, mine.len() as u64, "reference");
+    for chunk in &chunks[mine] {
         let seqs: Vec<&Seq> = chunk
             .iter()
             .map(|p| &p.chosen)
@@ -127,12 +186,48 @@ pub(crate) fn build_cache(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    refcache::write(&path, key, &out)?;
-    summary.cache = Some(format!("built {}", path.display()));
-    RefCache::open(&path, key, pairs.len()).map_err(|e| {
-        Error::file(
-            &path,
-            format!("cache unreadable right after writing: {e:?}"),
-        )
-    })
+    Ok(out)
+}
+
+/// Every rank's share of the reference values, concatenated in rank order (so in pair
+/// order), on every rank: per pair the chosen then the rejected values, each after its
+/// length, as f32 words.
+fn gather_values(mine: &RefLogps, pairs: usize) -> Result<RefLogps> {
+    let mut words: Vec<f32> = Vec::new();
+    for (c, r) in mine.chosen.iter().zip(&mine.rejected) {
+        for v in [c, r] {
+            words.push(f32::from_bits(v.len() as u32));
+            words.extend_from_slice(v);
+        }
+    }
+    let mut out = RefLogps {
+        chosen: Vec::with_capacity(pairs),
+        rejected: Vec::with_capacity(pairs),
+    };
+    for b in crate::dist::all_gather_bytes(bytemuck::cast_slice(&words)) {
+        let w: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let mut at = 0;
+        while at < w.len() {
+            let mut take = || {
+                let n = w[at].to_bits() as usize;
+                let v = w[at + 1..at + 1 + n].to_vec();
+                at += 1 + n;
+                v
+            };
+            let c = take();
+            let r = take();
+            out.chosen.push(c);
+            out.rejected.push(r);
+        }
+    }
+    if out.chosen.len() != pairs {
+        return Err(Error::invalid(
+            "mpi",
+            format!("gathered reference values of {} pairs, expected {pairs}", out.chosen.len()),
+        ));
+    }
+    Ok(out)
 }

@@ -210,7 +210,13 @@ impl Trainer {
         // its policy sums (2N), logit rows (K) and, from a live reference, its sums (2N)].
         let mut pack: Vec<Tensor> = Vec::new();
         let mut dpo_pending: Vec<(loss::SeqLogps, PairRefs)> = Vec::new();
+        // of several ranks, each takes a contiguous share of the step's micro-batches; the
+        // loss weights above and the dropout seeds below stay those of the whole step
+        let mine = crate::dist::share(batches.len());
         for (mbi, b) in batches.iter().enumerate() {
+            if !mine.contains(&mbi) {
+                continue;
+            }
             let linear = LinearCtx {
                 disable_adapters: false,
                 dropout_seed: Some(
@@ -280,6 +286,7 @@ impl Trainer {
                 }
             }
         }
+        self.opt.all_reduce_grads()?;
         let norm_sq = match self.opt.grad_norm_sq()? {
             Some(t) => t,
             None => Tensor::zeros(&[1], self.net.device)?,
@@ -335,6 +342,9 @@ impl Trainer {
             d.logits_rejected.0 += s.logits_rejected.0;
             d.logits_rejected.1 += s.logits_rejected.1;
         }
+        if crate::dist::size() > 1 {
+            merge_ranks(&mut st, &mut dstats)?;
+        }
         if !grad_norm.is_finite() || !st.loss.is_finite() {
             // the update already ran on the device; the caller stops and saves nothing
             return Err(Error::invalid(
@@ -353,4 +363,62 @@ impl Trainer {
         st.seconds = t0.elapsed().as_secs_f64();
         Ok(st)
     }
+}
+
+/// A DP step's stats over every rank: the loss summed, the tokens and reference passes
+/// counted, the DPO per-pair values concatenated in rank order (the step's micro-batch
+/// order, as the shares are contiguous). One all-gather of a flat f64 record per rank.
+fn merge_ranks(st: &mut StepStats, dstats: &mut Option<DpoBatchStats>) -> Result<()> {
+    let mut rec = vec![st.loss, st.tokens as f64, st.ref_forwards as f64];
+    if let Some(d) = dstats.as_ref() {
+        rec.push(d.chosen_rewards.len() as f64);
+        for v in [
+            &d.chosen_rewards,
+            &d.rejected_rewards,
+            &d.logps_chosen,
+            &d.logps_rejected,
+        ] {
+            rec.extend(v.iter().copied());
+        }
+        rec.extend([
+            d.logits_chosen.0,
+            d.logits_chosen.1 as f64,
+            d.logits_rejected.0,
+            d.logits_rejected.1 as f64,
+        ]);
+    }
+    let bytes: Vec<u8> = bytemuck::cast_slice(&rec).to_vec();
+    let all = crate::dist::all_gather_bytes(&bytes);
+    st.loss = 0.0;
+    st.tokens = 0;
+    st.ref_forwards = 0;
+    let mut merged: Option<DpoBatchStats> = None;
+    for b in &all {
+        let r: Vec<f64> = b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        if r.len() < 3 {
+            return Err(Error::invalid("mpi", "a rank sent a short step record"));
+        }
+        st.loss += r[0];
+        st.tokens += r[1] as usize;
+        st.ref_forwards += r[2] as usize;
+        if r.len() > 3 {
+            let n = r[3] as usize;
+            let d = merged.get_or_insert_with(Default::default);
+            let v = |k: usize| r[4 + k * n..4 + (k + 1) * n].iter().copied();
+            d.chosen_rewards.extend(v(0));
+            d.rejected_rewards.extend(v(1));
+            d.logps_chosen.extend(v(2));
+            d.logps_rejected.extend(v(3));
+            let t = &r[4 + 4 * n..];
+            d.logits_chosen.0 += t[0];
+            d.logits_chosen.1 += t[1] as usize;
+            d.logits_rejected.0 += t[2];
+            d.logits_rejected.1 += t[3] as usize;
+        }
+    }
+    *dstats = merged;
+    Ok(())
 }

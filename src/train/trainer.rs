@@ -122,7 +122,9 @@ fn largest_micro_batch(examples: &Examples, bs: usize, args: &TrainArgs) -> (usi
 
 /// Run messages go to stderr (the progress bar, hidden by --quiet, draws there too).
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("{msg}");
+    if crate::dist::is_root() {
+        eprintln!("{msg}");
+    }
 }
 
 /// Micro-batches of one epoch: indices into the examples, in order or shuffled.
@@ -242,7 +244,10 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     // which starting weights: a resume from another model's checkpoint is refused
     let model_hash = KeyHasher::default().model_dir(&args.model)?.finish();
     let n = examples.len();
-    let ga = args.grad_accum.max(1);
+    // of N MPI ranks each takes a share of the step's micro-batches: the step is that of
+    // one process accumulating N x --grad-accum of them
+    let ranks = crate::dist::size();
+    let ga = args.grad_accum.max(1) * ranks;
     let mb_per_epoch = n.div_ceil(bs);
     let steps_per_epoch = mb_per_epoch.div_ceil(ga).max(1);
     let total_steps = match args.steps {
@@ -270,7 +275,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         m.net.named_parameters()
     };
     let trainable: usize = params.iter().map(|(_, p)| p.numel()).sum();
-    log(format!("{:?} on {device}: {} parameters, {trainable} trainable{}; {total_steps} steps of {ga} x {bs}", mode, m.net.num_parameters(), if lora { " (LoRA)" } else { "" }));
+    log(format!("{:?} on {device}: {} parameters, {trainable} trainable{}; {total_steps} steps of {ga} x {bs}{}", mode, m.net.num_parameters(), if lora { " (LoRA)" } else { "" }, if ranks > 1 { format!(" over {ranks} MPI ranks, data-parallel") } else { String::new() }));
     let mut summary = Summary {
         out: args.out.clone(),
         ..Default::default()
@@ -278,8 +283,12 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     // new, empty or this command's own; one run at a time per output directory (the OS
     // drops the lock if this process dies)
     let command = if mode == Mode::Dpo { "dpo" } else { "sft" };
-    let _lock = crate::files::claim_out_dir(&args.out, command)?;
-    remove_orphans(&args.out);
+    // (of several ranks, rank 0 alone writes there)
+    let _lock = crate::dist::root_outcome(|| {
+        let lock = crate::files::claim_out_dir(&args.out, command)?;
+        remove_orphans(&args.out);
+        Ok(lock)
+    })?;
     crate::files::failpoint("start");
 
     // reference for DPO
@@ -410,7 +419,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             ));
         }
     }
-    let mut mw = MetricsWriter::open(&metrics_path, keep_lines)?;
+    let mut mw = crate::dist::root_outcome(|| MetricsWriter::open(&metrics_path, keep_lines))?;
 
     // micro-batch stream (per epoch, counter-based shuffles); one epoch's order is built
     // once and kept until the stream moves past it
@@ -452,7 +461,9 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         let st = trainer.step(&micro)?;
         summary.ref_forwards += st.ref_forwards;
         last_loss = st.loss;
-        mw.write(&st.metrics(((step + 1) * ga) as f64 / mb_per_epoch as f64))?;
+        if let Some(mw) = &mut mw {
+            mw.write(&st.metrics(((step + 1) * ga) as f64 / mb_per_epoch as f64))?;
+        }
         crate::files::failpoint("step-logged");
         bar.set_message(match st.margin_accuracy() {
             Some((m, a)) => format!("loss {:.4} margin {m:.4} acc {a:.2}", st.loss),
@@ -460,6 +471,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         });
         bar.inc(1);
         if args.save_every > 0 && (step + 1) % args.save_every == 0 && step + 1 < total_steps {
+            let Some(mw) = &mw else { continue };
             let st = State {
                 step: step + 1,
                 metrics_lines: mw.lines,
@@ -474,6 +486,23 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     bar.finish_and_clear();
     summary.steps = total_steps;
     summary.final_loss = last_loss;
+    if ranks > 1 {
+        // the reference passes of every rank
+        let mut n = [summary.ref_forwards as f64];
+        crate::dist::all_reduce_f64(&mut n);
+        summary.ref_forwards = n[0] as usize;
+    }
+    if !crate::dist::is_root() {
+        return Ok(summary);
+    }
+    if ranks > 1 {
+        let (bytes, secs) = crate::dist::traffic();
+        log(format!(
+            "data-parallel over {ranks} ranks: {:.1} MB into collectives by rank 0 ({:.1} MB per step), {secs:.2} s in them",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / (total_steps - start_step).max(1) as f64,
+        ));
+    }
 
     // the trained model, or the adapter
     if lora && !args.merge_lora {
