@@ -178,6 +178,7 @@ pub(crate) fn generate_cmd(a: GenerateArgs) -> Result<bool> {
         seed: a.seed,
         ignore_eos: a.ignore_eos,
         rows: a.rows,
+        item_offset: 0,
         // generation_config.json, the tokenizer's eos_token and config.json's eos_token_id
         eos_ids: {
             let mut e = tok.map(|t| t.eos_ids.clone()).unwrap_or_default();

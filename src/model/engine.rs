@@ -42,7 +42,7 @@ use crate::tensor::Tensor;
 /// Padded prompt tokens prefilled together (one forward).
 pub const PREFILL_TOKENS: usize = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Finish {
     Eos,
@@ -50,7 +50,7 @@ pub enum Finish {
     Length,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Sequence {
     pub prompt: usize,
     pub sample: usize,
@@ -586,7 +586,8 @@ impl Row {
     /// (seed, item, step).
     fn next_draw(&self, p: &SamplingParams, v: usize) -> (u32, f64) {
         let forced = self.queued.front().copied().filter(|&f| (f as usize) < v);
-        let u = sampling::uniform(p.seed, self.item as u64, self.seq.ids.len() as u64);
+        let item = (p.item_offset + self.item) as u64;
+        let u = sampling::uniform(p.seed, item, self.seq.ids.len() as u64);
         (forced.unwrap_or(u32::MAX), u)
     }
 }

@@ -42,6 +42,10 @@ pub struct SamplingParams {
     /// Rows decoding at once; items beyond them wait for a row to end (0: one row per
     /// item, every item at once).
     pub rows: usize,
+    /// The number of this call's first item in a larger run (an MPI rank's share of one):
+    /// draws use `(seed, item_offset + item, step)`, so a sample is the same however the
+    /// run was split.
+    pub item_offset: usize,
 }
 
 impl Default for SamplingParams {
@@ -57,6 +61,7 @@ impl Default for SamplingParams {
             eos_ids: vec![],
             stop_strings: vec![],
             rows: 0,
+            item_offset: 0,
         }
     }
 }

@@ -95,6 +95,10 @@ pub fn read_predictions(path: &Path) -> Result<Vec<String>> {
 
 /// Write JSON lines atomically.
 pub fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
+    // of several MPI ranks, rank 0 alone writes (they all hold the same rows)
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     let mut text = String::new();
     for r in rows {
         text.push_str(&r.to_string());

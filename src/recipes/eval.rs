@@ -334,6 +334,21 @@ pub(crate) fn run_questions(
             None
         },
     };
-    let (seqs, _) = generate_with(net, prompts, k, p, Some(tok), &mut hooks)?;
-    Ok((seqs, calc.fired))
+    // of several MPI ranks, each runs a contiguous share of the questions (its draws
+    // numbered as in the whole run), then every rank gets every sequence
+    let mine = crate::dist::share(prompts.len());
+    let p = SamplingParams {
+        item_offset: p.item_offset + mine.start * k,
+        ..p.clone()
+    };
+    let (mut seqs, _) = generate_with(net, &prompts[mine.clone()], k, &p, Some(tok), &mut hooks)?;
+    if crate::dist::size() == 1 {
+        return Ok((seqs, calc.fired));
+    }
+    for s in &mut seqs {
+        s.prompt += mine.start;
+    }
+    let all = crate::dist::all_gather_json(&(seqs, calc.fired))?;
+    let fired = all.iter().map(|(_, f)| f).sum();
+    Ok((all.into_iter().flat_map(|(s, _)| s).collect(), fired))
 }

@@ -16,7 +16,8 @@ use crate::tensor::Device;
 /// A recipe's output directory.
 pub struct RunDir {
     pub out: PathBuf,
-    _lock: DirLock,
+    /// Held by rank 0 (alone, of several MPI ranks).
+    _lock: Option<DirLock>,
     rows: Vec<Map<String, Value>>,
     /// Round 0, the evaluated starting model (`start.json`), when known.
     start: Option<Map<String, Value>>,
@@ -30,8 +31,12 @@ impl RunDir {
     /// rounds.jsonl are kept; without, an `out` that already holds rounds is an error
     /// (nothing is overwritten). Temporary files of a killed run are removed.
     pub fn open(out: &Path, command: &str, resume: bool) -> Result<RunDir> {
-        let lock = crate::files::claim_out_dir(out, command)?;
-        crate::files::remove_stale_temps_below(out, 3);
+        // of several MPI ranks, rank 0 alone claims and writes `out`; the others read it
+        let lock = crate::dist::root_outcome(|| {
+            let lock = crate::files::claim_out_dir(out, command)?;
+            crate::files::remove_stale_temps_below(out, 3);
+            Ok(lock)
+        })?;
         // rounds are written only into ponder's own folders, never through a link
         for e in std::fs::read_dir(out)
             .map_err(|e| Error::io(out, e))?
@@ -89,7 +94,9 @@ impl RunDir {
         m.extend(row.into_iter().filter(|(k, _)| k != "round" && k != "step"));
         let text =
             serde_json::to_string(&m).map_err(|e| Error::invalid("start.json", e.to_string()))?;
-        crate::files::write_atomic(&self.out.join(START_FILE), text.as_bytes())?;
+        if crate::dist::is_root() {
+            crate::files::write_atomic(&self.out.join(START_FILE), text.as_bytes())?;
+        }
         self.start = Some(m);
         Ok(())
     }
@@ -112,6 +119,9 @@ impl RunDir {
     /// Record a finished round (rounds.jsonl rewritten whole, atomically) and redraw the plot.
     pub fn finish_round(&mut self, row: Map<String, Value>, plot_keys: &[&str]) -> Result<()> {
         self.rows.push(row);
+        if !crate::dist::is_root() {
+            return Ok(());
+        }
         let rows: Vec<Value> = self.rows.iter().cloned().map(Value::Object).collect();
         super::data::write_jsonl(&self.out.join("rounds.jsonl"), &rows)?;
         // round 0 first, so the plot and the report show the change the recipe made
@@ -210,6 +220,10 @@ pub fn load_trainable(dir: &Path, device: Device) -> Result<(Transformer, Tok)> 
 
 /// Save `net` as a model directory beside the tokenizer files of `tok_dir`.
 pub fn save(net: &Transformer, tok_dir: &Path, out: &Path) -> Result<()> {
+    // of several MPI ranks, rank 0 alone writes (they all hold the same weights)
+    if !crate::dist::is_root() {
+        return Ok(());
+    }
     crate::model::save::save_model(net, Some(tok_dir), out, crate::dtype::DType::F32)
 }
 
@@ -237,5 +251,7 @@ pub fn eval(
 
 /// Log a line to stderr (progress bars draw there too).
 pub fn log(msg: impl std::fmt::Display) {
-    eprintln!("{msg}");
+    if crate::dist::is_root() {
+        eprintln!("{msg}");
+    }
 }

@@ -186,8 +186,16 @@ fn run<'d>(
 ) -> Result<(Transformer, Vec<StepStats>)> {
     let bar = crate::util::progress_bar(plan.len() as u64, &o.label, o.quiet);
     let mut stats = Vec::with_capacity(plan.len());
+    let ranks = crate::dist::size();
     for b in plan {
-        let st = t.step(&[make(b)])?;
+        // of several MPI ranks, each computes one contiguous share of the step's examples
+        // (data-parallel, the gradients summed); alone, the step is one micro-batch
+        let micro: Vec<MicroBatch> = (0..ranks)
+            .map(|r| crate::dist::share_of(b.len(), r, ranks))
+            .filter(|s| !s.is_empty())
+            .map(|s| make(&b[s]))
+            .collect();
+        let st = t.step(&micro)?;
         bar.set_message(format!("loss {:.4}", st.loss));
         bar.inc(1);
         stats.push(st);

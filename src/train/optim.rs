@@ -156,12 +156,17 @@ impl Optimizer {
         let _ng = crate::autograd::NoGradGuard::new();
         let grads: Vec<Option<Tensor>> = self.params.iter().map(|(_, p)| p.grad()).collect();
         let total: usize = self.params.iter().map(|(_, p)| p.numel()).sum();
-        let device = self.params.first().map_or(crate::tensor::Device::Cpu, |(_, p)| p.device());
+        let device = self
+            .params
+            .first()
+            .map_or(crate::tensor::Device::Cpu, |(_, p)| p.device());
         // one readback for the lot: missing gradients are zeros
         let mut parts = Vec::with_capacity(grads.len());
         for ((_, p), g) in self.params.iter().zip(&grads) {
             parts.push(match g {
-                Some(g) => g.to_dtype(crate::dtype::DType::F32)?.reshape(&[p.numel()])?,
+                Some(g) => g
+                    .to_dtype(crate::dtype::DType::F32)?
+                    .reshape(&[p.numel()])?,
                 None => Tensor::zeros(&[p.numel()], device)?,
             });
         }

@@ -72,10 +72,12 @@ pub(crate) fn build_cache(
     // of several MPI ranks, rank 0 judges the file; then every rank opens it, or every
     // rank computes its share of the pairs and rank 0 writes the whole
     if crate::dist::size() > 1 {
-        let hit = crate::dist::root_flag(|| match RefCache::open(&path, key, pairs.len()) {
+        let hit = crate::dist::root_flag(|| {
+            match RefCache::open(&path, key, pairs.len()) {
             Ok(_) => Ok(true),
             Err(Invalid::Foreign(why)) => Err(Error::file(&path, format!("refusing to use this as the reference cache: {why}; pass --ref-cache with a new path"))),
             Err(_) => Ok(false),
+        }
         })?;
         if hit {
             log(format!("reference cache: hit, {}", path.display()));
@@ -132,12 +134,8 @@ fn open_written(
     how: &str,
 ) -> Result<RefCache> {
     summary.cache = Some(format!("{how} {}", path.display()));
-    RefCache::open(path, key, pairs).map_err(|e| {
-        Error::file(
-            path,
-            format!("cache unreadable right after writing: {e:?}"),
-        )
-    })
+    RefCache::open(path, key, pairs)
+        .map_err(|e| Error::file(path, format!("cache unreadable right after writing: {e:?}")))
 }
 
 /// The reference's completion log-probs of `pairs`, in micro-batches of --batch-size;
@@ -226,7 +224,10 @@ fn gather_values(mine: &RefLogps, pairs: usize) -> Result<RefLogps> {
     if out.chosen.len() != pairs {
         return Err(Error::invalid(
             "mpi",
-            format!("gathered reference values of {} pairs, expected {pairs}", out.chosen.len()),
+            format!(
+                "gathered reference values of {} pairs, expected {pairs}",
+                out.chosen.len()
+            ),
         ));
     }
     Ok(out)

@@ -101,6 +101,24 @@ impl GpuContext {
                     )))
                 }
             },
+            None if crate::dist::size() > 1 => {
+                // one MPI rank per adapter of the best type: local rank mod their count
+                let best = device_type_rank(ranked[0].get_info().device_type);
+                let same: Vec<&wgpu::Adapter> = ranked
+                    .iter()
+                    .copied()
+                    .filter(|a| device_type_rank(a.get_info().device_type) == best)
+                    .collect();
+                let i = crate::dist::local_rank() % same.len();
+                (
+                    same[i],
+                    format!(
+                        "MPI local rank {} takes adapter {i} of the {} of the best device type",
+                        crate::dist::local_rank(),
+                        same.len()
+                    ),
+                )
+            }
             None => (
                 ranked[0],
                 format!(
