@@ -2,17 +2,22 @@
 
 /// `println!` that returns an error instead of panicking when stdout fails (a closed pipe,
 /// a full disk). A broken pipe ends the program quietly (see `main`).
+/// Of several MPI ranks, rank 0 alone prints (the others ran the same command).
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout(), $($t)*).map_err(|e| ponder::Error::io("stdout", e))?
+        if ponder::dist::is_root() {
+            writeln!(std::io::stdout(), $($t)*).map_err(|e| ponder::Error::io("stdout", e))?
+        }
     }};
 }
 /// `print!` with the same error handling as `outln!`.
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout(), $($t)*).map_err(|e| ponder::Error::io("stdout", e))?
+        if ponder::dist::is_root() {
+            write!(std::io::stdout(), $($t)*).map_err(|e| ponder::Error::io("stdout", e))?
+        }
     }};
 }
 

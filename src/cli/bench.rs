@@ -164,14 +164,28 @@ pub(crate) enum BenchCmd {
         #[arg(long)]
         save_random: Option<PathBuf>,
     },
+    /// The gradient all-reduce of data-parallel training, run under `mpirun -np N`: one
+    /// sum of f32 buffers of these sizes over the ranks, timed (median), on rank 0.
+    Allreduce {
+        /// Buffer sizes in f32 elements (parameters), comma-separated; e.g. 134515008
+        /// (SmolLM2-135M) or 494032768 (Qwen2.5-0.5B).
+        #[arg(long, value_delimiter = ',', default_value = "134515008")]
+        elements: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
+    if let BenchCmd::Allreduce { elements, reps } = &what {
+        return allreduce(elements, *reps);
+    }
     let profile = match &what {
         BenchCmd::Matmul { profile, .. }
         | BenchCmd::Attention { profile, .. }
         | BenchCmd::Dpo { profile, .. }
         | BenchCmd::Generate { profile, .. } => *profile,
+        BenchCmd::Allreduce { .. } => false,
     };
     ponder::bench::set_profile(profile);
     let print_profile = || -> Result<()> {
@@ -181,6 +195,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
         Ok(())
     };
     let r = match what {
+        BenchCmd::Allreduce { .. } => unreachable!("handled above"),
         BenchCmd::Matmul {
             device: d,
             m,
@@ -437,6 +452,46 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             outln!(
                 "note: {} is a software rasteriser; its figures are for reference only",
                 ctx.info.name
+            );
+        }
+    }
+    Ok(true)
+}
+
+/// `bench allreduce`: the median time of summing an f32 buffer over the ranks, with the
+/// bytes each rank sends in and the algorithm bandwidth (buffer bytes / time).
+fn allreduce(elements: &[usize], reps: usize) -> Result<bool> {
+    use ponder::dist;
+    let n = dist::size();
+    if n < 2 {
+        return Err(ponder::Error::invalid(
+            "bench allreduce",
+            "one rank has nothing to reduce: run it as `mpirun -np 2 ponder bench allreduce` \
+             with a ponder built with --features mpi",
+        ));
+    }
+    for &e in elements {
+        // not zeros: each rank its own values
+        let mut buf: Vec<f32> = (0..e)
+            .map(|i| ((i * 7 + dist::rank() * 13) % 101) as f32 * 0.01)
+            .collect();
+        let mut times = Vec::new();
+        for _ in 0..reps.max(1) + 1 {
+            dist::barrier();
+            let t0 = std::time::Instant::now();
+            dist::all_reduce_f32(&mut buf);
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        times.remove(0); // warm-up
+        times.sort_by(|a, b| a.total_cmp(b));
+        let med = times[times.len() / 2];
+        let mb = (e * 4) as f64 / 1e6;
+        if dist::is_root() {
+            outln!(
+                "allreduce over {n} ranks: {e} f32 ({mb:.1} MB per rank): median {:.1} ms of {} runs, {:.2} GB/s algorithm bandwidth",
+                med * 1e3,
+                times.len(),
+                mb / 1e3 / med
             );
         }
     }

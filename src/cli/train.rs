@@ -6,6 +6,9 @@ use ponder::Result;
 pub(crate) fn train_cmd(mode: Mode, a: TrainArgs) -> Result<bool> {
     a.fields.install()?;
     let s = ponder::train::trainer::train(mode, &a)?;
+    if !ponder::dist::is_root() {
+        return Ok(true);
+    }
     eprintln!(
         "done: {} steps, final loss {:.6}, reference forwards {}{}",
         s.steps,
