@@ -551,3 +551,62 @@ fn dpo_on_two_gpu_ranks_equals_one_gpu_process_with_grad_accum() {
     same_run(&d.join("one"), &d.join("two"), "model.safetensors", 1e-5);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A 2-rank DPO run killed after its last checkpoint resumes in one process (with
+/// --grad-accum 2) onto exactly the trajectory of an uninterrupted one-process run.
+#[test]
+fn a_killed_two_rank_run_resumes_in_one_process() {
+    let Some(bin) = mpi_bin("a_killed_two_rank_run_resumes") else {
+        return;
+    };
+    let d = common::scratch("mpi-resume");
+    let model = repo("models/ponder-tiny/base");
+    let data = repo("models/fixtures/train/arith_pairs.jsonl");
+    let args = |tag: &str| -> Vec<String> {
+        [
+            "dpo",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--steps",
+            "5",
+            "--save-every",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            d.join(tag).to_str().unwrap(),
+            "--ref-cache",
+            d.join(format!("{tag}.logps")).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = args("one");
+    let mut one: Vec<&str> = one.iter().map(String::as_str).collect();
+    one.extend(["--grad-accum", "2"]);
+    let (ok, text) = alone(&bin, &one);
+    assert!(ok, "{text}");
+    // both ranks abort once step 4 is logged: checkpoint-2 is the last one
+    let two = args("two");
+    let mut c = mpirun();
+    c.args(["-np", "2", "-x", "PONDER_TEST_KILL_AT=step-logged:4"])
+        .arg(&bin)
+        .args(&two);
+    let (ok, text) = run(c, Duration::from_secs(300));
+    assert!(!ok, "{text}");
+    assert!(d.join("two/checkpoint-2").is_dir(), "{text}");
+    let out_two = d.join("two");
+    let mut resumed: Vec<&str> = two.iter().map(String::as_str).collect();
+    resumed.extend(["--grad-accum", "2", "--resume", out_two.to_str().unwrap()]);
+    let (ok, text) = alone(&bin, &resumed);
+    assert!(ok, "{text}");
+    assert!(text.contains("resumed from"), "{text}");
+    same_run(&d.join("one"), &d.join("two"), "model.safetensors", 1e-6);
+    let _ = std::fs::remove_dir_all(&d);
+}
