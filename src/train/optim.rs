@@ -54,6 +54,19 @@ impl Schedule {
     }
 }
 
+/// Where a data-parallel step's gradient all-reduce spent its time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllReduceTimes {
+    /// Bytes each rank sent into the all-reduce.
+    pub bytes: usize,
+    /// Gathering the gradients into the flat host buffer and scattering the sums back.
+    pub stage_s: f64,
+    /// Waiting at the barrier for the slowest rank's backward.
+    pub wait_s: f64,
+    /// The all-reduce itself.
+    pub reduce_s: f64,
+}
+
 pub struct Optimizer {
     pub params: Vec<(String, Tensor)>,
     pub m: Vec<Tensor>,
@@ -71,6 +84,8 @@ pub struct Optimizer {
     arena: Option<Arena>,
     /// This step's gradients once [`gather`](Self::gather) moved them into the arena.
     gathered: Option<Gathered>,
+    /// Data parallelism: the host buffer the gradients are summed in, kept between steps.
+    dp_buf: Vec<f32>,
 }
 
 /// Biases and norm weights take no weight decay (the HF Trainer's parameter groups).
@@ -112,6 +127,7 @@ impl Optimizer {
         Ok(Optimizer {
             arena,
             gathered: None,
+            dp_buf: Vec::new(),
             params,
             m,
             v,
@@ -149,10 +165,12 @@ impl Optimizer {
     /// buffer (the gradients end to end in parameter order, then a has-gradient flag per
     /// parameter), staged through host memory; a parameter gets a gradient where any rank
     /// gave it one. A no-op with one rank. Call before [`grad_norm_sq`](Self::grad_norm_sq).
-    pub fn all_reduce_grads(&mut self) -> Result<()> {
+    pub fn all_reduce_grads(&mut self) -> Result<AllReduceTimes> {
+        let mut times = AllReduceTimes::default();
         if crate::dist::size() <= 1 {
-            return Ok(());
+            return Ok(times);
         }
+        let t0 = std::time::Instant::now();
         let _ng = crate::autograd::NoGradGuard::new();
         let grads: Vec<Option<Tensor>> = self.params.iter().map(|(_, p)| p.grad()).collect();
         let total: usize = self.params.iter().map(|(_, p)| p.numel()).sum();
@@ -160,25 +178,48 @@ impl Optimizer {
             .params
             .first()
             .map_or(crate::tensor::Device::Cpu, |(_, p)| p.device());
-        // one readback for the lot: missing gradients are zeros
-        let mut parts = Vec::with_capacity(grads.len());
-        for ((_, p), g) in self.params.iter().zip(&grads) {
-            parts.push(match g {
-                Some(g) => g
-                    .to_dtype(crate::dtype::DType::F32)?
-                    .reshape(&[p.numel()])?,
-                None => Tensor::zeros(&[p.numel()], device)?,
-            });
-        }
-        let refs: Vec<&Tensor> = parts.iter().collect();
-        let mut flat = if refs.is_empty() {
-            Vec::new()
+        let mut flat = std::mem::take(&mut self.dp_buf);
+        flat.clear();
+        flat.reserve(total + grads.len());
+        if device == crate::tensor::Device::Cpu {
+            // straight from each f32 gradient's storage: one copy in, one copy out
+            for ((_, p), g) in self.params.iter().zip(&grads) {
+                match g {
+                    Some(g) if g.dtype() == crate::dtype::DType::F32 => {
+                        g.cpu_read("all_reduce_grads", |x: &[f32]| flat.extend_from_slice(x))?
+                    }
+                    Some(g) => flat.extend(g.to_vec_f32()?),
+                    None => flat.resize(flat.len() + p.numel(), 0.0),
+                }
+            }
         } else {
-            Tensor::cat(&refs, 0)?.to_vec_f32()?
-        };
-        drop(parts);
+            // one readback for the lot: missing gradients are zeros
+            let mut parts = Vec::with_capacity(grads.len());
+            for ((_, p), g) in self.params.iter().zip(&grads) {
+                parts.push(match g {
+                    Some(g) => g
+                        .to_dtype(crate::dtype::DType::F32)?
+                        .reshape(&[p.numel()])?,
+                    None => Tensor::zeros(&[p.numel()], device)?,
+                });
+            }
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            if !refs.is_empty() {
+                flat.extend(Tensor::cat(&refs, 0)?.to_vec_f32()?);
+            }
+        }
         flat.extend(grads.iter().map(|g| g.is_some() as u8 as f32));
+        drop(grads);
+        times.stage_s = t0.elapsed().as_secs_f64();
+        // the wait for the slowest rank, apart from the transfer itself
+        let t1 = std::time::Instant::now();
+        crate::dist::barrier();
+        times.wait_s = t1.elapsed().as_secs_f64();
+        let t2 = std::time::Instant::now();
         crate::dist::all_reduce_f32(&mut flat);
+        times.reduce_s = t2.elapsed().as_secs_f64();
+        times.bytes = std::mem::size_of_val(&flat[..]);
+        let t3 = std::time::Instant::now();
         let mut at = 0;
         for (i, (_, p)) in self.params.iter().enumerate() {
             let n = p.numel();
@@ -188,7 +229,9 @@ impl Optimizer {
             }
             at += n;
         }
-        Ok(())
+        self.dp_buf = flat;
+        times.stage_s += t3.elapsed().as_secs_f64();
+        Ok(times)
     }
 
     /// The squared L2 norm of all gradients together (before clipping), as a `(1,)`

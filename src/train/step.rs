@@ -58,6 +58,8 @@ pub struct StepStats {
     pub ref_forwards: usize,
     /// DPO only.
     pub dpo: Option<DpoBatchStats>,
+    /// Data-parallel runs: the gradient all-reduce's bytes and times on this rank.
+    pub allreduce: super::optim::AllReduceTimes,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -286,7 +288,7 @@ impl Trainer {
                 }
             }
         }
-        self.opt.all_reduce_grads()?;
+        st.allreduce = self.opt.all_reduce_grads()?;
         let norm_sq = match self.opt.grad_norm_sq()? {
             Some(t) => t,
             None => Tensor::zeros(&[1], self.net.device)?,

@@ -438,6 +438,8 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     );
     bar.set_position(start_step as u64);
     let mut last_loss = f64::NAN;
+    // data-parallel: (step seconds, all-reduce times) summed over this run's steps
+    let mut dp_time = (0.0f64, super::optim::AllReduceTimes::default());
     for step in start_step..total_steps {
         let mut batches: Vec<Vec<usize>> = (step * ga..(step + 1) * ga).map(&mut mb_at).collect();
         if let Some(budget) = args.max_tokens_per_batch {
@@ -461,6 +463,11 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         let st = trainer.step(&micro)?;
         summary.ref_forwards += st.ref_forwards;
         last_loss = st.loss;
+        dp_time.0 += st.seconds;
+        dp_time.1.bytes += st.allreduce.bytes;
+        dp_time.1.stage_s += st.allreduce.stage_s;
+        dp_time.1.wait_s += st.allreduce.wait_s;
+        dp_time.1.reduce_s += st.allreduce.reduce_s;
         if let Some(mw) = &mut mw {
             mw.write(&st.metrics(((step + 1) * ga) as f64 / mb_per_epoch as f64))?;
         }
@@ -496,11 +503,20 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         return Ok(summary);
     }
     if ranks > 1 {
-        let (bytes, secs) = crate::dist::traffic();
+        let steps = (total_steps - start_step).max(1) as f64;
+        let (t, a) = dp_time;
+        let pct = |x: f64| 100.0 * x / t.max(1e-9);
         log(format!(
-            "data-parallel over {ranks} ranks: {:.1} MB into collectives by rank 0 ({:.1} MB per step), {secs:.2} s in them",
-            bytes as f64 / 1e6,
-            bytes as f64 / 1e6 / (total_steps - start_step).max(1) as f64,
+            "data-parallel over {ranks} ranks, per step on rank 0: {:.3} s, of which the gradient all-reduce {:.3} s ({:.1}%: {:.1} MB, {:.2} GB/s), waiting for the slowest rank {:.3} s ({:.1}%), staging through host memory {:.3} s ({:.1}%)",
+            t / steps,
+            a.reduce_s / steps,
+            pct(a.reduce_s),
+            a.bytes as f64 / 1e6 / steps,
+            a.bytes as f64 / 1e9 / a.reduce_s.max(1e-9),
+            a.wait_s / steps,
+            pct(a.wait_s),
+            a.stage_s / steps,
+            pct(a.stage_s),
         ));
     }
 
