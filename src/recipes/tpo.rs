@@ -436,12 +436,55 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
             &format!("round {round} judging"),
             o.quiet,
         );
+        // an output's response part, or None where the template's split fails
+        let parts_of = |ss: &[Sample]| -> Vec<Option<String>> {
+            ss.iter()
+                .map(|x| o.template.split(&x.text).map(|p| p.1.to_string()))
+                .collect()
+        };
+        let score = |q: usize, parts: &[Option<String>]| -> Result<Vec<Option<f64>>> {
+            Ok(match (&pairwise, &reward_model) {
+                // the reward model sees the bare instruction and the response, no thought
+                (None, Some(rm)) => parts
+                    .iter()
+                    .map(|p| {
+                        p.as_deref()
+                            .map(|r| rm.score(&batch[q].prompt, r))
+                            .transpose()
+                    })
+                    .collect::<Result<_>>()?,
+                (None, None) => parts
+                    .iter()
+                    .map(|p| p.as_deref().map(|r| verify(r, &batch[q].answer)))
+                    .collect(),
+                (Some(j), _) => {
+                    let ok: Vec<String> = parts.iter().flatten().cloned().collect();
+                    let elo = j.elo(&batch[q].prompt, &ok)?;
+                    let mut it = elo.into_iter();
+                    parts
+                        .iter()
+                        .map(|p| p.as_ref().and_then(|_| it.next()))
+                        .collect()
+                }
+            })
+        };
+        // of several MPI ranks, each judges a contiguous share of the instructions and
+        // every rank gets every score (as bits, so that each comes back exactly)
+        let mine = crate::dist::share(samples.len());
+        let mut my_scores: Vec<Vec<Option<u64>>> = Vec::with_capacity(mine.len());
+        for q in mine {
+            let s = score(q, &parts_of(&samples[q]))?;
+            my_scores.push(s.iter().map(|x| x.map(f64::to_bits)).collect());
+            bar.inc(1);
+        }
+        let all_scores: Vec<Vec<Option<u64>>> = if crate::dist::size() > 1 {
+            crate::dist::all_gather_json(&my_scores)?.concat()
+        } else {
+            my_scores
+        };
         let mut judged = Vec::with_capacity(batch.len());
-        for (q, ss) in samples.into_iter().enumerate() {
-            let parts: Vec<Option<&str>> = ss
-                .iter()
-                .map(|x| o.template.split(&x.text).map(|p| p.1))
-                .collect();
+        for (ss, bits) in samples.into_iter().zip(all_scores) {
+            let parts = parts_of(&ss);
             // an unparsed output is all response: its length is the whole output's
             let lengths: Vec<f64> = parts
                 .iter()
@@ -451,29 +494,12 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
                     None => x.len_tokens(&tok.eos_ids) as f64,
                 })
                 .collect();
-            let scores: Vec<Option<f64>> = match (&pairwise, &reward_model) {
-                // the reward model sees the bare instruction and the response, no thought
-                (None, Some(rm)) => parts
-                    .iter()
-                    .map(|p| p.map(|r| rm.score(&batch[q].prompt, r)).transpose())
-                    .collect::<Result<_>>()?,
-                (None, None) => parts
-                    .iter()
-                    .map(|p| p.map(|r| verify(r, &batch[q].answer)))
-                    .collect(),
-                (Some(j), _) => {
-                    let ok: Vec<String> = parts.iter().flatten().map(|r| r.to_string()).collect();
-                    let elo = j.elo(&batch[q].prompt, &ok)?;
-                    let mut it = elo.into_iter();
-                    parts.iter().map(|p| p.and_then(|_| it.next())).collect()
-                }
-            };
+            let scores = bits.iter().map(|b| b.map(f64::from_bits)).collect();
             judged.push(Judged {
                 samples: ss,
                 scores,
                 lengths,
             });
-            bar.inc(1);
         }
         bar.finish_and_clear();
         let rho = o
