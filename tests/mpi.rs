@@ -183,74 +183,66 @@ fn same_run(a: &Path, b: &Path, weights_file: &str, tol: f64) {
     );
 }
 
+/// `ponder dpo` of the bundled tiny model on the fixture pairs, on `device`, into
+/// `d/tag` with a reference cache of its own, then `extra`.
+fn dpo_args(d: &Path, tag: &str, device: &str, extra: &[&str]) -> Vec<String> {
+    let model = repo("models/ponder-tiny/base");
+    let data = repo("models/fixtures/train/arith_pairs.jsonl");
+    let mut a: Vec<String> = vec![
+        "dpo".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--data".into(),
+        data.display().to_string(),
+        "--device".into(),
+        device.into(),
+        "--quiet".into(),
+        "--out".into(),
+        d.join(tag).display().to_string(),
+        "--ref-cache".into(),
+        d.join(format!("{tag}.logps")).display().to_string(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn dpo_on_two_ranks_equals_one_process_with_grad_accum() {
     let Some(bin) = mpi_bin("dpo_on_two_ranks") else {
         return;
     };
     let d = common::scratch("mpi-dpo");
-    let model = repo("models/ponder-tiny/base");
-    let data = repo("models/fixtures/train/arith_pairs.jsonl");
-    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
     // full fine-tuning on a cached reference, and LoRA with the adapters-off live reference
-    for (name, extra) in [
-        ("full", vec![]),
+    for (name, extra, file) in [
+        ("full", vec![], "model.safetensors"),
         (
             "lora",
             vec!["--lora-r", "4", "--no-ref-cache", "--lr", "1e-3"],
+            "adapter_model.safetensors",
         ),
     ] {
-        let out = |tag: &str| d.join(format!("{name}-{tag}"));
-        let common_args = |o: &Path, cache: &Path| -> Vec<String> {
-            let mut a: Vec<String> = [
-                "dpo",
-                "--model",
-                model,
-                "--data",
-                data,
-                "--batch-size",
-                "3",
-                "--steps",
-                "3",
-                "--device",
-                "cpu",
-                "--quiet",
-                "--out",
-                o.to_str().unwrap(),
-                "--ref-cache",
-                cache.to_str().unwrap(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            a.extend(extra.iter().map(|s| s.to_string()));
-            a
-        };
-        let one = common_args(&out("one"), &d.join(format!("{name}-one.logps")));
-        let mut one: Vec<&str> = one.iter().map(String::as_str).collect();
-        one.extend(["--grad-accum", "2"]);
-        let (ok, text) = alone(&bin, &one);
+        let (one, two) = (format!("{name}-one"), format!("{name}-two"));
+        let mut a = extra.clone();
+        a.extend(["--batch-size", "3", "--steps", "3"]);
+        let mut one_args = a.clone();
+        one_args.extend(["--grad-accum", "2"]);
+        let (ok, text) = alone(&bin, &strs(&dpo_args(&d, &one, "cpu", &one_args)));
         assert!(ok, "{text}");
-        let two = common_args(&out("two"), &d.join(format!("{name}-two.logps")));
-        let two: Vec<&str> = two.iter().map(String::as_str).collect();
-        let (ok, text) = ranks(2, &bin, &two);
+        let (ok, text) = ranks(2, &bin, &strs(&dpo_args(&d, &two, "cpu", &a)));
         assert!(ok, "{text}");
         assert!(text.contains("over 2 MPI ranks"), "{text}");
-        let file = if name == "lora" {
-            "adapter_model.safetensors"
-        } else {
-            "model.safetensors"
-        };
-        same_run(&out("one"), &out("two"), file, 1e-6);
-        if name == "full" {
-            // the reference cache was computed half on each rank and written whole by rank 0
-            assert_eq!(
-                std::fs::read(d.join("full-one.logps")).unwrap(),
-                std::fs::read(d.join("full-two.logps")).unwrap(),
-                "sharded reference cache"
-            );
-        }
+        same_run(&d.join(&one), &d.join(&two), file, 1e-6);
     }
+    // the reference cache was computed half on each rank and written whole by rank 0
+    assert_eq!(
+        std::fs::read(d.join("full-one.logps")).unwrap(),
+        std::fs::read(d.join("full-two.logps")).unwrap(),
+        "sharded reference cache"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -413,40 +405,17 @@ fn a_rank_that_dies_or_fails_ends_the_job_with_a_message() {
         return;
     };
     let d = common::scratch("mpi-fault");
-    let model = repo("models/ponder-tiny/base");
-    let data = repo("models/fixtures/train/arith_pairs.jsonl");
-    let args = |out: &str, data: &Path| -> Vec<String> {
-        [
-            "dpo",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--steps",
-            "20",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            d.join(out).to_str().unwrap(),
-            "--ref-cache",
-            d.join(format!("{out}.logps")).to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let steps = ["--batch-size", "2", "--steps", "20"];
     // rank 1 dies by a signal at its third step, while rank 0 carries on into the next
     // all-reduce (MPMD: each rank its own environment)
+    let args = dpo_args(&d, "dies", "cpu", &steps);
     let mut c = mpirun();
     c.args(["-np", "1"])
         .arg(&bin)
-        .args(args("dies", &data))
+        .args(&args)
         .args([":", "-np", "1", "-x", "PONDER_TEST_KILL_AT=step-logged:3"])
         .arg(&bin)
-        .args(args("dies", &data));
+        .args(&args);
     let t0 = Instant::now();
     let (ok, text) = run(c, Duration::from_secs(120));
     assert!(!ok, "{text}");
@@ -457,14 +426,17 @@ fn a_rank_that_dies_or_fails_ends_the_job_with_a_message() {
     );
     eprintln!("a dead rank ended the job after {:?}", t0.elapsed());
     // rank 1 fails with an error (its data file is missing) while rank 0 waits for it
-    let missing = d.join("missing.jsonl");
+    let args = dpo_args(&d, "fails", "cpu", &steps);
+    let mut missing = args.clone();
+    let at = missing.iter().position(|a| a == "--data").unwrap() + 1;
+    missing[at] = d.join("missing.jsonl").display().to_string();
     let mut c = mpirun();
     c.args(["-np", "1"])
         .arg(&bin)
-        .args(args("fails", &data))
+        .args(&args)
         .args([":", "-np", "1"])
         .arg(&bin)
-        .args(args("fails", &missing));
+        .args(&missing);
     let (ok, text) = run(c, Duration::from_secs(120));
     assert!(!ok, "{text}");
     assert!(
@@ -515,38 +487,12 @@ fn dpo_on_two_gpu_ranks_equals_one_gpu_process_with_grad_accum() {
         return;
     };
     let d = common::scratch("mpi-dpo-gpu");
-    let model = repo("models/ponder-tiny/base");
-    let data = repo("models/fixtures/train/arith_pairs.jsonl");
-    let args = |tag: &str| -> Vec<String> {
-        [
-            "dpo",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--steps",
-            "2",
-            "--device",
-            "gpu",
-            "--quiet",
-            "--out",
-            d.join(tag).to_str().unwrap(),
-            "--ref-cache",
-            d.join(format!("{tag}.logps")).to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let one = args("one");
-    let mut one: Vec<&str> = one.iter().map(String::as_str).collect();
+    let steps = ["--batch-size", "2", "--steps", "2"];
+    let mut one = steps.to_vec();
     one.extend(["--grad-accum", "2"]);
-    let (ok, text) = alone(&bin, &one);
+    let (ok, text) = alone(&bin, &strs(&dpo_args(&d, "one", "gpu", &one)));
     assert!(ok, "{text}");
-    let two = args("two");
-    let (ok, text) = ranks(2, &bin, &two.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, text) = ranks(2, &bin, &strs(&dpo_args(&d, "two", "gpu", &steps)));
     assert!(ok, "{text}");
     same_run(&d.join("one"), &d.join("two"), "model.safetensors", 1e-5);
     let _ = std::fs::remove_dir_all(&d);
@@ -560,51 +506,22 @@ fn a_killed_two_rank_run_resumes_in_one_process() {
         return;
     };
     let d = common::scratch("mpi-resume");
-    let model = repo("models/ponder-tiny/base");
-    let data = repo("models/fixtures/train/arith_pairs.jsonl");
-    let args = |tag: &str| -> Vec<String> {
-        [
-            "dpo",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--steps",
-            "5",
-            "--save-every",
-            "2",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            d.join(tag).to_str().unwrap(),
-            "--ref-cache",
-            d.join(format!("{tag}.logps")).to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let one = args("one");
-    let mut one: Vec<&str> = one.iter().map(String::as_str).collect();
+    let steps = ["--batch-size", "2", "--steps", "5", "--save-every", "2"];
+    let mut one = steps.to_vec();
     one.extend(["--grad-accum", "2"]);
-    let (ok, text) = alone(&bin, &one);
+    let (ok, text) = alone(&bin, &strs(&dpo_args(&d, "one", "cpu", &one)));
     assert!(ok, "{text}");
     // both ranks abort once step 4 is logged: checkpoint-2 is the last one
-    let two = args("two");
     let mut c = mpirun();
     c.args(["-np", "2", "-x", "PONDER_TEST_KILL_AT=step-logged:4"])
         .arg(&bin)
-        .args(&two);
+        .args(dpo_args(&d, "two", "cpu", &steps));
     let (ok, text) = run(c, Duration::from_secs(300));
     assert!(!ok, "{text}");
     assert!(d.join("two/checkpoint-2").is_dir(), "{text}");
-    let out_two = d.join("two");
-    let mut resumed: Vec<&str> = two.iter().map(String::as_str).collect();
-    resumed.extend(["--grad-accum", "2", "--resume", out_two.to_str().unwrap()]);
-    let (ok, text) = alone(&bin, &resumed);
+    let out_two = d.join("two").display().to_string();
+    one.extend(["--resume", &out_two]);
+    let (ok, text) = alone(&bin, &strs(&dpo_args(&d, "two", "cpu", &one)));
     assert!(ok, "{text}");
     assert!(text.contains("resumed from"), "{text}");
     same_run(&d.join("one"), &d.join("two"), "model.safetensors", 1e-6);

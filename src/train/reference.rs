@@ -72,12 +72,10 @@ pub(crate) fn build_cache(
     // of several MPI ranks, rank 0 judges the file; then every rank opens it, or every
     // rank computes its share of the pairs and rank 0 writes the whole
     if crate::dist::size() > 1 {
-        let hit = crate::dist::root_flag(|| {
-            match RefCache::open(&path, key, pairs.len()) {
+        let hit = crate::dist::root_flag(|| match RefCache::open(&path, key, pairs.len()) {
             Ok(_) => Ok(true),
-            Err(Invalid::Foreign(why)) => Err(Error::file(&path, format!("refusing to use this as the reference cache: {why}; pass --ref-cache with a new path"))),
+            Err(Invalid::Foreign(why)) => Err(foreign(&path, &why)),
             Err(_) => Ok(false),
-        }
         })?;
         if hit {
             log(format!("reference cache: hit, {}", path.display()));
@@ -109,12 +107,7 @@ pub(crate) fn build_cache(
             "reference cache {} is stale ({why}); rebuilding",
             path.display()
         )),
-        Err(Invalid::Foreign(why)) => {
-            return Err(Error::file(
-                &path,
-                format!("refusing to use this as the reference cache: {why}, so ponder did not write it and will not overwrite it; pass --ref-cache with a new path"),
-            ))
-        }
+        Err(Invalid::Foreign(why)) => return Err(foreign(&path, &why)),
         Err(Invalid::Corrupt(why)) => log(format!(
             "reference cache {} is corrupted ({why}); rebuilding",
             path.display()
@@ -123,6 +116,14 @@ pub(crate) fn build_cache(
     let out = reference_values(args, pairs, ref_net, adapters_off, summary, false)?;
     refcache::write(&path, key, &out)?;
     open_written(&path, key, pairs.len(), summary, "built")
+}
+
+/// A file at the cache's path that ponder did not write.
+fn foreign(path: &Path, why: &str) -> Error {
+    Error::file(
+        path,
+        format!("refusing to use this as the reference cache: {why}, so ponder did not write it and will not overwrite it; pass --ref-cache with a new path"),
+    )
 }
 
 /// The cache at `path` that this run just wrote or found, opened on this rank.
