@@ -290,7 +290,9 @@ fn main() -> ExitCode {
             quiet,
         } => demo_cmd(ponder::recipes::demo::DemoOpts {
             out: out.unwrap_or_else(|| {
-                ponder::recipes::demo::next_free_out(std::path::Path::new("runs/demo"))
+                ponder::dist::root_path(ponder::recipes::demo::next_free_out(std::path::Path::new(
+                    "runs/demo",
+                )))
             }),
             models,
             seed,

@@ -215,6 +215,16 @@ pub fn broadcast_bytes(bytes: Vec<u8>) -> Vec<u8> {
     unreachable!("several ranks need the mpi feature")
 }
 
+/// Rank 0's `path` on every rank (a default output directory that each rank would
+/// otherwise pick for itself, and differently once rank 0 has made it).
+pub fn root_path(path: std::path::PathBuf) -> std::path::PathBuf {
+    if size() <= 1 {
+        return path;
+    }
+    let bytes = broadcast_bytes(path.to_string_lossy().into_owned().into_bytes());
+    std::path::PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Every rank's `mine` (a JSON value), in rank order, on every rank.
 pub fn all_gather_json<T: serde::Serialize + serde::de::DeserializeOwned>(
     mine: &T,

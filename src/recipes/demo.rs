@@ -259,19 +259,24 @@ pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
         }
     }
     validate(o)?;
-    let nonempty = std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_some());
-    if nonempty {
-        return Err(Error::file(
-            &o.out,
-            "is not empty; the demo writes only into a new or empty directory and never moves or deletes an earlier run: choose another --out, or leave --out out to get a fresh runs/demo-N",
-        ));
-    }
-    // held for the whole run: a second demo on the same --out is refused, not interleaved
-    let _lock = crate::files::claim_out_dir(&o.out, "demo")?;
+    // of several MPI ranks, rank 0 alone checks, claims and writes `out`
+    let _lock = crate::dist::root_outcome(|| {
+        let nonempty = std::fs::read_dir(&o.out).is_ok_and(|mut d| d.next().is_some());
+        if nonempty {
+            return Err(Error::file(
+                &o.out,
+                "is not empty; the demo writes only into a new or empty directory and never moves or deletes an earlier run: choose another --out, or leave --out out to get a fresh runs/demo-N",
+            ));
+        }
+        // held for the whole run: a second demo on the same --out is refused, not interleaved
+        crate::files::claim_out_dir(&o.out, "demo")
+    })?;
     log(format!("demo: writing to {}", o.out.display()));
     let data = o.out.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
-    write_data(o, &data)?;
+    crate::dist::root_outcome(|| {
+        std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
+        write_data(o, &data)
+    })?;
     let test = super::data::read_examples(&data.join("test.jsonl"))?;
     let (short, long) = (o.models.join("sft-short"), o.models.join("sft-long"));
     let n = test.len();
@@ -441,8 +446,10 @@ pub fn run(o: &DemoOpts) -> Result<(Vec<Row>, f64)> {
     let secs = t0.elapsed().as_secs_f64();
     let summary = json!({"rows": rows.iter().map(row_json).collect::<Vec<_>>(), "seconds": secs, "tpo_rounds": p.rounds, "thinkpo": {"pairs": t.pairs, "mean_chosen_tokens": t.mean_chosen_tokens, "mean_rejected_tokens": t.mean_rejected_tokens}});
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    crate::files::write_atomic(&o.out.join("summary.json"), text.as_bytes())?;
-    write_summary(&o.out, &rows, secs)?;
+    if crate::dist::is_root() {
+        crate::files::write_atomic(&o.out.join("summary.json"), text.as_bytes())?;
+        write_summary(&o.out, &rows, secs)?;
+    }
     Ok((rows, secs))
 }
 
