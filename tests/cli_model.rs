@@ -47,6 +47,16 @@ fn logits_prints_json_for_every_position() {
     assert_eq!(v["logits"].as_array().unwrap().len(), 3 * 384);
     let (ok, _, err) = ponder(&["logits", "--model", dir.to_str().unwrap(), "--ids", "3,999"]);
     assert!(!ok && err.contains("token id 999 is out of range"), "{err}");
+    // past the model's positions, as generate and training refuse
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let max_pos = cfg["max_position_embeddings"].as_u64().unwrap() as usize;
+    let ids = vec!["3"; max_pos + 1].join(",");
+    let (ok, _, err) = ponder(&["logits", "--model", dir.to_str().unwrap(), "--ids", &ids]);
+    assert!(
+        !ok && err.contains("max_position_embeddings") && err.contains(&format!("{}", max_pos + 1)),
+        "{err}"
+    );
 }
 
 #[test]

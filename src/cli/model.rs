@@ -67,6 +67,21 @@ pub(crate) struct GenerateArgs {
 pub(crate) fn logits_cmd(dir: PathBuf, ids: Vec<u32>, dev: Option<String>) -> Result<bool> {
     let m = Model::load(&dir, frozen(device(dev)?))?;
     let v = m.cfg.vocab_size;
+    // as generate and training refuse: positions past the model's are not its logits
+    let max_pos = m.cfg.max_position_embeddings;
+    if ids.len() > max_pos {
+        return Err(Error::invalid(
+            "logits",
+            format!(
+                "{} ids reach position {}, past the model's max_position_embeddings = {max_pos}",
+                ids.len(),
+                ids.len() - 1
+            ),
+        ));
+    }
+    if !ponder::dist::is_root() {
+        return Ok(true);
+    }
     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     let io = |e| Error::io("stdout", e);
     // streamed chunk by chunk: never a whole (T, V) logits tensor on the device
