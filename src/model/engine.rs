@@ -50,7 +50,7 @@ pub enum Finish {
     Length,
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Sequence {
     pub prompt: usize,
     pub sample: usize,

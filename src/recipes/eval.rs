@@ -341,14 +341,46 @@ pub(crate) fn run_questions(
         item_offset: p.item_offset + mine.start * k,
         ..p.clone()
     };
-    let (mut seqs, _) = generate_with(net, &prompts[mine.clone()], k, &p, Some(tok), &mut hooks)?;
+    let (seqs, _) = generate_with(net, &prompts[mine.clone()], k, &p, Some(tok), &mut hooks)?;
     if crate::dist::size() == 1 {
         return Ok((seqs, calc.fired));
     }
-    for s in &mut seqs {
-        s.prompt += mine.start;
-    }
-    let all = crate::dist::all_gather_json(&(seqs, calc.fired))?;
+    let wire: Vec<Wire> = seqs
+        .into_iter()
+        .map(|s| Wire {
+            prompt: s.prompt + mine.start,
+            sample: s.sample,
+            ids: s.ids,
+            logprob_bits: s.logprobs.into_iter().map(f32::to_bits).collect(),
+            forced: s.forced,
+            finish: s.finish,
+        })
+        .collect();
+    let all = crate::dist::all_gather_json(&(wire, calc.fired))?;
     let fired = all.iter().map(|(_, f)| f).sum();
-    Ok((all.into_iter().flat_map(|(s, _)| s).collect(), fired))
+    let seqs = all
+        .into_iter()
+        .flat_map(|(w, _)| w)
+        .map(|w| Sequence {
+            prompt: w.prompt,
+            sample: w.sample,
+            ids: w.ids,
+            logprobs: w.logprob_bits.into_iter().map(f32::from_bits).collect(),
+            forced: w.forced,
+            finish: w.finish,
+        })
+        .collect();
+    Ok((seqs, fired))
+}
+
+/// A [`Sequence`] as it travels between MPI ranks: its log-probs as bits, so that each
+/// comes back exactly (a decimal f32 parsed through f64 can round twice).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    prompt: usize,
+    sample: usize,
+    ids: Vec<u32>,
+    logprob_bits: Vec<u32>,
+    forced: usize,
+    finish: crate::model::generate::Finish,
 }
