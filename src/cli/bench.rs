@@ -180,6 +180,13 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
     if let BenchCmd::Allreduce { elements, reps } = &what {
         return allreduce(elements, *reps);
     }
+    if ponder::dist::size() > 1 {
+        // N copies of one benchmark would only contend for the same cores or card
+        return Err(ponder::Error::invalid(
+            "bench",
+            "this benchmark times one process: run it without mpirun (`bench allreduce` is the one that runs under mpirun)",
+        ));
+    }
     let profile = match &what {
         BenchCmd::Matmul { profile, .. }
         | BenchCmd::Attention { profile, .. }
