@@ -54,6 +54,7 @@ fn grads(dev: Device, ckpt: bool, lora: bool) -> Vec<(String, Vec<f64>)> {
     let linear = LinearCtx {
         disable_adapters: false,
         dropout_seed: Some(1234),
+        token_keys: None,
     };
     let lp = loss::sequence_logps(&m.net, &refs, linear, false).unwrap();
     loss::sft_loss(&lp, 20).unwrap().backward().unwrap();

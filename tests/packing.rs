@@ -164,9 +164,9 @@ fn loss_and_grads(
     .unwrap();
     if lora {
         let targets: Vec<String> = ["q", "k", "v", "o", "down"].map(String::from).to_vec();
-        // no dropout: its masks are drawn over the batch's layout, so a padded and a
-        // packed batch would drop different values
-        m.net.add_lora(&targets, 4, 8.0, 0.0, 3).unwrap();
+        // with dropout: a mask row is drawn per (seed, layer, token), so a padded and a
+        // packed batch of the same sequences drop the same values
+        m.net.add_lora(&targets, 4, 8.0, 0.25, 3).unwrap();
         // B starts at zero (so A's gradient would be zero): give it values
         common::randomise_lora_b(&mut m.net, dev, 70);
     }
@@ -181,8 +181,9 @@ fn loss_and_grads(
     let linear = LinearCtx {
         disable_adapters: false,
         dropout_seed: Some(77),
+        token_keys: None,
     };
-    let lp = loss::sequence_logps(&m.net, &seqs, linear, true).unwrap();
+    let lp = loss::sequence_logps(&m.net, &seqs, linear.clone(), true).unwrap();
     let (rc, rr) = (vec![-60.0, -20.5, -99.0], vec![-11.0, -4.0, -15.5]);
     let p = DpoParams::sigmoid(0.1);
     let dpo = loss::dpo_objective(&lp, &rc, &rr, &p).unwrap();

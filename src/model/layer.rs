@@ -29,12 +29,34 @@ pub struct Lora {
 }
 
 /// Per-forward switches that reach every Linear.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LinearCtx {
     /// Run the base model only (the DPO reference under LoRA).
     pub disable_adapters: bool,
     /// Seed for LoRA dropout masks; None = no dropout (eval).
     pub dropout_seed: Option<u64>,
+    /// Each input row's token, as (sequence << 32 | position) in the batch: a dropout mask
+    /// row is drawn from (seed, layer, token), so a padded and a packed batch of the same
+    /// sequences drop the same values. Filled in by [`super::Transformer::forward`]; None
+    /// numbers the rows instead.
+    pub token_keys: Option<std::sync::Arc<[u64]>>,
+}
+
+/// The dropout key of every token of a batch from its rotary positions: a row starts a
+/// sequence, and so does a position that does not follow the one before (a packed row's
+/// next sequence). Padded rows and packed sequences in the same order get the same keys.
+pub fn token_keys(positions: &[Vec<usize>]) -> std::sync::Arc<[u64]> {
+    let mut seq: u64 = 0;
+    let mut out = Vec::with_capacity(positions.iter().map(Vec::len).sum());
+    for (b, row) in positions.iter().enumerate() {
+        for (t, &p) in row.iter().enumerate() {
+            if (t == 0 && b > 0) || (t > 0 && p <= row[t - 1]) {
+                seq += 1;
+            }
+            out.push(seq << 32 | p as u64);
+        }
+    }
+    out.into()
 }
 
 impl Linear {
@@ -44,6 +66,7 @@ impl Linear {
             &LinearCtx {
                 disable_adapters: true,
                 dropout_seed: None,
+                token_keys: None,
             },
             0,
         )
@@ -59,17 +82,26 @@ impl Linear {
             let xd = match ctx.dropout_seed {
                 Some(seed) if l.dropout > 0.0 => {
                     // inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p)
+                    use rayon::prelude::*;
                     let keep = 1.0 - l.dropout;
-                    let mut r = crate::util::rng(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    let m: Vec<f32> = (0..x.numel())
-                        .map(|_| {
-                            if rand::Rng::random::<f32>(&mut r) < keep {
-                                1.0 / keep
-                            } else {
-                                0.0
+                    let s = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let c = x.shape().last().copied().unwrap_or(1).max(1);
+                    let rows = x.numel() / c;
+                    let keys = ctx.token_keys.as_deref().filter(|k| k.len() == rows);
+                    let mut m = vec![0.0f32; x.numel()];
+                    // one stream per (seed, layer, token): the mask of a token's row does not
+                    // depend on where the token sits in the batch
+                    m.par_chunks_mut(c).enumerate().for_each(|(r, row)| {
+                        let key = keys.map_or(r as u64, |k| k[r]);
+                        let mut g = crate::util::rng(
+                            s ^ key.wrapping_add(1).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+                        );
+                        for v in row {
+                            if rand::Rng::random::<f32>(&mut g) < keep {
+                                *v = 1.0 / keep;
                             }
-                        })
-                        .collect();
+                        }
+                    });
                     x.mul(&Tensor::from_vec(m, x.shape(), x.device())?)?
                 }
                 _ => x.clone(),
@@ -207,5 +239,36 @@ impl Layer {
         let gate = self.gate_proj.forward_ctx(&x, lc, salt + 4)?;
         let m = gate.swiglu(&self.up_proj.forward_ctx(&x, lc, salt + 5)?)?;
         h.add(&self.down_proj.forward_ctx(&m, lc, salt + 6)?)
+    }
+}
+
+#[cfg(test)]
+mod dropout_key_tests {
+    use super::token_keys;
+
+    #[test]
+    fn padded_rows_and_packed_sequences_get_the_same_dropout_keys() {
+        let key = |s: u64, p: u64| s << 32 | p;
+        // two padded rows (the second's last position is padding)
+        let padded = token_keys(&[vec![0, 1, 2], vec![0, 1, 2]]);
+        assert_eq!(
+            &padded[..],
+            &[
+                key(0, 0),
+                key(0, 1),
+                key(0, 2),
+                key(1, 0),
+                key(1, 1),
+                key(1, 2)
+            ]
+        );
+        // the same two sequences packed end to end in one row: positions restart
+        let packed = token_keys(&[vec![0, 1, 2, 0, 1]]);
+        assert_eq!(&packed[..], &padded[..5]);
+        // three packed rows of one token each are three sequences
+        assert_eq!(
+            &token_keys(&[vec![4], vec![4], vec![4]])[..],
+            &[key(0, 4), key(1, 4), key(2, 4)]
+        );
     }
 }

@@ -605,6 +605,10 @@ impl Transformer {
             .take()
             .unwrap_or_else(|| vec![(offset..offset + t).collect(); b]);
         let (cos, sin) = self.rope.tables(&positions, self.device)?;
+        let mut linear = fwd.linear.clone();
+        if linear.dropout_seed.is_some() && linear.token_keys.is_none() {
+            linear.token_keys = Some(super::layer::token_keys(&positions));
+        }
         let ids_t = Tensor::from_u32(ids.to_vec(), &[b, t], self.device)?;
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
@@ -632,7 +636,7 @@ impl Transformer {
             cos,
             sin,
             attn,
-            linear: fwd.linear,
+            linear,
         };
         // checkpointing applies to training passes (no cache to fill)
         let checkpointed = self.gradient_checkpointing && fwd.cache.is_none();

@@ -174,6 +174,7 @@ fn reference_values(
             LinearCtx {
                 disable_adapters: adapters_off,
                 dropout_seed: None,
+                token_keys: None,
             },
             false,
         )?;

@@ -153,6 +153,7 @@ pub fn reference_logps(net: &Transformer, pairs: &[&Pair], adapters_off: bool) -
         LinearCtx {
             disable_adapters: adapters_off,
             dropout_seed: None,
+            token_keys: None,
         },
         false,
     )?;
@@ -225,6 +226,7 @@ impl Trainer {
                     self.seed
                         ^ ((step * batches.len() + mbi) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
                 ),
+                token_keys: None,
             };
             match b {
                 MicroBatch::Sft(seqs) => {
