@@ -230,11 +230,22 @@ fn dpo_on_two_ranks_equals_one_process_with_grad_accum() {
         a.extend(["--batch-size", "3", "--steps", "3"]);
         let mut one_args = a.clone();
         one_args.extend(["--grad-accum", "2"]);
-        let (ok, text) = alone(&bin, &strs(&dpo_args(&d, &one, "cpu", &one_args)));
-        assert!(ok, "{text}");
+        let (ok, text_one) = alone(&bin, &strs(&dpo_args(&d, &one, "cpu", &one_args)));
+        assert!(ok, "{text_one}");
         let (ok, text) = ranks(2, &bin, &strs(&dpo_args(&d, &two, "cpu", &a)));
         assert!(ok, "{text}");
         assert!(text.contains("over 2 MPI ranks"), "{text}");
+        // the reference passes of both ranks, each counted once (cache build or live)
+        let passes = |t: &str| {
+            let at = t.find("reference forwards ").expect("the summary line") + 19;
+            t[at..]
+                .split([',', '\n'])
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(passes(&text), passes(&text_one), "{text}");
         same_run(&d.join(&one), &d.join(&two), file, 1e-6);
     }
     // the reference cache was computed half on each rank and written whole by rank 0

@@ -13,8 +13,7 @@
 //! them unconditionally.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -24,9 +23,6 @@ mod comm;
 static RANK: AtomicUsize = AtomicUsize::new(0);
 static SIZE: AtomicUsize = AtomicUsize::new(1);
 static LOCAL_RANK: AtomicUsize = AtomicUsize::new(0);
-/// Bytes this rank sent into collectives, and the nanoseconds it spent in them.
-static BYTES: AtomicU64 = AtomicU64::new(0);
-static NANOS: AtomicU64 = AtomicU64::new(0);
 
 /// This process's rank (0 without MPI).
 pub fn rank() -> usize {
@@ -152,28 +148,11 @@ pub fn abort(code: i32) -> ! {
     std::process::exit(code)
 }
 
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
-fn timed<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
-    let t0 = Instant::now();
-    let r = f();
-    NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
-    r
-}
-
-/// (bytes sent into collectives, seconds spent in them) by this rank so far.
-pub fn traffic() -> (u64, f64) {
-    (
-        BYTES.load(Ordering::Relaxed),
-        NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
-    )
-}
-
 /// Sum `buf` over the ranks, in place, on every rank.
 pub fn all_reduce_f32(buf: &mut [f32]) {
     #[cfg(feature = "mpi")]
     if size() > 1 {
-        timed(std::mem::size_of_val(buf), || comm::all_reduce_f32(buf));
+        comm::all_reduce_f32(buf);
     }
     #[cfg(not(feature = "mpi"))]
     let _ = buf; // one rank: the sum is the buffer
@@ -183,7 +162,7 @@ pub fn all_reduce_f32(buf: &mut [f32]) {
 pub fn all_reduce_f64(buf: &mut [f64]) {
     #[cfg(feature = "mpi")]
     if size() > 1 {
-        timed(std::mem::size_of_val(buf), || comm::all_reduce_f64(buf));
+        comm::all_reduce_f64(buf);
     }
     #[cfg(not(feature = "mpi"))]
     let _ = buf; // one rank: the sum is the buffer
@@ -196,7 +175,7 @@ pub fn all_gather_bytes(mine: &[u8]) -> Vec<Vec<u8>> {
     }
     #[cfg(feature = "mpi")]
     {
-        timed(mine.len(), || comm::all_gather_bytes(mine))
+        comm::all_gather_bytes(mine)
     }
     #[cfg(not(feature = "mpi"))]
     unreachable!("several ranks need the mpi feature")
@@ -209,7 +188,7 @@ pub fn broadcast_bytes(bytes: Vec<u8>) -> Vec<u8> {
     }
     #[cfg(feature = "mpi")]
     {
-        timed(bytes.len(), || comm::broadcast_bytes(bytes))
+        comm::broadcast_bytes(bytes)
     }
     #[cfg(not(feature = "mpi"))]
     unreachable!("several ranks need the mpi feature")
@@ -271,7 +250,7 @@ pub fn root_flag(on_root: impl FnOnce() -> Result<bool>) -> Result<bool> {
 pub fn barrier() {
     if size() > 1 {
         #[cfg(feature = "mpi")]
-        timed(0, comm::barrier);
+        comm::barrier();
     }
 }
 

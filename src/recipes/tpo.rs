@@ -470,10 +470,11 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
         };
         // of several MPI ranks, each judges a contiguous share of the instructions and
         // every rank gets every score (as bits, so that each comes back exactly)
+        let parts: Vec<Vec<Option<String>>> = samples.iter().map(|ss| parts_of(ss)).collect();
         let mine = crate::dist::share(samples.len());
         let mut my_scores: Vec<Vec<Option<u64>>> = Vec::with_capacity(mine.len());
         for q in mine {
-            let s = score(q, &parts_of(&samples[q]))?;
+            let s = score(q, &parts[q])?;
             my_scores.push(s.iter().map(|x| x.map(f64::to_bits)).collect());
             bar.inc(1);
         }
@@ -483,8 +484,7 @@ pub fn run(o: &TpoOpts) -> Result<TpoSummary> {
             my_scores
         };
         let mut judged = Vec::with_capacity(batch.len());
-        for (ss, bits) in samples.into_iter().zip(all_scores) {
-            let parts = parts_of(&ss);
+        for ((ss, bits), parts) in samples.into_iter().zip(all_scores).zip(parts) {
             // an unparsed output is all response: its length is the whole output's
             let lengths: Vec<f64> = parts
                 .iter()

@@ -67,6 +67,15 @@ pub struct AllReduceTimes {
     pub reduce_s: f64,
 }
 
+impl std::ops::AddAssign for AllReduceTimes {
+    fn add_assign(&mut self, o: AllReduceTimes) {
+        self.bytes += o.bytes;
+        self.stage_s += o.stage_s;
+        self.wait_s += o.wait_s;
+        self.reduce_s += o.reduce_s;
+    }
+}
+
 pub struct Optimizer {
     pub params: Vec<(String, Tensor)>,
     pub m: Vec<Tensor>,

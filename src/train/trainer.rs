@@ -361,6 +361,12 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
             }
         }
     };
+    if ranks > 1 {
+        // the reference cache's passes of every rank (a step's live passes come merged)
+        let mut n = [summary.ref_forwards as f64];
+        crate::dist::all_reduce_f64(&mut n);
+        summary.ref_forwards = n[0] as usize;
+    }
     let mut trainer = Trainer::new(
         m.net,
         lora,
@@ -464,10 +470,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         summary.ref_forwards += st.ref_forwards;
         last_loss = st.loss;
         dp_time.0 += st.seconds;
-        dp_time.1.bytes += st.allreduce.bytes;
-        dp_time.1.stage_s += st.allreduce.stage_s;
-        dp_time.1.wait_s += st.allreduce.wait_s;
-        dp_time.1.reduce_s += st.allreduce.reduce_s;
+        dp_time.1 += st.allreduce;
         if let Some(mw) = &mut mw {
             mw.write(&st.metrics(((step + 1) * ga) as f64 / mb_per_epoch as f64))?;
         }
@@ -493,12 +496,6 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     bar.finish_and_clear();
     summary.steps = total_steps;
     summary.final_loss = last_loss;
-    if ranks > 1 {
-        // the reference passes of every rank
-        let mut n = [summary.ref_forwards as f64];
-        crate::dist::all_reduce_f64(&mut n);
-        summary.ref_forwards = n[0] as usize;
-    }
     if !crate::dist::is_root() {
         return Ok(summary);
     }
