@@ -4,7 +4,9 @@
 // at absolute position t + S - T; query head h reads kv head h / (NH / NKV).
 // Optional valid key ranges [start, end): has_ranges 1, one per batch row R[2b], R[2b+1]
 // (padding); has_ranges 2, one per query R[2(bT + t)], R[2(bT + t) + 1] (sequences packed
-// end to end, block-diagonal causal attention).
+// end to end, block-diagonal causal attention); has_ranges 3, one per query with a hole,
+// R[4(bT + t) ..] = start, end, skip start, skip end (answers packed after one shared
+// prompt: each sees the prompt and itself, not the answers between them).
 //
 // Forward (one thread per query row):
 //   s_j = scale q.k_j;  online: m' = max(m, s_j), l = l e^(m-m') + e^(s_j-m'),
@@ -65,7 +67,7 @@ var<workgroup> T1: array<f32, BKV * HD>;
 var<workgroup> T2: array<f32, BKV * HD>;
 var<workgroup> RL: array<f32, BKV>;
 var<workgroup> RD: array<f32, BKV>;
-// Packed sequences (has_ranges 2): the workgroup's first key / last query, reduced with
+// Packed sequences (has_ranges 2 or 3): the workgroup's first key / last query, reduced with
 // atomics and handed out uniformly, so tiles outside every thread's sequence are skipped.
 var<workgroup> KMIN: atomic<u32>;
 var<workgroup> KMAX: atomic<u32>;
@@ -74,7 +76,7 @@ var<workgroup> KOUT: u32;
 // With per-query ranges, the least of the threads' `lo` (their first key; u32 max for a
 // thread with none), the same value in every thread; 0 otherwise.
 fn block_key_start(lo: u32, lid: u32) -> u32 {
-    if (P.has_ranges != 2u) {
+    if (P.has_ranges < 2u) {
         return 0u;
     }
     if (lid == 0u) {
@@ -93,7 +95,7 @@ fn block_key_start(lo: u32, lid: u32) -> u32 {
 // last query that sees any of the workgroup's keys: the greatest of their sequences'
 // ends (`end`, 0 for a thread with no key), the same value in every thread; T otherwise.
 fn block_query_end(end: u32, lid: u32) -> u32 {
-    if (P.has_ranges != 2u || P.s != P.t) {
+    if (P.has_ranges < 2u || P.s != P.t) {
         return P.t;
     }
     if (lid == 0u) {
@@ -119,11 +121,29 @@ fn key_range(bi: u32, t: u32) -> vec2<u32> {
         let i = bi * P.t + t;
         lo = R[2u * i];
         hi = min(R[2u * i + 1u], P.s);
+    } else if (P.has_ranges == 3u) {
+        let i = bi * P.t + t;
+        lo = R[4u * i];
+        hi = min(R[4u * i + 1u], P.s);
     }
     if (P.causal == 1u) {
         hi = min(hi, t + P.s - P.t + 1u);
     }
     return vec2<u32>(lo, max(hi, lo));
+}
+
+// The hole [a, b) in query t's keys (has_ranges 3), else an empty one.
+fn key_skip(bi: u32, t: u32) -> vec2<u32> {
+    if (P.has_ranges == 3u) {
+        let i = bi * P.t + t;
+        return vec2<u32>(R[4u * i + 2u], R[4u * i + 3u]);
+    }
+    return vec2<u32>(0u, 0u);
+}
+
+// Whether key j is one query sees, given its range kr and hole ks.
+fn sees(j: u32, kr: vec2<u32>, ks: vec2<u32>) -> bool {
+    return j >= kr.x && j < kr.y && !(j >= ks.x && j < ks.y);
 }
 
 fn q_index(bi: u32, t: u32, h: u32) -> u32 {
@@ -176,12 +196,14 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var q: array<f32, HD>;
     var acc: array<f32, HD>;
     var kr = vec2<u32>(0u, 0u);
+    var ks = vec2<u32>(0u, 0u);
     if (live) {
         let qo = q_index(bi, t, h);
         for (var e = 0u; e < HD; e = e + 1u) {
             q[e] = Q[qo + e] * P.scale;
         }
         kr = key_range(bi, t);
+        ks = key_skip(bi, t);
     }
     var m = -1.0e30;
     var l = 0.0;
@@ -197,7 +219,7 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         let jn = min(BKV, kend - j0);
         for (var jj = 0u; jj < jn; jj = jj + 1u) {
             let j = j0 + jj;
-            if (j < kr.x || j >= kr.y) {
+            if (!sees(j, kr, ks)) {
                 continue;
             }
             var sc = 0.0;
@@ -276,6 +298,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var dout: array<f32, HD>;
     var dq: array<f32, HD>;
     var kr = vec2<u32>(0u, 0u);
+    var ks = vec2<u32>(0u, 0u);
     var lse = 0.0;
     var dd = 0.0;
     if (live) {
@@ -286,6 +309,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             dout[e] = DO[oo + e];
         }
         kr = key_range(bi, t);
+        ks = key_skip(bi, t);
         let r = (bi * P.nh + h) * P.t + t;
         lse = ST[2u * r];
         dd = ST[2u * r + 1u];
@@ -302,7 +326,7 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         let jn = min(BKV, kend - j0);
         for (var jj = 0u; jj < jn; jj = jj + 1u) {
             let j = j0 + jj;
-            if (j < kr.x || j >= kr.y) {
+            if (!sees(j, kr, ks)) {
                 continue;
             }
             var sc = 0.0;
@@ -373,6 +397,9 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var qend = 0u;
     if (j < P.s && P.has_ranges == 2u && P.s == P.t) {
         qend = R[2u * (bi * P.t + j) + 1u];
+    } else if (j < P.s && P.has_ranges == 3u && P.s == P.t) {
+        // the end of key j's group, whose queries alone see it
+        qend = R[4u * (bi * P.t + j) + 1u];
     }
     let tend = block_query_end(qend, lid);
     for (var hh = P.hh; hh < P.hh + P.hn; hh = hh + 1u) {
@@ -411,9 +438,8 @@ fn attn_bwd_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
                     if (P.causal == 1u && j > tt + P.s - P.t) {
                         continue;
                     }
-                    if (P.has_ranges == 2u) {
-                        let kr = key_range(bi, tt);
-                        if (j < kr.x || j >= kr.y) {
+                    if (P.has_ranges >= 2u) {
+                        if (!sees(j, key_range(bi, tt), key_skip(bi, tt))) {
                             continue;
                         }
                     }

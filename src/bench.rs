@@ -472,10 +472,18 @@ pub fn synthetic_pairs(shape: PairShape, v: usize) -> Result<Vec<crate::train::d
     }
     let mut rng = crate::util::rng(0x5EED);
     let v = v as u32;
+    // a pair's chosen and rejected share their prompt, as real pairs do
     let mut seq = |salt: u32, (lo, hi): (usize, usize)| -> Seq {
         let n = rng.random_range(lo..=hi);
         let ids: Vec<u32> = (0..(prompt_len + n) as u32)
-            .map(|i| (i * 7919 + salt * 104729 + 17) % v)
+            .map(|i| {
+                let s = if (i as usize) < prompt_len {
+                    salt / 2
+                } else {
+                    salt
+                };
+                (i * 7919 + s * 104729 + 17) % v
+            })
             .collect();
         Seq { ids, prompt_len }
     };
@@ -490,8 +498,8 @@ pub fn synthetic_pairs(shape: PairShape, v: usize) -> Result<Vec<crate::train::d
 /// Time full DPO optimizer steps (policy forward + backward + AdamW) over `data` as one
 /// micro-batch, after one untimed warm-up step. Without `reference`, the reference
 /// log-probs are computed once beforehand (as the cache does); with it, that frozen
-/// model runs under no_grad in every step. The policy's `padding_free` and
-/// `gradient_checkpointing` switches apply.
+/// model runs under no_grad in every step. The policy's `padding_free`, `shared_prompt`
+/// and `gradient_checkpointing` switches apply.
 pub fn dpo_step(
     policy: crate::model::Transformer,
     reference: Option<crate::model::Transformer>,
@@ -516,7 +524,14 @@ pub fn dpo_step(
         ));
     }
     let tokens: usize = lens.iter().sum();
-    let computed = if policy.padding_free {
+    let computed = if policy.padding_free && policy.shared_prompt {
+        let seqs: Vec<_> = ps
+            .iter()
+            .map(|p| &p.chosen)
+            .chain(ps.iter().map(|p| &p.rejected))
+            .collect();
+        tokens - crate::train::pack::pack_shared(&seqs).saved
+    } else if policy.padding_free {
         tokens
     } else {
         lens.len() * lens.iter().copied().max().unwrap_or(0)
@@ -535,10 +550,11 @@ pub fn dpo_step(
         None => Some(reference_sums(&policy, &ps, false)?),
         Some(_) => None,
     };
-    let padding_free = policy.padding_free;
+    let (padding_free, shared_prompt) = (policy.padding_free, policy.shared_prompt);
     let mut trainer = Trainer::new(policy, false, schedule, 0.0, 1.0, p, 0)?;
     trainer.reference = reference.map(|mut r| {
         r.padding_free = padding_free;
+        r.shared_prompt = shared_prompt;
         LiveReference::Model(Box::new(r))
     });
     let mut times = Vec::new();

@@ -278,6 +278,7 @@ fn attention_over_the_limit() {
     if !split_ok("split attention") {
         return;
     }
+    use ponder::ops::attention::SharedGroup;
     use ponder::AttnOpts;
     let s = seed("split attention");
     // (B, T, S, NH, NKV, HD): blocks of batch items (one item is 2 KiB of q), then of kv
@@ -304,7 +305,8 @@ fn attention_over_the_limit() {
         });
     }
     // key ranges follow their batch items into the blocks: padding (one range per row),
-    // and sequences packed end to end (one range per query)
+    // sequences packed end to end (one range per query), and answers packed after their
+    // shared prompt (one range and hole per query)
     let cu = [vec![0, 3, 16], vec![0, 1, 2, 10], vec![0, 16]];
     for (what, r, shape) in [
         ("padding", vec![2, 16, 0, 9, 5, 12], vec![3, 2]),
@@ -312,6 +314,37 @@ fn attention_over_the_limit() {
             "packed sequences",
             AttnOpts::packed_ranges(&cu, 16),
             vec![3, 16, 2],
+        ),
+        (
+            "answers sharing a prompt",
+            AttnOpts::shared_ranges(
+                &[
+                    vec![SharedGroup {
+                        start: 0,
+                        prompt: 3,
+                        answers: vec![5, 1, 7],
+                    }],
+                    vec![
+                        SharedGroup {
+                            start: 0,
+                            prompt: 1,
+                            answers: vec![1],
+                        },
+                        SharedGroup {
+                            start: 2,
+                            prompt: 4,
+                            answers: vec![2, 6],
+                        },
+                    ],
+                    vec![SharedGroup {
+                        start: 0,
+                        prompt: 16,
+                        answers: vec![],
+                    }],
+                ],
+                16,
+            ),
+            vec![3, 16, 4],
         ),
     ] {
         let r = Tensor::from_u32(r, &shape, Device::Cpu).unwrap();

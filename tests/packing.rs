@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ponder::model::transformer::LinearCtx;
 use ponder::model::{LoadOpts, Model};
-use ponder::ops::attention::AttnOpts;
+use ponder::ops::attention::{AttnOpts, SharedGroup};
 use ponder::train::data::Seq;
 use ponder::train::loss::{self, DpoParams};
 use ponder::{Device, Tensor};
@@ -129,48 +129,228 @@ fn packed_attention_gpu_matches_cpu() {
     }
 }
 
+/// Answers sharing a prompt, as groups `(prompt, answers)` laid end to end in one row:
+/// three answers after a 5-token prompt (one of a single token), one after a 1-token
+/// prompt, and a lone sequence; boundaries inside and across query and key tiles.
+const GROUPS: [(usize, &[usize]); 3] = [(5, &[40, 1, 70]), (1, &[30]), (19, &[])];
+
+fn shared_groups() -> (Vec<SharedGroup>, usize) {
+    let mut at = 0;
+    let groups: Vec<SharedGroup> = GROUPS
+        .iter()
+        .map(|&(prompt, answers)| {
+            let g = SharedGroup {
+                start: at,
+                prompt,
+                answers: answers.to_vec(),
+            };
+            at = g.end();
+            g
+        })
+        .collect();
+    (groups, at)
+}
+
+fn shared_opts(dev: Device) -> AttnOpts {
+    let (groups, l) = shared_groups();
+    let r = AttnOpts::shared_ranges(&[groups], l);
+    AttnOpts {
+        causal: true,
+        kv_ranges: Some(Tensor::from_u32(r, &[1, l, 4], dev).unwrap()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn shared_prompt_attention_is_each_answer_after_its_prompt_alone() {
+    let (nh, nkv, hd) = (4, 2, 16);
+    let s = common::seed("shared prompt attention");
+    let (groups, l) = shared_groups();
+    let (q, k, v) = (
+        common::randn(&[1, l, nh, hd], s).requires_grad_(),
+        common::randn(&[1, l, nkv, hd], s + 1).requires_grad_(),
+        common::randn(&[1, l, nkv, hd], s + 2).requires_grad_(),
+    );
+    let dout = common::randn(&[1, l, nh, hd], s + 3);
+    let out = Tensor::attention(&q, &k, &v, &shared_opts(Device::Cpu)).unwrap();
+    out.mul(&dout)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let got = [
+        out.to_vec_f64().unwrap(),
+        q.grad().unwrap().to_vec_f64().unwrap(),
+        k.grad().unwrap().to_vec_f64().unwrap(),
+        v.grad().unwrap().to_vec_f64().unwrap(),
+    ];
+    // each answer after its prompt, alone: plain causal attention over a (1, P + n) batch.
+    // The prompt's rows are the same for every answer (out and dq: the first answer's);
+    // its keys and values serve every answer (dk and dv: summed over them).
+    let widths = [nh * hd, nh * hd, nkv * hd, nkv * hd];
+    let mut want: [Vec<f64>; 4] = std::array::from_fn(|i| vec![0.0; l * widths[i]]);
+    let rows = |x: &Tensor, at: usize, n: usize| x.detach().narrow(1, at, n).unwrap();
+    for g in &groups {
+        let mut at = g.start + g.prompt;
+        let answers = if g.answers.is_empty() {
+            vec![0]
+        } else {
+            g.answers.clone()
+        };
+        for (i, &n) in answers.iter().enumerate() {
+            let cut = |x: &Tensor| {
+                Tensor::cat(&[&rows(x, g.start, g.prompt), &rows(x, at, n)], 1)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let (qs, ks, vs) = (
+                cut(&q).requires_grad_(),
+                cut(&k).requires_grad_(),
+                cut(&v).requires_grad_(),
+            );
+            let opts = AttnOpts {
+                causal: true,
+                ..Default::default()
+            };
+            let o = Tensor::attention(&qs, &ks, &vs, &opts).unwrap();
+            // the prompt's queries run once in the packed row: only the first answer's
+            // pass carries their gradient into the prompt's keys and values
+            let g_out = if i == 0 {
+                cut(&dout)
+            } else {
+                let quiet = Tensor::zeros(&[1, g.prompt, nh, hd], Device::Cpu).unwrap();
+                Tensor::cat(&[&quiet, &rows(&dout, at, n)], 1).unwrap()
+            };
+            o.mul(&g_out)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let vals = [
+                o.to_vec_f64().unwrap(),
+                qs.grad().unwrap().to_vec_f64().unwrap(),
+                ks.grad().unwrap().to_vec_f64().unwrap(),
+                vs.grad().unwrap().to_vec_f64().unwrap(),
+            ];
+            for (j, x) in vals.iter().enumerate() {
+                let w = widths[j];
+                // prompt rows: taken from the first answer, or summed (dk, dv)
+                for r in 0..g.prompt {
+                    let dst = &mut want[j][(g.start + r) * w..(g.start + r + 1) * w];
+                    let src = &x[r * w..(r + 1) * w];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = if j >= 2 {
+                            *d + s
+                        } else if i == 0 {
+                            *s
+                        } else {
+                            *d
+                        };
+                    }
+                }
+                want[j][at * w..(at + n) * w].copy_from_slice(&x[g.prompt * w..]);
+            }
+            at += n;
+        }
+    }
+    for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+        assert!(want[i].iter().any(|&x| x != 0.0), "{name}: all zero");
+        let scale = want[i].iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        common::assert_close(
+            &format!("shared-prompt {name} vs alone"),
+            &got[i],
+            &want[i],
+            1e-6 * scale,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn shared_prompt_attention_gpu_matches_cpu() {
+    if !common::gpu_ok("shared prompt attention gpu") {
+        return;
+    }
+    let s = common::seed("shared prompt attention gpu");
+    let (_, l) = shared_groups();
+    for (nh, nkv, hd) in [(4, 2, 16), (7, 1, 64)] {
+        let x = [
+            common::randn(&[1, l, nh, hd], s),
+            common::randn(&[1, l, nkv, hd], s + 1),
+            common::randn(&[1, l, nkv, hd], s + 2),
+        ];
+        common::gpu_vs_cpu(
+            &format!("shared-prompt attention {nh}/{nkv}x{hd}"),
+            &x,
+            true,
+            1e-3,
+            |x| Tensor::attention(&x[0], &x[1], &x[2], &shared_opts(x[0].device())),
+        );
+    }
+}
+
 /// DPO pairs of ThinkPO's shape in miniature: long chosen, short rejected, prompts of
-/// different lengths; one rejected completion of a single token.
+/// different lengths; one rejected completion of a single token. The first three pairs'
+/// answers share their prompt, the fourth repeats the first's prompt (two pairs sampled
+/// from one question), and the last's answers have prompts of their own.
 fn pairs(vocab: u32) -> Vec<(Seq, Seq)> {
-    let mk = |len: usize, prompt_len: usize, s: u32| Seq {
+    let mk = |len: usize, prompt_len: usize, ps: u32, s: u32| Seq {
         ids: (0..len as u32)
-            .map(|i| (i * 37 + s * 101 + 5) % vocab)
+            .map(|i| {
+                let s = if (i as usize) < prompt_len { ps } else { s };
+                (i * 37 + s * 101 + 5) % vocab
+            })
             .collect(),
         prompt_len,
     };
     vec![
-        (mk(61, 7, 1), mk(9, 7, 2)),
-        (mk(23, 4, 3), mk(5, 4, 4)),
-        (mk(90, 12, 5), mk(13, 12, 6)),
+        (mk(61, 7, 1, 1), mk(9, 7, 1, 2)),
+        (mk(23, 4, 3, 3), mk(5, 4, 3, 4)),
+        (mk(90, 12, 5, 5), mk(13, 12, 5, 6)),
+        (mk(30, 7, 1, 7), mk(8, 7, 1, 8)),
+        (mk(40, 6, 9, 9), mk(11, 6, 10, 10)),
     ]
+}
+
+/// How a batch lies in memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    Padded,
+    Packed,
+    /// Packed, answers after a shared prompt computing it once.
+    Shared,
 }
 
 /// Loss and every trainable gradient of one DPO objective (padded or packed), and one SFT
 /// loss over the chosen sequences in the same layout.
 fn loss_and_grads(
     dev: Device,
-    packed: bool,
+    layout: Layout,
     ckpt: bool,
-    lora: bool,
+    lora: Option<f32>,
 ) -> (Vec<f64>, Vec<(String, Vec<f64>)>) {
     let mut m = Model::load(
         &root().join("qwen2-tied"),
         LoadOpts {
             device: dev,
             keep_16bit: false,
-            trainable: !lora,
+            trainable: lora.is_none(),
         },
     )
     .unwrap();
-    if lora {
+    if let Some(dropout) = lora {
         let targets: Vec<String> = ["q", "k", "v", "o", "down"].map(String::from).to_vec();
         // with dropout: a mask row is drawn per (seed, layer, token), so a padded and a
         // packed batch of the same sequences drop the same values
-        m.net.add_lora(&targets, 4, 8.0, 0.25, 3).unwrap();
+        m.net.add_lora(&targets, 4, 8.0, dropout, 3).unwrap();
         // B starts at zero (so A's gradient would be zero): give it values
         common::randomise_lora_b(&mut m.net, dev, 70);
     }
-    m.net.padding_free = packed;
+    m.net.padding_free = layout != Layout::Padded;
+    m.net.shared_prompt = layout == Layout::Shared;
     m.net.gradient_checkpointing = ckpt;
     let ps = pairs(m.net.cfg.vocab_size as u32);
     let seqs: Vec<&Seq> = ps
@@ -184,11 +364,14 @@ fn loss_and_grads(
         token_keys: None,
     };
     let lp = loss::sequence_logps(&m.net, &seqs, linear.clone(), true).unwrap();
-    let (rc, rr) = (vec![-60.0, -20.5, -99.0], vec![-11.0, -4.0, -15.5]);
+    let (rc, rr) = (
+        vec![-60.0, -20.5, -99.0, -31.0, -44.0],
+        vec![-11.0, -4.0, -15.5, -9.5, -12.0],
+    );
     let p = DpoParams::sigmoid(0.1);
     let dpo = loss::dpo_objective(&lp, &rc, &rr, &p).unwrap();
-    let sft_lp = loss::sequence_logps(&m.net, &seqs[..3], linear, false).unwrap();
-    let sft = loss::sft_loss(&sft_lp, 150).unwrap();
+    let sft_lp = loss::sequence_logps(&m.net, &seqs[..ps.len()], linear, false).unwrap();
+    let sft = loss::sft_loss(&sft_lp, 220).unwrap();
     let total = dpo.add(&sft).unwrap();
     total.backward().unwrap();
     let mut numbers = vec![dpo.to_vec_f64().unwrap()[0], sft.to_vec_f64().unwrap()[0]];
@@ -206,7 +389,7 @@ fn loss_and_grads(
             .iter()
             .map(|x| x / v),
     );
-    let params = if lora {
+    let params = if lora.is_some() {
         m.net.lora_parameters()
     } else {
         m.net.named_parameters()
@@ -243,11 +426,18 @@ fn compare(
 
 #[test]
 fn packed_dpo_and_sft_give_the_padded_losses_and_gradients_on_the_cpu() {
-    for (ckpt, lora) in [(false, false), (true, true)] {
-        let padded = loss_and_grads(Device::Cpu, false, ckpt, lora);
-        let packed = loss_and_grads(Device::Cpu, true, ckpt, lora);
+    // a shared prompt is one set of tokens for all its answers, so one dropout mask:
+    // compared to the padded pass without dropout
+    for (layout, ckpt, lora) in [
+        (Layout::Packed, false, None),
+        (Layout::Packed, true, Some(0.25)),
+        (Layout::Shared, false, None),
+        (Layout::Shared, true, Some(0.0)),
+    ] {
+        let padded = loss_and_grads(Device::Cpu, Layout::Padded, ckpt, lora);
+        let packed = loss_and_grads(Device::Cpu, layout, ckpt, lora);
         compare(
-            &format!("cpu packed vs padded (checkpointing {ckpt}, lora {lora})"),
+            &format!("cpu {layout:?} vs padded (checkpointing {ckpt}, lora {lora:?})"),
             &padded,
             &packed,
             1e-6,
@@ -260,18 +450,25 @@ fn packed_dpo_and_sft_give_the_padded_losses_and_gradients_on_the_gpu() {
     if !common::gpu_ok("packed dpo gpu") {
         return;
     }
-    for (ckpt, lora) in [(false, false), (true, true)] {
-        let padded = loss_and_grads(Device::Gpu, false, ckpt, lora);
-        let packed = loss_and_grads(Device::Gpu, true, ckpt, lora);
+    // a shared prompt is one set of tokens for all its answers, so one dropout mask:
+    // compared to the padded pass without dropout
+    for (layout, ckpt, lora) in [
+        (Layout::Packed, false, None),
+        (Layout::Packed, true, Some(0.25)),
+        (Layout::Shared, false, None),
+        (Layout::Shared, true, Some(0.0)),
+    ] {
+        let padded = loss_and_grads(Device::Gpu, Layout::Padded, ckpt, lora);
+        let packed = loss_and_grads(Device::Gpu, layout, ckpt, lora);
         compare(
-            &format!("gpu packed vs padded (checkpointing {ckpt}, lora {lora})"),
+            &format!("gpu {layout:?} vs padded (checkpointing {ckpt}, lora {lora:?})"),
             &padded,
             &packed,
             1e-4,
         );
-        let cpu = loss_and_grads(Device::Cpu, true, ckpt, lora);
+        let cpu = loss_and_grads(Device::Cpu, layout, ckpt, lora);
         compare(
-            &format!("packed gpu vs cpu (checkpointing {ckpt}, lora {lora})"),
+            &format!("{layout:?} gpu vs cpu (checkpointing {ckpt}, lora {lora:?})"),
             &cpu,
             &packed,
             1e-3,
@@ -329,6 +526,21 @@ fn padding_free_and_token_budget_runs_log_the_padded_run() {
             Mode::Dpo,
             "dpo-budget",
             &["--padding-free", "--max-tokens-per-batch", "90"],
+        ),
+    );
+    // each pair's prompt computed once for both answers
+    same(
+        "dpo --shared-prompt",
+        &padded,
+        &run(Mode::Dpo, "dpo-shared", &["--shared-prompt"]),
+    );
+    same(
+        "dpo --shared-prompt --max-tokens-per-batch 90",
+        &padded,
+        &run(
+            Mode::Dpo,
+            "dpo-shared-budget",
+            &["--shared-prompt", "--max-tokens-per-batch", "90"],
         ),
     );
     same(

@@ -80,6 +80,10 @@ pub(crate) enum BenchCmd {
         /// `ponder dpo --padding-free`).
         #[arg(long)]
         padding_free: bool,
+        /// Also compute each pair's prompt once for both answers (as `ponder dpo
+        /// --shared-prompt`; turns on --padding-free).
+        #[arg(long)]
+        shared_prompt: bool,
         #[arg(long, default_value_t = 2)]
         pairs: usize,
         #[arg(long, default_value_t = 64)]
@@ -242,6 +246,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             no_ref_cache,
             gradient_checkpointing,
             padding_free,
+            shared_prompt,
             pairs,
             prompt_len,
             completion_len,
@@ -292,7 +297,8 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             };
             let mut policy = policy;
             policy.gradient_checkpointing = gradient_checkpointing;
-            policy.padding_free = padding_free;
+            policy.padding_free = padding_free || shared_prompt;
+            policy.shared_prompt = shared_prompt;
             let set = match (&data, &model) {
                 (Some(file), Some(dir)) => {
                     let tok = ponder::model::Tok::load(dir)?;
@@ -332,7 +338,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
                 set.len(),
                 if no_ref_cache { "live (bf16 model each step)" } else { "cached log-probs" },
                 if gradient_checkpointing { ", gradient checkpointing" } else { "" },
-                if padding_free { ", padding-free" } else { ", padded" },
+                if shared_prompt { ", padding-free, shared prompts" } else if padding_free { ", padding-free" } else { ", padded" },
                 r.median_step_s,
                 r.tokens_per_step,
                 r.computed_tokens,

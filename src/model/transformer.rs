@@ -66,6 +66,10 @@ pub struct Transformer {
     /// `padding_free`): attention is block-diagonal causal and RoPE restarts at each
     /// sequence, so the results are the padded pass's, without its padding.
     pub padding_free: bool,
+    /// With `padding_free`, sequences of a batch with the same prompt compute it once:
+    /// the prompt, then each completion, every completion attending to the prompt and
+    /// itself ([`crate::train::pack::pack_shared`]). Same results, fewer tokens.
+    pub shared_prompt: bool,
 }
 
 /// PEFT module names of LoRA targets given as `q`, `gate`, ... or `q_proj`, `gate_proj`, ...
@@ -195,6 +199,7 @@ impl Transformer {
             device,
             gradient_checkpointing: false,
             padding_free: false,
+            shared_prompt: false,
         })
     }
 

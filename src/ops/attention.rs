@@ -19,7 +19,9 @@ pub struct AttnOpts {
     /// Valid keys `[start, end)`, u32: `(B, 2)`, one range per batch row (padding on
     /// either side), or `(B, T, 2)`, one per query (sequences packed end to end, each
     /// query seeing only its own sequence: block-diagonal causal attention; see
-    /// [`AttnOpts::packed_ranges`]).
+    /// [`AttnOpts::packed_ranges`]), or `(B, T, 4)`, one per query with a hole:
+    /// `[start, end)` less `[skip_start, skip_end)` (answers packed after one shared
+    /// prompt, each seeing the prompt and itself; see [`AttnOpts::shared_ranges`]).
     pub kv_ranges: Option<Tensor>,
 }
 
@@ -40,6 +42,53 @@ impl AttnOpts {
                     r.extend([cu[seg] as u32, cu[seg + 1] as u32]);
                 } else {
                     r.extend([0, 0]);
+                }
+            }
+        }
+        r
+    }
+}
+
+/// One group of a packed row whose answers share a prompt: the prompt's `prompt` tokens
+/// at `start`, then each answer's tokens (`answers` holds their lengths), end to end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedGroup {
+    pub start: usize,
+    pub prompt: usize,
+    pub answers: Vec<usize>,
+}
+
+impl SharedGroup {
+    /// One past the group's last token.
+    pub fn end(&self) -> usize {
+        self.start + self.prompt + self.answers.iter().sum::<usize>()
+    }
+}
+
+impl AttnOpts {
+    /// Per-query key ranges with holes `(B, T, 4)` for groups packed end to end in each
+    /// row (`groups[b]`, in order): a query of a group sees keys from the group's start
+    /// (causal attention cuts them at itself) less, for its group's second and later
+    /// answers, the answers between the prompt and its own: each answer sees the shared
+    /// prompt and itself, as if it followed the prompt alone. Positions past the last
+    /// group (padding) see no key.
+    pub fn shared_ranges(groups: &[Vec<SharedGroup>], t: usize) -> Vec<u32> {
+        let mut r = vec![0u32; groups.len() * t * 4];
+        for (b, row) in groups.iter().enumerate() {
+            for g in row {
+                let (lo, hi, pe) = (g.start, g.end(), g.start + g.prompt);
+                let mut at = g.start;
+                for (i, len) in std::iter::once(g.prompt)
+                    .chain(g.answers.iter().copied())
+                    .enumerate()
+                {
+                    // i = 0 is the prompt; answer 1 follows it directly
+                    let skip = if i >= 2 { (pe, at) } else { (lo, lo) };
+                    for p in at..at + len {
+                        let o = 4 * (b * t + p);
+                        r[o..o + 4].copy_from_slice(&[lo, hi, skip.0, skip.1].map(|x| x as u32));
+                    }
+                    at += len;
                 }
             }
         }
@@ -139,11 +188,11 @@ impl Tensor {
             None => None,
             Some(r) => {
                 super::same_device("attention", &[q, r])?;
-                if (r.shape() != [d.b, 2] && r.shape() != [d.b, d.t, 2]) || r.dtype() != DType::U32
-                {
+                let per_query = r.shape() == [d.b, d.t, 2] || r.shape() == [d.b, d.t, 4];
+                if (r.shape() != [d.b, 2] && !per_query) || r.dtype() != DType::U32 {
                     return Err(Error::bad_shape(
                         "attention",
-                        "kv_ranges must be (B, 2) or (B, T, 2) u32",
+                        "kv_ranges must be (B, 2), (B, T, 2) or (B, T, 4) u32",
                         r.shape(),
                     ));
                 }
@@ -154,12 +203,9 @@ impl Tensor {
         // for packed sequences (per-query ranges), 4 NH HD per key each query really sees
         let dc = d;
         let fwd_flops = move |rv: Option<&[u32]>| match rv {
-            Some(r) if dc.t > 1 && r.len() == 2 * dc.b * dc.t => {
+            Some(r) if dc.t > 1 && r.len() >= 2 * dc.b * dc.t => {
                 let keys: usize = (0..dc.b * dc.t)
-                    .map(|i| {
-                        let (lo, hi) = cpu::attn_key_range(&dc, Some(r), i / dc.t, i % dc.t);
-                        hi - lo
-                    })
+                    .map(|i| cpu::attn_keys(&dc, Some(r), i / dc.t, i % dc.t).count())
                     .sum();
                 4.0 * (keys * dc.nh * dc.hd) as f64
             }

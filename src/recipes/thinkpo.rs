@@ -267,6 +267,7 @@ pub fn run(o: &ThinkPoOpts) -> Result<ThinkPoSummary> {
         .collect();
     let mut net = net;
     net.padding_free = o.dpo.padding_free;
+    net.shared_prompt = o.dpo.shared_prompt;
     let sums = crate::model::score::completion_sums(&net, &seqs, 16)?;
     s.reference_forwards = seqs.len().div_ceil(16);
     let refs: Vec<(f64, f64)> = sums.chunks(2).map(|c| (c[0], c[1])).collect();

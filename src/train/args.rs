@@ -121,6 +121,13 @@ pub struct TrainArgs {
     /// losses are the padded run's, without the padding's compute and memory.
     #[arg(long, visible_alias = "packing")]
     pub padding_free: bool,
+    /// Turn on --padding-free and compute each prompt once per micro-batch: the answers
+    /// that share it (a pair's chosen and rejected, or several samples of one question)
+    /// follow it in the row, each attending to the prompt and itself. Same losses, fewer
+    /// tokens. With LoRA dropout, a shared prompt's tokens draw one mask for all its
+    /// answers.
+    #[arg(long)]
+    pub shared_prompt: bool,
     /// Form micro-batches by tokens instead of rows: each optimizer step's examples
     /// (batch-size x grad-accum of them, so the loss is normalised as TRL normalises it)
     /// go into micro-batches of at most this many tokens, padding included unless

@@ -33,6 +33,10 @@ pub struct FitOpts {
     /// [`Transformer::padding_free`]). On by default: the recipes' sets mix long and short
     /// completions, and where they do not the packed pass costs what the padded one does.
     pub padding_free: bool,
+    /// With `padding_free`, each prompt is computed once per micro-batch for the answers
+    /// that share it (see [`Transformer::shared_prompt`]). On by default: a pair's chosen
+    /// and rejected, and a question's several samples, share their prompt.
+    pub shared_prompt: bool,
 }
 
 impl Default for FitOpts {
@@ -53,6 +57,7 @@ impl Default for FitOpts {
             label: "train".into(),
             quiet: true,
             padding_free: true,
+            shared_prompt: true,
         }
     }
 }
@@ -243,6 +248,7 @@ pub fn sft(
     }
     o.validate("fit", "", "epochs")?;
     net.padding_free = o.padding_free;
+    net.shared_prompt = o.shared_prompt;
     let lens: Vec<usize> = data.iter().map(|s| s.ids.len()).collect();
     fits(&net, &lens, o.batch_size)?;
     let plan = batches(data.len(), o.batch_size, o.epochs, o.seed);
@@ -268,6 +274,7 @@ pub fn dpo(
     }
     o.validate("fit", "", "epochs")?;
     net.padding_free = o.padding_free;
+    net.shared_prompt = o.shared_prompt;
     let lens: Vec<usize> = pairs
         .iter()
         .flat_map(|p| [p.chosen.ids.len(), p.rejected.ids.len()])

@@ -1,6 +1,7 @@
 //! Completion log-probabilities of token sequences, and the SFT and DPO-family losses.
 
 use super::data::Seq;
+use super::pack::{pack, pack_free, pack_shared};
 use crate::error::{Error, Result};
 use crate::model::transformer::{Forward, LinearCtx, Transformer};
 use crate::tensor::{CpuData, Tensor};
@@ -37,75 +38,12 @@ impl SeqLogps {
     }
 }
 
-/// Right-pad `seqs` to one `(N, T)` batch. Returns the ids, T, and for every completion
-/// token (sequence by sequence) the flattened position that predicts it and its id.
-pub fn pack(seqs: &[&Seq]) -> (Vec<u32>, usize, Vec<u32>, Vec<i32>) {
-    let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1).max(2);
-    let mut ids = vec![0u32; seqs.len() * t];
-    let (mut rows, mut targets) = (Vec::new(), Vec::new());
-    for (r, s) in seqs.iter().enumerate() {
-        ids[r * t..r * t + s.ids.len()].copy_from_slice(&s.ids);
-        for p in s.prompt_len.max(1)..s.ids.len() {
-            rows.push((r * t + p - 1) as u32);
-            targets.push(s.ids[p] as i32);
-        }
-    }
-    (ids, t, rows, targets)
-}
-
-/// The sequences of a batch end to end in one row, with no padding (TRL's
-/// `padding_free`); see [`pack_free`].
-pub struct PackedRow {
-    /// `(1, T)` token ids.
-    pub ids: Vec<u32>,
-    pub t: usize,
-    /// As [`pack`]'s: the position predicting each completion token, and its id.
-    pub rows: Vec<u32>,
-    pub targets: Vec<i32>,
-    /// Each token's rotary position, restarting at every sequence.
-    pub positions: Vec<usize>,
-    /// Sequence boundaries `0, l_0, l_0 + l_1, ...`.
-    pub cu_seqlens: Vec<usize>,
-}
-
-/// Lay `seqs` end to end in one row (see [`PackedRow`]).
-pub fn pack_free(seqs: &[&Seq]) -> PackedRow {
-    let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
-    let mut ids = Vec::with_capacity(total.max(2));
-    let mut positions = Vec::with_capacity(total.max(2));
-    let mut cu = vec![0];
-    let (mut rows, mut targets) = (Vec::new(), Vec::new());
-    for s in seqs {
-        let at = ids.len();
-        ids.extend_from_slice(&s.ids);
-        positions.extend(0..s.ids.len());
-        for p in s.prompt_len.max(1)..s.ids.len() {
-            rows.push((at + p - 1) as u32);
-            targets.push(s.ids[p] as i32);
-        }
-        cu.push(ids.len());
-    }
-    // a row of one token (a lone one-token sequence) still forms a (1, 2) batch, as in
-    // `pack`; the extra position belongs to no sequence and sees no key
-    while ids.len() < 2 {
-        ids.push(0);
-        positions.push(0);
-    }
-    PackedRow {
-        t: ids.len(),
-        ids,
-        rows,
-        targets,
-        positions,
-        cu_seqlens: cu,
-    }
-}
-
 /// Forward `seqs`, projecting only the positions that predict completion tokens, and
 /// gather their log-probs (fused log-softmax + gather); per-sequence sums are one small
 /// matmul with a 0/1 segment matrix. With `net.padding_free` the sequences lie end to end
 /// in one row ([`pack_free`]): block-diagonal causal attention, RoPE restarting at each
-/// sequence; otherwise they are right-padded to the longest ([`pack`]).
+/// sequence; with `net.shared_prompt` too, sequences with the same prompt compute it once
+/// ([`pack_shared`]); otherwise they are right-padded to the longest ([`pack`]).
 pub fn sequence_logps(
     net: &Transformer,
     seqs: &[&Seq],
@@ -116,7 +54,27 @@ pub fn sequence_logps(
         return Err(Error::invalid("logps", "empty batch"));
     }
     let n = seqs.len();
-    let (ids, b, t, rows, targets, positions, kv_ranges) = if net.padding_free {
+    let mut linear = linear;
+    let shared = (net.padding_free && net.shared_prompt)
+        .then(|| pack_shared(seqs))
+        .filter(|p| p.saved > 0);
+    let (ids, b, t, rows, targets, positions, kv_ranges) = if let Some(p) = shared {
+        let r = crate::ops::attention::AttnOpts::shared_ranges(&[p.groups], p.row.t);
+        let r = Tensor::from_u32(r, &[1, p.row.t, 4], net.device)?;
+        if linear.dropout_seed.is_some() && linear.token_keys.is_none() {
+            linear.token_keys = Some(p.token_keys.into());
+        }
+        let p = p.row;
+        (
+            p.ids,
+            1,
+            p.t,
+            p.rows,
+            p.targets,
+            Some(vec![p.positions]),
+            Some(r),
+        )
+    } else if net.padding_free {
         let p = pack_free(seqs);
         let r = crate::ops::attention::AttnOpts::packed_ranges(&[p.cu_seqlens], p.t);
         let r = Tensor::from_u32(r, &[1, p.t, 2], net.device)?;

@@ -10,6 +10,7 @@ pub mod loss;
 pub mod memory;
 pub mod metrics;
 pub mod optim;
+pub mod pack;
 pub mod parquet;
 pub mod refcache;
 pub mod reference;

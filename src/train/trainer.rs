@@ -39,11 +39,24 @@ impl Examples {
 }
 
 impl Examples {
-    /// Token counts of example `i`'s sequences (a pair's chosen and rejected).
-    fn lens(&self, i: usize) -> Vec<usize> {
+    /// Token counts of example `i`'s sequences (a pair's chosen and rejected); with
+    /// `shared` prompts, a pair's rejected counts its completion alone when the two share
+    /// their prompt.
+    fn lens(&self, i: usize, shared: bool) -> Vec<usize> {
         match self {
             Examples::Sft(v) => vec![v[i].ids.len()],
-            Examples::Dpo(v) => vec![v[i].chosen.ids.len(), v[i].rejected.ids.len()],
+            Examples::Dpo(v) => {
+                let (c, r) = (&v[i].chosen, &v[i].rejected);
+                let same = shared
+                    && r.prompt_len > 0
+                    && c.ids.get(..c.prompt_len) == r.ids.get(..r.prompt_len);
+                let r_len = if same {
+                    r.completion_len()
+                } else {
+                    r.ids.len()
+                };
+                vec![c.ids.len(), r_len]
+            }
         }
     }
 }
@@ -95,7 +108,9 @@ fn by_tokens(
 /// a padding-free one is one row of at most the bs longest examples end to end. A token
 /// budget bounds either (past it, an example is a batch of its own).
 fn largest_micro_batch(examples: &Examples, bs: usize, args: &TrainArgs) -> (usize, usize) {
-    let mut lens: Vec<Vec<usize>> = (0..examples.len()).map(|i| examples.lens(i)).collect();
+    let mut lens: Vec<Vec<usize>> = (0..examples.len())
+        .map(|i| examples.lens(i, args.shared_prompt))
+        .collect();
     lens.sort_by_key(|l| std::cmp::Reverse(l.iter().sum::<usize>()));
     let per = lens.first().map_or(1, |l| l.len());
     let longest_seq = lens.iter().flatten().copied().max().unwrap_or(0);
@@ -152,6 +167,17 @@ fn step_delay() -> Option<u64> {
 /// Run SFT or DPO as `args` say.
 pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     args.validate()?;
+    // --shared-prompt packs
+    let packed;
+    let args = if args.shared_prompt && !args.padding_free {
+        packed = TrainArgs {
+            padding_free: true,
+            ..args.clone()
+        };
+        &packed
+    } else {
+        args
+    };
     let device = match &args.device {
         Some(d) => Device::parse(d),
         None => Device::from_env(),
@@ -186,6 +212,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
     }
     m.net.gradient_checkpointing = args.gradient_checkpointing;
     m.net.padding_free = args.padding_free;
+    m.net.shared_prompt = args.shared_prompt;
     let tok = m.tokenizer()?;
     let max_pos = m.net.cfg.max_position_embeddings;
     if let Some(l) = args.max_length.filter(|&l| l > max_pos) {
@@ -320,6 +347,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
                 )?
                 .net;
                 net.padding_free = args.padding_free;
+                net.shared_prompt = args.shared_prompt;
                 Ok(net)
             };
             if args.no_ref_cache {
@@ -450,7 +478,7 @@ pub fn train(mode: Mode, args: &TrainArgs) -> Result<Summary> {
         let mut batches: Vec<Vec<usize>> = (step * ga..(step + 1) * ga).map(&mut mb_at).collect();
         if let Some(budget) = args.max_tokens_per_batch {
             batches = by_tokens(&batches.concat(), budget, args.padding_free, |i| {
-                examples.lens(i)
+                examples.lens(i, args.shared_prompt)
             });
         }
         let micro: Vec<MicroBatch> = batches

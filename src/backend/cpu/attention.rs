@@ -3,20 +3,75 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// Valid keys for query `t` of batch `bi`: `[lo, hi)`. `ranges` holds one `[start, end)`
-/// per batch row `(B, 2)` (padding), or one per query `(B, T, 2)` (sequences packed end to
-/// end: each query sees only its own sequence, cu_seqlens style). The two agree at T = 1.
+/// The keys one query sees: `[lo, hi)` less the hole `[skip.0, skip.1)`, which lies
+/// inside it (and is empty but for an answer that shares its prompt with another: it
+/// skips the answers laid between the prompt and itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keys {
+    pub lo: usize,
+    pub hi: usize,
+    pub skip: (usize, usize),
+}
+
+impl Keys {
+    /// How many keys the query sees.
+    pub fn count(&self) -> usize {
+        self.hi - self.lo - (self.skip.1 - self.skip.0)
+    }
+
+    /// The keys, in order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> {
+        (self.lo..self.skip.0).chain(self.skip.1..self.hi)
+    }
+
+    /// Whether the query sees any key in `[j0, j1)`.
+    pub fn sees(&self, j0: usize, j1: usize) -> bool {
+        let (a, b) = (self.lo.max(j0), self.hi.min(j1));
+        a < b && !(self.skip.0 <= a && self.skip.1 >= b)
+    }
+}
+
+/// Valid keys for query `t` of batch `bi`: `[lo, hi)`, the hull of [`attn_keys`].
 pub fn attn_key_range(d: &AttnDims, ranges: Option<&[u32]>, bi: usize, t: usize) -> (usize, usize) {
-    let (mut lo, mut hi) = (0, d.s);
+    let k = attn_keys(d, ranges, bi, t);
+    (k.lo, k.hi)
+}
+
+/// Valid keys for query `t` of batch `bi`. `ranges` holds one `[start, end)` per batch
+/// row `(B, 2)` (padding); or one per query `(B, T, 2)` (sequences packed end to end:
+/// each query sees only its own sequence, cu_seqlens style); or one per query with a hole
+/// `(B, T, 4)`: `[start, end)` less `[skip_start, skip_end)` (answers sharing one prompt,
+/// see [`crate::ops::attention::AttnOpts::shared_ranges`]). The first two agree at T = 1.
+pub fn attn_keys(d: &AttnDims, ranges: Option<&[u32]>, bi: usize, t: usize) -> Keys {
+    let (mut lo, mut hi, mut skip) = (0, d.s, (0, 0));
     if let Some(r) = ranges {
-        let i = if r.len() == 2 * d.b { bi } else { bi * d.t + t };
-        lo = r[2 * i] as usize;
-        hi = (r[2 * i + 1] as usize).min(d.s);
+        if r.len() == 2 * d.b {
+            (lo, hi) = (r[2 * bi] as usize, r[2 * bi + 1] as usize);
+        } else if r.len() == 4 * d.b * d.t {
+            let i = 4 * (bi * d.t + t);
+            (lo, hi) = (r[i] as usize, r[i + 1] as usize);
+            skip = (r[i + 2] as usize, r[i + 3] as usize);
+        } else {
+            let i = 2 * (bi * d.t + t);
+            (lo, hi) = (r[i] as usize, r[i + 1] as usize);
+        }
+        hi = hi.min(d.s);
     }
     if d.causal {
         hi = hi.min(t + d.s - d.t + 1);
     }
-    (lo, hi.max(lo))
+    let hi = hi.max(lo);
+    let a = skip.0.clamp(lo, hi);
+    let b = skip.1.clamp(a, hi);
+    // a hole at either end only moves that end
+    let (lo, hi, skip) = if a == lo {
+        (b, hi, (b, b))
+    } else if b == hi {
+        (lo, a, (a, a))
+    } else {
+        (lo, hi, (a, b))
+    };
+    Keys { lo, hi, skip }
 }
 
 /// `a . b` with eight partial sums, so the compiler can keep them in one SIMD register.
@@ -95,24 +150,24 @@ pub fn attention_ref<T: Real>(
         for t in 0..d.t {
             let qo = d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + h * hd;
             let qrow = &q[qo..qo + hd];
-            let (lo, hi) = attn_key_range(d, ranges, bi, t);
-            if lo == hi {
+            let keys = attn_keys(d, ranges, bi, t);
+            if keys.count() == 0 {
                 lse[t] = T::from_f64(LSE_MASKED as f64);
                 continue;
             }
             let mut m = T::from_f64(f64::NEG_INFINITY);
-            for j in lo..hi {
+            for j in keys.iter() {
                 let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kvh * hd;
                 s[j] = dot(qrow, &k[ko..ko + hd]) * scale;
                 m = m.maxv(s[j]);
             }
             let mut l = T::zero();
-            for sj in &mut s[lo..hi] {
-                *sj = (*sj - m).exp();
-                l += *sj;
+            for j in keys.iter() {
+                s[j] = (s[j] - m).exp();
+                l += s[j];
             }
             let orow = &mut out[t * hd..(t + 1) * hd];
-            for j in lo..hi {
+            for j in keys.iter() {
                 let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kvh * hd;
                 axpy(orow, s[j] / l, &v[vo..vo + hd]);
             }
@@ -161,14 +216,14 @@ pub fn attention_bwd_ref<T: Real>(
         for g in 0..group {
             let h = kvh * group + g;
             for t in 0..d.t {
-                let (lo, hi) = attn_key_range(d, ranges, bi, t);
+                let keys = attn_keys(d, ranges, bi, t);
                 let qo = d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + h * hd;
                 let oo = ((bi * d.t + t) * d.nh + h) * hd;
                 let (qrow, dorow) = (&q[qo..qo + hd], &dout[oo..oo + hd]);
                 let l = lse[(bi * d.nh + h) * d.t + t];
                 let dd = dot(dorow, &o[oo..oo + hd]);
                 let dqrow = &mut dq[(g * d.t + t) * hd..(g * d.t + t + 1) * hd];
-                for j in lo..hi {
+                for j in keys.iter() {
                     let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kvh * hd;
                     let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kvh * hd;
                     let krow = &k[ko..ko + hd];

@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::attn_key_range;
+use super::attention::{attn_keys, Keys};
 use super::microkernel::{Kernel, MR, NR};
 use super::vmath::{exp2_softmax, max_lanes, sum_lanes};
 use super::{AttnDims, LSE_MASKED};
@@ -165,17 +165,34 @@ fn avx2() -> bool {
     Kernel::detect().is_avx2()
 }
 
-/// Per query row of a block: its valid keys `[lo, hi)`.
+/// Per query row of a block: its valid keys.
 fn row_ranges(
     d: &AttnDims,
     ranges: Option<&[u32]>,
     bi: usize,
     t0: usize,
     rows: usize,
-) -> Vec<(usize, usize)> {
+) -> Vec<Keys> {
     (0..rows)
-        .map(|r| attn_key_range(d, ranges, bi, t0 + r))
+        .map(|r| attn_keys(d, ranges, bi, t0 + r))
         .collect()
+}
+
+/// Mask a row of a key tile starting at `j0` to the query's keys: `fill` before and after
+/// them and in their hole. Returns the unmasked span `[a, b)` within the tile (the hole,
+/// if any, lies inside it).
+#[inline(always)]
+fn mask_row(row: &mut [f32], keys: &Keys, j0: usize, fill: f32) -> (usize, usize) {
+    let n = row.len();
+    let at = |j: usize| j.clamp(j0, j0 + n) - j0;
+    let (a, b) = (at(keys.lo), at(keys.hi).max(at(keys.lo)));
+    row[..a].fill(fill);
+    row[b..].fill(fill);
+    let (ha, hb) = (at(keys.skip.0), at(keys.skip.1));
+    if ha < hb {
+        row[ha..hb].fill(fill);
+    }
+    (a, b)
 }
 
 /// K and V of one (batch, kv head), packed for the forward: K^T as B panels (k = HD),
@@ -214,8 +231,9 @@ fn fwd_block<const FMA: bool>(
     let rr = row_ranges(d, ranges, bi, t0, rows);
     let mut out = vec![0.0f32; rows * hd];
     let mut lse = vec![LSE_MASKED; rows];
-    let live = rr.iter().filter(|(lo, hi)| lo < hi);
-    let (Some(klo), Some(khi)) = (live.clone().map(|r| r.0).min(), live.map(|r| r.1).max()) else {
+    let live = rr.iter().filter(|k| k.count() > 0);
+    let (Some(klo), Some(khi)) = (live.clone().map(|k| k.lo).min(), live.map(|k| k.hi).max())
+    else {
         return (out, lse);
     };
     let qrow = |r: usize| d.q_str.2 + bi * d.q_str.0 + (t0 + r) * d.q_str.1 + h * hd;
@@ -226,6 +244,11 @@ fn fwd_block<const FMA: bool>(
     let mut pa = Vec::new();
     for j0 in (klo / BC * BC..khi).step_by(BC) {
         let n = BC.min(d.s - j0);
+        // a tile no row sees (the answers between a shared prompt and a later answer)
+        // would add exact zeros
+        if !rr.iter().any(|k| k.sees(j0, j0 + n)) {
+            continue;
+        }
         // S = (scale Q) K_j^T   (rows, n)
         let kt = &kv.kt[(j0 / NR) * hd * NR..];
         gemm(kern, rows, n, hd, &qa, kt, hd * NR, &mut s, BC, false);
@@ -237,12 +260,9 @@ fn fwd_block<const FMA: bool>(
             pa.resize(size, 0.0);
         }
         for r in 0..rows {
-            let (lo, hi) = rr[r];
             let srow = &mut s[r * BC..r * BC + n];
-            // keys outside [lo, hi) do not exist for this row
-            let (a, b) = (lo.clamp(j0, j0 + n) - j0, hi.clamp(j0, j0 + n) - j0);
-            srow[..a].fill(f32::NEG_INFINITY);
-            srow[b.max(a)..].fill(f32::NEG_INFINITY);
+            // keys this row does not see do not exist for it
+            mask_row(srow, &rr[r], j0, f32::NEG_INFINITY);
             let m_new = m[r].max(max_lanes(srow));
             if m_new == f32::NEG_INFINITY {
                 srow.fill(0.0);
@@ -406,10 +426,7 @@ fn bwd_kv_head<const FMA: bool>(
             for t0 in (0..t).step_by(BR) {
                 let rows = BR.min(t - t0);
                 let blk = &rr[t0..t0 + rows];
-                if !blk
-                    .iter()
-                    .any(|&(lo, hi)| lo < hi && lo < j0 + n && hi > j0)
-                {
+                if !blk.iter().any(|k| k.sees(j0, j0 + n)) {
                     continue;
                 }
                 // S and P = exp(S - lse), zero outside each row's keys
@@ -441,20 +458,18 @@ fn bwd_kv_head<const FMA: bool>(
                     false,
                 );
                 for r in 0..rows {
-                    let (lo, hi) = blk[r];
-                    let (a, b) = (lo.clamp(j0, j0 + n) - j0, hi.clamp(j0, j0 + n) - j0);
                     let prow = &mut st[r * BC..r * BC + n];
                     let dprow = &mut dpt[r * BC..r * BC + n];
                     let (lr, dr) = (l[t0 + r] * LOG2_E, dd[t0 + r]);
-                    let b = b.max(a);
-                    prow[..a].fill(0.0);
-                    prow[b..].fill(0.0);
-                    dprow[..a].fill(0.0);
-                    dprow[b..].fill(0.0);
+                    // the hole's scores become exp2(-inf - lr) = 0 and their dS 0
+                    let (a, b) = mask_row(prow, &blk[r], j0, f32::NEG_INFINITY);
+                    mask_row(dprow, &blk[r], j0, 0.0);
                     for (p, dp) in prow[a..b].iter_mut().zip(&mut dprow[a..b]) {
                         *p = exp2_softmax::<FMA>(*p - lr);
                         *dp = scale * *p * (*dp - dr);
                     }
+                    prow[..a].fill(0.0);
+                    prow[b..].fill(0.0);
                 }
                 // dV_j += P^T dO
                 pack_tile(&st, rows, n, BC, true, &mut pa);
@@ -603,6 +618,9 @@ pub(super) fn attention_f32(
 ) -> (Vec<f32>, Vec<f32>) {
     if d.t >= MIN_T {
         attention(d, q, k, v, ranges)
+    } else if ranges.is_some_and(|r| r.len() == 4 * d.b * d.t) {
+        // a few queries of answers sharing a prompt: not a decoding shape
+        super::attention::attention_ref(d, q, k, v, ranges)
     } else {
         super::decode::attention_decode(d, q, k, v, ranges)
     }
@@ -662,6 +680,7 @@ mod tests {
 
     #[test]
     fn flash_matches_the_f64_reference_forward_and_backward() {
+        use crate::ops::attention::SharedGroup;
         // (B, T, S, NH, NKV, HD, causal, key ranges)
         let cases: &[Case] = &[
             (1, 8, 8, 1, 1, 4, true, None),
@@ -686,6 +705,64 @@ mod tests {
                 Some(crate::ops::attention::AttnOpts::packed_ranges(
                     &[vec![0, 1, 41, 111, 130], vec![0, 97]],
                     130,
+                )),
+            ),
+            // answers packed after a shared prompt (per-query ranges with holes): row 0
+            // holds a prompt of 20 and answers of 70, 3 and 40, then a prompt of 1 with one
+            // answer of 5, then a lone 30-token sequence; row 1 a prompt of 64 with three
+            // answers of 118, 128 and 40 (the last skips a key tile whole), then padding
+            (
+                2,
+                300,
+                300,
+                4,
+                2,
+                16,
+                true,
+                Some(crate::ops::attention::AttnOpts::shared_ranges(
+                    &[
+                        vec![
+                            SharedGroup {
+                                start: 0,
+                                prompt: 20,
+                                answers: vec![70, 3, 40],
+                            },
+                            SharedGroup {
+                                start: 133,
+                                prompt: 1,
+                                answers: vec![5],
+                            },
+                            SharedGroup {
+                                start: 139,
+                                prompt: 30,
+                                answers: vec![],
+                            },
+                        ],
+                        vec![SharedGroup {
+                            start: 0,
+                            prompt: 10,
+                            answers: vec![118, 128, 40],
+                        }],
+                    ],
+                    300,
+                )),
+            ),
+            // the same with a few queries: the reference loops
+            (
+                1,
+                6,
+                6,
+                2,
+                1,
+                8,
+                true,
+                Some(crate::ops::attention::AttnOpts::shared_ranges(
+                    &[vec![SharedGroup {
+                        start: 0,
+                        prompt: 2,
+                        answers: vec![1, 2],
+                    }]],
+                    6,
                 )),
             ),
         ];

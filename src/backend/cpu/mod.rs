@@ -291,7 +291,9 @@ pub mod vmath;
 
 pub use super::AdamW;
 pub use adamw::adamw;
-pub use attention::{attention, attention_bwd, attention_bwd_ref, attention_ref, attn_key_range};
+pub use attention::{
+    attention, attention_bwd, attention_bwd_ref, attention_ref, attn_key_range, attn_keys, Keys,
+};
 pub use elementwise::{binary, copy_strided, unary, unary_grad, where_select};
 pub use embedding::{embedding, embedding_bwd};
 pub use logprob::{token_logprobs, token_logprobs_bwd};

@@ -34,11 +34,13 @@ fn attn_spec(hd: usize) -> Result<Vec<(&'static str, u32)>> {
 /// The attention uniform. `heads` is for `attn_bwd_dkdv` only: (first query head of the
 /// kv group this dispatch sums, how many, whether it adds to dk/dv).
 /// `ranges` as the shader's `has_ranges`: 0 none, 1 one per batch row `(B, 2)`, 2 one per
-/// query `(B, T, 2)` (packed sequences).
+/// query `(B, T, 2)` (packed sequences), 3 one per query with a hole `(B, T, 4)` (answers
+/// sharing a prompt).
 fn ranges_mode(d: &AttnDims, ranges: Option<&Tensor>) -> usize {
     match ranges {
         None => 0,
         Some(r) if r.numel() == 2 * d.b => 1,
+        Some(r) if r.numel() == 4 * d.b * d.t => 3,
         Some(_) => 2,
     }
 }
@@ -390,9 +392,9 @@ fn gather_qkv(
         gather(k, b0, nb, 2, g0, ng)?,
         gather(v, b0, nb, 2, g0, ng)?,
     ];
-    // (B, 2) or (B, T, 2): items b0.. of either, the last dim whole
+    // (B, 2), (B, T, 2) or (B, T, 4): items b0.. of any, the last dim whole
     let rb = ranges
-        .map(|r| gather(r, b0, nb, r.rank() as isize - 1, 0, 2))
+        .map(|r| gather(r, b0, nb, r.rank() as isize - 1, 0, r.shape()[r.rank() - 1]))
         .transpose()?;
     Ok((bd, h0, qkv, rb))
 }
