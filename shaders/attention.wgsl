@@ -72,6 +72,10 @@ var<workgroup> RD: array<f32, BKV>;
 var<workgroup> KMIN: atomic<u32>;
 var<workgroup> KMAX: atomic<u32>;
 var<workgroup> KOUT: u32;
+// Answers after a shared prompt (has_ranges 3): the hole all the workgroup's queries share.
+var<workgroup> HLO: atomic<u32>;
+var<workgroup> HHI: atomic<u32>;
+var<workgroup> HOUT: vec2<u32>;
 
 // With per-query ranges, the least of the threads' `lo` (their first key; u32 max for a
 // thread with none), the same value in every thread; 0 otherwise.
@@ -108,6 +112,30 @@ fn block_query_end(end: u32, lid: u32) -> u32 {
         KOUT = atomicLoad(&KMAX);
     }
     return min(workgroupUniformLoad(&KOUT), P.t);
+}
+
+// With holes in the key ranges (has_ranges 3), the keys no query of the workgroup sees
+// between its first and last: the greatest of the threads' hole starts to the least of
+// their hole ends (a thread without a query counts for nothing), the same value in every
+// thread; an empty range otherwise.
+fn block_hole(ks: vec2<u32>, live: bool, lid: u32) -> vec2<u32> {
+    if (P.has_ranges != 3u) {
+        return vec2<u32>(0u, 0u);
+    }
+    if (lid == 0u) {
+        atomicStore(&HLO, 0u);
+        atomicStore(&HHI, 0xffffffffu);
+    }
+    workgroupBarrier();
+    if (live) {
+        atomicMax(&HLO, ks.x);
+        atomicMin(&HHI, ks.y);
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        HOUT = vec2<u32>(atomicLoad(&HLO), atomicLoad(&HHI));
+    }
+    return workgroupUniformLoad(&HOUT);
 }
 
 // Valid keys [lo, hi) for query t of batch bi.
@@ -213,7 +241,12 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         lo = kr.x;
     }
     let kstart = block_key_start(lo, lid) / BKV * BKV;
+    let hole = block_hole(ks, live, lid);
     for (var j0 = kstart; j0 < kend; j0 = j0 + BKV) {
+        // a tile inside every query's hole (the answers before theirs) adds nothing
+        if (j0 >= hole.x && j0 + BKV <= hole.y) {
+            continue;
+        }
         load_kv(bi, g, j0, lid);
         workgroupBarrier();
         let jn = min(BKV, kend - j0);
@@ -320,7 +353,12 @@ fn attn_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         lo = kr.x;
     }
     let kstart = block_key_start(lo, lid) / BKV * BKV;
+    let hole = block_hole(ks, live, lid);
     for (var j0 = kstart; j0 < kend; j0 = j0 + BKV) {
+        // a tile inside every query's hole (the answers before theirs) adds nothing
+        if (j0 >= hole.x && j0 + BKV <= hole.y) {
+            continue;
+        }
         load_kv(bi, g, j0, lid);
         workgroupBarrier();
         let jn = min(BKV, kend - j0);

@@ -130,9 +130,11 @@ fn packed_attention_gpu_matches_cpu() {
 }
 
 /// Answers sharing a prompt, as groups `(prompt, answers)` laid end to end in one row:
-/// three answers after a 5-token prompt (one of a single token), one after a 1-token
-/// prompt, and a lone sequence; boundaries inside and across query and key tiles.
-const GROUPS: [(usize, &[usize]); 3] = [(5, &[40, 1, 70]), (1, &[30]), (19, &[])];
+/// three answers after a 3-token prompt (one of a single token), one after a 1-token
+/// prompt, and a lone sequence; boundaries inside and across query and key tiles. The
+/// third answer (154..264) holds whole 64-query tiles (192..255) whose queries all skip
+/// whole key tiles (64..127) of the answers before theirs.
+const GROUPS: [(usize, &[usize]); 3] = [(3, &[150, 1, 110]), (1, &[30]), (19, &[])];
 
 fn shared_groups() -> (Vec<SharedGroup>, usize) {
     let mut at = 0;

@@ -79,6 +79,11 @@ impl Default for ThinkPoOpts {
                 scheduler: Scheduler::Cosine,
                 warmup_ratio: 0.1,
                 label: "thinkpo dpo".into(),
+                // a long chosen and a short rejected after a short prompt: computing the
+                // prompt once saved 4.5% of the tokens and no time on SmolLM2-135M
+                // (2 pairs, chosen 200-1,900, rejected 4-50: 25.3 and 21.7 s a step
+                // packed, 25.4 and 22.4 s shared), so ThinkPO packs without it
+                shared_prompt: false,
                 ..Default::default()
             },
             limit: None,
