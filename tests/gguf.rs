@@ -112,17 +112,24 @@ fn every_block_type_dequantizes_as_gguf_py_does() {
 }
 
 /// HF -> GGUF (f32) -> model gives the very same logits, and GGUF -> HF gives back the
-/// very same tensors, for Llama with grouped kv heads (the q/k interleave) and Qwen2 with
-/// biases and a tied head.
+/// very same tensors, for Llama with grouped kv heads (the q/k interleave), Llama with
+/// Llama 3.1 rope scaling (and its config), and Qwen2 with biases and a tied head.
 #[test]
 fn hf_gguf_hf_keeps_every_tensor_and_logit() {
-    for fx in ["llama-gqa", "qwen2-tied", "../ponder-tiny/base"] {
+    // llama3-rope: Llama 3.1 rope scaling, written as llama.cpp's rope_freqs tensor
+    for fx in [
+        "llama-gqa",
+        "qwen2-tied",
+        "llama3-rope",
+        "../ponder-tiny/base",
+    ] {
         let src = root().join("models/fixtures").join(fx);
         let d = tmp(&fx.replace(['/', '.'], "_"));
         let g = d.join("model.gguf");
         save(&src, &g, "f32");
         let (a, b) = (load(&src), load(&g));
         assert_eq!(a.cfg.arch, b.cfg.arch);
+        assert_eq!(a.cfg.rope_scaling, b.cfg.rope_scaling, "{fx}");
         let ids: Vec<u32> = (0..13)
             .map(|i| (i * 37 + 5) % a.cfg.vocab_size as u32)
             .collect();
@@ -172,7 +179,7 @@ fn hf_gguf_hf_keeps_every_tensor_and_logit() {
 #[test]
 fn gguf_py_reads_back_what_ponder_writes() {
     let d = tmp("gguf_py");
-    for fx in ["llama-gqa", "qwen2-tied"] {
+    for fx in ["llama-gqa", "qwen2-tied", "llama3-rope"] {
         let src = root().join("models/fixtures").join(fx);
         for dt in ["f32", "f16", "q8_0"] {
             let g = d.join(format!("{fx}.{dt}.gguf"));
@@ -470,5 +477,57 @@ fn an_unreadable_tokenizer_costs_only_the_commands_that_need_it() {
         "2",
     ]);
     assert!(!okay && log.contains("tokenizer"), "{log}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A GGUF file from llama.cpp's converter carries Llama 3.1 rope scaling as the
+/// `rope_freqs.weight` divisors alone: ponder finds the parameters they follow (the same
+/// config and logits as the directory), and names the tensor when they follow none it can
+/// resolve. Files from ponder lose their own parameter key here (its bytes renamed).
+#[test]
+fn llama3_rope_factors_without_their_parameters_read_back() {
+    let d = tmp("llama3_rope_foreign");
+    let src = root().join("models/fixtures/llama3-rope");
+    // three blended frequencies (wavelengths 38, 94 and 232 between 256/16 and 256)
+    let hf = d.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, hf.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = hf.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["rope_parameters"]["original_max_position_embeddings"] = 256.into();
+    cfg["rope_parameters"]["high_freq_factor"] = 16.0.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let foreign = |from: &Path, name: &str| -> PathBuf {
+        let g = d.join(name);
+        save(from, &g, "f32");
+        let mut bytes = std::fs::read(&g).unwrap();
+        let key = ponder::model::gguf::LLAMA3_KEY.as_bytes();
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key)
+            .expect("ponder's rope key in the file");
+        bytes[at..at + key.len()].copy_from_slice(&b"x".repeat(key.len()));
+        std::fs::write(&g, bytes).unwrap();
+        g
+    };
+    let g = foreign(&hf, "three.gguf");
+    let (a, b) = (load(&hf), load(&g));
+    assert_eq!(a.cfg.rope_scaling, b.cfg.rope_scaling);
+    let ids: Vec<u32> = (0..40)
+        .map(|i| (i * 37 + 5) % a.cfg.vocab_size as u32)
+        .collect();
+    let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
+    assert!(
+        la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "logits differ"
+    );
+    // the fixture's own config blends one frequency only: two parameters, one equation
+    let g = foreign(&src, "one.gguf");
+    let (ok, out) = ponder(&["logits", "--model", g.to_str().unwrap(), "--ids", "3,4"]);
+    assert!(!ok && out.contains("rope_freqs.weight"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }

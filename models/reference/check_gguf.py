@@ -11,6 +11,7 @@ Needs only numpy and gguf. Exits non-zero, naming the first difference, on a mis
 
 import argparse
 import json
+import math
 import os
 import struct
 import sys
@@ -84,7 +85,34 @@ heads = cfg["num_attention_heads"]
 kv = cfg.get("num_key_value_heads", heads)
 seen = set()
 worst = 0.0
+def llama3_rope_factors():
+    # as llama.cpp's convert_hf_to_gguf.py computes them for Llama 3.1 rope scaling
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    base = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    factor, old = rp["factor"], rp["original_max_position_embeddings"]
+    low, high = rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+    freqs = 1.0 / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / float(freq)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 for t in r.tensors:
+    if t.name == "rope_freqs.weight":
+        x = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+        want = llama3_rope_factors()
+        if x.shape != want.shape or np.max(np.abs(x - want) / want) > 1e-6:
+            fail("rope_freqs.weight is %s, llama.cpp's converter makes %s" % (x, want))
+        continue
     name = hf_name(t.name)
     x = dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(d) for d in reversed(t.shape.tolist())])
     if arch == "llama" and ".attn_q." in t.name:

@@ -9,6 +9,7 @@
 //! rotary kernel; the interleave is undone on load and applied again on save.
 //!
 //! - `format`: the container (header, metadata, tensor table), parse and serialize;
+//! - `rope_freqs`: Llama 3.1 rope scaling as per-frequency divisors;
 //! - `quant`: ggml's block types, dequantization, Q8_0 quantization;
 //! - `names`: Hugging Face <-> llama.cpp tensor names and the q/k interleave;
 //! - `tokenizer`: `tokenizer.ggml.*` <-> tokenizer.json;
@@ -17,6 +18,7 @@
 pub mod format;
 pub mod names;
 pub mod quant;
+pub mod rope_freqs;
 pub mod tokenizer;
 pub mod write;
 
@@ -31,6 +33,11 @@ pub use quant::GgmlType;
 
 use crate::error::{Error, Result};
 use crate::tensor::{CpuData, Device, Tensor};
+
+/// ponder's own metadata key: Llama 3.1 rope scaling's parameters as JSON, written beside
+/// llama.cpp's `rope_freqs.weight` (which holds only the divisors they give), so that a
+/// file ponder wrote reads back to the very config.json.
+pub const LLAMA3_KEY: &str = "ponder.rope_scaling.llama3";
 
 /// Whether `path` is a GGUF file: a regular file whose first bytes are `GGUF`, or any
 /// path named `*.gguf` (so that a damaged one is reported as a GGUF error, not as a
@@ -247,8 +254,13 @@ impl GgufFile {
                 self.tensor("blk.0.ffn_up.bias").is_some().into(),
             );
         }
-        if self.tensor("rope_freqs.weight").is_some() {
-            return Err(self.err("tensor `rope_freqs.weight` (Llama 3.1-style rope scaling stored as per-frequency factors) is not supported"));
+        if let Some(t) = self.tensor("rope_freqs.weight") {
+            let p = self.llama3_rope(t, o)?;
+            o.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "llama3", "factor": p.0, "low_freq_factor": p.1,
+                    "high_freq_factor": p.2, "original_max_position_embeddings": p.3}),
+            );
         }
         match self.meta_str_opt(&key("rope.scaling.type"))? {
             None | Some("none") => {}
@@ -277,6 +289,56 @@ impl GgufFile {
             }
         }
         Ok(cfg)
+    }
+
+    /// Llama 3.1's rope scaling parameters `(factor, low_freq_factor, high_freq_factor,
+    /// original_max_position_embeddings)` behind the per-frequency divisors of tensor `t`
+    /// (`rope_freqs.weight`), for the config `o` built so far: those ponder wrote beside
+    /// them, or else those the divisors follow (see [`rope_freqs::llama3_from_factors`]).
+    fn llama3_rope(
+        &self,
+        t: &TensorInfo,
+        o: &serde_json::Map<String, Json>,
+    ) -> Result<(f64, f64, f64, f64)> {
+        let num = |k: &str| o.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let theta = num("rope_theta");
+        let hd = match o.get("head_dim").and_then(|v| v.as_u64()) {
+            Some(hd) => hd as usize,
+            None => (num("hidden_size") / num("num_attention_heads").max(1.0)) as usize,
+        };
+        let f = self.dequantize(t)?;
+        if f.len() != hd / 2 {
+            return Err(self.err(format!(
+                "tensor `rope_freqs.weight` holds {} values; the head dim {hd} asks for {}",
+                f.len(),
+                hd / 2
+            )));
+        }
+        let follows = |p: (f64, f64, f64, f64)| {
+            let again = rope_freqs::llama3_factors(theta, hd, p);
+            again
+                .iter()
+                .zip(&f)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs())
+        };
+        if let Some(s) = self.meta_str_opt(LLAMA3_KEY)? {
+            let j: Json = serde_json::from_str(s)
+                .map_err(|e| self.err(format!("{LLAMA3_KEY} is not JSON: {e}")))?;
+            let g = |k: &str| j.get(k).and_then(|v| v.as_f64());
+            if let (Some(a), Some(b), Some(c), Some(d)) = (
+                g("factor"),
+                g("low_freq_factor"),
+                g("high_freq_factor"),
+                g("original_max_position_embeddings"),
+            ) {
+                if follows((a, b, c, d)) {
+                    return Ok((a, b, c, d));
+                }
+            }
+        }
+        rope_freqs::llama3_from_factors(theta, hd, &f).ok_or_else(|| {
+            self.err("tensor `rope_freqs.weight` holds per-frequency rope factors that follow no Llama 3.1 rope scaling (factor, low/high_freq_factor, original_max_position_embeddings) with at least two blended frequencies; ponder reads only that kind")
+        })
     }
 
     /// The config, through the same checks as a config.json.

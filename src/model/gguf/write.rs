@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use serde_json::json;
+
 use super::format::{self, OutTensor, Value};
 use super::quant::{self, GgmlType};
 use super::{names, GgufArch};
@@ -102,14 +104,31 @@ fn model_meta(net: &Transformer, wt: WeightType) -> Result<(GgufArch, Vec<(Strin
     match &c.rope_scaling {
         RopeScaling::Default => {}
         RopeScaling::Linear { factor } => {
-            m.push((format!("{a}.rope.scaling.type"), Value::Str("linear".into())));
-            m.push((format!("{a}.rope.scaling.factor"), Value::F32(*factor as f32)));
+            m.push((
+                format!("{a}.rope.scaling.type"),
+                Value::Str("linear".into()),
+            ));
+            m.push((
+                format!("{a}.rope.scaling.factor"),
+                Value::F32(*factor as f32),
+            ));
         }
-        RopeScaling::Llama3 { .. } => {
-            return Err(Error::invalid(
-                "save",
-                "Llama 3.1 rope scaling is not written to GGUF yet (llama.cpp stores it as a rope_freqs tensor); save as a Hugging Face directory instead",
-            ))
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            // llama.cpp reads the factors from the rope_freqs tensor (see `rope_freqs`);
+            // the parameters themselves go along under ponder's own key, so that reading
+            // the file back gives the very config
+            let p = json!({
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            });
+            m.push((super::LLAMA3_KEY.into(), Value::Str(p.to_string())));
         }
     }
     Ok((arch, m))
@@ -163,7 +182,38 @@ pub fn gguf_bytes(net: &Transformer, tok: Option<&Tok>, wt: WeightType) -> Resul
             bytes,
         });
     }
+    if let Some(f) = rope_freqs(&net.cfg) {
+        tensors.push(OutTensor {
+            name: "rope_freqs.weight".into(),
+            dims: vec![f.len() as u64],
+            ty: GgmlType::F32,
+            bytes: bytemuck::cast_slice(&f).to_vec(),
+        });
+    }
     Ok(format::serialize(&meta, &tensors))
+}
+
+/// Llama 3.1 rope scaling as llama.cpp's converter stores it: one f32 divisor per
+/// frequency, tensor `rope_freqs.weight` (HD/2).
+fn rope_freqs(c: &crate::model::Config) -> Option<Vec<f32>> {
+    match c.rope_scaling {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => Some(super::rope_freqs::llama3_factors(
+            c.rope_theta,
+            c.head_dim,
+            (
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// Write `net` and `tok` to the new GGUF file `out` (never replacing a file: see
