@@ -69,7 +69,7 @@ pub fn llama3_from_factors(
     });
     let a = sxy / sxx;
     let b = my - a * mx;
-    if !(b < 0.0) || !a.is_finite() {
+    if b.is_nan() || b >= 0.0 || !a.is_finite() {
         return None;
     }
     let high = 1.0 - 1.0 / b;
