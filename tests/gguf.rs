@@ -531,3 +531,102 @@ fn llama3_rope_factors_without_their_parameters_read_back() {
     assert!(!ok && out.contains("rope_freqs.weight"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A GGUF file with llama.cpp's `llama` tokenizer model (SentencePiece BPE: Llama 2,
+/// Mistral, TinyLlama) loads with a tokenizer that puts a space before the text, merges
+/// the best-scoring pieces first, spells a character without a piece as its bytes, adds
+/// the BOS, and decodes back to the text.
+#[test]
+fn a_sentencepiece_tokenizer_reads_from_gguf() {
+    use ponder::model::gguf::{format, Value};
+    let d = tmp("sentencepiece");
+    let src = d.join("llama.gguf");
+    save(&root().join("models/fixtures/llama-gqa"), &src, "f32");
+    let g = GgufFile::open(&src).unwrap();
+    // <unk> <s> </s>, the 256 bytes, then pieces with their scores
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    let (mut scores, mut types) = (vec![0.0f32; 3], vec![2i32, 3, 3]);
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        scores.push(0.0);
+        types.push(6);
+    }
+    for (p, s) in [
+        ("▁", -1.0),
+        ("a", -2.0),
+        ("b", -3.0),
+        ("c", -4.0),
+        ("ab", -0.5),
+        ("▁ab", -0.25),
+    ] {
+        tokens.push(p.into());
+        scores.push(s);
+        types.push(1);
+    }
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let (abs, space, c, c3, a9) = (id("▁ab"), id("▁"), id("c"), id("<0xC3>"), id("<0xA9>"));
+    let mut meta: Vec<(String, Value)> = g
+        .header
+        .meta
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.extend([
+        ("tokenizer.ggml.model".into(), Value::Str("llama".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.iter().map(|t| Value::Str(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(scores.iter().map(|&s| Value::F32(s)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+    ]);
+    let tensors: Vec<format::OutTensor> = g
+        .header
+        .tensors
+        .iter()
+        .map(|t| format::OutTensor {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            bytes: g.bytes(t).to_vec(),
+        })
+        .collect();
+    let spm = d.join("spm.gguf");
+    std::fs::write(&spm, format::serialize(&meta, &tensors)).unwrap();
+    let m = load(&spm);
+    let tok = m.tokenizer().unwrap();
+    // "ab cé" -> "▁ab▁cé": a+b (-0.5), then ▁+ab (-0.25); ▁c is no piece; é is C3 A9
+    let ids = tok.encode("ab cé", true).unwrap();
+    assert_eq!(ids, [1, abs, space, c, c3, a9]);
+    assert_eq!(tok.decode(&ids, true).unwrap(), "ab cé");
+    // and the model runs on them, as on any ids
+    assert_eq!(logits(&m, &ids).len(), ids.len() * m.cfg.vocab_size);
+    // out to a Hugging Face directory, whose tokenizer.json tokenizes the same; back to
+    // GGUF it is refused, naming why (ponder writes only `gpt2` tokenizers)
+    let hf = d.join("hf");
+    save(&spm, &hf, "f32");
+    let back = load(&hf);
+    assert_eq!(
+        back.tokenizer().unwrap().encode("ab cé", true).unwrap(),
+        ids
+    );
+    let (ok, out) = ponder(&[
+        "save",
+        "--model",
+        spm.to_str().unwrap(),
+        "--out",
+        d.join("again.gguf").to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("SentencePiece"), "{out}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -13,12 +13,14 @@
 //! - `quant`: ggml's block types, dequantization, Q8_0 quantization;
 //! - `names`: Hugging Face <-> llama.cpp tensor names and the q/k interleave;
 //! - `tokenizer`: `tokenizer.ggml.*` <-> tokenizer.json;
+//! - `spm`: the `llama` tokenizer model (SentencePiece BPE) as tokenizer.json's BPE;
 //! - `write`: a model and its tokenizer to a .gguf file.
 
 pub mod format;
 pub mod names;
 pub mod quant;
 pub mod rope_freqs;
+pub mod spm;
 pub mod tokenizer;
 pub mod write;
 

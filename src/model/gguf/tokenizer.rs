@@ -1,6 +1,7 @@
 //! The tokenizer a GGUF file carries (`tokenizer.ggml.*`) <-> Hugging Face's tokenizer.json.
 //!
-//! ponder reads and writes llama.cpp's `gpt2` tokenizer model: byte-level BPE with a
+//! ponder reads llama.cpp's `llama` tokenizer model (SentencePiece BPE, see `spm`), and
+//! reads and writes its `gpt2` tokenizer model: byte-level BPE with a
 //! vocabulary (`tokens`), `merges` ("a b" strings) and `token_type`s (1 normal, 2 unknown,
 //! 3 control, 4 user-defined, 5 unused, 6 byte). Control and user-defined tokens become
 //! tokenizer.json's added tokens (special, and not special). The pre-tokenizer is named
@@ -150,21 +151,38 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
     let Some(model) = g.meta_str_opt("tokenizer.ggml.model")? else {
         return Ok(None);
     };
-    if model != "gpt2" {
-        return Err(Error::file(
-            &g.path,
-            format!("tokenizer model `{model}` (tokenizer.ggml.model) is not supported; ponder reads `gpt2` (byte-level BPE) tokenizers"),
-        ));
-    }
-    let pre = g.meta_str_opt("tokenizer.ggml.pre")?.unwrap_or("default");
-    let (normalizer, pre_tok) = pre_tokenizer(pre).ok_or_else(|| {
-        Error::file(
-            &g.path,
-            format!("pre-tokenizer `{pre}` (tokenizer.ggml.pre) is not one ponder knows; known: smollm, gpt2, llama-bpe, qwen2, deepseek-r1-qwen and their aliases"),
-        )
-    })?;
+    // `llama`: SentencePiece BPE (Llama 1 and 2, Mistral, TinyLlama); see `spm`
+    let spm = match model {
+        "gpt2" => false,
+        "llama" => true,
+        _ => {
+            return Err(Error::file(
+                &g.path,
+                format!("tokenizer model `{model}` (tokenizer.ggml.model) is not supported; ponder reads `gpt2` (byte-level BPE) and `llama` (SentencePiece BPE) tokenizers"),
+            ))
+        }
+    };
+    let pre = if spm {
+        ""
+    } else {
+        g.meta_str_opt("tokenizer.ggml.pre")?.unwrap_or("default")
+    };
+    let (normalizer, pre_tok) = if spm {
+        (Json::Null, Json::Null)
+    } else {
+        pre_tokenizer(pre).ok_or_else(|| {
+            Error::file(
+                &g.path,
+                format!("pre-tokenizer `{pre}` (tokenizer.ggml.pre) is not one ponder knows; known: smollm, gpt2, llama-bpe, qwen2, deepseek-r1-qwen and their aliases"),
+            )
+        })?
+    };
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
-    let merges = strings(g, "tokenizer.ggml.merges")?;
+    let merges = if spm {
+        Vec::new()
+    } else {
+        strings(g, "tokenizer.ggml.merges")?
+    };
     let types: Vec<i64> = match g.meta("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
         Some(v) => v
@@ -246,11 +264,11 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
     let eos = id_of("tokenizer.ggml.eos_token_id")?;
     let pad = id_of("tokenizer.ggml.padding_token_id")?;
     let unk = id_of("tokenizer.ggml.unknown_token_id")?;
-    // llama.cpp adds a BOS by default for Llama 3's pre-tokenizer type only
+    // llama.cpp adds a BOS by default for SentencePiece and Llama 3's pre-tokenizer type
     let add_bos = g
         .meta("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
-        .unwrap_or(LLAMA3_NAMES.contains(&pre));
+        .unwrap_or(spm || LLAMA3_NAMES.contains(&pre));
     let post = match (&bos, add_bos) {
         (Some((id, t)), true) => json!({
             "type": "TemplateProcessing",
@@ -259,9 +277,21 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
                      {"SpecialToken": {"id": t, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {t: {"id": t, "ids": [id], "tokens": [t]}},
         }),
+        _ if spm => Json::Null,
         _ => {
             json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false})
         }
+    };
+    let (normalizer, decoder, model) = if spm {
+        super::spm::parts(g, &tokens, &types, unk.as_ref().map(|(_, t)| t.as_str()))?
+    } else {
+        let model = json!({
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": LLAMA3_NAMES.contains(&pre),
+            "vocab": vocab, "merges": pairs,
+        });
+        (normalizer, byte_level(true), model)
     };
     let tokenizer = json!({
         "version": "1.0",
@@ -271,13 +301,8 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
         "normalizer": normalizer,
         "pre_tokenizer": pre_tok,
         "post_processor": post,
-        "decoder": byte_level(true),
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": LLAMA3_NAMES.contains(&pre),
-            "vocab": vocab, "merges": pairs,
-        },
+        "decoder": decoder,
+        "model": model,
     });
     let name = |t: &Option<(u64, String)>| t.as_ref().map_or(Json::Null, |(_, s)| s.clone().into());
     let mut config = json!({
@@ -288,7 +313,7 @@ pub fn hf_files(g: &GgufFile) -> Result<Option<(Json, Json, Json)>> {
         "unk_token": name(&unk),
         "add_bos_token": add_bos,
         "clean_up_tokenization_spaces": false,
-        "gguf_pre_tokenizer": pre,
+        "gguf_pre_tokenizer": if spm { Json::Null } else { pre.into() },
     });
     if let Some(t) = g.meta_str_opt("tokenizer.chat_template")? {
         config["chat_template"] = t.into();
@@ -311,6 +336,9 @@ pub fn gguf_meta(tok: &crate::model::Tok, vocab_size: usize) -> Result<Vec<(Stri
     let model = &j["model"];
     if model.get("type").and_then(|t| t.as_str()) != Some("BPE") {
         return Err(err("only byte-level BPE tokenizers can be written to GGUF (llama.cpp's `gpt2` model); this one is not BPE".into()));
+    }
+    if model.get("byte_fallback").and_then(|b| b.as_bool()) == Some(true) {
+        return Err(err("it is a SentencePiece tokenizer (BPE with byte fallback: llama.cpp's `llama` model), which ponder reads from GGUF but does not write yet; save to a Hugging Face directory instead".into()));
     }
     let pre = j.get("pre_tokenizer").and_then(pre_name).ok_or_else(|| {
         err(format!(
