@@ -47,52 +47,50 @@ fn packed_opts(dev: Device) -> AttnOpts {
     }
 }
 
-#[test]
-fn packed_attention_is_each_sequence_attending_alone() {
-    let (nh, nkv, hd) = (4, 2, 16);
-    let s = common::seed("packed attention");
-    let [q, k, v] = packed_qkv(nh, nkv, hd, s);
-    let (q, k, v) = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_());
-    let l: usize = LENS.iter().sum();
-    let dout = common::randn(&[1, l, nh, hd], s + 3);
-    let out = Tensor::attention(&q, &k, &v, &packed_opts(Device::Cpu)).unwrap();
-    out.mul(&dout)
+/// Attention over q, k, v (as fresh leaves) under `opts`, backpropagated from `dout`:
+/// out, dq, dk and dv.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts, dout: &Tensor) -> [Vec<f64>; 4] {
+    let leaf = |x: &Tensor| x.detach().contiguous().unwrap().requires_grad_();
+    let (q, k, v) = (leaf(q), leaf(k), leaf(v));
+    let out = Tensor::attention(&q, &k, &v, opts).unwrap();
+    out.mul(dout)
         .unwrap()
         .sum_all()
         .unwrap()
         .backward()
         .unwrap();
-    let got = [
+    [
         out.to_vec_f64().unwrap(),
         q.grad().unwrap().to_vec_f64().unwrap(),
         k.grad().unwrap().to_vec_f64().unwrap(),
         v.grad().unwrap().to_vec_f64().unwrap(),
-    ];
+    ]
+}
+
+fn causal() -> AttnOpts {
+    AttnOpts {
+        causal: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn packed_attention_is_each_sequence_attending_alone() {
+    let (nh, nkv, hd) = (4, 2, 16);
+    let s = common::seed("packed attention");
+    let [q, k, v] = packed_qkv(nh, nkv, hd, s);
+    let l: usize = LENS.iter().sum();
+    let dout = common::randn(&[1, l, nh, hd], s + 3);
+    let got = attend(&q, &k, &v, &packed_opts(Device::Cpu), &dout);
     // each sequence alone, plain causal attention over its own (1, n) batch
     let mut want: [Vec<f64>; 4] = Default::default();
     let mut at = 0;
     for n in LENS {
-        let cut = |x: &Tensor| x.detach().narrow(1, at, n).unwrap().contiguous().unwrap();
-        let (qs, ks, vs) = (
-            cut(&q).requires_grad_(),
-            cut(&k).requires_grad_(),
-            cut(&v).requires_grad_(),
-        );
-        let opts = AttnOpts {
-            causal: true,
-            ..Default::default()
-        };
-        let o = Tensor::attention(&qs, &ks, &vs, &opts).unwrap();
-        o.mul(&cut(&dout))
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        want[0].extend(o.to_vec_f64().unwrap());
-        want[1].extend(qs.grad().unwrap().to_vec_f64().unwrap());
-        want[2].extend(ks.grad().unwrap().to_vec_f64().unwrap());
-        want[3].extend(vs.grad().unwrap().to_vec_f64().unwrap());
+        let cut = |x: &Tensor| x.narrow(1, at, n).unwrap();
+        let alone = attend(&cut(&q), &cut(&k), &cut(&v), &causal(), &cut(&dout));
+        for (w, x) in want.iter_mut().zip(alone) {
+            w.extend(x);
+        }
         at += n;
     }
     for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
@@ -169,24 +167,12 @@ fn shared_prompt_attention_is_each_answer_after_its_prompt_alone() {
     let s = common::seed("shared prompt attention");
     let (groups, l) = shared_groups();
     let (q, k, v) = (
-        common::randn(&[1, l, nh, hd], s).requires_grad_(),
-        common::randn(&[1, l, nkv, hd], s + 1).requires_grad_(),
-        common::randn(&[1, l, nkv, hd], s + 2).requires_grad_(),
+        common::randn(&[1, l, nh, hd], s),
+        common::randn(&[1, l, nkv, hd], s + 1),
+        common::randn(&[1, l, nkv, hd], s + 2),
     );
     let dout = common::randn(&[1, l, nh, hd], s + 3);
-    let out = Tensor::attention(&q, &k, &v, &shared_opts(Device::Cpu)).unwrap();
-    out.mul(&dout)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let got = [
-        out.to_vec_f64().unwrap(),
-        q.grad().unwrap().to_vec_f64().unwrap(),
-        k.grad().unwrap().to_vec_f64().unwrap(),
-        v.grad().unwrap().to_vec_f64().unwrap(),
-    ];
+    let got = attend(&q, &k, &v, &shared_opts(Device::Cpu), &dout);
     // each answer after its prompt, alone: plain causal attention over a (1, P + n) batch.
     // The prompt's rows are the same for every answer (out and dq: the first answer's);
     // its keys and values serve every answer (dk and dv: summed over them).
@@ -202,21 +188,8 @@ fn shared_prompt_attention_is_each_answer_after_its_prompt_alone() {
         };
         for (i, &n) in answers.iter().enumerate() {
             let cut = |x: &Tensor| {
-                Tensor::cat(&[&rows(x, g.start, g.prompt), &rows(x, at, n)], 1)
-                    .unwrap()
-                    .contiguous()
-                    .unwrap()
+                Tensor::cat(&[&rows(x, g.start, g.prompt), &rows(x, at, n)], 1).unwrap()
             };
-            let (qs, ks, vs) = (
-                cut(&q).requires_grad_(),
-                cut(&k).requires_grad_(),
-                cut(&v).requires_grad_(),
-            );
-            let opts = AttnOpts {
-                causal: true,
-                ..Default::default()
-            };
-            let o = Tensor::attention(&qs, &ks, &vs, &opts).unwrap();
             // the prompt's queries run once in the packed row: only the first answer's
             // pass carries their gradient into the prompt's keys and values
             let g_out = if i == 0 {
@@ -225,18 +198,7 @@ fn shared_prompt_attention_is_each_answer_after_its_prompt_alone() {
                 let quiet = Tensor::zeros(&[1, g.prompt, nh, hd], Device::Cpu).unwrap();
                 Tensor::cat(&[&quiet, &rows(&dout, at, n)], 1).unwrap()
             };
-            o.mul(&g_out)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let vals = [
-                o.to_vec_f64().unwrap(),
-                qs.grad().unwrap().to_vec_f64().unwrap(),
-                ks.grad().unwrap().to_vec_f64().unwrap(),
-                vs.grad().unwrap().to_vec_f64().unwrap(),
-            ];
+            let vals = attend(&cut(&q), &cut(&k), &cut(&v), &causal(), &g_out);
             for (j, x) in vals.iter().enumerate() {
                 let w = widths[j];
                 // prompt rows: taken from the first answer, or summed (dk, dv)

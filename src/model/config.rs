@@ -35,6 +35,27 @@ pub enum RopeScaling {
     },
 }
 
+impl RopeScaling {
+    /// Llama 3.1's `(factor, low_freq_factor, high_freq_factor,
+    /// original_max_position_embeddings)`, when this is that scaling.
+    pub fn llama3(&self) -> Option<(f64, f64, f64, f64)> {
+        match *self {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => Some((
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            )),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub arch: Arch,

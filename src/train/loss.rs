@@ -1,7 +1,7 @@
 //! Completion log-probabilities of token sequences, and the SFT and DPO-family losses.
 
 use super::data::Seq;
-use super::pack::{pack, pack_free, pack_shared};
+use super::pack::{pack, pack_free, pack_shared, PackedRow};
 use crate::error::{Error, Result};
 use crate::model::transformer::{Forward, LinearCtx, Transformer};
 use crate::tensor::{CpuData, Tensor};
@@ -58,35 +58,33 @@ pub fn sequence_logps(
     let shared = (net.padding_free && net.shared_prompt)
         .then(|| pack_shared(seqs))
         .filter(|p| p.saved > 0);
+    // one packed row and its per-query key ranges ((1, T, 2), or (1, T, 4) with holes)
+    let one_row = |p: PackedRow, r: Vec<u32>| -> Result<_> {
+        let w = r.len() / p.t.max(1);
+        let r = Tensor::from_u32(r, &[1, p.t, w], net.device)?;
+        Ok((
+            p.ids,
+            1,
+            p.t,
+            p.rows,
+            p.targets,
+            Some(vec![p.positions]),
+            Some(r),
+        ))
+    };
     let (ids, b, t, rows, targets, positions, kv_ranges) = if let Some(p) = shared {
-        let r = crate::ops::attention::AttnOpts::shared_ranges(&[p.groups], p.row.t);
-        let r = Tensor::from_u32(r, &[1, p.row.t, 4], net.device)?;
         if linear.dropout_seed.is_some() && linear.token_keys.is_none() {
             linear.token_keys = Some(p.token_keys.into());
         }
-        let p = p.row;
-        (
-            p.ids,
-            1,
-            p.t,
-            p.rows,
-            p.targets,
-            Some(vec![p.positions]),
-            Some(r),
-        )
+        let r = crate::ops::attention::AttnOpts::shared_ranges(&[p.groups], p.row.t);
+        one_row(p.row, r)?
     } else if net.padding_free {
         let p = pack_free(seqs);
-        let r = crate::ops::attention::AttnOpts::packed_ranges(&[p.cu_seqlens], p.t);
-        let r = Tensor::from_u32(r, &[1, p.t, 2], net.device)?;
-        (
-            p.ids,
-            1,
+        let r = crate::ops::attention::AttnOpts::packed_ranges(
+            std::slice::from_ref(&p.cu_seqlens),
             p.t,
-            p.rows,
-            p.targets,
-            Some(vec![p.positions]),
-            Some(r),
-        )
+        );
+        one_row(p, r)?
     } else {
         let (ids, t, rows, targets) = pack(seqs);
         (ids, n, t, rows, targets, None, None)

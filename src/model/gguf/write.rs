@@ -113,20 +113,16 @@ fn model_meta(net: &Transformer, wt: WeightType) -> Result<(GgufArch, Vec<(Strin
                 Value::F32(*factor as f32),
             ));
         }
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
+        RopeScaling::Llama3 { .. } => {
             // llama.cpp reads the factors from the rope_freqs tensor (see `rope_freqs`);
             // the parameters themselves go along under ponder's own key, so that reading
             // the file back gives the very config
+            let (factor, low, high, old) = c.rope_scaling.llama3().expect("llama3 scaling");
             let p = json!({
                 "factor": factor,
-                "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor,
-                "original_max_position_embeddings": original_max_position_embeddings,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": old,
             });
             m.push((super::LLAMA3_KEY.into(), Value::Str(p.to_string())));
         }
@@ -196,24 +192,12 @@ pub fn gguf_bytes(net: &Transformer, tok: Option<&Tok>, wt: WeightType) -> Resul
 /// Llama 3.1 rope scaling as llama.cpp's converter stores it: one f32 divisor per
 /// frequency, tensor `rope_freqs.weight` (HD/2).
 fn rope_freqs(c: &crate::model::Config) -> Option<Vec<f32>> {
-    match c.rope_scaling {
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => Some(super::rope_freqs::llama3_factors(
-            c.rope_theta,
-            c.head_dim,
-            (
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            ),
-        )),
-        _ => None,
-    }
+    let p = c.rope_scaling.llama3()?;
+    Some(super::rope_freqs::llama3_factors(
+        c.rope_theta,
+        c.head_dim,
+        p,
+    ))
 }
 
 /// Write `net` and `tok` to the new GGUF file `out` (never replacing a file: see
