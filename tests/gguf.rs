@@ -66,6 +66,18 @@ fn logits(m: &Model, ids: &[u32]) -> Vec<f32> {
     all
 }
 
+/// `a` and `b` give bit-identical logits on `n` ids spread over the vocabulary.
+fn same_logits(a: &Model, b: &Model, n: u32, what: &str) {
+    let ids: Vec<u32> = (0..n)
+        .map(|i| (i * 37 + 5) % a.cfg.vocab_size as u32)
+        .collect();
+    let (la, lb) = (logits(a, &ids), logits(b, &ids));
+    assert!(
+        la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{what}: logits differ"
+    );
+}
+
 #[test]
 fn every_block_type_dequantizes_as_gguf_py_does() {
     let g = GgufFile::open(&root().join("models/fixtures/gguf/quant_types.gguf")).unwrap();
@@ -130,14 +142,7 @@ fn hf_gguf_hf_keeps_every_tensor_and_logit() {
         let (a, b) = (load(&src), load(&g));
         assert_eq!(a.cfg.arch, b.cfg.arch);
         assert_eq!(a.cfg.rope_scaling, b.cfg.rope_scaling, "{fx}");
-        let ids: Vec<u32> = (0..13)
-            .map(|i| (i * 37 + 5) % a.cfg.vocab_size as u32)
-            .collect();
-        let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
-        assert!(
-            la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{fx}: logits differ after HF -> GGUF"
-        );
+        same_logits(&a, &b, 13, &format!("{fx}: HF -> GGUF"));
         // tokenizer and template survive
         let (ta, tb) = (a.tokenizer().unwrap(), b.tokenizer().unwrap());
         let text = "Question: what is 12 plus 30? Answer: 42.";
@@ -517,14 +522,7 @@ fn llama3_rope_factors_without_their_parameters_read_back() {
     let g = foreign(&hf, "three.gguf");
     let (a, b) = (load(&hf), load(&g));
     assert_eq!(a.cfg.rope_scaling, b.cfg.rope_scaling);
-    let ids: Vec<u32> = (0..40)
-        .map(|i| (i * 37 + 5) % a.cfg.vocab_size as u32)
-        .collect();
-    let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
-    assert!(
-        la.iter().zip(&lb).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "logits differ"
-    );
+    same_logits(&a, &b, 40, "a file without ponder's rope key");
     // the fixture's own config blends one frequency only: two parameters, one equation
     let g = foreign(&src, "one.gguf");
     let (ok, out) = ponder(&["logits", "--model", g.to_str().unwrap(), "--ids", "3,4"]);

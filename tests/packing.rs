@@ -67,6 +67,22 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttnOpts, dout: &Tensor) ->
     ]
 }
 
+/// out, dq, dk and dv of a packed row against the same computed alone: f32 sums taken in
+/// another order (other tiles, other tasks), so within 1e-6 of the largest value.
+fn same_as_alone(what: &str, got: &[Vec<f64>; 4], want: &[Vec<f64>; 4]) {
+    for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+        assert!(want[i].iter().any(|&x| x != 0.0), "{what} {name}: all zero");
+        let scale = want[i].iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        common::assert_close(
+            &format!("{what} {name} vs alone"),
+            &got[i],
+            &want[i],
+            1e-6 * scale,
+            1e-6,
+        );
+    }
+}
+
 fn causal() -> AttnOpts {
     AttnOpts {
         causal: true,
@@ -93,19 +109,7 @@ fn packed_attention_is_each_sequence_attending_alone() {
         }
         at += n;
     }
-    for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
-        assert!(want[i].iter().any(|&x| x != 0.0), "{name}: all zero");
-        // f32 sums taken in another order (other tiles, other tasks): 1e-6 of the
-        // largest value
-        let scale = want[i].iter().fold(1.0f64, |m, x| m.max(x.abs()));
-        common::assert_close(
-            &format!("packed {name} vs alone"),
-            &got[i],
-            &want[i],
-            1e-6 * scale,
-            1e-6,
-        );
-    }
+    same_as_alone("packed", &got, &want);
 }
 
 #[test]
@@ -220,17 +224,7 @@ fn shared_prompt_attention_is_each_answer_after_its_prompt_alone() {
             at += n;
         }
     }
-    for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
-        assert!(want[i].iter().any(|&x| x != 0.0), "{name}: all zero");
-        let scale = want[i].iter().fold(1.0f64, |m, x| m.max(x.abs()));
-        common::assert_close(
-            &format!("shared-prompt {name} vs alone"),
-            &got[i],
-            &want[i],
-            1e-6 * scale,
-            1e-6,
-        );
-    }
+    same_as_alone("shared-prompt", &got, &want);
 }
 
 #[test]
