@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 pub use super::microkernel::AsF32;
-use super::microkernel::{Kernel, MR, NR};
+use super::microkernel::{Kernel, MR, NR, WR};
 use super::Real;
 
 /// A strided matrix operand: element (batch, row, col) lives at
@@ -232,7 +232,8 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     let panels = m.div_ceil(NR);
     // W rows per task: several MR groups, enough tasks for every thread to take a few
     let tasks = 8 * rayon::current_num_threads().max(1);
-    let rows_per = (n.div_ceil(tasks).div_ceil(MR) * MR).max(MR);
+    let grp = if kern.has_wide() { WR } else { MR };
+    let rows_per = (n.div_ceil(tasks).div_ceil(grp) * grp).max(grp);
     // C and A^T are written in full below, so neither is zeroed first (at decode sizes
     // the two memsets cost a twentieth of the product)
     let mut c = uninit(g.batch * m * n);
@@ -262,7 +263,16 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
             let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
             // C^T rows j0..j1, (j1 - j0, m)
             let mut out = vec![0.0f32; (j1 - j0) * m];
-            for jg in (j0..j1).step_by(MR) {
+            let mut jg = j0;
+            // blocks of whole WR-row groups on the wide kernel where the CPU has it
+            while kern.has_wide() && j1 - jg >= WR {
+                let rows = ((j1 - jg) / WR).min(WIDE_GROUPS) * WR;
+                let wrows = &w[wbase + jg * g.b.sc..];
+                let dst = &mut out[(jg - j0) * m..(jg - j0 + rows) * m];
+                wide_rows(kern, k, wrows, g.b.sc, at, m, dst);
+                jg += rows;
+            }
+            for jg in (jg..j1).step_by(MR) {
                 let live = MR.min(j1 - jg);
                 // MR rows of W; a short last group repeats its last row (discarded)
                 let rows: [&[f32]; MR] = std::array::from_fn(|r| {
@@ -302,6 +312,80 @@ fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     // 0..n, every row of each, for every batch).
     unsafe { assume_init_vec(c) }
 }
+
+/// C^T rows for `dst.len() / m` (a multiple of WR) consecutive weight rows (`w[r *
+/// stride..][..k]`) against every A^T panel of `at` (`m` columns, zero-padded to whole
+/// panels), into `dst` (rows, m). Each group of WR = 24 weight rows meets the panels in
+/// sets of three, two or one, on the kernel with 24 accumulators for that set (8 rows x 3
+/// panels, 12 x 2, 24 x 1). k runs in steps, and within a step each panel set meets
+/// every weight group in turn, so the set stays in L1 and the groups' slices in L2 (a
+/// set per group would fetch all of A^T from L2 for every group).
+fn wide_rows(
+    kern: Kernel,
+    k: usize,
+    w: &[f32],
+    stride: usize,
+    at: &[f32],
+    m: usize,
+    dst: &mut [f32],
+) {
+    let panels = m.div_ceil(NR);
+    let (ld, groups) = (panels * NR, dst.len() / m / WR);
+    // panel sets: threes, and a last two (or two twos for four), or a lone one
+    let mut sets = Vec::new();
+    let mut q = 0;
+    while q < panels {
+        let left = panels - q;
+        let n = if left == 4 || left == 2 {
+            2
+        } else {
+            left.min(3)
+        };
+        sets.push((q, n));
+        q += n;
+    }
+    let step = k.div_ceil(k.div_ceil(KC_WIDE).max(1)).max(1);
+    let mut acc = vec![0.0f32; groups * WR * ld];
+    for pc in (0..k).step_by(step) {
+        let kc = step.min(k - pc);
+        let panel = |q: usize| &at[q * k * NR + pc * NR..(q + 1) * k * NR];
+        for &(q, n) in &sets {
+            for g in 0..groups {
+                for sub in 0..WR * n / 24 {
+                    let r0 = g * WR + sub * (24 / n);
+                    let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + q * NR..]);
+                    match n {
+                        1 => kern.rows_tile_wide::<24, 1>(kc, rows, stride, [panel(q)], o, ld),
+                        2 => kern.rows_tile_wide::<12, 2>(
+                            kc,
+                            rows,
+                            stride,
+                            [panel(q), panel(q + 1)],
+                            o,
+                            ld,
+                        ),
+                        _ => kern.rows_tile_wide::<8, 3>(
+                            kc,
+                            rows,
+                            stride,
+                            [panel(q), panel(q + 1), panel(q + 2)],
+                            o,
+                            ld,
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    for (drow, arow) in dst.chunks_exact_mut(m).zip(acc.chunks_exact(ld)) {
+        drow.copy_from_slice(&arow[..m]);
+    }
+}
+
+/// The k step of [`wide_rows`]: three 16-column panels of 192 steps are 36 KiB.
+const KC_WIDE: usize = 192;
+/// Weight groups per call of [`wide_rows`]: 96 rows x 192 steps is 72 KiB of L2.
+const WIDE_GROUPS: usize = 4;
 
 /// A vector of `len` f32 slots, not yet written (for outputs written in full).
 fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
@@ -644,6 +728,8 @@ mod tests {
             (1, 37, 101, 200),
             (2, 17, 1000, 257),
             (1, 96, 33, 600),
+            // the wide kernel's panel sets 3 + 2, and a last weight group with 2 rows
+            (1, 80, 50, 400),
             // even row blocks (4 of 341 rows), and the long-K accumulate
             (1, 341, 50, 70),
             (1, 101, 40, 1100),

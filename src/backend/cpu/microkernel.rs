@@ -6,6 +6,9 @@
 /// Rows of an A panel and columns of a B panel: one micro-kernel tile.
 pub(super) const MR: usize = 6;
 pub(super) const NR: usize = 16;
+/// Weight rows per group of the wide kernels ([`Kernel::rows_tile_wide`] takes 24, 12
+/// or 8 of them at a time, against one, two or three panels).
+pub(super) const WR: usize = 24;
 
 /// An element the fast path can read as f32: f32 itself, or 16-bit stored weights
 /// (widened while packing, so a bf16 model never needs an f32 copy).
@@ -106,6 +109,49 @@ impl Kernel {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether [`Kernel::rows_tile_wide`] runs here (AVX-512, not turned off).
+    pub(super) fn has_wide(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => true,
+            _ => false,
+        }
+    }
+
+    /// `out[r * ld + c] += w_r . x_c` over k for the R rows `w_r = w[r * stride..][..k]`
+    /// of a weight and the `NP * NR` columns of `NP` A^T panels (`panels[q][p * NR + c]`),
+    /// summed in k order in registers. R x NP is at most 24 zmm accumulators, so that the
+    /// FMA units never wait on one another's results (the 6 x 16 kernels keep at most 12
+    /// chains, which on a CPU with two full-width FMA units leaves half of them idle).
+    /// Only on the AVX-512 kernel ([`Kernel::has_wide`]).
+    pub(super) fn rows_tile_wide<const R: usize, const NP: usize>(
+        self,
+        k: usize,
+        w: &[f32],
+        stride: usize,
+        panels: [&[f32]; NP],
+        out: &mut [f32],
+        ld: usize,
+    ) {
+        assert!(w.len() >= (R - 1) * stride + k && panels.iter().all(|b| b.len() >= k * NR));
+        assert!(out.len() >= (R - 1) * ld + NP * NR);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() checked avx512f; the asserts above bound every access.
+            Kernel::Avx512 => unsafe {
+                avx512::rows_kernel_wide::<R, NP>(
+                    k,
+                    w.as_ptr(),
+                    stride,
+                    panels.map(|b| b.as_ptr()),
+                    out.as_mut_ptr(),
+                    ld,
+                )
+            },
+            _ => panic!("rows_tile_wide needs the AVX-512 kernel"),
         }
     }
 
@@ -311,6 +357,36 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) 
 mod avx512 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
+
+    /// R weight rows (broadcast from their own streams) against NP A^T panels: per k
+    /// step NP loads, R broadcasts and R x NP FMAs into as many zmm accumulators.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows_kernel_wide<const R: usize, const NP: usize>(
+        k: usize,
+        w: *const f32,
+        stride: usize,
+        panels: [*const f32; NP],
+        out: *mut f32,
+        ld: usize,
+    ) {
+        const { assert!(NR == 16 && NP * R <= 24) };
+        let mut c = [[_mm512_setzero_ps(); NP]; R];
+        for p in 0..k {
+            let x: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(panels[q].add(p * NR)));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*w.add(r * stride + p));
+                for q in 0..NP {
+                    cr[q] = _mm512_fmadd_ps(a, x[q], cr[q]);
+                }
+            }
+        }
+        for (r, cr) in c.iter().enumerate() {
+            for (q, cq) in cr.iter().enumerate() {
+                let at = out.add(r * ld + q * NR);
+                _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *cq));
+            }
+        }
+    }
 
     /// 6x16 outer-product accumulation with one zmm accumulator per row: per k step one
     /// load of B, six broadcasts of A and six FMAs. Stores (or adds) into C.
@@ -543,5 +619,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `out[r * ld + q * NR + c] + w_r . panel_q[:, c]`, summed plainly in f64.
+    fn wide_want(
+        k: usize,
+        w: &[f32],
+        stride: usize,
+        rows: usize,
+        panels: &[&[f32]],
+        out: &[f32],
+        ld: usize,
+    ) -> Vec<f64> {
+        let mut want: Vec<f64> = out.iter().map(|&x| x as f64).collect();
+        for r in 0..rows {
+            for (q, b) in panels.iter().enumerate() {
+                for c in 0..NR {
+                    let dot: f64 = (0..k)
+                        .map(|p| w[r * stride + p] as f64 * b[p * NR + c] as f64)
+                        .sum();
+                    want[r * ld + q * NR + c] += dot;
+                }
+            }
+        }
+        want
+    }
+
+    #[test]
+    fn the_wide_kernels_add_their_products_to_the_tile() {
+        let Some(kern) = kernels().into_iter().find(|k| k.has_wide()) else {
+            println!("skipped: this CPU has no AVX-512 (the wide kernels need it)");
+            return;
+        };
+        let (k, stride, ld) = (37, 41, 3 * NR + 5);
+        let w = crate::util::randn_vec(24 * stride, 1.0, 11);
+        let p: Vec<Vec<f32>> = (0..3)
+            .map(|q| crate::util::randn_vec(k * NR, 1.0, 12 + q))
+            .collect();
+        let out0 = crate::util::randn_vec(24 * ld, 1.0, 15);
+        let check = |rows: usize, np: usize, got: &[f32]| {
+            let panels: Vec<&[f32]> = p.iter().take(np).map(|v| &v[..]).collect();
+            let want = wide_want(k, &w, stride, rows, &panels, &out0, ld);
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*x as f64 - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "{rows}x{np} at {i}: {x} vs {y}"
+                );
+            }
+        };
+        let mut out = out0.clone();
+        kern.rows_tile_wide::<24, 1>(k, &w, stride, [&p[0]], &mut out, ld);
+        check(24, 1, &out);
+        let mut out = out0.clone();
+        kern.rows_tile_wide::<12, 2>(k, &w, stride, [&p[0], &p[1]], &mut out, ld);
+        check(12, 2, &out);
+        let mut out = out0.clone();
+        kern.rows_tile_wide::<8, 3>(k, &w, stride, [&p[0], &p[1], &p[2]], &mut out, ld);
+        check(8, 3, &out);
     }
 }
