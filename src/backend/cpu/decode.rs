@@ -1,6 +1,6 @@
 //! f32 attention for a few queries per row (decoding over a KV cache): the reference
-//! loops' math, arranged for the cache's bytes. One task per (batch row, kv head) reads
-//! each cached key and value row once for all the query heads that share it; the dots and
+//! loops' math, arranged for the cache's bytes. One task per batch row reads each cached
+//! position's keys and values once, all kv heads together, for all the query heads; the dots and
 //! axpys run in 16 lanes (fused multiply-adds where the CPU has them) and the
 //! exponentials are vectorised. The softmax sum is added in f64.
 //!   s_j = scale q . k_j,  p_j = e^(s_j - m) / l,  o = sum_j p_j v_j,  lse = m + ln l
@@ -96,7 +96,10 @@ fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// One (batch row, kv head): out `(T, group, HD)` and lse `(group, T)`.
+/// One batch row and the query heads of kv heads `kv`: out `(T, heads, HD)` and lse
+/// `(heads, T)`. Each cached position's keys (then values) of those kv heads are read
+/// together: with all of them, the row's cache is one sequential stream rather than NKV
+/// strided ones.
 #[inline(always)]
 fn task<const FMA: bool>(
     d: &AttnDims,
@@ -104,49 +107,54 @@ fn task<const FMA: bool>(
     k: &[f32],
     v: &[f32],
     ranges: Option<&[u32]>,
-    bk: usize,
+    (bi, kv): (usize, std::ops::Range<usize>),
 ) -> (Vec<f32>, Vec<f32>) {
     let (hd, group) = (d.hd, d.nh / d.nkv);
+    // query heads h0.. of this task, and their offset in the row's cache rows
+    let (h0, nh) = (kv.start * group, kv.len() * group);
     let scale = d.scale as f32;
-    let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
-    let mut out = vec![0.0f32; d.t * group * hd];
-    let mut lse = vec![0.0f32; group * d.t];
-    let mut s = vec![0.0f32; group * d.s];
+    let mut out = vec![0.0f32; d.t * nh * hd];
+    let mut lse = vec![0.0f32; nh * d.t];
+    let mut s = vec![0.0f32; nh * d.s];
     let mut w = vec![0.0f32; d.s];
-    let mut inv = vec![0.0f32; group];
+    let mut inv = vec![0.0f32; nh];
+    let kvw = kv.len() * hd;
     for t in 0..d.t {
         let (lo, hi) = attn_key_range(d, ranges, bi, t);
         if lo == hi {
-            for g in 0..group {
-                lse[g * d.t + t] = LSE_MASKED;
+            for h in 0..nh {
+                lse[h * d.t + t] = LSE_MASKED;
             }
             continue;
         }
         let n = hi - lo;
-        let qo = |g: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (kvh * group + g) * hd;
+        let qo = |h: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (h0 + h) * hd;
         for j in lo..hi {
-            let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kvh * hd;
-            prefetch(k, ko + AHEAD * d.k_str.1, hd);
-            let krow = &k[ko..ko + hd];
-            for g in 0..group {
-                s[g * d.s + j - lo] = dot::<FMA>(&q[qo(g)..qo(g) + hd], krow) * scale;
+            let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kv.start * hd;
+            prefetch(k, ko + AHEAD * d.k_str.1, kvw);
+            for h in 0..nh {
+                let kh = ko + (h / group) * hd;
+                s[h * d.s + j - lo] = dot::<FMA>(&q[qo(h)..qo(h) + hd], &k[kh..kh + hd]) * scale;
             }
         }
-        for g in 0..group {
-            let sg = &mut s[g * d.s..g * d.s + n];
-            let m = vmath::max(sg);
-            let l = vmath::exp_weights(sg, m, 1.0, Some(&mut w[..n]));
-            sg.copy_from_slice(&w[..n]);
-            lse[g * d.t + t] = (m as f64 + l.ln()) as f32;
-            inv[g] = (1.0 / l) as f32;
+        for h in 0..nh {
+            let sh = &mut s[h * d.s..h * d.s + n];
+            let m = vmath::max(sh);
+            let l = vmath::exp_weights(sh, m, 1.0, Some(&mut w[..n]));
+            sh.copy_from_slice(&w[..n]);
+            lse[h * d.t + t] = (m as f64 + l.ln()) as f32;
+            inv[h] = (1.0 / l) as f32;
         }
         for j in lo..hi {
-            let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kvh * hd;
-            prefetch(v, vo + AHEAD * d.v_str.1, hd);
-            let vrow = &v[vo..vo + hd];
-            for g in 0..group {
-                let o = (t * group + g) * hd;
-                axpy::<FMA>(&mut out[o..o + hd], s[g * d.s + j - lo] * inv[g], vrow);
+            let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kv.start * hd;
+            prefetch(v, vo + AHEAD * d.v_str.1, kvw);
+            for h in 0..nh {
+                let (o, vh) = ((t * nh + h) * hd, vo + (h / group) * hd);
+                axpy::<FMA>(
+                    &mut out[o..o + hd],
+                    s[h * d.s + j - lo] * inv[h],
+                    &v[vh..vh + hd],
+                );
             }
         }
     }
@@ -161,9 +169,9 @@ unsafe fn task_avx2(
     k: &[f32],
     v: &[f32],
     ranges: Option<&[u32]>,
-    bk: usize,
+    unit: (usize, std::ops::Range<usize>),
 ) -> (Vec<f32>, Vec<f32>) {
-    task::<true>(d, q, k, v, ranges, bk)
+    task::<true>(d, q, k, v, ranges, unit)
 }
 
 /// Attention forward for decoding shapes; returns out `(B, T, NH, HD)` and lse `(B, NH, T)`.
@@ -174,36 +182,40 @@ pub fn attention_decode(
     v: &[f32],
     ranges: Option<&[u32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (hd, group) = (d.hd, d.nh / d.nkv);
     let simd = vmath::has_avx2();
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..d.b * d.nkv)
-        .into_par_iter()
-        .map(|bk| {
+    // a task per row (all kv heads: one stream) when rows keep every thread busy, else
+    // per (row, kv head)
+    let per_row = d.b >= 4 * rayon::current_num_threads();
+    let units: Vec<(usize, std::ops::Range<usize>)> = if per_row {
+        (0..d.b).map(|bi| (bi, 0..d.nkv)).collect()
+    } else {
+        (0..d.b * d.nkv)
+            .map(|u| (u / d.nkv, u % d.nkv..u % d.nkv + 1))
+            .collect()
+    };
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = units
+        .par_iter()
+        .map(|unit| {
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
-                return unsafe { task_avx2(d, q, k, v, ranges, bk) };
+                return unsafe { task_avx2(d, q, k, v, ranges, unit.clone()) };
             }
             let _ = simd;
-            task::<false>(d, q, k, v, ranges, bk)
+            task::<false>(d, q, k, v, ranges, unit.clone())
         })
         .collect();
+    let (hd, group) = (d.hd, d.nh / d.nkv);
     let mut out = vec![0.0f32; d.b * d.t * d.nh * hd];
     let mut lse = vec![0.0f32; d.b * d.nh * d.t];
-    for (bk, (o, l)) in parts.into_iter().enumerate() {
-        let (bi, kvh) = (bk / d.nkv, bk % d.nkv);
+    for ((bi, kv), (o, l)) in units.into_iter().zip(parts) {
+        let (h0, nh) = (kv.start * group, kv.len() * group);
         for t in 0..d.t {
-            for g in 0..group {
-                let h = kvh * group + g;
-                let oo = ((bi * d.t + t) * d.nh + h) * hd;
-                let src = (t * group + g) * hd;
-                out[oo..oo + hd].copy_from_slice(&o[src..src + hd]);
-            }
+            let oo = ((bi * d.t + t) * d.nh + h0) * hd;
+            out[oo..oo + nh * hd].copy_from_slice(&o[t * nh * hd..(t + 1) * nh * hd]);
         }
-        for g in 0..group {
-            let at = (bi * d.nh + kvh * group + g) * d.t;
-            lse[at..at + d.t].copy_from_slice(&l[g * d.t..(g + 1) * d.t]);
-        }
+        let at = (bi * d.nh + h0) * d.t;
+        lse[at..at + nh * d.t].copy_from_slice(&l);
     }
     (out, lse)
 }
@@ -223,6 +235,8 @@ mod tests {
             (3, 1, 40, 9, 3, 64, Some(vec![5, 40, 0, 17, 39, 40])),
             (2, 2, 33, 4, 2, 20, None),
             (2, 1, 12, 2, 1, 8, Some(vec![12, 12, 0, 12])),
+            // enough rows for a task per row (all kv heads at once)
+            (40, 1, 30, 9, 3, 64, Some((0..40).flat_map(|i| [i % 7, 30 - i % 3]).collect())),
         ];
         for (ci, (b, t, s, nh, nkv, hd, ranges)) in cases.iter().cloned().enumerate() {
             let cap = s + 7; // the cache's rows are longer than the positions read
