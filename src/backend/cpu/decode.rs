@@ -1,8 +1,8 @@
 //! f32 attention for a few queries per row (decoding over a KV cache): the reference
-//! loops' math, arranged for the cache's bytes. One task per batch row reads each cached
-//! position's keys and values once, all kv heads together, for all the query heads; the dots and
-//! axpys run in 16 lanes (fused multiply-adds where the CPU has them) and the
-//! exponentials are vectorised. The softmax sum is added in f64.
+//! loops' math, arranged for the cache's bytes. One task per batch row (or per row and kv
+//! head, for few rows) reads each cached position's keys and values once for all the
+//! query heads that share them; the dots and axpys run in 16 lanes (fused multiply-adds
+//! where the CPU has them) and the exponentials are vectorised. The softmax sum is added in f64.
 //!   s_j = scale q . k_j,  p_j = e^(s_j - m) / l,  o = sum_j p_j v_j,  lse = m + ln l
 
 use rayon::prelude::*;
