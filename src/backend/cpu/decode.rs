@@ -236,7 +236,15 @@ mod tests {
             (2, 2, 33, 4, 2, 20, None),
             (2, 1, 12, 2, 1, 8, Some(vec![12, 12, 0, 12])),
             // enough rows for a task per row (all kv heads at once)
-            (40, 1, 30, 9, 3, 64, Some((0..40).flat_map(|i| [i % 7, 30 - i % 3]).collect())),
+            (
+                40,
+                1,
+                30,
+                9,
+                3,
+                64,
+                Some((0..40).flat_map(|i| [i % 7, 30 - i % 3]).collect()),
+            ),
         ];
         for (ci, (b, t, s, nh, nkv, hd, ranges)) in cases.iter().cloned().enumerate() {
             let cap = s + 7; // the cache's rows are longer than the positions read
