@@ -4,8 +4,8 @@
 //! - Items are numbered `prompt * n + sample` and enter the pool in that order. When a
 //!   row ends (EOS, a stop string, or `max_new_tokens`), its slot takes the next item at
 //!   once, so the pool stays full until the queue runs dry.
-//! - Prompts are prefilled in chunks of about [`PREFILL_TOKENS`] padded tokens, in order,
-//!   once each; a chunk's keys and values stay on the device until every sample of its
+//! - Prompts are prefilled in chunks of up to [`PREFILL_TOKENS`] tokens, in order, once
+//!   each, packed end to end in one row (no padding); a chunk's keys and values stay on the device until every sample of its
 //!   prompts has been admitted, and admitting an item copies its prompt's cached
 //!   positions into the slot (the n samples of a prompt share one prefill).
 //! - The KV cache is one slot per row, `(R, capacity)`. Every row writes the same column
@@ -36,10 +36,11 @@ use super::tokenizer::{StreamDecoder, Tok};
 use super::transformer::{Forward, KvCache, Transformer};
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::ops::attention::AttnOpts;
 use crate::ops::movement::{copy_into, empty};
 use crate::tensor::Tensor;
 
-/// Padded prompt tokens prefilled together (one forward).
+/// Prompt tokens prefilled together (one forward, packed end to end).
 pub const PREFILL_TOKENS: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -144,8 +145,9 @@ pub struct Hooks<'a, 'b> {
 struct Chunk {
     first: usize,
     count: usize,
-    /// Padded length: prompt i's positions are `[len - prompt_len, len)`.
-    len: usize,
+    /// The prompts lie end to end in the cache's one row: prompt `first + j` holds
+    /// columns `[cu[j], cu[j + 1])`.
+    cu: Vec<usize>,
     cache: KvCache,
     /// Last-position logits, `(count, V)`.
     logits: Vec<f32>,
@@ -237,24 +239,24 @@ fn hit_stop(text: &str, new: usize, stops: &[String]) -> bool {
 }
 
 /// Consecutive prompt ranges `[first, first + count)` of at most [`PREFILL_TOKENS`]
-/// padded tokens each (one prompt at least).
+/// tokens each (one prompt at least).
 fn plan_chunks(prompts: &[Vec<u32>]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
-    let (mut first, mut longest) = (0, 0);
+    let (mut first, mut tokens) = (0, 0);
     for (i, q) in prompts.iter().enumerate() {
-        let l = longest.max(q.len());
-        if i > first && l * (i + 1 - first) > PREFILL_TOKENS {
+        if i > first && tokens + q.len() > PREFILL_TOKENS {
             out.push((first, i - first));
-            (first, longest) = (i, q.len());
-        } else {
-            longest = l;
+            (first, tokens) = (i, 0);
         }
+        tokens += q.len();
     }
     out.push((first, prompts.len() - first));
     out
 }
 
-/// Prefill prompts `[first, first + count)` into a cache of their own.
+/// Prefill prompts `[first, first + count)` into a cache of their own: packed end to end
+/// in one row (no padding), each seeing only its own keys, with rotary positions that
+/// restart at each prompt; only each prompt's last position goes through the LM head.
 fn prefill(
     net: &Transformer,
     prompts: &[Vec<u32>],
@@ -262,30 +264,28 @@ fn prefill(
     n: usize,
 ) -> Result<Chunk> {
     let qs = &prompts[first..first + count];
-    let l = qs.iter().map(|q| q.len()).max().unwrap_or(1);
-    let mut ids = Vec::with_capacity(count * l);
-    let mut ranges = Vec::with_capacity(count * 2);
-    let mut positions = Vec::with_capacity(count);
+    let mut cu = Vec::with_capacity(count + 1);
+    cu.push(0);
     for q in qs {
-        let s = l - q.len();
-        ids.extend(std::iter::repeat_n(0u32, s));
-        ids.extend(q);
-        ranges.extend([s as u32, l as u32]);
-        positions.push((0..l).map(|t| t.saturating_sub(s)).collect());
+        cu.push(cu[cu.len() - 1] + q.len());
     }
-    let mut cache = KvCache::new(&net.cfg, count, l, net.device)?;
+    let t = cu[count];
+    let ids = qs.concat();
+    let positions = vec![qs.iter().flat_map(|q| 0..q.len()).collect()];
+    let ranges = AttnOpts::packed_ranges(std::slice::from_ref(&cu), t);
+    let mut cache = KvCache::new(&net.cfg, 1, t, net.device)?;
     let fwd = Forward {
         positions: Some(positions),
-        kv_ranges: Some(Tensor::from_u32(ranges, &[count, 2], net.device)?),
+        kv_ranges: Some(Tensor::from_u32(ranges, &[1, t, 2], net.device)?),
         cache: Some(&mut cache),
-        last_only: true,
+        logit_rows: Some(cu[1..].iter().map(|&e| e as u32 - 1).collect()),
         ..Default::default()
     };
-    let logits = net.forward(&ids, count, l, fwd)?.logits.to_vec_f32()?;
+    let logits = net.forward(&ids, 1, t, fwd)?.logits.to_vec_f32()?;
     Ok(Chunk {
         first,
         count,
-        len: l,
+        cu,
         cache,
         logits,
         pending: count * n,
@@ -402,7 +402,7 @@ pub fn run(
                     let t0 = Instant::now();
                     let ch = prefill(net, prompts, plan[next_chunk], n)?;
                     next_chunk += 1;
-                    stats.prefill_tokens += ch.count * ch.len;
+                    stats.prefill_tokens += ch.cu[ch.count];
                     stats.prefill_s += t0.elapsed().as_secs_f64();
                     chunks.push_back(ch);
                 }
@@ -411,6 +411,7 @@ pub fn run(
                     .find(|ch| (ch.first..ch.first + ch.count).contains(&pi))
                     .expect("items are admitted in prompt order");
                 let (j, lp) = (pi - ch.first, prompts[pi].len());
+                let at = ch.cu[j];
                 for (src, dst) in ch
                     .cache
                     .k
@@ -418,7 +419,7 @@ pub fn run(
                     .zip(&cache.k)
                     .chain(ch.cache.v.iter().zip(&cache.v))
                 {
-                    let from = src.narrow(0, j, 1)?.narrow(1, ch.len - lp, lp)?;
+                    let from = src.narrow(0, 0, 1)?.narrow(1, at, lp)?;
                     let to = dst.layout().narrow(0, s, 1)?.narrow(1, c - lp, lp)?;
                     copy_into(&from, dst, &to)?;
                 }
@@ -589,5 +590,21 @@ impl Row {
         let item = (p.item_offset + self.item) as u64;
         let u = sampling::uniform(p.seed, item, self.seq.ids.len() as u64);
         (forced.unwrap_or(u32::MAX), u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks hold consecutive prompts of at most PREFILL_TOKENS tokens in all, and a
+    /// prompt longer than that alone.
+    #[test]
+    fn chunks_cover_every_prompt_in_order_within_the_budget() {
+        let lens = [3000, 1000, 97, 4096, 5000, 1, 2];
+        let prompts: Vec<Vec<u32>> = lens.iter().map(|&l| vec![1; l]).collect();
+        let plan = plan_chunks(&prompts);
+        assert_eq!(plan, vec![(0, 2), (2, 1), (3, 1), (4, 1), (5, 2)]);
+        assert_eq!(plan_chunks(&prompts[..1]), vec![(0, 1)]);
     }
 }
