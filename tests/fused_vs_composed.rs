@@ -328,3 +328,83 @@ fn chunked_lm_head_logprobs() {
         );
     }
 }
+
+/// `x.linear_many(&[w..])` against `x.matmul(&w.t())` for each weight: without a gradient
+/// on the CPU the products run as one pass (decoding's shapes), which must give the same
+/// bits as the separate products; with a gradient they are the separate products, so the
+/// gradients match too. Shapes: decoding's q/k/v and gate/up, awkward row counts and
+/// widths, and a set where one weight is too small for the one pass (all go separately).
+#[test]
+fn linear_many_is_the_separate_products() {
+    let s = seed("linear_many");
+    let cases: &[(usize, usize, usize, &[usize])] = &[
+        (96, 1, 576, &[576, 192, 192]),
+        (3, 11, 576, &[1536, 1536]),
+        (40, 1, 130, &[200, 131, 66]),
+        (9, 1, 100, &[7, 300]),
+        (1, 17, 64, &[64, 6]),
+        (2, 2, 64, &[64, 64]),
+    ];
+    for (ci, &(b, t, k, ns)) in cases.iter().enumerate() {
+        let cs = s.wrapping_add(ci as u64 * 31);
+        let x = randn(&[b, t, k], cs);
+        let ws: Vec<Tensor> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| randn(&[n, k], cs + 1 + i as u64))
+            .collect();
+        let wr: Vec<&Tensor> = ws.iter().collect();
+        let many = ponder::no_grad(|| x.linear_many(&wr)).unwrap();
+        assert_eq!(many.len(), ns.len());
+        for (i, (y, w)) in many.iter().zip(&ws).enumerate() {
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            assert_eq!(y.shape(), want.shape(), "case {ci} weight {i}: shape");
+            let (got, want) = (y.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
+            let diff = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                diff.is_none(),
+                "case {ci} ({b}x{t}x{k}) weight {i}: element {} differs: {} vs {}",
+                diff.unwrap(),
+                got[diff.unwrap()],
+                want[diff.unwrap()]
+            );
+            // and the product itself, against f64
+            let want64 = to_f64(&x)
+                .matmul(&to_f64(w).t().unwrap())
+                .unwrap()
+                .to_vec_f64()
+                .unwrap();
+            let got64: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+            assert_close(
+                &format!("linear_many case {ci} weight {i}"),
+                &got64,
+                &want64,
+                1e-4,
+                1e-5,
+            );
+        }
+    }
+    // with a gradient: the same values, and gradients flow to the input and every weight
+    let (x, w1, w2) = (
+        randn(&[2, 3, 8], s),
+        randn(&[5, 8], s + 1),
+        randn(&[4, 8], s + 2),
+    );
+    compare(
+        "linear_many grad",
+        &[x, w1, w2],
+        Device::Cpu,
+        1e-9,
+        |v| {
+            let ys = v[0].linear_many(&[&v[1], &v[2]])?;
+            ys[0].sum_all()?.add(&ys[1].sum_all()?)
+        },
+        |v| {
+            let (a, b) = (v[0].matmul(&v[1].t()?)?, v[0].matmul(&v[2].t()?)?);
+            a.sum_all()?.add(&b.sum_all()?)
+        },
+    );
+}

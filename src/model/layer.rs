@@ -72,6 +72,39 @@ impl Linear {
         )
     }
 
+    /// [`Linear::forward_ctx`] of several layers over the same input (`salts[i]` for
+    /// `lins[i]`). Without active adapters the products run as one
+    /// [`Tensor::linear_many`] (one pass while decoding on the CPU), with the same bits.
+    pub fn forward_many<const N: usize>(
+        lins: [&Linear; N],
+        x: &Tensor,
+        ctx: &LinearCtx,
+        salts: [u64; N],
+    ) -> Result<[Tensor; N]> {
+        let ys: Vec<Tensor> = if lins
+            .iter()
+            .all(|l| l.lora.is_none() || ctx.disable_adapters)
+        {
+            let ws: Vec<&Tensor> = lins.iter().map(|l| &l.weight).collect();
+            let ys = x.linear_many(&ws)?;
+            ys.into_iter()
+                .zip(lins)
+                .map(|(y, l)| match &l.bias {
+                    Some(b) => y.add(b),
+                    None => Ok(y),
+                })
+                .collect::<Result<_>>()?
+        } else {
+            lins.iter()
+                .zip(salts)
+                .map(|(l, salt)| l.forward_ctx(x, ctx, salt))
+                .collect::<Result<_>>()?
+        };
+        Ok(ys
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one output per layer")))
+    }
+
     /// Forward with adapters per `ctx`; `salt` makes each layer's dropout mask distinct.
     pub fn forward_ctx(&self, x: &Tensor, ctx: &LinearCtx, salt: u64) -> Result<Tensor> {
         let mut y = x.matmul(&self.weight.t()?)?;
@@ -206,20 +239,15 @@ impl Layer {
         let x = h.rms_norm(&self.input_layernorm, c.eps)?;
         let lc = &c.linear;
         let salt = (i as u64) << 8;
-        let q = self
-            .q_proj
-            .forward_ctx(&x, lc, salt)?
-            .reshape(&[b, t, nh, hd])?
-            .rope(&c.cos, &c.sin)?;
-        let k = self
-            .k_proj
-            .forward_ctx(&x, lc, salt + 1)?
-            .reshape(&[b, t, nkv, hd])?
-            .rope(&c.cos, &c.sin)?;
-        let v = self
-            .v_proj
-            .forward_ctx(&x, lc, salt + 2)?
-            .reshape(&[b, t, nkv, hd])?;
+        let [q, k, v] = Linear::forward_many(
+            [&self.q_proj, &self.k_proj, &self.v_proj],
+            &x,
+            lc,
+            [salt, salt + 1, salt + 2],
+        )?;
+        let q = q.reshape(&[b, t, nh, hd])?.rope(&c.cos, &c.sin)?;
+        let k = k.reshape(&[b, t, nkv, hd])?.rope(&c.cos, &c.sin)?;
+        let v = v.reshape(&[b, t, nkv, hd])?;
         let (k, v) = match cache {
             Some((kv, offset)) => {
                 let win = kv.k[i].layout().narrow(1, offset, t)?;
@@ -236,8 +264,13 @@ impl Layer {
         let h = h.add(&self.o_proj.forward_ctx(&a, lc, salt + 3)?)?;
         // MLP block: h += down(silu(gate(x)) * up(x))
         let x = h.rms_norm(&self.post_attention_layernorm, c.eps)?;
-        let gate = self.gate_proj.forward_ctx(&x, lc, salt + 4)?;
-        let m = gate.swiglu(&self.up_proj.forward_ctx(&x, lc, salt + 5)?)?;
+        let [gate, up] = Linear::forward_many(
+            [&self.gate_proj, &self.up_proj],
+            &x,
+            lc,
+            [salt + 4, salt + 5],
+        )?;
+        let m = gate.swiglu(&up)?;
         h.add(&self.down_proj.forward_ctx(&m, lc, salt + 6)?)
     }
 }

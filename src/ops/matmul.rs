@@ -4,6 +4,7 @@
 use super::{check, cpu_tensor, with_real};
 use crate::autograd::record;
 use crate::backend::cpu::matmul::gemm_f32;
+use crate::backend::cpu::skinny;
 use crate::backend::{gpu::kernels, Gemm, Operand};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -29,6 +30,63 @@ fn fold(shape: &[usize], strides: &[usize]) -> Option<(usize, usize)> {
             }
             Some((count, inner))
         }
+    }
+}
+
+impl Tensor {
+    /// `self @ w^T` for each weight `w` `(N_i, K)`: several linear layers over the same
+    /// input (a layer's q, k and v projections, or its gate and up projections). While
+    /// decoding on the CPU with no gradient recorded, one pass packs the input once and
+    /// splits the rows of every weight over the threads together (one wake-up, not one
+    /// per weight); each result holds the same bits as `self.matmul(&w.t()?)`, which is
+    /// what it computes everywhere else.
+    pub fn linear_many(&self, weights: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let k = self.shape().last().copied().unwrap_or(0);
+        let m = self.numel().checked_div(k).unwrap_or(0);
+        let taped = crate::tensor::grad_enabled()
+            && (self.requires_grad() || weights.iter().any(|w| w.requires_grad()));
+        let one_pass = weights.len() > 1
+            && !taped
+            && self.device() == Device::Cpu
+            && self.dtype() == DType::F32
+            && self.rank() >= 2
+            && weights.iter().all(|w| {
+                w.device() == Device::Cpu
+                    && w.dtype() == DType::F32
+                    && w.rank() == 2
+                    && w.is_contiguous()
+                    && w.shape()[1] == k
+                    && skinny::applies(m, w.shape()[0], k)
+            });
+        if !one_pass {
+            return weights.iter().map(|w| self.matmul(&w.t()?)).collect();
+        }
+        let flops: usize = weights.iter().map(|w| 2 * m * k * w.shape()[0]).sum();
+        let outs = self.cpu_read("matmul", |x: &[f32]| {
+            crate::backend::cpu::profile::flops(flops as f64);
+            crate::backend::cpu::with_f32_storages("matmul", weights, |ws| {
+                let rows: Vec<skinny::WeightRows> = ws
+                    .iter()
+                    .zip(weights)
+                    .map(|(&(w, off), t)| skinny::WeightRows {
+                        w,
+                        off,
+                        stride: k,
+                        n: t.shape()[0],
+                    })
+                    .collect();
+                skinny::skinny_many(x, m, k, &rows)
+            })
+        })??;
+        let lead = &self.shape()[..self.rank() - 1];
+        outs.into_iter()
+            .zip(weights)
+            .map(|(v, w)| {
+                let mut shape = lead.to_vec();
+                shape.push(w.shape()[0]);
+                cpu_tensor(v, &shape)
+            })
+            .collect()
     }
 }
 

@@ -9,30 +9,12 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::gemm::{assume_init_vec, k_step, uninit, SharedOut, KC};
+pub use super::gemm::{Gemm, Operand};
 pub use super::microkernel::AsF32;
-use super::microkernel::{Kernel, MR, NR, WR};
+use super::microkernel::{Kernel, MR, NR};
+use super::skinny;
 use super::Real;
-
-/// A strided matrix operand: element (batch, row, col) lives at
-/// `off + batch*sb + row*sr + col*sc`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Operand {
-    pub off: usize,
-    pub sb: usize,
-    pub sr: usize,
-    pub sc: usize,
-}
-
-/// C[b] = A[b] (m x k) @ B[b] (k x n), C dense `(batch, m, n)`.
-#[derive(Clone, Copy, Debug)]
-pub struct Gemm {
-    pub batch: usize,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a: Operand,
-    pub b: Operand,
-}
 
 /// c[i, j] = sum_p a[i, p] b[p, j], the reference.
 pub fn gemm_ref<T: Real>(g: &Gemm, a: &[T], b: &[T]) -> Vec<T> {
@@ -51,7 +33,6 @@ pub fn gemm_ref<T: Real>(g: &Gemm, a: &[T], b: &[T]) -> Vec<T> {
         });
     c
 }
-const KC: usize = 256;
 const MC: usize = 96;
 const NC: usize = 2048;
 
@@ -61,10 +42,9 @@ pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
     if m == 0 || n == 0 {
         return vec![0.0; g.batch * m * n];
     }
-    if (SKINNY_MIN_M..=SKINNY_M).contains(&m) && g.b.sr == 1 && n >= MR && m * n * k >= 16 * 64 * 64
-    {
+    if g.b.sr == 1 && skinny::applies(m, n, k) {
         if let Some(w) = B::f32_slice(b) {
-            return gemm_skinny(g, a, w);
+            return skinny::gemm_skinny(g, a, w);
         }
     }
     if m <= SMALL_M && (g.b.sr == 1 || g.b.sc == 1) && n >= 64 {
@@ -195,220 +175,6 @@ fn row_block(m: usize, blocks: usize, blk: usize) -> (usize, usize) {
     (at(blk), at(blk + 1) - at(blk))
 }
 
-/// C's storage, shared by the units of [`gemm_f32`], which write disjoint tiles of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32, usize);
-
-impl SharedOut {
-    /// A pointer to element `at`, after checking that `span` more elements exist.
-    fn tile(self, at: usize, span: usize) -> *mut f32 {
-        assert!(at + span <= self.1, "gemm tile out of bounds");
-        // SAFETY: at < len (asserted), so the pointer stays inside the allocation.
-        unsafe { self.0.add(at) }
-    }
-}
-// SAFETY: the units that share it write disjoint elements (see gemm_f32).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-/// Rows of A for which [`gemm_skinny`] takes f32 products with a transposed B. Below
-/// the lower bound a padded 16-column panel would waste most of its work, and the
-/// matrix-vector loops of [`gemm_small_m`] are faster. Up to MC rows it beats
-/// [`gemm_wide`], which repacks the weight on every call: 96 x 1536 x 576 at 172-187
-/// against 90-143 GFLOP/s, the 96-row LM head at 175 against 144-149 (decoding a pool
-/// of 96 rows).
-const SKINNY_M: usize = 96;
-const SKINNY_MIN_M: usize = 8;
-
-/// Few rows of A against B = W^T with W row-major f32 (a linear layer while decoding):
-/// computed as C^T = W A^T, so that the weight is read in place and never packed. A^T is
-/// packed once as NR-column panels (the rows of A, zero-padded to a multiple of NR), and
-/// the micro-kernel takes its MR "A" rows straight from MR rows of W, each a contiguous
-/// stream. Threads split W's rows; each output element is one dot product summed in k
-/// order by one thread.
-fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
-    let (m, n, k) = (g.m, g.n, g.k);
-    let kern = Kernel::detect();
-    let panels = m.div_ceil(NR);
-    // W rows per task: several MR groups, enough tasks for every thread to take a few
-    let tasks = 8 * rayon::current_num_threads().max(1);
-    let grp = if kern.has_wide() { WR } else { MR };
-    let rows_per = (n.div_ceil(tasks).div_ceil(grp) * grp).max(grp);
-    // C and A^T are written in full below, so neither is zeroed first (at decode sizes
-    // the two memsets cost a twentieth of the product)
-    let mut c = uninit(g.batch * m * n);
-    let mut at = uninit(panels * k * NR);
-    for bi in 0..g.batch {
-        // A^T as panels: element (p, i) of panel q at q*k*NR + p*NR + i%NR, rows past m
-        // zero (serial: a few thousand values, less than waking the threads twice costs)
-        let abase = g.a.off + bi * g.a.sb;
-        for (q, panel) in at.chunks_mut(k * NR).enumerate() {
-            for i in q * NR..(q + 1) * NR {
-                for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    let v = if i < m {
-                        a[abase + i * g.a.sr + p * g.a.sc]
-                    } else {
-                        0.0
-                    };
-                    dst[i % NR] = MaybeUninit::new(v);
-                }
-            }
-        }
-        // SAFETY: every element of `at` was written just above.
-        let at: &[f32] = unsafe { assume_init(&at) };
-        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
-        let shared = SharedOut(cb.as_mut_ptr().cast::<f32>(), cb.len());
-        let wbase = g.b.off + bi * g.b.sb;
-        (0..n.div_ceil(rows_per)).into_par_iter().for_each(|ti| {
-            let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
-            // C^T rows j0..j1, (j1 - j0, m)
-            let mut out = vec![0.0f32; (j1 - j0) * m];
-            let mut jg = j0;
-            // blocks of whole WR-row groups on the wide kernel where the CPU has it
-            while kern.has_wide() && j1 - jg >= WR {
-                let rows = ((j1 - jg) / WR).min(WIDE_GROUPS) * WR;
-                let wrows = &w[wbase + jg * g.b.sc..];
-                let dst = &mut out[(jg - j0) * m..(jg - j0 + rows) * m];
-                wide_rows(kern, k, wrows, g.b.sc, at, m, dst);
-                jg += rows;
-            }
-            for jg in (jg..j1).step_by(MR) {
-                let live = MR.min(j1 - jg);
-                // MR rows of W; a short last group repeats its last row (discarded)
-                let rows: [&[f32]; MR] = std::array::from_fn(|r| {
-                    let j = jg + r.min(live - 1);
-                    let at = wbase + j * g.b.sc;
-                    &w[at..at + k]
-                });
-                // k in steps, so that each step's A^T panel stays in L1
-                let mut tiles = [[[0.0f32; NR]; MR]; SKINNY_M / NR];
-                for pc in (0..k).step_by(k_step(k)) {
-                    let kc = k_step(k).min(k - pc);
-                    let rows_pc: [&[f32]; MR] = std::array::from_fn(|r| &rows[r][pc..pc + kc]);
-                    for (q, tile) in tiles.iter_mut().enumerate().take(panels) {
-                        let panel = &at[q * k * NR + pc * NR..(q + 1) * k * NR];
-                        kern.rows_tile(kc, rows_pc, panel, tile);
-                    }
-                }
-                for (q, tile) in tiles.iter().enumerate().take(panels) {
-                    for (r, trow) in tile.iter().enumerate().take(live) {
-                        let dst = &mut out[(jg + r - j0) * m..(jg + r - j0 + 1) * m];
-                        let cols = NR.min(m - q * NR);
-                        dst[q * NR..q * NR + cols].copy_from_slice(&trow[..cols]);
-                    }
-                }
-            }
-            // this task's columns j0..j1 of C, written from its own threads
-            for i in 0..m {
-                let dst = shared.tile(i * n + j0, j1 - j0);
-                for (jj, row) in out.chunks_exact(m).enumerate() {
-                    // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
-                    unsafe { *dst.add(jj) = row[i] };
-                }
-            }
-        });
-    }
-    // SAFETY: the tasks above wrote every element of C (disjoint columns j0..j1 covering
-    // 0..n, every row of each, for every batch).
-    unsafe { assume_init_vec(c) }
-}
-
-/// C^T rows for `dst.len() / m` (a multiple of WR) consecutive weight rows (`w[r *
-/// stride..][..k]`) against every A^T panel of `at` (`m` columns, zero-padded to whole
-/// panels), into `dst` (rows, m). Each group of WR = 24 weight rows meets the panels in
-/// sets of three, two or one, on the kernel with 24 accumulators for that set (8 rows x 3
-/// panels, 12 x 2, 24 x 1). k runs in steps, and within a step each panel set meets
-/// every weight group in turn, so the set stays in L1 and the groups' slices in L2 (a
-/// set per group would fetch all of A^T from L2 for every group).
-fn wide_rows(
-    kern: Kernel,
-    k: usize,
-    w: &[f32],
-    stride: usize,
-    at: &[f32],
-    m: usize,
-    dst: &mut [f32],
-) {
-    let panels = m.div_ceil(NR);
-    let (ld, groups) = (panels * NR, dst.len() / m / WR);
-    // panel sets: threes, and a last two (or two twos for four), or a lone one
-    let mut sets = Vec::new();
-    let mut q = 0;
-    while q < panels {
-        let left = panels - q;
-        let n = if left == 4 || left == 2 {
-            2
-        } else {
-            left.min(3)
-        };
-        sets.push((q, n));
-        q += n;
-    }
-    let step = k.div_ceil(k.div_ceil(KC_WIDE).max(1)).max(1);
-    let mut acc = vec![0.0f32; groups * WR * ld];
-    for pc in (0..k).step_by(step) {
-        let kc = step.min(k - pc);
-        let panel = |q: usize| &at[q * k * NR + pc * NR..(q + 1) * k * NR];
-        for &(q, n) in &sets {
-            for g in 0..groups {
-                for sub in 0..WR * n / 24 {
-                    let r0 = g * WR + sub * (24 / n);
-                    let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + q * NR..]);
-                    match n {
-                        1 => kern.rows_tile_wide::<24, 1>(kc, rows, stride, [panel(q)], o, ld),
-                        2 => kern.rows_tile_wide::<12, 2>(
-                            kc,
-                            rows,
-                            stride,
-                            [panel(q), panel(q + 1)],
-                            o,
-                            ld,
-                        ),
-                        _ => kern.rows_tile_wide::<8, 3>(
-                            kc,
-                            rows,
-                            stride,
-                            [panel(q), panel(q + 1), panel(q + 2)],
-                            o,
-                            ld,
-                        ),
-                    }
-                }
-            }
-        }
-    }
-    for (drow, arow) in dst.chunks_exact_mut(m).zip(acc.chunks_exact(ld)) {
-        drow.copy_from_slice(&arow[..m]);
-    }
-}
-
-/// The k step of [`wide_rows`]: three 16-column panels of 192 steps are 36 KiB.
-const KC_WIDE: usize = 192;
-/// Weight groups per call of [`wide_rows`]: 96 rows x 192 steps is 72 KiB of L2.
-const WIDE_GROUPS: usize = 4;
-
-/// A vector of `len` f32 slots, not yet written (for outputs written in full).
-fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit needs no initialisation, and the capacity is len.
-    unsafe { v.set_len(len) };
-    v
-}
-
-/// `v` as f32s. SAFETY: the caller has written every element.
-unsafe fn assume_init(v: &[MaybeUninit<f32>]) -> &[f32] {
-    // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees initialisation.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
-}
-
-/// [`assume_init`] for an owned vector. SAFETY: as there.
-unsafe fn assume_init_vec(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: same allocation, layout, length and capacity; the caller guarantees
-    // initialisation, and the original is never dropped.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
-}
-
 /// Rows at or below which a product is a few matrix-vector products (decoding).
 const SMALL_M: usize = 16;
 /// Output columns per task in the small-M path.
@@ -475,12 +241,6 @@ fn gemm_small_m<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
         }
     }
     c
-}
-
-/// The k range split into equal steps of at most KC (576 = 2 x 288, not 384 + 192), so
-/// that no step is short and pays the micro-kernel's fixed cost for little work.
-fn k_step(k: usize) -> usize {
-    k.div_ceil(k.div_ceil(KC).max(1)).max(1)
 }
 
 /// Output columns per task in [`gemm_wide`]: enough tasks for every thread to take

@@ -8,8 +8,10 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod allocator;
+mod gemm;
 pub mod matmul;
 mod microkernel;
+pub mod skinny;
 
 use std::fmt::Debug;
 use std::iter::Sum;
@@ -183,6 +185,38 @@ impl_real!(
     attention::attention_ref,
     attention::attention_bwd_ref
 );
+
+/// Run `f` over the f32 storages of several CPU tensors at once, each with its layout's
+/// offset (the caller reads them through their layouts). Errors if one lives on the GPU
+/// or holds another dtype.
+pub(crate) fn with_f32_storages<R>(
+    op: &'static str,
+    ts: &[&crate::tensor::Tensor],
+    f: impl FnOnce(&[(&[f32], usize)]) -> R,
+) -> Result<R> {
+    let mut guards = Vec::with_capacity(ts.len());
+    for t in ts {
+        let Storage::Cpu(data) = &**t.storage() else {
+            return Err(Error::invalid(op, "expected a cpu tensor"));
+        };
+        profile::bytes((t.layout().numel() * t.dtype().size()) as f64);
+        guards.push((data.read_recursive(), t.layout().offset));
+    }
+    let mut views = Vec::with_capacity(ts.len());
+    for (g, off) in &guards {
+        match <f32 as Real>::slice(g) {
+            Some(s) => views.push((s, *off)),
+            None => {
+                return Err(Error::DTypeMismatch {
+                    op,
+                    expected: DType::F32,
+                    got: g.dtype(),
+                })
+            }
+        }
+    }
+    Ok(f(&views))
+}
 
 /// Typed access to a CPU tensor's storage for the reference loops (here, beside [`Real`],
 /// so that the tensor type does not depend on the backend).

@@ -1,0 +1,249 @@
+//! The skinny path of the CPU matrix multiply: few rows of A (decoding's 8 to 96) against
+//! B = W^T with W row-major f32, a linear layer's weight read in place. Also the same A
+//! against several weights in one pass ([`skinny_many`]: a layer's q, k and v
+//! projections, or its gate and up projections), which packs A once and wakes the
+//! threads once.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::gemm::{assume_init, assume_init_vec, k_step, uninit, Gemm, SharedOut};
+use super::microkernel::{Kernel, MR, NR, WR};
+
+/// Rows of A for which [`gemm_skinny`] takes f32 products with a transposed B. Below
+/// the lower bound a padded 16-column panel would waste most of its work, and the
+/// matrix-vector loops of the small-M path are faster. Up to MC rows it beats the wide
+/// path, which repacks the weight on every call: 96 x 1536 x 576 at 172-187 against
+/// 90-143 GFLOP/s, the 96-row LM head at 175 against 144-149 (decoding a pool of 96
+/// rows).
+pub(super) const SKINNY_M: usize = 96;
+pub(super) const SKINNY_MIN_M: usize = 8;
+
+/// Whether an `m x k` by `k x n` product with B = W^T (W row-major) takes the skinny
+/// path.
+pub fn applies(m: usize, n: usize, k: usize) -> bool {
+    (SKINNY_MIN_M..=SKINNY_M).contains(&m) && n >= MR && m * n * k >= 16 * 64 * 64
+}
+
+/// One weight of a skinny product: its row `j < n` is `w[off + j * stride..][..k]`.
+#[derive(Clone, Copy)]
+pub struct WeightRows<'a> {
+    pub w: &'a [f32],
+    pub off: usize,
+    pub stride: usize,
+    pub n: usize,
+}
+
+/// Few rows of A against B = W^T with W row-major f32 (a linear layer while decoding):
+/// computed as C^T = W A^T, so that the weight is read in place and never packed. A^T is
+/// packed once as NR-column panels (the rows of A, zero-padded to a multiple of NR), and
+/// the micro-kernel takes its MR "A" rows straight from MR rows of W, each a contiguous
+/// stream. Threads split W's rows; each output element is one dot product summed in k
+/// order by one thread.
+pub(super) fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    // C and A^T are written in full below, so neither is zeroed first (at decode sizes
+    // the two memsets cost a twentieth of the product)
+    let mut c = uninit(g.batch * m * n);
+    let mut at = uninit(m.div_ceil(NR) * k * NR);
+    for bi in 0..g.batch {
+        let abase = g.a.off + bi * g.a.sb;
+        pack_at(m, k, |i, p| a[abase + i * g.a.sr + p * g.a.sc], &mut at);
+        // SAFETY: pack_at wrote every element of `at`.
+        let at: &[f32] = unsafe { assume_init(&at) };
+        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
+        let rows = WeightRows {
+            w,
+            off: g.b.off + bi * g.b.sb,
+            stride: g.b.sc,
+            n,
+        };
+        products(
+            m,
+            k,
+            at,
+            &[rows],
+            &[SharedOut(cb.as_mut_ptr().cast(), cb.len())],
+        );
+    }
+    // SAFETY: products wrote every element of C (every column of every row of each
+    // batch).
+    unsafe { assume_init_vec(c) }
+}
+
+/// `x @ W^T` for every weight of `ws` (x row-major `(m, k)`, dense), as one pass: A^T is
+/// packed once and every weight's rows are split over the threads together. Each result
+/// holds the same bits as [`gemm_skinny`] on that weight alone (every output element is
+/// the same one dot product, summed in k order). The caller checks [`applies`] for each.
+pub fn skinny_many(x: &[f32], m: usize, k: usize, ws: &[WeightRows]) -> Vec<Vec<f32>> {
+    assert_eq!(x.len(), m * k, "skinny_many: x is not (m, k)");
+    let mut at = uninit(m.div_ceil(NR) * k * NR);
+    pack_at(m, k, |i, p| x[i * k + p], &mut at);
+    // SAFETY: pack_at wrote every element of `at`.
+    let at: &[f32] = unsafe { assume_init(&at) };
+    let mut outs: Vec<Vec<MaybeUninit<f32>>> = ws.iter().map(|r| uninit(m * r.n)).collect();
+    let shared: Vec<SharedOut> = outs
+        .iter_mut()
+        .map(|c| SharedOut(c.as_mut_ptr().cast(), c.len()))
+        .collect();
+    products(m, k, at, ws, &shared);
+    // SAFETY: products wrote every element of every output.
+    outs.into_iter()
+        .map(|c| unsafe { assume_init_vec(c) })
+        .collect()
+}
+
+/// A^T as NR-column panels: element (p, i) of panel q at `q*k*NR + p*NR + i%NR`, rows
+/// past m zero (serial: a few thousand values, less than waking the threads twice costs).
+fn pack_at(m: usize, k: usize, a: impl Fn(usize, usize) -> f32, at: &mut [MaybeUninit<f32>]) {
+    for (q, panel) in at.chunks_mut(k * NR).enumerate() {
+        for i in q * NR..(q + 1) * NR {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let v = if i < m { a(i, p) } else { 0.0 };
+                dst[i % NR] = MaybeUninit::new(v);
+            }
+        }
+    }
+}
+
+/// C_i = A W_i^T for every weight, into `outs[i]` (`(m, n_i)`, every element written),
+/// from A^T packed by [`pack_at`]. Tasks are runs of consecutive rows of one weight, cut
+/// so that every thread takes several.
+fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut]) {
+    let kern = Kernel::detect();
+    let panels = m.div_ceil(NR);
+    // W rows per task: several MR groups, enough tasks for every thread to take a few
+    let tasks = 8 * rayon::current_num_threads().max(1);
+    let grp = if kern.has_wide() { WR } else { MR };
+    let total: usize = ws.iter().map(|r| r.n).sum();
+    let rows_per = (total.div_ceil(tasks).div_ceil(grp) * grp).max(grp);
+    let units: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, r)| (0..r.n.div_ceil(rows_per)).map(move |ti| (wi, ti)))
+        .collect();
+    units.into_par_iter().for_each(|(wi, ti)| {
+        let (r, shared) = (&ws[wi], outs[wi]);
+        let (n, w, stride) = (r.n, r.w, r.stride);
+        let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
+        // C^T rows j0..j1, (j1 - j0, m)
+        let mut out = vec![0.0f32; (j1 - j0) * m];
+        let mut jg = j0;
+        // blocks of whole WR-row groups on the wide kernel where the CPU has it
+        while kern.has_wide() && j1 - jg >= WR {
+            let rows = ((j1 - jg) / WR).min(WIDE_GROUPS) * WR;
+            let wrows = &w[r.off + jg * stride..];
+            let dst = &mut out[(jg - j0) * m..(jg - j0 + rows) * m];
+            wide_rows(kern, k, wrows, stride, at, m, dst);
+            jg += rows;
+        }
+        for jg in (jg..j1).step_by(MR) {
+            let live = MR.min(j1 - jg);
+            // MR rows of W; a short last group repeats its last row (discarded)
+            let rows: [&[f32]; MR] = std::array::from_fn(|i| {
+                let at = r.off + (jg + i.min(live - 1)) * stride;
+                &w[at..at + k]
+            });
+            // k in steps, so that each step's A^T panel stays in L1
+            let mut tiles = [[[0.0f32; NR]; MR]; SKINNY_M / NR];
+            for pc in (0..k).step_by(k_step(k)) {
+                let kc = k_step(k).min(k - pc);
+                let rows_pc: [&[f32]; MR] = std::array::from_fn(|i| &rows[i][pc..pc + kc]);
+                for (q, tile) in tiles.iter_mut().enumerate().take(panels) {
+                    let panel = &at[q * k * NR + pc * NR..(q + 1) * k * NR];
+                    kern.rows_tile(kc, rows_pc, panel, tile);
+                }
+            }
+            for (q, tile) in tiles.iter().enumerate().take(panels) {
+                for (i, trow) in tile.iter().enumerate().take(live) {
+                    let dst = &mut out[(jg + i - j0) * m..(jg + i - j0 + 1) * m];
+                    let cols = NR.min(m - q * NR);
+                    dst[q * NR..q * NR + cols].copy_from_slice(&trow[..cols]);
+                }
+            }
+        }
+        // this task's columns j0..j1 of C, written from its own threads
+        for i in 0..m {
+            let dst = shared.tile(i * n + j0, j1 - j0);
+            for (jj, row) in out.chunks_exact(m).enumerate() {
+                // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
+                unsafe { *dst.add(jj) = row[i] };
+            }
+        }
+    });
+}
+
+/// C^T rows for `dst.len() / m` (a multiple of WR) consecutive weight rows (`w[r *
+/// stride..][..k]`) against every A^T panel of `at` (`m` columns, zero-padded to whole
+/// panels), into `dst` (rows, m). Each group of WR = 24 weight rows meets the panels in
+/// sets of three, two or one, on the kernel with 24 accumulators for that set (8 rows x 3
+/// panels, 12 x 2, 24 x 1). k runs in steps, and within a step each panel set meets
+/// every weight group in turn, so the set stays in L1 and the groups' slices in L2 (a
+/// set per group would fetch all of A^T from L2 for every group).
+fn wide_rows(
+    kern: Kernel,
+    k: usize,
+    w: &[f32],
+    stride: usize,
+    at: &[f32],
+    m: usize,
+    dst: &mut [f32],
+) {
+    let panels = m.div_ceil(NR);
+    let (ld, groups) = (panels * NR, dst.len() / m / WR);
+    // panel sets: threes, and a last two (or two twos for four), or a lone one
+    let mut sets = Vec::new();
+    let mut q = 0;
+    while q < panels {
+        let left = panels - q;
+        let n = if left == 4 || left == 2 {
+            2
+        } else {
+            left.min(3)
+        };
+        sets.push((q, n));
+        q += n;
+    }
+    let step = k.div_ceil(k.div_ceil(KC_WIDE).max(1)).max(1);
+    let mut acc = vec![0.0f32; groups * WR * ld];
+    for pc in (0..k).step_by(step) {
+        let kc = step.min(k - pc);
+        let panel = |q: usize| &at[q * k * NR + pc * NR..(q + 1) * k * NR];
+        for &(q, n) in &sets {
+            for g in 0..groups {
+                for sub in 0..WR * n / 24 {
+                    let r0 = g * WR + sub * (24 / n);
+                    let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + q * NR..]);
+                    match n {
+                        1 => kern.rows_tile_wide::<24, 1>(kc, rows, stride, [panel(q)], o, ld),
+                        2 => kern.rows_tile_wide::<12, 2>(
+                            kc,
+                            rows,
+                            stride,
+                            [panel(q), panel(q + 1)],
+                            o,
+                            ld,
+                        ),
+                        _ => kern.rows_tile_wide::<8, 3>(
+                            kc,
+                            rows,
+                            stride,
+                            [panel(q), panel(q + 1), panel(q + 2)],
+                            o,
+                            ld,
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    for (drow, arow) in dst.chunks_exact_mut(m).zip(acc.chunks_exact(ld)) {
+        drow.copy_from_slice(&arow[..m]);
+    }
+}
+
+/// The k step of [`wide_rows`]: three 16-column panels of 192 steps are 36 KiB.
+const KC_WIDE: usize = 192;
+/// Weight groups per call of [`wide_rows`]: 96 rows x 192 steps is 72 KiB of L2.
+const WIDE_GROUPS: usize = 4;
