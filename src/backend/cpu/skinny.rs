@@ -127,16 +127,30 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
         let (r, shared) = (&ws[wi], outs[wi]);
         let (n, w, stride) = (r.n, r.w, r.stride);
         let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
-        // C^T rows j0..j1, (j1 - j0, m)
-        let mut out = vec![0.0f32; (j1 - j0) * m];
         let mut jg = j0;
-        // blocks of whole WR-row groups on the wide kernel where the CPU has it
-        while kern.has_wide() && j1 - jg >= WR {
-            let rows = ((j1 - jg) / WR).min(WIDE_GROUPS) * WR;
-            let wrows = &w[r.off + jg * stride..];
-            let dst = &mut out[(jg - j0) * m..(jg - j0 + rows) * m];
-            wide_rows(kern, k, wrows, stride, at, m, dst);
-            jg += rows;
+        // blocks of whole WR-row groups on the wide kernel where the CPU has it, into
+        // C^T rows j0..jg, (jg - j0, m), then C's columns j0..jg
+        let wide = if kern.has_wide() {
+            (j1 - j0) / WR * WR
+        } else {
+            0
+        };
+        if wide > 0 {
+            let mut out = vec![0.0f32; wide * m];
+            while jg - j0 < wide {
+                let rows = ((j0 + wide - jg) / WR).min(WIDE_GROUPS) * WR;
+                let wrows = &w[r.off + jg * stride..];
+                let dst = &mut out[(jg - j0) * m..(jg - j0 + rows) * m];
+                wide_rows(kern, k, wrows, stride, at, m, dst);
+                jg += rows;
+            }
+            for i in 0..m {
+                let dst = shared.tile(i * n + j0, wide);
+                for (jj, row) in out.chunks_exact(m).enumerate() {
+                    // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
+                    unsafe { *dst.add(jj) = row[i] };
+                }
+            }
         }
         for jg in (jg..j1).step_by(MR) {
             let live = MR.min(j1 - jg);
@@ -155,20 +169,16 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
                     kern.rows_tile(kc, rows_pc, panel, tile);
                 }
             }
+            // the tiles hold C^T (weight row i, A row q*NR + c): C's row q*NR + c gets
+            // `live` consecutive columns from jg
             for (q, tile) in tiles.iter().enumerate().take(panels) {
-                for (i, trow) in tile.iter().enumerate().take(live) {
-                    let dst = &mut out[(jg + i - j0) * m..(jg + i - j0 + 1) * m];
-                    let cols = NR.min(m - q * NR);
-                    dst[q * NR..q * NR + cols].copy_from_slice(&trow[..cols]);
+                for c in 0..NR.min(m - q * NR) {
+                    let dst = shared.tile((q * NR + c) * n + jg, live);
+                    for (i, trow) in tile.iter().enumerate().take(live) {
+                        // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
+                        unsafe { *dst.add(i) = trow[c] };
+                    }
                 }
-            }
-        }
-        // this task's columns j0..j1 of C, written from its own threads
-        for i in 0..m {
-            let dst = shared.tile(i * n + j0, j1 - j0);
-            for (jj, row) in out.chunks_exact(m).enumerate() {
-                // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
-                unsafe { *dst.add(jj) = row[i] };
             }
         }
     });
