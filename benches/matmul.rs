@@ -29,7 +29,7 @@ fn main() {
             }
             let reps = if m * n * k > 1 << 33 { 3 } else { 7 };
             for weight_t in [false, true] {
-                match ponder::bench::matmul(dev, m, n, k, weight_t, false, 1, reps) {
+                match ponder::bench::matmul(dev, m, n, k, weight_t, false, 1, 1, reps) {
                     Ok(r) => println!("{r}"),
                     Err(e) => println!("matmul {m}x{n}x{k} on {dev}: {e}"),
                 }

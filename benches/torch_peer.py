@@ -70,11 +70,17 @@ def matmul(a):
     # --a-t: A is the transpose of a row-major (K, M) matrix, as in dW = dY^T @ X
     x = torch.randn(a.k, a.m, device=dev, generator=g).t() if a.a_t else torch.randn(a.m, a.k, device=dev, generator=g)
     # --weight-t: B is the transpose of a row-major (N, K) weight, as in x @ W^T
-    w = torch.randn((a.n, a.k) if a.weight_t else (a.k, a.n), device=dev, generator=g)
-    f = (lambda: x @ w.t()) if a.weight_t else (lambda: x @ w)
+    # --weights: A meets that many distinct B matrices per rep, as a model's layers do
+    ws = [torch.randn((a.n, a.k) if a.weight_t else (a.k, a.n), device=dev, generator=g) for _ in range(a.weights)]
+
+    def f():
+        for w in ws:
+            _ = x @ w.t() if a.weight_t else x @ w
+
     s = timed(f, a.warmup, a.reps)
-    flops = 2.0 * a.m * a.n * a.k
-    print(f"torch matmul f32 {a.m}x{a.n}x{a.k} on {name}: {s * 1e3:.3f} ms = {flops / s / 1e9:.1f} GFLOP/s")
+    flops = 2.0 * a.m * a.n * a.k * a.weights
+    over = f" over {a.weights} weights" if a.weights > 1 else ""
+    print(f"torch matmul f32 {a.m}x{a.n}x{a.k}{over} on {name}: {s * 1e3:.3f} ms = {flops / s / 1e9:.1f} GFLOP/s")
 
 
 def attention(a):
@@ -233,6 +239,7 @@ def main():
     m.add_argument("--k", type=int, default=1024)
     m.add_argument("--weight-t", action="store_true")
     m.add_argument("--a-t", action="store_true")
+    m.add_argument("--weights", type=int, default=1, help="distinct B matrices per rep (past the cache: B from memory)")
     m.add_argument("--reps", type=int, default=7)
     m.add_argument("--warmup", type=int, default=2)
     t = sub.add_parser("attention")

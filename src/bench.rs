@@ -174,7 +174,9 @@ pub fn time(
 
 /// C (M x N) = A (M x K) @ B (K x N), f32. With `weight_t`, B is the transpose of a
 /// row-major (N, K) weight, as in a linear layer's x @ W^T; with `a_t`, A is the transpose
-/// of a row-major (K, M) matrix, as in a weight gradient dY^T @ X.
+/// of a row-major (K, M) matrix, as in a weight gradient dY^T @ X. Each rep multiplies A
+/// by `weights` distinct B matrices in turn, as a model's layers do: with enough of them to
+/// overflow the last-level cache, B comes from memory, as it does when decoding.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     dev: Device,
@@ -183,33 +185,52 @@ pub fn matmul(
     k: usize,
     weight_t: bool,
     a_t: bool,
+    weights: usize,
     warmup: usize,
     reps: usize,
 ) -> Result<BenchResult> {
-    let (m_, n_, k_) = (m as u128, n as u128, k as u128);
+    let (m_, n_, k_, w_) = (m as u128, n as u128, k as u128, weights as u128);
     check_sizes(
         "bench matmul",
-        &[("m", m), ("n", n), ("k", k), ("reps", reps)],
-        4 * (m_ * k_ + k_ * n_ + m_ * n_),
+        &[
+            ("m", m),
+            ("n", n),
+            ("k", k),
+            ("weights", weights),
+            ("reps", reps),
+        ],
+        4 * (m_ * k_ + w_ * k_ * n_ + m_ * n_),
     )?;
     let a = if a_t {
         Tensor::randn(&[k, m], 1.0, 1, dev)?.t()?
     } else {
         Tensor::randn(&[m, k], 1.0, 1, dev)?
     };
-    let b = if weight_t {
-        Tensor::randn(&[n, k], 1.0, 2, dev)?.t()?
-    } else {
-        Tensor::randn(&[k, n], 1.0, 2, dev)?
-    };
-    let flops = 2.0 * m as f64 * n as f64 * k as f64;
+    let bs = (0..weights)
+        .map(|i| {
+            let seed = 2 + i as u64;
+            if weight_t {
+                Tensor::randn(&[n, k], 1.0, seed, dev)?.t()
+            } else {
+                Tensor::randn(&[k, n], 1.0, seed, dev)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let flops = 2.0 * m as f64 * n as f64 * k as f64 * weights as f64;
     let name = format!(
-        "matmul {m}x{n}x{k}{}{}",
+        "matmul {m}x{n}x{k}{}{}{}",
         if weight_t { " (x @ W^T)" } else { "" },
-        if a_t { " (dY^T @ X)" } else { "" }
+        if a_t { " (dY^T @ X)" } else { "" },
+        if weights > 1 {
+            format!(" over {weights} weights")
+        } else {
+            String::new()
+        }
     );
     time(&name, dev, flops, warmup, reps, || {
-        a.matmul(&b)?;
+        for b in &bs {
+            a.matmul(b)?;
+        }
         Ok(())
     })
 }

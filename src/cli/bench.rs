@@ -31,6 +31,10 @@ pub(crate) enum BenchCmd {
         /// A is the transpose of a row-major (K, M) matrix (a weight gradient dY^T @ X).
         #[arg(long)]
         a_t: bool,
+        /// Multiply by this many distinct B matrices per rep, as a model's layers do; with
+        /// enough to overflow the last-level cache, B comes from memory, as when decoding.
+        #[arg(long, default_value_t = 1)]
+        weights: usize,
         #[arg(long, default_value_t = 7)]
         reps: usize,
         #[arg(long, default_value_t = 2)]
@@ -214,10 +218,21 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             k,
             weight_t,
             a_t,
+            weights,
             reps,
             warmup,
             ..
-        } => ponder::bench::matmul(Device::parse(&d)?, m, n, k, weight_t, a_t, warmup, reps)?,
+        } => ponder::bench::matmul(
+            Device::parse(&d)?,
+            m,
+            n,
+            k,
+            weight_t,
+            a_t,
+            weights,
+            warmup,
+            reps,
+        )?,
         BenchCmd::Attention {
             device: d,
             b,
