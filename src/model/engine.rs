@@ -459,8 +459,11 @@ pub fn run(
         let Some(&last) = live.last() else { break };
         let mut w = last + 1;
         // the queue is dry and rows have ended: move the live rows past the first
-        // `live` slots into the empty ones below, so the batch shrinks to the live rows
-        if queue == items && w - live.len() >= (w / 8).max(1) {
+        // `live` slots into the empty ones below, so the batch shrinks to the live rows.
+        // At once, for a single hole: moving a row costs about as much as one step spends
+        // on it (its cached positions, once), and a hole left in place costs a row's share
+        // of every later step
+        if queue == items && w > live.len() {
             let n = live.len();
             let holes: Vec<usize> = (0..n).filter(|&s| slots[s].is_none()).collect();
             let movers: Vec<usize> = live.iter().copied().filter(|&s| s >= n).collect();
