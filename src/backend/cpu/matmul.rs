@@ -488,6 +488,8 @@ mod tests {
             (1, 37, 101, 200),
             (2, 17, 1000, 257),
             (1, 96, 33, 600),
+            // a last A^T panel of exactly NR / 2 rows (the half kernel), odd k steps
+            (1, 40, 64, 97),
             // the wide kernel's panel sets 3 + 2, and a last weight group with 2 rows
             (1, 80, 50, 400),
             // even row blocks (4 of 341 rows), and the long-K accumulate

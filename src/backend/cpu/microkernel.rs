@@ -112,6 +112,43 @@ impl Kernel {
         }
     }
 
+    /// [`Kernel::rows_tile`] on the first NR / 2 columns of the panel only (a last
+    /// panel of A^T with at most 8 live columns): `tile[r][c] += rows[r] . b[:, c]` for
+    /// `c < NR / 2`, the rest of the tile untouched. The products of even and odd k are
+    /// summed in separate registers and added at the end, so that the kernel keeps as
+    /// many independent FMA chains as the full one.
+    pub(super) fn rows_tile_half(
+        self,
+        k: usize,
+        rows: [&[f32]; MR],
+        b: &[f32],
+        tile: &mut [[f32; NR]; MR],
+    ) {
+        assert!(rows.iter().all(|r| r.len() >= k) && b.len() >= (k.max(1) - 1) * NR + NR / 2);
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() checked avx2+fma; the assert above bounds every read.
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::rows_kernel_half(k, rows, b, tile) },
+            Kernel::Portable => {
+                let mut acc = [[[0.0f32; NR / 2]; MR]; 2];
+                for p in 0..k {
+                    let br = &b[p * NR..p * NR + NR / 2];
+                    for (r, t) in acc[p % 2].iter_mut().enumerate() {
+                        let av = rows[r][p];
+                        for (tv, &bv) in t.iter_mut().zip(br) {
+                            *tv += av * bv;
+                        }
+                    }
+                }
+                for (r, t) in tile.iter_mut().enumerate() {
+                    for (c, tv) in t.iter_mut().take(NR / 2).enumerate() {
+                        *tv += acc[0][r][c] + acc[1][r][c];
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether [`Kernel::rows_tile_wide`] runs here (AVX-512, not turned off).
     pub(super) fn has_wide(self) -> bool {
         match self {
@@ -432,6 +469,42 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    /// 6x8 accumulation with the six A rows read in place, even and odd k in separate
+    /// accumulators (twelve chains, as in the 6x16 kernel): per two k steps twelve
+    /// broadcasts, two loads of B, twelve FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows_kernel_half(
+        k: usize,
+        rows: [&[f32]; MR],
+        b: &[f32],
+        tile: &mut [[f32; NR]; MR],
+    ) {
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        let ptrs: [*const f32; MR] = std::array::from_fn(|r| rows[r].as_ptr());
+        let bp = b.as_ptr();
+        let mut p = 0;
+        while p + 2 <= k {
+            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            let b1 = _mm256_loadu_ps(bp.add((p + 1) * NR));
+            for (r, cr) in c.iter_mut().enumerate() {
+                cr[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p)), b0, cr[0]);
+                cr[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p + 1)), b1, cr[1]);
+            }
+            p += 2;
+        }
+        if p < k {
+            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            for (r, cr) in c.iter_mut().enumerate() {
+                cr[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p)), b0, cr[0]);
+            }
+        }
+        for (r, cr) in c.iter().enumerate() {
+            let t = tile[r].as_mut_ptr();
+            let sum = _mm256_add_ps(cr[0], cr[1]);
+            _mm256_storeu_ps(t, _mm256_add_ps(_mm256_loadu_ps(t), sum));
+        }
+    }
+
     /// 6x16 accumulation with the six A rows read in place: per k step six broadcasts
     /// (one from each row's stream), two loads of B, twelve FMAs.
     #[target_feature(enable = "avx2,fma")]
@@ -608,6 +681,27 @@ mod tests {
             let mut tile = [[0.5f32; NR]; MR];
             kern.rows_tile(kc, rows_ref, &b, &mut tile);
             got.push(tile.concat());
+            // the half kernel: the first NR / 2 columns, odd and even k
+            for kh in [kc, kc - 1] {
+                let mut half = [[0.5f32; NR]; MR];
+                kern.rows_tile_half(kh, rows_ref, &b, &mut half);
+                for r in 0..MR {
+                    for c in 0..NR {
+                        let want: f64 = if c < NR / 2 {
+                            0.5 + (0..kh)
+                                .map(|p| rows[r][p] as f64 * b[p * NR + c] as f64)
+                                .sum::<f64>()
+                        } else {
+                            0.5
+                        };
+                        let got = half[r][c] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "kernel {i} half, k {kh}, ({r}, {c}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
             if i == 0 {
                 want = got;
                 continue;

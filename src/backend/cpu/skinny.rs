@@ -166,7 +166,12 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
                 let rows_pc: [&[f32]; MR] = std::array::from_fn(|i| &rows[i][pc..pc + kc]);
                 for (q, tile) in tiles.iter_mut().enumerate().take(panels) {
                     let panel = &at[q * k * NR + pc * NR..(q + 1) * k * NR];
-                    kern.rows_tile(kc, rows_pc, panel, tile);
+                    // a last panel of at most NR / 2 live rows of A: half the work
+                    if m - q * NR <= NR / 2 {
+                        kern.rows_tile_half(kc, rows_pc, panel, tile);
+                    } else {
+                        kern.rows_tile(kc, rows_pc, panel, tile);
+                    }
                 }
             }
             // the tiles hold C^T (weight row i, A row q*NR + c): C's row q*NR + c gets
