@@ -256,7 +256,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = match cli.cmd {
+    let r = ponder::backend::cpu::threads::on_worker(move || match cli.cmd {
         Cmd::Info { device } => info_cmd(device),
         Cmd::Logits { model, ids, device } => logits_cmd(model, ids, device),
         Cmd::Compare {
@@ -311,7 +311,7 @@ fn main() -> ExitCode {
             out,
             seed,
         } => init_cmd(config, tokenizer, out, seed),
-    };
+    });
     match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -5,8 +5,6 @@
 //! where the CPU has them) and the exponentials are vectorised. The softmax sum is added in f64.
 //!   s_j = scale q . k_j,  p_j = e^(s_j - m) / l,  o = sum_j p_j v_j,  lse = m + ln l
 
-use rayon::prelude::*;
-
 use super::attention::attn_key_range;
 use super::vmath::{self, fmadd};
 use crate::backend::{AttnDims, LSE_MASKED};
@@ -193,18 +191,16 @@ pub fn attention_decode(
             .map(|u| (u / d.nkv, u % d.nkv..u % d.nkv + 1))
             .collect()
     };
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = units
-        .par_iter()
-        .map(|unit| {
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
-                return unsafe { task_avx2(d, q, k, v, ranges, unit.clone()) };
-            }
-            let _ = simd;
-            task::<false>(d, q, k, v, ranges, unit.clone())
-        })
-        .collect();
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = super::threads::par_map(units.len(), |u| {
+        let unit = &units[u];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
+            return unsafe { task_avx2(d, q, k, v, ranges, unit.clone()) };
+        }
+        let _ = simd;
+        task::<false>(d, q, k, v, ranges, unit.clone())
+    });
     let (hd, group) = (d.hd, d.nh / d.nkv);
     let mut out = vec![0.0f32; d.b * d.t * d.nh * hd];
     let mut lse = vec![0.0f32; d.b * d.nh * d.t];

@@ -156,7 +156,7 @@ fn gemm_blocked<B: AsF32>(
                     }
                 };
                 if parallel {
-                    (0..blocks * chunks).into_par_iter().for_each(work);
+                    super::threads::par_for(blocks * chunks, work);
                 } else {
                     (0..blocks * chunks).for_each(work);
                 }

@@ -12,6 +12,7 @@ mod gemm;
 pub mod matmul;
 mod microkernel;
 pub mod skinny;
+pub mod threads;
 
 use std::fmt::Debug;
 use std::iter::Sum;
@@ -245,6 +246,7 @@ impl crate::tensor::Tensor {
         let Storage::Cpu(data) = &**self.storage() else {
             return Err(Error::invalid(op, "expected a cpu tensor"));
         };
+        threads::keep_warm();
         let _span = profile::span(op, false);
         profile::bytes((self.layout().numel() * self.dtype().size()) as f64);
         let d = data.read_recursive();

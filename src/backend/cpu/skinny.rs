@@ -6,8 +6,6 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use super::gemm::{assume_init, assume_init_vec, k_step, uninit, Gemm, SharedOut};
 use super::microkernel::{Kernel, MR, NR, WR};
 
@@ -123,7 +121,8 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
         .enumerate()
         .flat_map(|(wi, r)| (0..r.n.div_ceil(rows_per)).map(move |ti| (wi, ti)))
         .collect();
-    units.into_par_iter().for_each(|(wi, ti)| {
+    super::threads::par_for(units.len(), |u| {
+        let (wi, ti) = units[u];
         let (r, shared) = (&ws[wi], outs[wi]);
         let (n, w, stride) = (r.n, r.w, r.stride);
         let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
