@@ -11,7 +11,7 @@ fn main() {
     for dev in devices {
         for &t in ts {
             for bwd in [false, true] {
-                match ponder::bench::attention(dev, 1, t, 14, 2, 64, bwd, 1, 3) {
+                match ponder::bench::attention(dev, 1, t, 0, 14, 2, 64, bwd, 1, 3) {
                     Ok(r) => println!("{r}"),
                     Err(e) => println!("attention T{t} on {dev}: {e}"),
                 }

@@ -88,16 +88,24 @@ def attention(a):
     a.nh, a.nkv, a.hd = a.heads, a.kv_heads, a.head_dim
     g = torch.Generator(device=dev).manual_seed(1)
     q = torch.randn(a.b, a.nh, a.t, a.hd, device=dev, generator=g)
-    k = torch.randn(a.b, a.nkv, a.t, a.hd, device=dev, generator=g)
-    v = torch.randn(a.b, a.nkv, a.t, a.hd, device=dev, generator=g)
+    s = a.past + a.t
+    k = torch.randn(a.b, a.nkv, s, a.hd, device=dev, generator=g)
+    v = torch.randn(a.b, a.nkv, s, a.hd, device=dev, generator=g)
     # grouped-query heads: each key/value head serves nh / nkv query heads
     rep = a.nh // a.nkv
-    fwd = 4.0 * a.b * a.nh * a.t * a.t * a.hd / 2.0
+    fwd = 4.0 * a.b * a.nh * a.hd * (a.t * a.past + a.t * a.t / 2.0)
+    # after a cache, query i (position past + i) sees keys 0..=past + i: SDPA's is_causal
+    # aligns the mask top-left, so the bottom-right one is given (a single query, as
+    # when decoding, sees every key and needs none, as in transformers)
+    mask = None
+    if a.past > 0 and a.t > 1:
+        mask = torch.ones(a.t, s, dtype=torch.bool, device=dev).tril(diagonal=a.past)
 
     def run(q, k, v):
-        return F.scaled_dot_product_attention(
-            q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), is_causal=True
-        )
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if a.past == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     if not a.backward:
         with torch.no_grad():
@@ -115,8 +123,9 @@ def attention(a):
 
         s = timed(bwd, a.warmup, a.reps)
         flops, what = 2.5 * fwd, "bwd"
+    over = f" past {a.past}" if a.past else ""
     print(
-        f"torch attention {what} B{a.b} T{a.t} NH{a.nh} NKV{a.nkv} HD{a.hd} on {name}: "
+        f"torch attention {what} B{a.b} T{a.t}{over} NH{a.nh} NKV{a.nkv} HD{a.hd} on {name}: "
         f"{s * 1e3:.3f} ms = {flops / s / 1e9:.1f} GFLOP/s"
     )
 
@@ -245,6 +254,7 @@ def main():
     t = sub.add_parser("attention")
     t.add_argument("--b", type=int, default=1)
     t.add_argument("--t", type=int, default=512)
+    t.add_argument("--past", type=int, default=0)
     t.add_argument("--heads", type=int, default=14)
     t.add_argument("--kv-heads", type=int, default=2)
     t.add_argument("--head-dim", type=int, default=64)

@@ -235,14 +235,16 @@ pub fn matmul(
     })
 }
 
-/// Causal attention forward (and backward when asked) at B x T with NH/NKV heads of HD.
-/// FLOPs count the useful work: forward 4*B*NH*T*T*HD/2 (QK^T and PV under a causal mask),
-/// backward 2.5x that (five products).
+/// Causal attention forward (and backward when asked) at B x T with NH/NKV heads of HD,
+/// the T queries coming after `past` cached positions (decoding: T = 1 over a cache).
+/// FLOPs count the useful work: forward 4*B*NH*HD*(T*past + T*T/2) (QK^T and PV under a
+/// causal mask), backward 2.5x that (five products).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     dev: Device,
     b: usize,
     t: usize,
+    past: usize,
     nh: usize,
     nkv: usize,
     hd: usize,
@@ -251,18 +253,25 @@ pub fn attention(
     reps: usize,
 ) -> Result<BenchResult> {
     let rows = b as u128 * t as u128 * hd as u128;
+    let s = t.checked_add(past).ok_or_else(|| {
+        crate::Error::invalid(
+            "bench attention",
+            format!("--t {t} + --past {past} overflows"),
+        )
+    })?;
     check_sizes(
         "bench attention",
         &[
             ("b", b),
             ("t", t),
+            ("past + t", s),
             ("heads", nh),
             ("kv-heads", nkv),
             ("head-dim", hd),
             ("reps", reps),
         ],
-        // q, out, dq, dout and k, v, dk, dv
-        4 * rows * (4 * nh as u128 + 4 * nkv as u128),
+        // q, out, dq, dout and k, v, dk, dv (k, v, dk, dv over past + t positions)
+        4 * rows * 4 * nh as u128 + 4 * (b * s * hd) as u128 * 4 * nkv as u128,
     )?;
     if !nh.is_multiple_of(nkv) {
         return Err(crate::Error::invalid(
@@ -271,16 +280,21 @@ pub fn attention(
         ));
     }
     let q = Tensor::randn(&[b, t, nh, hd], 1.0, 1, dev)?;
-    let k = Tensor::randn(&[b, t, nkv, hd], 1.0, 2, dev)?;
-    let v = Tensor::randn(&[b, t, nkv, hd], 1.0, 3, dev)?;
+    let k = Tensor::randn(&[b, s, nkv, hd], 1.0, 2, dev)?;
+    let v = Tensor::randn(&[b, s, nkv, hd], 1.0, 3, dev)?;
     let opts = AttnOpts {
         causal: true,
         ..Default::default()
     };
-    let fwd = 4.0 * (b * nh) as f64 * (t * t) as f64 * hd as f64 / 2.0;
+    let fwd = 4.0 * (b * nh) as f64 * hd as f64 * (t as f64 * past as f64 + (t * t) as f64 / 2.0);
+    let over = if past > 0 {
+        format!(" past {past}")
+    } else {
+        String::new()
+    };
     if !backward {
         return time(
-            &format!("attention fwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"),
+            &format!("attention fwd B{b} T{t}{over} NH{nh} NKV{nkv} HD{hd}"),
             dev,
             fwd,
             warmup,
@@ -295,7 +309,7 @@ pub fn attention(
     let g = Tensor::randn(&[b, t, nh, hd], 1.0, 4, dev)?;
     let y = Tensor::attention(&q, &k, &v, &opts)?;
     time(
-        &format!("attention bwd B{b} T{t} NH{nh} NKV{nkv} HD{hd}"),
+        &format!("attention bwd B{b} T{t}{over} NH{nh} NKV{nkv} HD{hd}"),
         dev,
         fwd * 2.5,
         warmup,

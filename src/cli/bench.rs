@@ -52,6 +52,10 @@ pub(crate) enum BenchCmd {
         b: usize,
         #[arg(long, default_value_t = 512)]
         t: usize,
+        /// Cached positions before the T queries (decoding: --t 1 --past S), so that keys
+        /// and values hold past + T positions.
+        #[arg(long, default_value_t = 0)]
+        past: usize,
         #[arg(long, default_value_t = 14)]
         heads: usize,
         #[arg(long, default_value_t = 2)]
@@ -237,6 +241,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             device: d,
             b,
             t,
+            past,
             heads,
             kv_heads,
             head_dim,
@@ -248,6 +253,7 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             Device::parse(&d)?,
             b,
             t,
+            past,
             heads,
             kv_heads,
             head_dim,
