@@ -127,11 +127,32 @@ fn task<const FMA: bool>(
         }
         let n = hi - lo;
         let qo = |h: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (h0 + h) * hd;
-        for j in lo..hi {
-            let ko = d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kv.start * hd;
-            prefetch(k, ko + AHEAD * d.k_str.1, kvw);
+        let ko = |j: usize| d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kv.start * hd;
+        let mut j = lo;
+        #[cfg(target_arch = "x86_64")]
+        if FMA && hd.is_multiple_of(8) {
+            // eight keys at a time: their eight dots end in one vector tree
+            while j + 8 <= hi {
+                for jj in j..j + 8 {
+                    prefetch(k, ko(jj) + AHEAD * d.k_str.1, kvw);
+                }
+                for h in 0..nh {
+                    let keys: [&[f32]; 8] = std::array::from_fn(|jj| {
+                        let kh = ko(j + jj) + (h / group) * hd;
+                        &k[kh..kh + hd]
+                    });
+                    let dst = &mut s[h * d.s + j - lo..h * d.s + j - lo + 8];
+                    // SAFETY: FMA is set only inside task_avx2, which runs where
+                    // has_avx2() saw AVX2 and FMA.
+                    unsafe { avx2::dots8(&q[qo(h)..qo(h) + hd], keys, scale, dst) };
+                }
+                j += 8;
+            }
+        }
+        for j in j..hi {
+            prefetch(k, ko(j) + AHEAD * d.k_str.1, kvw);
             for h in 0..nh {
-                let kh = ko + (h / group) * hd;
+                let kh = ko(j) + (h / group) * hd;
                 s[h * d.s + j - lo] = dot::<FMA>(&q[qo(h)..qo(h) + hd], &k[kh..kh + hd]) * scale;
             }
         }
@@ -143,8 +164,29 @@ fn task<const FMA: bool>(
             lse[h * d.t + t] = (m as f64 + l.ln()) as f32;
             inv[h] = (1.0 / l) as f32;
         }
+        let vo = |j: usize| d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kv.start * hd;
+        #[cfg(target_arch = "x86_64")]
+        if FMA && hd.is_multiple_of(avx2::PIECE) {
+            // the weights p_j = e_j / l first (the same product the loop below forms)
+            for h in 0..nh {
+                for x in &mut s[h * d.s..h * d.s + n] {
+                    *x *= inv[h];
+                }
+            }
+            let o = &mut out[t * nh * hd..(t + 1) * nh * hd];
+            for jb in (lo..hi).step_by(PV_BLOCK) {
+                let je = (jb + PV_BLOCK).min(hi);
+                for j in jb..je {
+                    prefetch(v, vo(j) + AHEAD * d.v_str.1, kvw);
+                }
+                let vb = &v[vo(jb)..vo(je - 1) + kvw];
+                // SAFETY: as above (FMA only inside task_avx2).
+                unsafe { avx2::pv_block(je - jb, vb, d.v_str.1, hd, group, &s[jb - lo..], d.s, o) };
+            }
+            continue;
+        }
         for j in lo..hi {
-            let vo = d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kv.start * hd;
+            let vo = vo(j);
             prefetch(v, vo + AHEAD * d.v_str.1, kvw);
             for h in 0..nh {
                 let (o, vh) = ((t * nh + h) * hd, vo + (h / group) * hd);
@@ -157,6 +199,165 @@ fn task<const FMA: bool>(
         }
     }
     (out, lse)
+}
+
+/// Keys per block of the AVX2 pass over the values: 32 cached rows of three kv heads are
+/// 24 KiB, which stay in L1 while every head's accumulators pass over them.
+const PV_BLOCK: usize = 32;
+
+/// [`task`]'s two passes over the cache in AVX2 registers: the same sums in the same order
+/// as its `dot` and `axpy` loops (so the same bits), with fewer instructions per key.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Head-dim floats per pass over a block of values: four vectors per head.
+    pub const PIECE: usize = 32;
+
+    /// Lane i of the result is `((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))` for
+    /// x = v[i]: the tree that ends `dot_avx2`, for eight vectors at once.
+    #[inline(always)]
+    unsafe fn reduce8(v: [__m256; 8]) -> __m256 {
+        // halves added ([v.lo + v.hi] per vector), then pairs of lanes, then neighbours;
+        // the inputs are taken in the order that brings the sums out as v[0..8]
+        let a = [v[0], v[4], v[1], v[5], v[2], v[6], v[3], v[7]];
+        let half = |x: __m256, y: __m256| {
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(x, y),
+                _mm256_permute2f128_ps::<0x31>(x, y),
+            )
+        };
+        let (w0, w1, w2, w3) = (
+            half(a[0], a[1]),
+            half(a[2], a[3]),
+            half(a[4], a[5]),
+            half(a[6], a[7]),
+        );
+        let pairs = |x: __m256, y: __m256| {
+            _mm256_add_ps(
+                _mm256_shuffle_ps::<0b01_00_01_00>(x, y),
+                _mm256_shuffle_ps::<0b11_10_11_10>(x, y),
+            )
+        };
+        let (x0, x1) = (pairs(w0, w1), pairs(w2, w3));
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(x0, x1),
+            _mm256_shuffle_ps::<0b11_01_11_01>(x0, x1),
+        )
+    }
+
+    /// `dst[i] = (q . keys[i]) * scale` for eight keys, each dot summed as `dot_avx2`
+    /// sums it (even and odd 8-float chunks in two chains, a lone last chunk to the
+    /// first, then the tree). `q.len()` is a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots8(q: &[f32], keys: [&[f32]; 8], scale: f32, dst: &mut [f32]) {
+        let n = q.len();
+        assert!(n.is_multiple_of(8) && keys.iter().all(|k| k.len() >= n) && dst.len() >= 8);
+        let mut sums = [_mm256_setzero_ps(); 8];
+        // SAFETY: every load reads 8 floats at i + 8 <= n of q and of each key.
+        unsafe {
+            for quad in 0..2 {
+                let kp: [*const f32; 4] = std::array::from_fn(|r| keys[quad * 4 + r].as_ptr());
+                let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+                let mut i = 0;
+                while i + 16 <= n {
+                    let (q0, q1) = (
+                        _mm256_loadu_ps(q.as_ptr().add(i)),
+                        _mm256_loadu_ps(q.as_ptr().add(i + 8)),
+                    );
+                    for r in 0..4 {
+                        s0[r] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(kp[r].add(i)), s0[r]);
+                        s1[r] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(kp[r].add(i + 8)), s1[r]);
+                    }
+                    i += 16;
+                }
+                if i + 8 <= n {
+                    let q0 = _mm256_loadu_ps(q.as_ptr().add(i));
+                    for r in 0..4 {
+                        s0[r] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(kp[r].add(i)), s0[r]);
+                    }
+                }
+                for r in 0..4 {
+                    sums[quad * 4 + r] = _mm256_add_ps(s0[r], s1[r]);
+                }
+            }
+            let dots = _mm256_mul_ps(reduce8(sums), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(dst.as_mut_ptr(), dots);
+        }
+    }
+
+    /// `o[h] += sum_j w[h][j] v_j[h / group]` over the `n` cached rows of `v` (row j at
+    /// `j * stride`, kv head g's values at `g * hd`), for the heads of `o` (`nh * hd`),
+    /// with head h's weights at `w[h * ws..]`. Per element the products are added in j
+    /// order, one fused multiply-add each, as the scalar `axpy` loop adds them. Heads go
+    /// in sets of up to three and the head dim in pieces of [`PIECE`], so that the sums
+    /// stay in twelve registers while a set passes over the rows.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pv_block(
+        n: usize,
+        v: &[f32],
+        stride: usize,
+        hd: usize,
+        group: usize,
+        w: &[f32],
+        ws: usize,
+        o: &mut [f32],
+    ) {
+        let nh = o.len() / hd;
+        assert!(n > 0 && hd.is_multiple_of(PIECE) && nh.is_multiple_of(group));
+        assert!(v.len() >= (n - 1) * stride + nh / group * hd);
+        assert!(w.len() >= (nh - 1) * ws + n);
+        let ob = o.as_mut_ptr();
+        let mut h0 = 0;
+        while h0 < nh {
+            // a set of heads never spans two kv heads
+            let set = 3.min(group - h0 % group);
+            let kvo = h0 / group * hd;
+            for c in (0..hd).step_by(PIECE) {
+                let vp = v[kvo + c..].as_ptr();
+                let wp = |h: usize| w[(h0 + h) * ws..].as_ptr();
+                // SAFETY: (h0 + h) * hd + c + PIECE <= nh * hd <= o.len().
+                let op = |h: usize| unsafe { ob.add((h0 + h) * hd + c) };
+                // SAFETY: rows 0..n of vp hold PIECE floats at j * stride (asserted above),
+                // the weights n values, and each head's output PIECE floats.
+                match set {
+                    1 => pv_piece::<1>(n, vp, stride, [wp(0)], [op(0)]),
+                    2 => pv_piece::<2>(n, vp, stride, [wp(0), wp(1)], [op(0), op(1)]),
+                    _ => pv_piece::<3>(n, vp, stride, [wp(0), wp(1), wp(2)], [op(0), op(1), op(2)]),
+                }
+            }
+            h0 += set;
+        }
+    }
+
+    /// [`pv_block`] for `H` heads of one kv head and [`PIECE`] floats of the head dim.
+    #[inline(always)]
+    unsafe fn pv_piece<const H: usize>(
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        w: [*const f32; H],
+        o: [*mut f32; H],
+    ) {
+        let mut acc: [[__m256; 4]; H] =
+            std::array::from_fn(|h| std::array::from_fn(|c| _mm256_loadu_ps(o[h].add(8 * c))));
+        for j in 0..n {
+            let row = v.add(j * stride);
+            let x: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(row.add(8 * c)));
+            for h in 0..H {
+                let a = _mm256_set1_ps(*w[h].add(j));
+                for c in 0..4 {
+                    acc[h][c] = _mm256_fmadd_ps(a, x[c], acc[h][c]);
+                }
+            }
+        }
+        for h in 0..H {
+            for c in 0..4 {
+                _mm256_storeu_ps(o[h].add(8 * c), acc[h][c]);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -231,6 +432,12 @@ mod tests {
             (3, 1, 40, 9, 3, 64, Some(vec![5, 40, 0, 17, 39, 40])),
             (2, 2, 33, 4, 2, 20, None),
             (2, 1, 12, 2, 1, 8, Some(vec![12, 12, 0, 12])),
+            // seven query heads per kv head (head sets of 3, 3 and 1 over the values),
+            // three pieces of the head dim, a head dim of five 8-float chunks, each over
+            // whole blocks of eight keys and a remainder
+            (2, 1, 45, 14, 2, 64, Some(vec![0, 45, 3, 44])),
+            (3, 2, 21, 6, 2, 96, None),
+            (2, 1, 19, 4, 2, 40, None),
             // enough rows for a task per row (all kv heads at once)
             (
                 40,
