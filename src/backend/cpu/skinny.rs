@@ -47,7 +47,7 @@ pub(super) fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     let mut at = uninit(m.div_ceil(NR) * k * NR);
     for bi in 0..g.batch {
         let abase = g.a.off + bi * g.a.sb;
-        pack_at(m, k, |i, p| a[abase + i * g.a.sr + p * g.a.sc], &mut at);
+        pack_at(m, k, a, (abase, g.a.sr, g.a.sc), &mut at);
         // SAFETY: pack_at wrote every element of `at`.
         let at: &[f32] = unsafe { assume_init(&at) };
         let cb = &mut c[bi * m * n..(bi + 1) * m * n];
@@ -77,7 +77,7 @@ pub(super) fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
 pub fn skinny_many(x: &[f32], m: usize, k: usize, ws: &[WeightRows]) -> Vec<Vec<f32>> {
     assert_eq!(x.len(), m * k, "skinny_many: x is not (m, k)");
     let mut at = uninit(m.div_ceil(NR) * k * NR);
-    pack_at(m, k, |i, p| x[i * k + p], &mut at);
+    pack_at(m, k, x, (0, k, 1), &mut at);
     // SAFETY: pack_at wrote every element of `at`.
     let at: &[f32] = unsafe { assume_init(&at) };
     let mut outs: Vec<Vec<MaybeUninit<f32>>> = ws.iter().map(|r| uninit(m * r.n)).collect();
@@ -93,15 +93,138 @@ pub fn skinny_many(x: &[f32], m: usize, k: usize, ws: &[WeightRows]) -> Vec<Vec<
 }
 
 /// A^T as NR-column panels: element (p, i) of panel q at `q*k*NR + p*NR + i%NR`, rows
-/// past m zero (serial: a few thousand values, less than waking the threads twice costs).
-fn pack_at(m: usize, k: usize, a: impl Fn(usize, usize) -> f32, at: &mut [MaybeUninit<f32>]) {
+/// past m zero, from A's element (i, p) at `a[off + i * sr + p * sc]` (serial: a few
+/// thousand values, less than waking the threads twice costs). Rows of A with unit
+/// stride along k are transposed in 8 x 8 blocks in AVX registers where the CPU has them.
+fn pack_at(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    (off, sr, sc): (usize, usize, usize),
+    at: &mut [MaybeUninit<f32>],
+) {
+    let at_ = |i: usize, p: usize| if i < m { a[off + i * sr + p * sc] } else { 0.0 };
+    let k8 = if sc == 1 && super::vmath::has_avx2() {
+        k / 8 * 8
+    } else {
+        0
+    };
     for (q, panel) in at.chunks_mut(k * NR).enumerate() {
-        for i in q * NR..(q + 1) * NR {
-            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                let v = if i < m { a(i, p) } else { 0.0 };
-                dst[i % NR] = MaybeUninit::new(v);
+        #[cfg(target_arch = "x86_64")]
+        for half in 0..NR / 8 {
+            let i0 = q * NR + half * 8;
+            let rows: [Option<&[f32]>; 8] = std::array::from_fn(|r| {
+                (i0 + r < m).then(|| &a[off + (i0 + r) * sr..off + (i0 + r) * sr + k8])
+            });
+            if k8 > 0 {
+                // SAFETY: k8 > 0 only where has_avx2() saw AVX2.
+                unsafe { avx2::transpose_rows(&rows, k8, &mut panel[half * 8..]) };
             }
         }
+        for i in q * NR..(q + 1) * NR {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate().skip(k8) {
+                dst[i % NR] = MaybeUninit::new(at_(i, p));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// `dst[p * NR + r] = rows[r][p]` for p < k8 (a multiple of 8) and r < 8 (a missing
+    /// row is zero): eight rows of A transposed, 8 x 8 at a time, into a panel of A^T whose
+    /// rows are NR = 16 apart.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_rows(
+        rows: &[Option<&[f32]>; 8],
+        k8: usize,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        assert!(k8.is_multiple_of(8) && rows.iter().flatten().all(|r| r.len() >= k8));
+        assert!(k8 == 0 || dst.len() >= (k8 - 1) * NR + 8);
+        for p0 in (0..k8).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|i| match rows[i] {
+                // SAFETY: p0 + 8 <= k8 <= row.len() (asserted).
+                Some(row) => unsafe { _mm256_loadu_ps(row.as_ptr().add(p0)) },
+                None => _mm256_setzero_ps(),
+            });
+            let dst: *mut f32 = dst.as_mut_ptr().cast();
+            for (p, c) in transpose8(r).iter().enumerate() {
+                // SAFETY: (p0 + 7) * NR + 8 <= dst.len() (asserted); MaybeUninit<f32> is
+                // f32's layout.
+                unsafe { _mm256_storeu_ps(dst.add((p0 + p) * NR), *c) };
+            }
+        }
+    }
+
+    /// C's columns `j..j + MR` of rows `i0..i0 + rows` (row stride `n`) from a tile of C^T:
+    /// `c[(i0 + r) * n + j + w] = tile[w][r]` for r < `rows` (at most NR), w < MR, with
+    /// `c = dst.sub(i0 * n + j)`: two stores per row rather than MR.
+    ///
+    /// # Safety
+    /// Those `rows x MR` elements of C must be valid for writes by this thread alone.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn scatter_tile(tile: &[[f32; NR]; MR], rows: usize, dst: *mut f32, n: usize) {
+        const { assert!(MR == 6 && NR == 16) };
+        for half in 0..rows.div_ceil(8) {
+            let r: [__m256; 8] = std::array::from_fn(|w| {
+                if w < MR {
+                    // SAFETY: half * 8 + 8 <= NR floats of the tile row.
+                    unsafe { _mm256_loadu_ps(tile[w].as_ptr().add(half * 8)) }
+                } else {
+                    _mm256_setzero_ps()
+                }
+            });
+            for (p, col) in transpose8(r).iter().enumerate().take(rows - half * 8) {
+                // SAFETY: the caller's rows x MR elements of C (MR = 4 + 2 stored here).
+                unsafe {
+                    let at = dst.add((half * 8 + p) * n);
+                    _mm_storeu_ps(at, _mm256_castps256_ps128(*col));
+                    let high = _mm_castps_pd(_mm256_extractf128_ps::<1>(*col));
+                    _mm_storel_pd(at.add(4).cast(), high);
+                }
+            }
+        }
+    }
+
+    /// The 8 x 8 transpose: `out[p]` holds `r[0][p], ..., r[7][p]`.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ]
     }
 }
 
@@ -176,7 +299,18 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
             // the tiles hold C^T (weight row i, A row q*NR + c): C's row q*NR + c gets
             // `live` consecutive columns from jg
             for (q, tile) in tiles.iter().enumerate().take(panels) {
-                for c in 0..NR.min(m - q * NR) {
+                let rows = NR.min(m - q * NR);
+                #[cfg(target_arch = "x86_64")]
+                if live == MR && kern.is_avx2() {
+                    // bounds: the first and the last of the rows
+                    let first = shared.tile(q * NR * n + jg, MR);
+                    shared.tile((q * NR + rows - 1) * n + jg, MR);
+                    // SAFETY: AVX2 (is_avx2); the rows' MR columns from jg are in bounds
+                    // (checked above) and this task's alone.
+                    unsafe { avx2::scatter_tile(tile, rows, first, n) };
+                    continue;
+                }
+                for c in 0..rows {
                     let dst = shared.tile((q * NR + c) * n + jg, live);
                     for (i, trow) in tile.iter().enumerate().take(live) {
                         // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
