@@ -20,31 +20,105 @@ pub fn rope<T: Real>(
     backward: bool,
 ) -> Vec<T> {
     let half = hd / 2;
+    let n = b * t * h * hd;
+    assert!(x.len() >= n, "rope: x holds {} of {n} elements", x.len());
     let mut y = vec![T::zero(); x.len()];
-    for bi in 0..b {
-        for ti in 0..t {
-            let tab = ((if table_batched { bi } else { 0 }) * t + ti) * hd;
-            let (c, s) = (&cos[tab..tab + hd], &sin[tab..tab + hd]);
-            for hi in 0..h {
-                let base = ((bi * t + ti) * h + hi) * hd;
-                let xr = &x[base..base + hd];
-                for i in 0..hd {
-                    let v = if !backward {
-                        let rot = if i < half {
-                            -xr[i + half]
-                        } else {
-                            xr[i - half]
-                        };
-                        xr[i] * c[i] + rot * s[i]
-                    } else if i < half {
-                        xr[i] * c[i] + xr[i + half] * s[i + half]
-                    } else {
-                        xr[i] * c[i] - xr[i - half] * s[i - half]
-                    };
-                    y[base + i] = v;
+    let out = RowsOut(y.as_mut_ptr());
+    // one (row, position) of every head per index: the two halves of each head as
+    // separate loops, so that they vectorise (the same products and sums per element)
+    let one = |r: usize| {
+        let (bi, ti) = (r / t, r % t);
+        let tab = ((if table_batched { bi } else { 0 }) * t + ti) * hd;
+        let (c, s) = (&cos[tab..tab + hd], &sin[tab..tab + hd]);
+        let (c0, c1, s0, s1) = (&c[..half], &c[half..hd], &s[..half], &s[half..hd]);
+        let base = r * h * hd;
+        let xs = &x[base..base + h * hd];
+        assert!(base + h * hd <= n, "rope: row {r} out of bounds");
+        // SAFETY: in bounds (asserted); rows own disjoint ranges of y.
+        let ys = unsafe { std::slice::from_raw_parts_mut(out.at(base), h * hd) };
+        for (xr, yr) in xs.chunks_exact(hd).zip(ys.chunks_exact_mut(hd)) {
+            let (x0, x1) = xr.split_at(half);
+            let (y0, y1) = yr.split_at_mut(half);
+            if !backward {
+                for i in 0..half {
+                    y0[i] = x0[i] * c0[i] + (-x1[i]) * s0[i];
+                    y1[i] = x1[i] * c1[i] + x0[i] * s1[i];
+                }
+            } else {
+                for i in 0..half {
+                    y0[i] = x0[i] * c0[i] + x1[i] * s1[i];
+                    y1[i] = x1[i] * c1[i] - x0[i] * s0[i];
+                }
+            }
+        }
+    };
+    if x.len() >= PAR_MIN {
+        super::threads::par_for(b * t, one);
+    } else {
+        (0..b * t).for_each(one);
+    }
+    y
+}
+
+/// Elements from which the rows are split over the threads (a decode step's queries:
+/// 96 rows x 9 heads x 64).
+const PAR_MIN: usize = 16 * 1024;
+
+/// y's storage, shared by the row tasks of [`rope`], which write disjoint rows.
+struct RowsOut<T>(*mut T);
+impl<T> RowsOut<T> {
+    /// The element `at` (the caller checks the range it writes).
+    fn at(&self, at: usize) -> *mut T {
+        // SAFETY: callers pass offsets inside y.
+        unsafe { self.0.add(at) }
+    }
+}
+// SAFETY: the tasks write disjoint rows of y, which outlives them.
+unsafe impl<T> Send for RowsOut<T> {}
+unsafe impl<T> Sync for RowsOut<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Element (r, h, i) of x rotated by the definition: forward
+    /// `x_i cos_i + rotate_half(x)_i sin_i`, backward its transpose.
+    fn by_definition(x: &[f32], c: &[f32], s: &[f32], r: usize, hd: usize, back: bool) -> f32 {
+        let half = hd / 2;
+        let (h, i) = (r / hd, r % hd);
+        let xh = &x[h * hd..(h + 1) * hd];
+        match (back, i < half) {
+            (false, true) => xh[i] * c[i] - xh[i + half] * s[i],
+            (false, false) => xh[i] * c[i] + xh[i - half] * s[i],
+            (true, true) => xh[i] * c[i] + xh[i + half] * s[i + half],
+            (true, false) => xh[i] * c[i] - xh[i - half] * s[i - half],
+        }
+    }
+
+    #[test]
+    fn rows_split_over_threads_match_the_definition() {
+        // (B, T, H, HD) on both sides of PAR_MIN, tables per row or shared
+        for (b, t, h, hd) in [(2, 3, 2, 8), (96, 1, 9, 64), (3, 40, 4, 32)] {
+            for batched in [false, true] {
+                let x = crate::util::randn_vec(b * t * h * hd, 1.0, 7);
+                let rows = if batched { b } else { 1 };
+                let cos = crate::util::randn_vec(rows * t * hd, 1.0, 8);
+                let sin = crate::util::randn_vec(rows * t * hd, 1.0, 9);
+                for back in [false, true] {
+                    let y = rope(&x, &cos, &sin, b, t, h, hd, batched, back);
+                    for (e, got) in y.iter().enumerate() {
+                        let (bt, rest) = (e / (h * hd), e % (h * hd));
+                        let tab = ((if batched { bt / t } else { 0 }) * t + bt % t) * hd;
+                        let (c, s) = (&cos[tab..tab + hd], &sin[tab..tab + hd]);
+                        let xr = &x[bt * h * hd..(bt + 1) * h * hd];
+                        let want = by_definition(xr, c, s, rest, hd, back);
+                        assert!(
+                            (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                            "{b}x{t}x{h}x{hd} batched {batched} back {back} at {e}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
     }
-    y
 }
