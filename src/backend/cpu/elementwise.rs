@@ -248,9 +248,93 @@ pub fn copy_strided<S: Copy + Send + Sync>(src: &[S], ls: &Layout, dst: &mut [S]
         }
         return;
     }
+    // rows of unit stride, each past the last one's end (a window of a KV cache being
+    // filled): row copies, split over the threads when there are enough of them (the
+    // first write to each page of a fresh cache faults it in, on whichever thread)
+    let ascending = rd.windows(2).all(|w| w[1] >= w[0] + n);
+    if sd == 1 && ss == 1 && ascending {
+        let end = rd.last().map_or(0, |&d| d + n);
+        assert!(end <= dst.len(), "copy_strided: destination out of bounds");
+        let out = RowsPtr(dst.as_mut_ptr());
+        let row = |i: usize| {
+            let (s0, d0) = (rs[i], rd[i]);
+            // SAFETY: d0 + n <= end <= dst.len() (rows ascend), and rows are disjoint,
+            // so each task writes its own elements.
+            let d = unsafe { std::slice::from_raw_parts_mut(out.at(d0), n) };
+            d.copy_from_slice(&src[s0..s0 + n]);
+        };
+        if rs.len() * n >= PAR_MIN_ROWS {
+            super::threads::par_for(rs.len(), row);
+        } else {
+            (0..rs.len()).for_each(row);
+        }
+        return;
+    }
     for (&s0, &d0) in rs.iter().zip(&rd) {
         for j in 0..n {
             dst[d0 + j * sd] = src[s0 + j * ss];
+        }
+    }
+}
+
+/// Elements from which [`copy_strided`] splits rows of a strided destination over the
+/// threads (a decode step's keys: 96 rows x 3 heads x 64).
+const PAR_MIN_ROWS: usize = 8 * 1024;
+
+/// A destination shared by row tasks that write disjoint rows.
+struct RowsPtr<S>(*mut S);
+// SAFETY: the tasks write disjoint rows of a buffer that outlives them.
+unsafe impl<S> Send for RowsPtr<S> {}
+unsafe impl<S> Sync for RowsPtr<S> {}
+impl<S> RowsPtr<S> {
+    /// The element `at` (the caller checks the range it writes).
+    fn at(&self, at: usize) -> *mut S {
+        // SAFETY: callers pass offsets inside the destination.
+        unsafe { self.0.add(at) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element of `l`'s view, in row-major order, read plainly.
+    fn view(x: &[f32], l: &Layout) -> Vec<f32> {
+        l.indices().map(|i| x[i]).collect()
+    }
+
+    #[test]
+    fn copies_into_a_window_of_a_cache_touch_only_the_window() {
+        // a step's keys (B, 1, NKV, HD) into position `at` of a (B, CAP, NKV, HD) cache,
+        // from a dense source and from a transposed one; few rows and enough rows to split
+        for (b, nkv, hd) in [(2, 3, 4), (96, 3, 64)] {
+            let (cap, at) = (7, 5);
+            let cache = Layout::contiguous(&[b, cap, nkv, hd]);
+            let win = cache.narrow(1, at, 1).unwrap();
+            let src = crate::util::randn_vec(b * nkv * hd, 1.0, 3);
+            let dense = Layout::contiguous(&[b, 1, nkv, hd]);
+            // the same values through a (HD, NKV) transpose: rows of stride NKV
+            let mut src_t = vec![0.0f32; src.len()];
+            for (i, &v) in src.iter().enumerate() {
+                let (r, g, d) = (i / (nkv * hd), i / hd % nkv, i % hd);
+                src_t[r * nkv * hd + d * nkv + g] = v;
+            }
+            let t = Layout::contiguous(&[b, 1, hd, nkv])
+                .permute(&[0, 1, 3, 2])
+                .unwrap();
+            for (s, ls) in [(&src, &dense), (&src_t, &t)] {
+                let before = crate::util::randn_vec(b * cap * nkv * hd, 1.0, 4);
+                let mut dst = before.clone();
+                copy_strided(s, ls, &mut dst, &win);
+                assert_eq!(view(&dst, &win), src, "{b}x{nkv}x{hd}: the window");
+                // everything outside the window is untouched
+                let inside: std::collections::HashSet<usize> = win.indices().collect();
+                for (i, (x, y)) in dst.iter().zip(&before).enumerate() {
+                    if !inside.contains(&i) {
+                        assert_eq!(x, y, "{b}x{nkv}x{hd}: element {i} outside the window");
+                    }
+                }
+            }
         }
     }
 }
