@@ -255,13 +255,12 @@ pub fn copy_strided<S: Copy + Send + Sync>(src: &[S], ls: &Layout, dst: &mut [S]
     if sd == 1 && ss == 1 && ascending {
         let end = rd.last().map_or(0, |&d| d + n);
         assert!(end <= dst.len(), "copy_strided: destination out of bounds");
-        let out = RowsPtr(dst.as_mut_ptr());
+        let out = super::threads::Disjoint::new(dst);
         let row = |i: usize| {
             let (s0, d0) = (rs[i], rd[i]);
             // SAFETY: d0 + n <= end <= dst.len() (rows ascend), and rows are disjoint,
             // so each task writes its own elements.
-            let d = unsafe { std::slice::from_raw_parts_mut(out.at(d0), n) };
-            d.copy_from_slice(&src[s0..s0 + n]);
+            unsafe { out.part(d0, n) }.copy_from_slice(&src[s0..s0 + n]);
         };
         if rs.len() * n >= PAR_MIN_ROWS {
             super::threads::par_for(rs.len(), row);
@@ -280,19 +279,6 @@ pub fn copy_strided<S: Copy + Send + Sync>(src: &[S], ls: &Layout, dst: &mut [S]
 /// Elements from which [`copy_strided`] splits rows of a strided destination over the
 /// threads (a decode step's keys: 96 rows x 3 heads x 64).
 const PAR_MIN_ROWS: usize = 8 * 1024;
-
-/// A destination shared by row tasks that write disjoint rows.
-struct RowsPtr<S>(*mut S);
-// SAFETY: the tasks write disjoint rows of a buffer that outlives them.
-unsafe impl<S> Send for RowsPtr<S> {}
-unsafe impl<S> Sync for RowsPtr<S> {}
-impl<S> RowsPtr<S> {
-    /// The element `at` (the caller checks the range it writes).
-    fn at(&self, at: usize) -> *mut S {
-        // SAFETY: callers pass offsets inside the destination.
-        unsafe { self.0.add(at) }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -23,7 +23,7 @@ pub fn rope<T: Real>(
     let n = b * t * h * hd;
     assert!(x.len() >= n, "rope: x holds {} of {n} elements", x.len());
     let mut y = vec![T::zero(); x.len()];
-    let out = RowsOut(y.as_mut_ptr());
+    let out = super::threads::Disjoint::new(&mut y);
     // one (row, position) of every head per index: the two halves of each head as
     // separate loops, so that they vectorise (the same products and sums per element)
     let one = |r: usize| {
@@ -34,8 +34,8 @@ pub fn rope<T: Real>(
         let base = r * h * hd;
         let xs = &x[base..base + h * hd];
         assert!(base + h * hd <= n, "rope: row {r} out of bounds");
-        // SAFETY: in bounds (asserted); rows own disjoint ranges of y.
-        let ys = unsafe { std::slice::from_raw_parts_mut(out.at(base), h * hd) };
+        // SAFETY: in bounds (asserted); rows own disjoint ranges of y, which outlives them.
+        let ys = unsafe { out.part(base, h * hd) };
         for (xr, yr) in xs.chunks_exact(hd).zip(ys.chunks_exact_mut(hd)) {
             let (x0, x1) = xr.split_at(half);
             let (y0, y1) = yr.split_at_mut(half);
@@ -63,19 +63,6 @@ pub fn rope<T: Real>(
 /// Elements from which the rows are split over the threads (a decode step's queries:
 /// 96 rows x 9 heads x 64).
 const PAR_MIN: usize = 16 * 1024;
-
-/// y's storage, shared by the row tasks of [`rope`], which write disjoint rows.
-struct RowsOut<T>(*mut T);
-impl<T> RowsOut<T> {
-    /// The element `at` (the caller checks the range it writes).
-    fn at(&self, at: usize) -> *mut T {
-        // SAFETY: callers pass offsets inside y.
-        unsafe { self.0.add(at) }
-    }
-}
-// SAFETY: the tasks write disjoint rows of y, which outlives them.
-unsafe impl<T> Send for RowsOut<T> {}
-unsafe impl<T> Sync for RowsOut<T> {}
 
 #[cfg(test)]
 mod tests {

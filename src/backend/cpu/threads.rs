@@ -140,6 +140,32 @@ pub fn par_map<R: Send + Sync>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R
         .collect()
 }
 
+/// A buffer that [`par_for`]'s tasks write in disjoint parts (rows of an output): its
+/// pointer, shareable across the threads. Each task checks the range it writes.
+pub struct Disjoint<T>(*mut T);
+
+impl<T> Disjoint<T> {
+    pub fn new(buf: &mut [T]) -> Disjoint<T> {
+        Disjoint(buf.as_mut_ptr())
+    }
+
+    /// `len` elements from `at`, for one task alone.
+    ///
+    /// # Safety
+    /// `at + len` must not pass the buffer's end, the buffer must outlive the slice, and
+    /// no other task may touch those elements meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, at: usize, len: usize) -> &mut [T] {
+        // SAFETY: the caller's contract above.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
+// SAFETY: tasks write disjoint parts (the contract of `part`), of a buffer that outlives
+// them.
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
