@@ -271,7 +271,7 @@ pub fn attention(
             ("reps", reps),
         ],
         // q, out, dq, dout and k, v, dk, dv (k, v, dk, dv over past + t positions)
-        4 * rows * 4 * nh as u128 + 4 * (b * s * hd) as u128 * 4 * nkv as u128,
+        4 * rows * 4 * nh as u128 + 4 * (b as u128 * s as u128 * hd as u128) * 4 * nkv as u128,
     )?;
     if !nh.is_multiple_of(nkv) {
         return Err(crate::Error::invalid(
