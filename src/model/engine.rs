@@ -499,6 +499,10 @@ pub fn run(
         let mut ids = vec![0u32; w];
         let mut positions = vec![vec![0usize]; w];
         let mut ranges = vec![0u32; 2 * w];
+        // the rows of one prompt hold its positions alike: each names the first such
+        // row, whose copy the attention then reads for all of them
+        let mut shared = vec![0u32; 3 * w];
+        let mut first_of: Vec<(usize, usize)> = Vec::new();
         for s in 0..w {
             let (lo, id, pos) = match &slots[s] {
                 Some(row) => (row.start, row.next, c - row.start),
@@ -508,6 +512,22 @@ pub fn run(
             positions[s][0] = pos;
             ranges[2 * s] = lo as u32;
             ranges[2 * s + 1] = (c + 1) as u32;
+            let (lead, start, len) = match &slots[s] {
+                Some(row) => {
+                    let pi = row.item / n;
+                    let lead = match first_of.iter().find(|&&(p, _)| p == pi) {
+                        Some(&(_, l)) => l,
+                        None => {
+                            first_of.push((pi, s));
+                            s
+                        }
+                    };
+                    let start = slots[lead].as_ref().map_or(lo, |r| r.start);
+                    (lead, start, prompts[pi].len())
+                }
+                None => (s, c, 0),
+            };
+            shared[3 * s..3 * s + 3].copy_from_slice(&[lead as u32, start as u32, len as u32]);
         }
         let mut view = KvCache {
             k: cache
@@ -527,6 +547,7 @@ pub fn run(
         let fwd = Forward {
             positions: Some(positions),
             kv_ranges: Some(Tensor::from_u32(ranges, &[w, 2], net.device)?),
+            kv_shared: Some(shared.into()),
             cache: Some(&mut view),
             last_only: true,
             ..Default::default()

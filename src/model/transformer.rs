@@ -21,6 +21,9 @@ pub struct Forward<'a> {
     pub positions: Option<Vec<Vec<usize>>>,
     /// Per-row valid key range `(B, 2)` u32 (padding).
     pub kv_ranges: Option<Tensor>,
+    /// Rows whose first cached positions equal another row's (the samples of one
+    /// prompt): a hint for the attention, see [`AttnOpts::kv_shared`].
+    pub kv_shared: Option<std::sync::Arc<[u32]>>,
     pub cache: Option<&'a mut KvCache>,
     /// Also return the residual stream after the embedding and after every layer.
     pub hidden_states: bool,
@@ -625,6 +628,7 @@ impl Transformer {
             causal: true,
             scale: None,
             kv_ranges: fwd.kv_ranges.clone(),
+            kv_shared: fwd.kv_shared.clone(),
         };
         let mut h = self.embed_tokens.embedding(&ids_t)?; // (B, T, C)
         let mut hidden = Vec::new();

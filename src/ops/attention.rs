@@ -23,6 +23,13 @@ pub struct AttnOpts {
     /// `[start, end)` less `[skip_start, skip_end)` (answers packed after one shared
     /// prompt, each seeing the prompt and itself; see [`AttnOpts::shared_ranges`]).
     pub kv_ranges: Option<Tensor>,
+    /// Rows that share cached positions, `(B, 3)` u32 on the host: `[row, start, len]`
+    /// per batch row, a promise that its keys and values at `[lo, lo + len)` (lo: the
+    /// start of its `kv_ranges` range) equal batch row `row`'s at `[start, start + len)`,
+    /// as the samples of one prompt hold the prompt's positions in their own slots. A
+    /// hint: the CPU's single-query kernel then reads those positions once for the rows
+    /// that name the same ones (same results); other paths read every row's own.
+    pub kv_shared: Option<std::sync::Arc<[u32]>>,
 }
 
 impl AttnOpts {
@@ -214,7 +221,25 @@ impl Tensor {
                 4.0 * (b * t * s * dc.nh * dc.hd) as f64 / if dc.causal { 2.0 } else { 1.0 }
             }
         };
+        let shared = opts
+            .kv_shared
+            .as_deref()
+            .filter(|sh| dt == DType::F32 && d.t == 1 && sh.len() == 3 * d.b)
+            // not with holes in the ranges (B, 1, 4): the decoding kernel has none
+            .filter(|_| ranges.as_ref().is_none_or(|r| r.shape().last() == Some(&2)));
         let (out, lse) = match dev {
+            Device::Cpu if shared.is_some() => {
+                let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
+                let (o, l) = qd.cpu_strided("attention", |qs: &[f32], _| {
+                    kd.cpu_strided("attention", |ks: &[f32], _| {
+                        vd.cpu_strided("attention", |vs: &[f32], _| {
+                            crate::backend::cpu::profile::flops(fwd_flops(rv.as_deref()));
+                            cpu::attention_decode_shared(&d, qs, ks, vs, rv.as_deref(), shared)
+                        })
+                    })
+                })???;
+                (cpu_tensor(o, q.shape())?, cpu_tensor(l, &[d.b, d.nh, d.t])?)
+            }
             Device::Cpu => with_real!("attention", dt, T => {
                 let rv = ranges.as_ref().map(|r| r.to_vec_u32()).transpose()?;
                 let (o, l) = qd.cpu_strided("attention", |qs: &[T], _| kd.cpu_strided("attention", |ks: &[T], _| vd.cpu_strided("attention", |vs: &[T], _| {

@@ -94,10 +94,17 @@ fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// Where a row reads the first positions of its key range from: `(row, start, len)` says
+/// that its keys and values at `[lo, lo + len)` (lo: the start of its range) are those of
+/// batch row `row` at `[start, start + len)` (the samples of one prompt, whose prompt
+/// positions hold the same values in every slot). See [`attention_decode_shared`].
+type Prefix = (usize, usize, usize);
+
 /// One batch row and the query heads of kv heads `kv`: out `(T, heads, HD)` and lse
 /// `(heads, T)`. Each cached position's keys (then values) of those kv heads are read
 /// together: with all of them, the row's cache is one sequential stream rather than NKV
-/// strided ones.
+/// strided ones. With a [`Prefix`] (a single query), the first positions are read from
+/// the row it names instead: the same values, so the same results.
 #[inline(always)]
 fn task<const FMA: bool>(
     d: &AttnDims,
@@ -106,6 +113,7 @@ fn task<const FMA: bool>(
     v: &[f32],
     ranges: Option<&[u32]>,
     (bi, kv): (usize, std::ops::Range<usize>),
+    prefix: Option<Prefix>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (hd, group) = (d.hd, d.nh / d.nkv);
     // query heads h0.. of this task, and their offset in the row's cache rows
@@ -126,8 +134,21 @@ fn task<const FMA: bool>(
             continue;
         }
         let n = hi - lo;
+        // keys lo..split come from the prefix's row (at its start), the rest from this row
+        let (src, split) = match prefix {
+            Some((row, start, len)) if d.t == 1 => ((row, start), lo + len.min(n)),
+            _ => ((bi, lo), lo),
+        };
+        let at = |str: (usize, usize, usize), j: usize| {
+            let (row, j) = if j < split {
+                (src.0, src.1 + j - lo)
+            } else {
+                (bi, j)
+            };
+            str.2 + row * str.0 + j * str.1 + kv.start * hd
+        };
         let qo = |h: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (h0 + h) * hd;
-        let ko = |j: usize| d.k_str.2 + bi * d.k_str.0 + j * d.k_str.1 + kv.start * hd;
+        let ko = |j: usize| at(d.k_str, j);
         let mut j = lo;
         #[cfg(target_arch = "x86_64")]
         if FMA && hd.is_multiple_of(8) {
@@ -164,7 +185,7 @@ fn task<const FMA: bool>(
             lse[h * d.t + t] = (m as f64 + l.ln()) as f32;
             inv[h] = (1.0 / l) as f32;
         }
-        let vo = |j: usize| d.v_str.2 + bi * d.v_str.0 + j * d.v_str.1 + kv.start * hd;
+        let vo = |j: usize| at(d.v_str, j);
         #[cfg(target_arch = "x86_64")]
         if FMA && hd.is_multiple_of(avx2::PIECE) {
             // the weights p_j = e_j / l first (the same product the loop below forms)
@@ -174,8 +195,16 @@ fn task<const FMA: bool>(
                 }
             }
             let o = &mut out[t * nh * hd..(t + 1) * nh * hd];
-            for jb in (lo..hi).step_by(PV_BLOCK) {
-                let je = (jb + PV_BLOCK).min(hi);
+            // blocks of consecutive rows of one source: the prefix's, then this row's
+            let blocks = (lo..split)
+                .step_by(PV_BLOCK)
+                .map(|jb| (jb, (jb + PV_BLOCK).min(split)))
+                .chain(
+                    (split..hi)
+                        .step_by(PV_BLOCK)
+                        .map(|jb| (jb, (jb + PV_BLOCK).min(hi))),
+                );
+            for (jb, je) in blocks {
                 for j in jb..je {
                     prefetch(v, vo(j) + AHEAD * d.v_str.1, kvw);
                 }
@@ -342,13 +371,15 @@ mod avx2 {
     ) {
         let mut acc: [[__m256; 4]; H] =
             std::array::from_fn(|h| std::array::from_fn(|c| _mm256_loadu_ps(o[h].add(8 * c))));
+        // the weights in H registers and one vector of the row at a time: with twelve
+        // sums that is all sixteen registers, so no sum is spilled to the stack
         for j in 0..n {
             let row = v.add(j * stride);
-            let x: [__m256; 4] = std::array::from_fn(|c| _mm256_loadu_ps(row.add(8 * c)));
-            for h in 0..H {
-                let a = _mm256_set1_ps(*w[h].add(j));
-                for c in 0..4 {
-                    acc[h][c] = _mm256_fmadd_ps(a, x[c], acc[h][c]);
+            let a: [__m256; H] = std::array::from_fn(|h| _mm256_set1_ps(*w[h].add(j)));
+            for c in 0..4 {
+                let x = _mm256_loadu_ps(row.add(8 * c));
+                for h in 0..H {
+                    acc[h][c] = _mm256_fmadd_ps(a[h], x, acc[h][c]);
                 }
             }
         }
@@ -369,8 +400,9 @@ unsafe fn task_avx2(
     v: &[f32],
     ranges: Option<&[u32]>,
     unit: (usize, std::ops::Range<usize>),
+    prefix: Option<Prefix>,
 ) -> (Vec<f32>, Vec<f32>) {
-    task::<true>(d, q, k, v, ranges, unit)
+    task::<true>(d, q, k, v, ranges, unit, prefix)
 }
 
 /// Attention forward for decoding shapes; returns out `(B, T, NH, HD)` and lse `(B, NH, T)`.
@@ -381,38 +413,92 @@ pub fn attention_decode(
     v: &[f32],
     ranges: Option<&[u32]>,
 ) -> (Vec<f32>, Vec<f32>) {
+    attention_decode_shared(d, q, k, v, ranges, None)
+}
+
+/// [`attention_decode`] for rows that share cached positions. `shared` holds `[row,
+/// start, len]` per batch row `(B, 3)`: the caller's promise that the row's keys and
+/// values at `[lo, lo + len)` (lo: the start of its key range) equal those of batch row
+/// `row` at `[start, start + len)`, as the samples of one prompt hold the prompt's
+/// positions. The rows naming the same `(row, start, len)` run one after another in one
+/// task, and read those positions from that row: from memory once, then from the
+/// core's cache. The same sums in the same order, so the same results as without it;
+/// ignored unless every row has a task of its own (single queries, enough rows) and
+/// `shared` is `(B, 3)`.
+pub fn attention_decode_shared(
+    d: &AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ranges: Option<&[u32]>,
+    shared: Option<&[u32]>,
+) -> (Vec<f32>, Vec<f32>) {
     let simd = vmath::has_avx2();
     // a task per row (all kv heads: one stream) when rows keep every thread busy, else
     // per (row, kv head)
     let per_row = d.b >= 4 * rayon::current_num_threads();
-    let units: Vec<(usize, std::ops::Range<usize>)> = if per_row {
-        (0..d.b).map(|bi| (bi, 0..d.nkv)).collect()
-    } else {
-        (0..d.b * d.nkv)
-            .map(|u| (u / d.nkv, u % d.nkv..u % d.nkv + 1))
-            .collect()
-    };
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = super::threads::par_map(units.len(), |u| {
-        let unit = &units[u];
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
-            return unsafe { task_avx2(d, q, k, v, ranges, unit.clone()) };
+    // units: rows that run one after another, each with all kv heads or one
+    type Unit = (Vec<(usize, Option<Prefix>)>, std::ops::Range<usize>);
+    let units: Vec<Unit> = match shared {
+        Some(sh) if per_row && d.t == 1 && sh.len() == 3 * d.b => {
+            let mut groups: Vec<(Prefix, Vec<usize>)> = Vec::new();
+            for bi in 0..d.b {
+                let p = (
+                    sh[3 * bi] as usize,
+                    sh[3 * bi + 1] as usize,
+                    sh[3 * bi + 2] as usize,
+                );
+                // a prefix that names no row, or reaches past the cache, is not used
+                let p = if p.0 < d.b && p.2 > 0 && p.1 + p.2 <= d.s {
+                    p
+                } else {
+                    (bi, 0, 0)
+                };
+                match groups.iter_mut().find(|(g, _)| *g == p && p.2 > 0) {
+                    Some((_, rows)) => rows.push(bi),
+                    None => groups.push((p, vec![bi])),
+                }
+            }
+            groups
+                .into_iter()
+                .map(|(p, rows)| {
+                    let prefix = (p.2 > 0).then_some(p);
+                    (rows.into_iter().map(|bi| (bi, prefix)).collect(), 0..d.nkv)
+                })
+                .collect()
         }
-        let _ = simd;
-        task::<false>(d, q, k, v, ranges, unit.clone())
+        _ if per_row => (0..d.b).map(|bi| (vec![(bi, None)], 0..d.nkv)).collect(),
+        _ => (0..d.b * d.nkv)
+            .map(|u| (vec![(u / d.nkv, None)], u % d.nkv..u % d.nkv + 1))
+            .collect(),
+    };
+    let parts: Vec<Vec<(Vec<f32>, Vec<f32>)>> = super::threads::par_map(units.len(), |u| {
+        let (rows, kv) = &units[u];
+        rows.iter()
+            .map(|&(bi, prefix)| {
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
+                    return unsafe { task_avx2(d, q, k, v, ranges, (bi, kv.clone()), prefix) };
+                }
+                let _ = simd;
+                task::<false>(d, q, k, v, ranges, (bi, kv.clone()), prefix)
+            })
+            .collect()
     });
     let (hd, group) = (d.hd, d.nh / d.nkv);
     let mut out = vec![0.0f32; d.b * d.t * d.nh * hd];
     let mut lse = vec![0.0f32; d.b * d.nh * d.t];
-    for ((bi, kv), (o, l)) in units.into_iter().zip(parts) {
+    for ((rows, kv), part) in units.into_iter().zip(parts) {
         let (h0, nh) = (kv.start * group, kv.len() * group);
-        for t in 0..d.t {
-            let oo = ((bi * d.t + t) * d.nh + h0) * hd;
-            out[oo..oo + nh * hd].copy_from_slice(&o[t * nh * hd..(t + 1) * nh * hd]);
+        for ((bi, _), (o, l)) in rows.into_iter().zip(part) {
+            for t in 0..d.t {
+                let oo = ((bi * d.t + t) * d.nh + h0) * hd;
+                out[oo..oo + nh * hd].copy_from_slice(&o[t * nh * hd..(t + 1) * nh * hd]);
+            }
+            let at = (bi * d.nh + h0) * d.t;
+            lse[at..at + nh * d.t].copy_from_slice(&l);
         }
-        let at = (bi * d.nh + h0) * d.t;
-        lse[at..at + nh * d.t].copy_from_slice(&l);
     }
     (out, lse)
 }
@@ -483,5 +569,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Rows that name another row's positions read them there: with every copy but the
+    /// named one poisoned, the results are still those of the unpoisoned cache, bit for
+    /// bit. Names that point outside the batch or past the cache are ignored.
+    #[test]
+    fn rows_sharing_positions_read_the_named_row() {
+        let threads = rayon::current_num_threads().max(1);
+        let (b, s, nh, nkv, hd) = (8 * threads, 40, 9, 3, 64);
+        let cap = s + 5;
+        let d = AttnDims {
+            b,
+            t: 1,
+            s,
+            nh,
+            nkv,
+            hd,
+            scale: 1.0 / (hd as f64).sqrt(),
+            causal: true,
+            q_str: (nh * hd, nh * hd, 0),
+            k_str: (cap * nkv * hd, nkv * hd, 0),
+            v_str: (cap * nkv * hd, nkv * hd, 0),
+        };
+        let q = crate::util::randn_vec(b * nh * hd, 1.5, 71);
+        let mut k = crate::util::randn_vec(b * cap * nkv * hd, 1.5, 72);
+        let mut v = crate::util::randn_vec(b * cap * nkv * hd, 1.0, 73);
+        // groups of 4 rows; row r's keys start at r % 3, its first 9 positions copy the
+        // group's first row's (9: a block of 8 and one more)
+        let (len, kvw) = (9, nkv * hd);
+        let lo = |r: usize| r % 3;
+        let pos = |r: usize, j: usize| (r * cap + j) * kvw;
+        let mut ranges = Vec::new();
+        let mut shared = Vec::new();
+        for r in 0..b {
+            ranges.extend([lo(r) as u32, s as u32]);
+            let lead = r / 4 * 4;
+            for j in 0..len {
+                let (from, to) = (pos(lead, lo(lead) + j), pos(r, lo(r) + j));
+                k.copy_within(from..from + kvw, to);
+                v.copy_within(from..from + kvw, to);
+            }
+            shared.extend([lead as u32, lo(lead) as u32, len as u32]);
+        }
+        // two rows name no usable row: one out of the batch, one past the cache
+        shared[3 * 5..3 * 5 + 3].copy_from_slice(&[b as u32, 0, 3]);
+        shared[3 * 6..3 * 6 + 3].copy_from_slice(&[4, 30, 20]);
+        let (o, l) = attention_decode(&d, &q, &k, &v, Some(&ranges));
+        let (mut kp, mut vp) = (k.clone(), v.clone());
+        for r in (0..b).filter(|r| r % 4 != 0 && *r != 5 && *r != 6) {
+            let at = pos(r, lo(r));
+            kp[at..at + len * kvw].fill(f32::NAN);
+            vp[at..at + len * kvw].fill(f32::NAN);
+        }
+        let (os, ls) = attention_decode_shared(&d, &q, &kp, &vp, Some(&ranges), Some(&shared));
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&os), bits(&o));
+        assert_eq!(bits(&ls), bits(&l));
+        // and without the names, the poison shows
+        let (op, _) = attention_decode(&d, &q, &kp, &vp, Some(&ranges));
+        assert!(op.iter().any(|x| x.is_nan()));
     }
 }

@@ -330,6 +330,7 @@ pub use adamw::adamw;
 pub use attention::{
     attention, attention_bwd, attention_bwd_ref, attention_ref, attn_key_range, attn_keys, Keys,
 };
+pub use decode::attention_decode_shared;
 pub use elementwise::{binary, copy_strided, unary, unary_grad, where_select};
 pub use embedding::{embedding, embedding_bwd};
 pub use logprob::{token_logprobs, token_logprobs_bwd};
