@@ -158,10 +158,13 @@ fn task<const FMA: bool>(
                     prefetch(k, ko(jj) + AHEAD * d.k_str.1, kvw);
                 }
                 for h in 0..nh {
-                    let keys: [&[f32]; 8] = std::array::from_fn(|jj| {
+                    // a plain loop, not array::from_fn: its closure wrapper was left
+                    // out of line in some builds, at a call per key
+                    let mut keys: [&[f32]; 8] = [&[]; 8];
+                    for (jj, key) in keys.iter_mut().enumerate() {
                         let kh = ko(j + jj) + (h / group) * hd;
-                        &k[kh..kh + hd]
-                    });
+                        *key = &k[kh..kh + hd];
+                    }
                     let dst = &mut s[h * d.s + j - lo..h * d.s + j - lo + 8];
                     // SAFETY: FMA is set only inside task_avx2, which runs where
                     // has_avx2() saw AVX2 and FMA.
@@ -278,6 +281,7 @@ mod avx2 {
     /// `dst[i] = (q . keys[i]) * scale` for eight keys, each dot summed as `dot_avx2`
     /// sums it (even and odd 8-float chunks in two chains, a lone last chunk to the
     /// first, then the tree). `q.len()` is a multiple of 8.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dots8(q: &[f32], keys: [&[f32]; 8], scale: f32, dst: &mut [f32]) {
         let n = q.len();
@@ -286,7 +290,7 @@ mod avx2 {
         // SAFETY: every load reads 8 floats at i + 8 <= n of q and of each key.
         unsafe {
             for quad in 0..2 {
-                let kp: [*const f32; 4] = std::array::from_fn(|r| keys[quad * 4 + r].as_ptr());
+                let kp = [0, 1, 2, 3].map(|r| keys[quad * 4 + r].as_ptr());
                 let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
                 let mut i = 0;
                 while i + 16 <= n {
@@ -322,6 +326,7 @@ mod avx2 {
     /// in sets of up to three and the head dim in pieces of [`PIECE`], so that the sums
     /// stay in twelve registers while a set passes over the rows.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn pv_block(
         n: usize,
@@ -487,20 +492,36 @@ pub fn attention_decode_shared(
             .collect()
     });
     let (hd, group) = (d.hd, d.nh / d.nkv);
-    let mut out = vec![0.0f32; d.b * d.t * d.nh * hd];
-    let mut lse = vec![0.0f32; d.b * d.nh * d.t];
+    // the units cover every (row, kv head) once, so every element is written below
+    let mut out = super::gemm::uninit::<f32>(d.b * d.t * d.nh * hd);
+    let mut lse = super::gemm::uninit::<f32>(d.b * d.nh * d.t);
+    let put = |dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]| {
+        assert_eq!(dst.len(), src.len());
+        for (x, &y) in dst.iter_mut().zip(src) {
+            x.write(y);
+        }
+    };
     for ((rows, kv), part) in units.into_iter().zip(parts) {
         let (h0, nh) = (kv.start * group, kv.len() * group);
         for ((bi, _), (o, l)) in rows.into_iter().zip(part) {
             for t in 0..d.t {
                 let oo = ((bi * d.t + t) * d.nh + h0) * hd;
-                out[oo..oo + nh * hd].copy_from_slice(&o[t * nh * hd..(t + 1) * nh * hd]);
+                put(
+                    &mut out[oo..oo + nh * hd],
+                    &o[t * nh * hd..(t + 1) * nh * hd],
+                );
             }
             let at = (bi * d.nh + h0) * d.t;
-            lse[at..at + nh * d.t].copy_from_slice(&l);
+            put(&mut lse[at..at + nh * d.t], &l);
         }
     }
-    (out, lse)
+    // SAFETY: written in full above (every row's heads of every kv head, every query).
+    unsafe {
+        (
+            super::gemm::assume_init_vec(out),
+            super::gemm::assume_init_vec(lse),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -49,8 +49,9 @@ impl SharedOut {
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// A vector of `len` f32 slots, not yet written (for outputs written in full).
-pub(super) fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+/// A vector of `len` slots, not yet written (for outputs written in full, which then
+/// skip a zeroing pass).
+pub(super) fn uninit<T>(len: usize) -> Vec<MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation, and the capacity is len.
     unsafe { v.set_len(len) };
@@ -64,9 +65,9 @@ pub(super) unsafe fn assume_init(v: &[MaybeUninit<f32>]) -> &[f32] {
 }
 
 /// [`assume_init`] for an owned vector. SAFETY: as there.
-pub(super) unsafe fn assume_init_vec(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+pub(super) unsafe fn assume_init_vec<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: same allocation, layout, length and capacity; the caller guarantees
     // initialisation, and the original is never dropped.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }

@@ -7,21 +7,33 @@ use super::*;
 /// Returns (y, rstd).
 pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>) {
     let c = c.max(1);
+    assert!(
+        x.len().is_multiple_of(c),
+        "rmsnorm: {} values are not rows of {c}",
+        x.len()
+    );
     let rows = x.len() / c;
-    let mut y = vec![T::zero(); x.len()];
-    let mut rstd = vec![T::zero(); rows];
+    // both written in full below, so not zeroed first
+    let mut y = super::gemm::uninit::<T>(x.len());
+    let mut rstd = super::gemm::uninit::<T>(rows);
     y.par_chunks_mut(c)
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(c))
         .for_each(|((yr, rs), xr)| {
             let ms: f64 = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / c as f64;
             let r = T::from_f64(1.0 / (ms + eps).sqrt());
-            *rs = r;
+            rs.write(r);
             for j in 0..c {
-                yr[j] = xr[j] * r * w[j];
+                yr[j].write(xr[j] * r * w[j]);
             }
         });
-    (y, rstd)
+    // SAFETY: every row of y (rows x c = all of it) and every rstd was written above.
+    unsafe {
+        (
+            super::gemm::assume_init_vec(y),
+            super::gemm::assume_init_vec(rstd),
+        )
+    }
 }
 
 /// Backward of [`rmsnorm`]: with gw = g * w,

@@ -22,7 +22,12 @@ pub fn rope<T: Real>(
     let half = hd / 2;
     let n = b * t * h * hd;
     assert!(x.len() >= n, "rope: x holds {} of {n} elements", x.len());
-    let mut y = vec![T::zero(); x.len()];
+    assert!(hd.is_multiple_of(2), "rope: the head dim {hd} is odd");
+    // rows 0..b*t are written below and the rest zeroed, so not zeroed first
+    let mut y = super::gemm::uninit::<T>(x.len());
+    for v in &mut y[n..] {
+        v.write(T::zero());
+    }
     let out = super::threads::Disjoint::new(&mut y);
     // one (row, position) of every head per index: the two halves of each head as
     // separate loops, so that they vectorise (the same products and sums per element)
@@ -41,13 +46,13 @@ pub fn rope<T: Real>(
             let (y0, y1) = yr.split_at_mut(half);
             if !backward {
                 for i in 0..half {
-                    y0[i] = x0[i] * c0[i] + (-x1[i]) * s0[i];
-                    y1[i] = x1[i] * c1[i] + x0[i] * s1[i];
+                    y0[i].write(x0[i] * c0[i] + (-x1[i]) * s0[i]);
+                    y1[i].write(x1[i] * c1[i] + x0[i] * s1[i]);
                 }
             } else {
                 for i in 0..half {
-                    y0[i] = x0[i] * c0[i] + x1[i] * s1[i];
-                    y1[i] = x1[i] * c1[i] - x0[i] * s0[i];
+                    y0[i].write(x0[i] * c0[i] + x1[i] * s1[i]);
+                    y1[i].write(x1[i] * c1[i] - x0[i] * s0[i]);
                 }
             }
         }
@@ -57,7 +62,9 @@ pub fn rope<T: Real>(
     } else {
         (0..b * t).for_each(one);
     }
-    y
+    // SAFETY: every row r < b*t wrote its h*hd elements (n in all), and the rest was
+    // zeroed above.
+    unsafe { super::gemm::assume_init_vec(y) }
 }
 
 /// Elements from which the rows are split over the threads (a decode step's queries:

@@ -10,13 +10,16 @@ const BLOCK: usize = 1 << 13;
 
 /// y = silu(gate) * up.
 pub fn swiglu<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up differ in length");
     if let (Some(a), Some(u)) = (f32_view(gate), f32_view(up)) {
-        let mut y = vec![0.0f32; a.len()];
+        // written in full below, so not zeroed first
+        let mut y = super::gemm::uninit::<f32>(a.len());
         y.par_chunks_mut(BLOCK).enumerate().for_each(|(i, y)| {
             let (a, u) = (&a[i * BLOCK..][..y.len()], &u[i * BLOCK..][..y.len()]);
             simd::fwd(a, u, y)
         });
-        return from_f32_vec(y);
+        // SAFETY: simd::fwd wrote every element of every block.
+        return from_f32_vec(unsafe { super::gemm::assume_init_vec(y) });
     }
     gate.iter()
         .zip(up)
@@ -61,12 +64,19 @@ pub fn swiglu_bwd<T: Real>(gate: &[T], up: &[T], g: &[T]) -> (Vec<T>, Vec<T>) {
 
 /// The f32 loops, compiled for AVX2 where the CPU has it.
 mod simd {
+    use std::mem::MaybeUninit;
+
     use super::vmath;
 
+    /// Writes every element of `y` (a, u and y have one length).
     #[inline(always)]
-    fn fwd_body(a: &[f32], u: &[f32], y: &mut [f32]) {
+    fn fwd_body(a: &[f32], u: &[f32], y: &mut [MaybeUninit<f32>]) {
+        assert!(
+            a.len() == y.len() && u.len() == y.len(),
+            "swiglu: block lengths differ"
+        );
         for ((y, &a), &u) in y.iter_mut().zip(a).zip(u) {
-            *y = a * vmath::sigmoid(a) * u;
+            y.write(a * vmath::sigmoid(a) * u);
         }
     }
 
@@ -82,7 +92,7 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn fwd_avx2(a: &[f32], u: &[f32], y: &mut [f32]) {
+    unsafe fn fwd_avx2(a: &[f32], u: &[f32], y: &mut [MaybeUninit<f32>]) {
         fwd_body(a, u, y)
     }
 
@@ -92,7 +102,7 @@ mod simd {
         bwd_body(a, u, g, dg, du)
     }
 
-    pub fn fwd(a: &[f32], u: &[f32], y: &mut [f32]) {
+    pub fn fwd(a: &[f32], u: &[f32], y: &mut [MaybeUninit<f32>]) {
         #[cfg(target_arch = "x86_64")]
         if vmath::has_avx2() {
             // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
