@@ -178,6 +178,7 @@ fn attention() {
         causal: true,
         kv_ranges: Some(Tensor::from_u32(vec![1, 5, 0, 3], &[2, 2], Device::Cpu).unwrap()),
         scale: Some(0.3),
+        ..Default::default()
     };
     gradcheck("attention ranges", &[q, k, v], |t| {
         Tensor::attention(&t[0], &t[1], &t[2], &ranges)
