@@ -142,7 +142,17 @@ fn filters(p: &SamplingParams, v: usize) -> bool {
 /// One row's token and its untempered log-probability: `forced` when it is below V,
 /// else the draw for uniform `u` in [0, 1) (see the module comment).
 pub fn pick(logits: &[f32], p: &SamplingParams, u: f64, forced: u32) -> (u32, f32) {
-    let id = if (forced as usize) < logits.len() {
+    let v = logits.len();
+    if (forced as usize) >= v && p.temperature > 0.0 && !filters(p, v) {
+        // plain temperature sampling: the tempered weights and the untempered sum in one
+        // pass (the same numbers as `choose` then `logprob_of`)
+        let m = vmath::max(logits);
+        let mut w = vec![0.0f32; v];
+        let (total, z) = vmath::exp_weights_pair(logits, m, 1.0 / p.temperature, &mut w);
+        let id = draw(&w, None, total, u);
+        return (id, ((logits[id as usize] - m) as f64 - z.ln()) as f32);
+    }
+    let id = if (forced as usize) < v {
         forced
     } else {
         choose(logits, p, u)
@@ -367,5 +377,28 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn pick_draws_and_scores_as_choose_and_logprob_of() {
+        // the one-pass path for plain temperature against the two functions it stands
+        // for, bit for bit, over uniforms across the range
+        let logits = crate::util::randn_vec(5_000, 3.0, 11);
+        for t in [0.3f32, 0.7, 1.0, 1.6] {
+            let p = SamplingParams {
+                temperature: t,
+                ..Default::default()
+            };
+            for i in 0..40 {
+                let u = uniform(5, i, 0);
+                let (id, lp) = pick(&logits, &p, u, u32::MAX);
+                assert_eq!(id, choose(&logits, &p, u), "t {t} u {u}");
+                assert_eq!(
+                    lp.to_bits(),
+                    logprob_of(&logits, id).to_bits(),
+                    "t {t} u {u}"
+                );
+            }
+        }
     }
 }

@@ -192,6 +192,55 @@ pub fn exp_weights(x: &[f32], sub: f32, mul: f32, out: Option<&mut [f32]>) -> f6
     body(x, sub, mul, out)
 }
 
+/// [`exp_weights`] twice in one pass over `x`: `out[i] = e^((x[i] - sub) * mul)` with
+/// its sum, and the sum of `e^(x[i] - sub)` (kept only as a sum). Each sum holds the same
+/// bits as [`exp_weights`] gives for it (the same exponentials, added in the same order).
+pub fn exp_weights_pair(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64, f64) {
+    #[inline(always)]
+    fn body(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64, f64) {
+        let mut plain = [0.0f32; 256];
+        let (mut acc, mut acc1) = ([0.0f64; 4], [0.0f64; 4]);
+        for (bi, xs) in x.chunks(256).enumerate() {
+            let w = &mut out[bi * 256..bi * 256 + xs.len()];
+            let p = &mut plain[..xs.len()];
+            for ((w, p), &v) in w.iter_mut().zip(p.iter_mut()).zip(xs) {
+                *w = exp((v - sub) * mul);
+                *p = exp((v - sub) * 1.0);
+            }
+            for (w, acc) in [(&*w, &mut acc), (&*p, &mut acc1)] {
+                let chunks = w.chunks_exact(4);
+                let rest = chunks.remainder();
+                for q in chunks {
+                    for l in 0..4 {
+                        acc[l] += q[l] as f64;
+                    }
+                }
+                for (l, &v) in rest.iter().enumerate() {
+                    acc[l] += v as f64;
+                }
+            }
+        }
+        let sum = |a: [f64; 4]| (a[0] + a[2]) + (a[1] + a[3]);
+        (sum(acc), sum(acc1))
+    }
+    assert_eq!(
+        out.len(),
+        x.len(),
+        "exp_weights_pair: out and x differ in length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64, f64) {
+        body(x, sub, mul, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
+        return unsafe { avx2(x, sub, mul, out) };
+    }
+    body(x, sub, mul, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +323,19 @@ mod tests {
                 assert!((*o as f64 - w).abs() <= 1e-6 * w, "{o} vs {w}");
             }
             assert_eq!(exp_weights(&x, m, 0.5, None), s);
+            // both sums of the fused pass, and its weights, are exp_weights' bits
+            let mut pair = vec![f32::NAN; n];
+            let (t, z) = exp_weights_pair(&x, m, 0.5, &mut pair);
+            assert_eq!(t.to_bits(), s.to_bits(), "n {n}");
+            assert_eq!(
+                z.to_bits(),
+                exp_weights(&x, m, 1.0, None).to_bits(),
+                "n {n}"
+            );
+            assert!(pair
+                .iter()
+                .zip(&out)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 }
