@@ -146,6 +146,28 @@ pub fn max(x: &[f32]) -> f32 {
     body(x)
 }
 
+/// Adds `w` into four f64 lanes (element i to lane i % 4 of its block of four), the
+/// order [`exp_weights`] and [`exp_weights_pair`] sum in.
+#[inline(always)]
+fn add_lanes(acc: &mut [f64; 4], w: &[f32]) {
+    let chunks = w.chunks_exact(4);
+    let rest = chunks.remainder();
+    for q in chunks {
+        for l in 0..4 {
+            acc[l] += q[l] as f64;
+        }
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        acc[l] += v as f64;
+    }
+}
+
+/// The lanes of [`add_lanes`] added in a fixed tree.
+#[inline(always)]
+fn lanes_total(acc: [f64; 4]) -> f64 {
+    (acc[0] + acc[2]) + (acc[1] + acc[3])
+}
+
 /// `out[i] = e^((x[i] - sub) * mul)`; returns the sum of `out`, added in f64 in four
 /// lanes (a fixed order). With `out` None only the sum is kept.
 pub fn exp_weights(x: &[f32], sub: f32, mul: f32, out: Option<&mut [f32]>) -> f64 {
@@ -163,18 +185,9 @@ pub fn exp_weights(x: &[f32], sub: f32, mul: f32, out: Option<&mut [f32]>) -> f6
             for (w, &v) in w.iter_mut().zip(xs) {
                 *w = exp((v - sub) * mul);
             }
-            let chunks = w.chunks_exact(4);
-            let rest = chunks.remainder();
-            for q in chunks {
-                for l in 0..4 {
-                    acc[l] += q[l] as f64;
-                }
-            }
-            for (l, &v) in rest.iter().enumerate() {
-                acc[l] += v as f64;
-            }
+            add_lanes(&mut acc, w);
         }
-        (acc[0] + acc[2]) + (acc[1] + acc[3])
+        lanes_total(acc)
     }
     if let Some(o) = &out {
         assert_eq!(o.len(), x.len(), "exp_weights: out and x differ in length");
@@ -207,21 +220,10 @@ pub fn exp_weights_pair(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64,
                 *w = exp((v - sub) * mul);
                 *p = exp((v - sub) * 1.0);
             }
-            for (w, acc) in [(&*w, &mut acc), (&*p, &mut acc1)] {
-                let chunks = w.chunks_exact(4);
-                let rest = chunks.remainder();
-                for q in chunks {
-                    for l in 0..4 {
-                        acc[l] += q[l] as f64;
-                    }
-                }
-                for (l, &v) in rest.iter().enumerate() {
-                    acc[l] += v as f64;
-                }
-            }
+            add_lanes(&mut acc, w);
+            add_lanes(&mut acc1, p);
         }
-        let sum = |a: [f64; 4]| (a[0] + a[2]) + (a[1] + a[3]);
-        (sum(acc), sum(acc1))
+        (lanes_total(acc), lanes_total(acc1))
     }
     assert_eq!(
         out.len(),
