@@ -504,44 +504,74 @@ pub fn attention_decode_shared(
             .map(|u| (vec![(u / d.nkv, None)], u % d.nkv..u % d.nkv + 1))
             .collect(),
     };
-    let parts: Vec<Vec<(Vec<f32>, Vec<f32>)>> = super::threads::par_map(units.len(), |u| {
-        let (rows, kv) = &units[u];
-        rows.iter()
-            .map(|&(bi, prefix)| {
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
-                    return unsafe { task_avx2(d, q, k, v, ranges, (bi, kv.clone()), prefix) };
-                }
-                let _ = simd;
-                task::<false>(d, q, k, v, ranges, (bi, kv.clone()), prefix)
+    // the longest units first, so that the last ones claimed are short and the threads
+    // finish together (each unit's results do not depend on when it runs)
+    let keys = |bi: usize| {
+        (0..d.t)
+            .map(|t| {
+                let (lo, hi) = attn_key_range(d, ranges, bi, t);
+                hi - lo
             })
-            .collect()
-    });
+            .sum::<usize>()
+    };
+    let mut order: Vec<(usize, usize)> = units
+        .iter()
+        .enumerate()
+        .map(|(u, (rows, kv))| {
+            (
+                rows.iter().map(|&(bi, _)| keys(bi)).sum::<usize>() * kv.len(),
+                u,
+            )
+        })
+        .collect();
+    order.sort_by_key(|&(cost, u)| (std::cmp::Reverse(cost), u));
     let (hd, group) = (d.hd, d.nh / d.nkv);
     // the units cover every (row, kv head) once, so every element is written below
     let mut out = super::gemm::uninit::<f32>(d.b * d.t * d.nh * hd);
     let mut lse = super::gemm::uninit::<f32>(d.b * d.nh * d.t);
-    let put = |dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]| {
-        assert_eq!(dst.len(), src.len());
+    let (out_w, lse_w) = (
+        super::threads::Disjoint::new(&mut out),
+        super::threads::Disjoint::new(&mut lse),
+    );
+    let (out_len, lse_len) = (out.len(), lse.len());
+    let put = |dst: &super::threads::Disjoint<std::mem::MaybeUninit<f32>>,
+               len: usize,
+               at: usize,
+               src: &[f32]| {
+        assert!(
+            at + src.len() <= len,
+            "attention: output part out of bounds"
+        );
+        // SAFETY: in bounds (asserted); each (row, kv head) belongs to one unit, so no
+        // other task writes these elements, and both buffers outlive the tasks.
+        let dst = unsafe { dst.part(at, src.len()) };
         for (x, &y) in dst.iter_mut().zip(src) {
             x.write(y);
         }
     };
-    for ((rows, kv), part) in units.into_iter().zip(parts) {
+    super::threads::par_for(order.len(), |o| {
+        let (rows, kv) = &units[order[o].1];
         let (h0, nh) = (kv.start * group, kv.len() * group);
-        for ((bi, _), (o, l)) in rows.into_iter().zip(part) {
+        for &(bi, prefix) in rows {
+            #[cfg(target_arch = "x86_64")]
+            let (o, l) = if simd {
+                // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
+                unsafe { task_avx2(d, q, k, v, ranges, (bi, kv.clone()), prefix) }
+            } else {
+                task::<false>(d, q, k, v, ranges, (bi, kv.clone()), prefix)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (o, l) = {
+                let _ = simd;
+                task::<false>(d, q, k, v, ranges, (bi, kv.clone()), prefix)
+            };
             for t in 0..d.t {
                 let oo = ((bi * d.t + t) * d.nh + h0) * hd;
-                put(
-                    &mut out[oo..oo + nh * hd],
-                    &o[t * nh * hd..(t + 1) * nh * hd],
-                );
+                put(&out_w, out_len, oo, &o[t * nh * hd..(t + 1) * nh * hd]);
             }
-            let at = (bi * d.nh + h0) * d.t;
-            put(&mut lse[at..at + nh * d.t], &l);
+            put(&lse_w, lse_len, (bi * d.nh + h0) * d.t, &l);
         }
-    }
+    });
     // SAFETY: written in full above (every row's heads of every kv head, every query).
     unsafe {
         (
