@@ -76,28 +76,23 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// call 20-35% faster than asking 16 keys ahead into L1 and the values just before use.
 const AHEAD: usize = 32;
 
-/// Ask for `x[at..at + n]` in cache (nothing past the end; no effect off x86-64).
+/// Ask for `x[at..at + n]` in cache: into L1, or with `L2` into L2 only (for lines wanted
+/// a pass later, or far ahead). Nothing past the end; no effect off x86-64.
 #[inline(always)]
-fn prefetch(x: &[f32], at: usize, n: usize) {
+fn prefetch<const L2: bool>(x: &[f32], at: usize, n: usize) {
     #[cfg(target_arch = "x86_64")]
     if at + n <= x.len() {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
         for line in (0..n).step_by(16) {
             // SAFETY: at + line < x.len(): the address is inside the slice.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(at + line) as *const i8) };
-        }
-    }
-}
-
-/// [`prefetch`] into L2 only: for lines wanted a pass later, or far ahead.
-#[inline(always)]
-fn prefetch_l2(x: &[f32], at: usize, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if at + n <= x.len() {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        for line in (0..n).step_by(16) {
-            // SAFETY: at + line < x.len(): the address is inside the slice.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(x.as_ptr().add(at + line) as *const i8) };
+            let p = unsafe { x.as_ptr().add(at + line) } as *const i8;
+            if L2 {
+                // SAFETY: a prefetch of an address inside the slice.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(p) };
+            } else {
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+            }
         }
     }
 }
@@ -186,9 +181,9 @@ fn task<const FMA: bool>(
                     // keys ahead into L2, and the values this pass does not touch, so
                     // that the pass over them finds them there
                     if let Some(&o) = ko.get(ii + AHEAD) {
-                        prefetch_l2(k, o, kvw);
+                        prefetch::<true>(k, o, kvw);
                     }
-                    prefetch_l2(v, vo[ii], kvw);
+                    prefetch::<true>(v, vo[ii], kvw);
                 }
                 for h in 0..nh {
                     let g = (h / group) * hd;
@@ -205,7 +200,7 @@ fn task<const FMA: bool>(
             }
         }
         for i in i..n {
-            prefetch(k, ko.get(i + AHEAD).copied().unwrap_or(k.len()), kvw);
+            prefetch::<false>(k, ko.get(i + AHEAD).copied().unwrap_or(k.len()), kvw);
             for h in 0..nh {
                 let kh = ko[i] + (h / group) * hd;
                 s[h * d.s + i] = dot::<FMA>(&q[qo(h)..qo(h) + hd], &k[kh..kh + hd]) * scale;
@@ -245,7 +240,7 @@ fn task<const FMA: bool>(
             continue;
         }
         for (i, &vo) in vo.iter().enumerate() {
-            prefetch(v, vo.saturating_add(AHEAD * d.v_str.1), kvw);
+            prefetch::<false>(v, vo.saturating_add(AHEAD * d.v_str.1), kvw);
             for h in 0..nh {
                 let (o, vh) = ((t * nh + h) * hd, vo + (h / group) * hd);
                 axpy::<FMA>(
