@@ -191,6 +191,36 @@ mod avx2 {
         }
     }
 
+    /// `c[i * n + r] = acc[r * ld + i]` for r < `rows` (a multiple of 8) and i < `m`
+    /// (`ld` at least `m` rounded up to 8): 8 x 8 blocks through registers.
+    ///
+    /// # Safety
+    /// Those `m x rows` elements of C must be valid for writes by this thread alone.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_into(
+        acc: &[f32],
+        ld: usize,
+        rows: usize,
+        m: usize,
+        c: *mut f32,
+        n: usize,
+    ) {
+        assert!(rows.is_multiple_of(8) && ld >= m.div_ceil(8) * 8 && acc.len() >= rows * ld);
+        for r0 in (0..rows).step_by(8) {
+            for i0 in (0..m).step_by(8) {
+                // SAFETY: (r0 + a) * ld + i0 + 8 <= rows * ld <= acc.len() (asserted).
+                let x: [__m256; 8] = std::array::from_fn(|a| unsafe {
+                    _mm256_loadu_ps(acc.as_ptr().add((r0 + a) * ld + i0))
+                });
+                for (b, col) in transpose8(x).iter().enumerate().take(m - i0) {
+                    // SAFETY: row i0 + b < m of C, columns r0..r0 + 8 <= rows: the
+                    // caller's.
+                    unsafe { _mm256_storeu_ps(c.add((i0 + b) * n + r0), *col) };
+                }
+            }
+        }
+    }
+
     /// The 8 x 8 transpose: `out[p]` holds `r[0][p], ..., r[7][p]`.
     #[inline]
     #[target_feature(enable = "avx")]
@@ -250,29 +280,18 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
         let (n, w, stride) = (r.n, r.w, r.stride);
         let (j0, j1) = (ti * rows_per, ((ti + 1) * rows_per).min(n));
         let mut jg = j0;
-        // blocks of whole WR-row groups on the wide kernel where the CPU has it, into
-        // C^T rows j0..jg, (jg - j0, m), then C's columns j0..jg
+        // blocks of whole WR-row groups on the wide kernel where the CPU has it, straight
+        // into C's columns j0..jg
         let wide = if kern.has_wide() {
             (j1 - j0) / WR * WR
         } else {
             0
         };
-        if wide > 0 {
-            let mut out = vec![0.0f32; wide * m];
-            while jg - j0 < wide {
-                let rows = ((j0 + wide - jg) / WR).min(WIDE_GROUPS) * WR;
-                let wrows = &w[r.off + jg * stride..];
-                let dst = &mut out[(jg - j0) * m..(jg - j0 + rows) * m];
-                wide_rows(kern, k, wrows, stride, at, m, dst);
-                jg += rows;
-            }
-            for i in 0..m {
-                let dst = shared.tile(i * n + j0, wide);
-                for (jj, row) in out.chunks_exact(m).enumerate() {
-                    // SAFETY: in bounds (checked by tile); tasks own disjoint columns.
-                    unsafe { *dst.add(jj) = row[i] };
-                }
-            }
+        while jg - j0 < wide {
+            let rows = ((j0 + wide - jg) / WR).min(WIDE_GROUPS) * WR;
+            let wrows = &w[r.off + jg * stride..];
+            wide_rows(kern, k, (wrows, stride, rows), at, m, (shared, n, jg));
+            jg += rows;
         }
         for jg in (jg..j1).step_by(MR) {
             let live = MR.min(j1 - jg);
@@ -322,29 +341,34 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
     });
 }
 
-/// C^T rows for `dst.len() / m` (a multiple of WR) consecutive weight rows (`w[r *
-/// stride..][..k]`) against every A^T panel of `at` (`m` columns, zero-padded to whole
-/// panels), into `dst` (rows, m). Each group of WR = 24 weight rows meets the panels in
-/// sets of three, two or one, on the kernel with 24 accumulators for that set (8 rows x 3
-/// panels, 12 x 2, 24 x 1). k runs in steps, and within a step each panel set meets
-/// every weight group in turn, so the set stays in L1 and the groups' slices in L2 (a
-/// set per group would fetch all of A^T from L2 for every group).
+/// C's columns `j0..j0 + rows` (`rows` a multiple of WR; C row-major `(m, n)`) from as
+/// many consecutive weight rows (`w[r * stride..][..k]`) against every A^T panel of `at`
+/// (`m` columns, zero-padded to whole panels). Each group of WR = 24 weight rows meets
+/// the panels in sets of three, two or one, on the kernel with 24 accumulators for that
+/// set (8 rows x 3 panels, 12 x 2, 24 x 1). k runs in steps, and within a step each
+/// panel set meets every weight group in turn, so the set stays in L1 and the groups'
+/// slices in L2 (a set per group would fetch all of A^T from L2 for every group). A last
+/// panel with at most NR / 2 live rows meets each group on its own, in 256-bit registers
+/// (half the work of a whole panel: with 69 rows of A, 72 columns are computed instead
+/// of 80). The sums, C^T, are transposed into C in 8 x 8 blocks.
 fn wide_rows(
     kern: Kernel,
     k: usize,
-    w: &[f32],
-    stride: usize,
+    (w, stride, rows): (&[f32], usize, usize),
     at: &[f32],
     m: usize,
-    dst: &mut [f32],
+    (c, n, j0): (SharedOut, usize, usize),
 ) {
     let panels = m.div_ceil(NR);
-    let (ld, groups) = (panels * NR, dst.len() / m / WR);
+    let (ld, groups) = (panels * NR, rows / WR);
+    // a last panel with at most NR / 2 live rows of A runs on its own, at half width
+    let half = (1..=NR / 2).contains(&(m % NR));
+    let full = panels - usize::from(half);
     // panel sets: threes, and a last two (or two twos for four), or a lone one
     let mut sets = Vec::new();
     let mut q = 0;
-    while q < panels {
-        let left = panels - q;
+    while q < full {
+        let left = full - q;
         let n = if left == 4 || left == 2 {
             2
         } else {
@@ -358,25 +382,20 @@ fn wide_rows(
     for pc in (0..k).step_by(step) {
         let kc = step.min(k - pc);
         let panel = |q: usize| &at[q * k * NR + pc * NR..(q + 1) * k * NR];
-        for &(q, n) in &sets {
+        // the first pass over this step's weight slices reads them from memory: it asks
+        // for each row's stream ahead; the later passes find them in L2
+        for (si, &(q, n)) in sets.iter().enumerate() {
             for g in 0..groups {
                 for sub in 0..WR * n / 24 {
                     let r0 = g * WR + sub * (24 / n);
                     let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + q * NR..]);
+                    let wr = (rows, stride, si == 0);
                     match n {
-                        1 => kern.rows_tile_wide::<24, 1>(kc, rows, stride, [panel(q)], o, ld),
-                        2 => kern.rows_tile_wide::<12, 2>(
-                            kc,
-                            rows,
-                            stride,
-                            [panel(q), panel(q + 1)],
-                            o,
-                            ld,
-                        ),
+                        1 => kern.rows_tile_wide::<24, 1>(kc, wr, [panel(q)], o, ld),
+                        2 => kern.rows_tile_wide::<12, 2>(kc, wr, [panel(q), panel(q + 1)], o, ld),
                         _ => kern.rows_tile_wide::<8, 3>(
                             kc,
-                            rows,
-                            stride,
+                            wr,
                             [panel(q), panel(q + 1), panel(q + 2)],
                             o,
                             ld,
@@ -385,9 +404,31 @@ fn wide_rows(
                 }
             }
         }
+        if half {
+            for g in 0..groups {
+                let r0 = g * WR;
+                let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + full * NR..]);
+                let wr = (rows, stride, sets.is_empty());
+                kern.rows_tile_wide_half::<WR>(kc, wr, panel(full), o, ld);
+            }
+        }
     }
-    for (drow, arow) in dst.chunks_exact_mut(m).zip(acc.chunks_exact(ld)) {
-        drow.copy_from_slice(&arow[..m]);
+    // C[i][j0 + r] = acc[r][i]: the first and the last element bound the block
+    let first = c.tile(j0, rows);
+    c.tile((m - 1) * n + j0, rows);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the wide kernels run only on AVX-512 CPUs, which have AVX2; rows of
+        // C 0..m at columns j0..j0 + rows are in bounds (checked above) and this task's
+        // alone.
+        unsafe { avx2::transpose_into(&acc, ld, rows, m, first, n) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (r, arow) in acc.chunks_exact(ld).enumerate() {
+        for (i, &x) in arow[..m].iter().enumerate() {
+            // SAFETY: in bounds (checked above); tasks own disjoint columns.
+            unsafe { *first.add(i * n + r) = x };
+        }
     }
 }
 
