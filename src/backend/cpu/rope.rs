@@ -44,6 +44,10 @@ pub fn rope<T: Real>(
         for (xr, yr) in xs.chunks_exact(hd).zip(ys.chunks_exact_mut(hd)) {
             let (x0, x1) = xr.split_at(half);
             let (y0, y1) = yr.split_at_mut(half);
+            // every slice cut to `half` first, so that the loops index without bounds
+            // checks and vectorise
+            let (x1, y1) = (&x1[..half], &mut y1[..half]);
+            let (c0, c1, s0, s1) = (&c0[..half], &c1[..half], &s0[..half], &s1[..half]);
             if !backward {
                 for i in 0..half {
                     y0[i].write(x0[i] * c0[i] + (-x1[i]) * s0[i]);
