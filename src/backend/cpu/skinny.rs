@@ -341,7 +341,7 @@ fn products(m: usize, k: usize, at: &[f32], ws: &[WeightRows], outs: &[SharedOut
     });
 }
 
-/// C's columns `j0..j0 + rows` (`rows` a multiple of WR; C row-major `(m, n)`) from as
+/// C's columns `j0..j0 + rows` (`rows` a multiple of WR; C row-major, row stride `ldc`) from as
 /// many consecutive weight rows (`w[r * stride..][..k]`) against every A^T panel of `at`
 /// (`m` columns, zero-padded to whole panels). Each group of WR = 24 weight rows meets
 /// the panels in sets of three, two or one, on the kernel with 24 accumulators for that
@@ -357,7 +357,7 @@ fn wide_rows(
     (w, stride, rows): (&[f32], usize, usize),
     at: &[f32],
     m: usize,
-    (c, n, j0): (SharedOut, usize, usize),
+    (c, ldc, j0): (SharedOut, usize, usize),
 ) {
     let panels = m.div_ceil(NR);
     let (ld, groups) = (panels * NR, rows / WR);
@@ -415,19 +415,19 @@ fn wide_rows(
     }
     // C[i][j0 + r] = acc[r][i]: the first and the last element bound the block
     let first = c.tile(j0, rows);
-    c.tile((m - 1) * n + j0, rows);
+    c.tile((m - 1) * ldc + j0, rows);
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: the wide kernels run only on AVX-512 CPUs, which have AVX2; rows of
         // C 0..m at columns j0..j0 + rows are in bounds (checked above) and this task's
         // alone.
-        unsafe { avx2::transpose_into(&acc, ld, rows, m, first, n) };
+        unsafe { avx2::transpose_into(&acc, ld, rows, m, first, ldc) };
     }
     #[cfg(not(target_arch = "x86_64"))]
     for (r, arow) in acc.chunks_exact(ld).enumerate() {
         for (i, &x) in arow[..m].iter().enumerate() {
             // SAFETY: in bounds (checked above); tasks own disjoint columns.
-            unsafe { *first.add(i * n + r) = x };
+            unsafe { *first.add(i * ldc + r) = x };
         }
     }
 }
