@@ -266,21 +266,7 @@ impl crate::tensor::Tensor {
 pub fn sum_squares(t: &crate::tensor::Tensor) -> Result<f64> {
     t.cpu_read("sum_squares", |x: &[f32]| {
         const BLOCK: usize = 1 << 14;
-        let part = |c: &[f32]| -> f64 {
-            let mut acc = [0.0f64; 4];
-            let chunks = c.chunks_exact(4);
-            let rest = chunks.remainder();
-            for q in chunks {
-                for l in 0..4 {
-                    acc[l] += (q[l] as f64) * (q[l] as f64);
-                }
-            }
-            rest.iter()
-                .fold((acc[0] + acc[2]) + (acc[1] + acc[3]), |s, &v| {
-                    s + (v as f64) * (v as f64)
-                })
-        };
-        let parts: Vec<f64> = x.par_chunks(BLOCK).map(part).collect();
+        let parts: Vec<f64> = x.par_chunks(BLOCK).map(vmath::sum_squares).collect();
         parts.iter().sum()
     })
 }

@@ -20,7 +20,7 @@ pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(c))
         .for_each(|((yr, rs), xr)| {
-            let ms = sum_squares(xr) / c as f64;
+            let ms = super::vmath::sum_squares(xr) / c as f64;
             let r = T::from_f64(1.0 / (ms + eps).sqrt());
             rs.write(r);
             // cut to c first, so that the loop indexes without bounds checks and vectorises
@@ -36,24 +36,6 @@ pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>
             super::gemm::assume_init_vec(rstd),
         )
     }
-}
-
-/// `sum x_j^2` in f64, in eight interleaved partial sums (element j into sum j % 8, then
-/// a fixed tree): one sequential chain of f64 adds made the forward wait on each add's
-/// latency, 576 of them per row of a 135M model.
-fn sum_squares<T: Real>(x: &[T]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let rem = chunks.remainder();
-    for q in chunks {
-        for (a, &v) in acc.iter_mut().zip(q) {
-            *a += v.to_f64() * v.to_f64();
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(rem) {
-        *a += v.to_f64() * v.to_f64();
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// Backward of [`rmsnorm`]: with gw = g * w,
@@ -87,7 +69,7 @@ mod tests {
     use super::*;
 
     /// The forward against plain f64 arithmetic, on rows whose length is not a multiple
-    /// of the eight partial sums.
+    /// of the four partial sums.
     #[test]
     fn forward_matches_f64_on_awkward_rows() {
         for c in [1, 7, 8, 13, 576] {

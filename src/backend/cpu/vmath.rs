@@ -146,6 +146,23 @@ pub fn max(x: &[f32]) -> f32 {
     body(x)
 }
 
+/// `sum x_i^2` in f64: element i into lane i % 4 of its block of four, the lanes added in
+/// a fixed tree, then the last `len % 4` elements in order. Four independent chains of
+/// adds rather than one (a row of rms_norm waited on each add's latency), and one fixed
+/// order whatever the caller.
+pub fn sum_squares<T: super::Real>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let rest = chunks.remainder();
+    for q in chunks {
+        for l in 0..4 {
+            acc[l] += q[l].to_f64() * q[l].to_f64();
+        }
+    }
+    rest.iter()
+        .fold(lanes_total(acc), |s, &v| s + v.to_f64() * v.to_f64())
+}
+
 /// Adds `w` into four f64 lanes (element i to lane i % 4 of its block of four), the
 /// order [`exp_weights`] and [`exp_weights_pair`] sum in.
 #[inline(always)]
