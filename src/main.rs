@@ -238,6 +238,10 @@ fn expand_config(argv: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
+#[global_allocator]
+static ALLOC: ponder::backend::cpu::allocator::Aligned64 =
+    ponder::backend::cpu::allocator::Aligned64;
+
 fn main() -> ExitCode {
     ponder::backend::cpu::allocator::keep_freed_memory();
     let argv = match expand_config(std::env::args().collect()) {
