@@ -43,10 +43,11 @@ pub fn keep_freed_memory() {
 /// to a cache line (64 bytes). glibc aligns blocks to 16 bytes, so a tensor's buffer
 /// starts anywhere in a line: every 512-bit load of a packed panel then spans two lines,
 /// and so does every other 256-bit load along a row (a cached key, a row of
-/// activations). Installed as the binary's global allocator, it made `bench generate`
-/// over 24 real questions (96 rows) about 5% faster on a Zen 4 (matrix products 2-3%,
-/// decoding attention about 5%, rope and residual adds 10-20%). Smaller blocks keep the
-/// plain path.
+/// activations). Installed as the binary's global allocator, on a Zen 4 it cut the op
+/// times of `bench generate --profile` over 24 real questions (96 rows): matrix products
+/// 2-3%, decoding attention about 5%, rope and residual adds 10-20%; `eval` over 48
+/// questions ran 1-2% faster over seven interleaved runs each, inside that machine's
+/// noise. Smaller blocks keep the plain path.
 pub struct Aligned64;
 
 impl Aligned64 {
@@ -90,7 +91,7 @@ unsafe impl std::alloc::GlobalAlloc for Aligned64 {
             return unsafe { std::alloc::System.realloc(p, from, new) };
         }
         // the block crosses FROM: a new block at the new alignment, and a copy
-        // SAFETY: `to` has non-zero size (new >= FROM or l.size() >= FROM).
+        // SAFETY: `to` has a non-zero size (realloc's contract: new > 0).
         let q = unsafe { std::alloc::System.alloc(to) };
         if !q.is_null() {
             // SAFETY: both blocks hold at least min(old, new) bytes and are distinct.
