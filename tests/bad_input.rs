@@ -2,6 +2,8 @@
 //! field and what was expected, never a panic, and a lying header never makes ponder
 //! allocate what it claims.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use ponder::model::{LoadOpts, Model, Tok};
@@ -14,10 +16,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// A scratch copy of a fixture directory.
-fn copy_of(name: &str, tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ponder-bad-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+fn copy_of(name: &str, tag: &str) -> common::Scratch {
+    let d = common::scratch(&format!("bad-{tag}"));
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), d.join(e.file_name())).unwrap();

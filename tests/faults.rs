@@ -14,14 +14,8 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ponder-faults-{tag}-{}-{:x}",
-        std::process::id(),
-        ponder::util::fresh_seed()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("faults-{tag}"))
 }
 
 fn dpo_flags(out: &Path, extra: &[&str]) -> Vec<String> {
@@ -371,7 +365,7 @@ fn a_closed_stdout_is_a_quiet_exit() {
 }
 
 /// A copy of the qwen2-tied tokenizer directory with tokenizer.json edited by `edit`.
-fn tokenizer_variant(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn tokenizer_variant(tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> common::Scratch {
     let d = tmp(tag);
     let src = root().join("qwen2-tied");
     for f in ["tokenizer.json", "tokenizer_config.json"] {

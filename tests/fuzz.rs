@@ -101,14 +101,8 @@ fn mutate_json(v: &mut serde_json::Value, r: &mut impl Rng) {
     }
 }
 
-fn tmpdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ponder-fuzz-{}-{:x}",
-        std::process::id(),
-        ponder::util::fresh_seed()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmpdir() -> common::Scratch {
+    common::scratch("fuzz")
 }
 
 /// Run `f`, counting a panic as a failure (reported with the case).

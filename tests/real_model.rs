@@ -64,7 +64,7 @@ fn load(g: &Path, device: Device) -> Model {
     .unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
+fn tmp(name: &str) -> common::Scratch {
     common::scratch(&format!("real-{name}"))
 }
 

@@ -2,6 +2,8 @@
 //! each runs, writes its rounds, pairs, plot and model, resumes at round granularity, and
 //! its outputs load again.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,14 +11,8 @@ fn models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ponder-tiny")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ponder-recipes-{tag}-{}-{:x}",
-        std::process::id(),
-        ponder::util::fresh_seed()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("recipes-{tag}"))
 }
 
 fn ponder(args: &[&str]) -> String {

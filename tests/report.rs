@@ -4,6 +4,8 @@
 //! with a printed reason, and fail instead when `CI` is set (CI installs Debian's
 //! `chromium`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,14 +14,8 @@ use ponder::recipes::demo::{paper_checks, summary_svg, Row};
 use ponder::recipes::report::{write_demo, write_run, DemoRow, RunReport};
 use serde_json::{json, Map, Value};
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ponder-report-{tag}-{}-{:x}",
-        std::process::id(),
-        ponder::util::fresh_seed()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("report-{tag}"))
 }
 
 fn models() -> PathBuf {

@@ -2,6 +2,8 @@
 //! panics, silent wrong results, hangs): each reproducer is now an error with a message
 //! that names what is wrong, or works. Every case runs the real binary, as a user would.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,14 +18,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ponder-repro-{tag}-{}-{:x}",
-        std::process::id(),
-        ponder::util::fresh_seed()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("repro-{tag}"))
 }
 
 /// A path as a `&str` that lives for the test (leaked: a few bytes per call).

@@ -16,11 +16,8 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ponder-e2e-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("e2e-{tag}"))
 }
 
 fn dpo_args(out: &Path, cache: &Path) -> TrainArgs {

@@ -62,10 +62,8 @@ fn args(mode: Mode, dev: Device, out: &Path) -> TrainArgs {
     TrainArgs::from_flags(&flags).unwrap()
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ponder-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("train-{tag}"))
 }
 
 /// The loss against the reference's `loss`, then every parameter's gradient against
@@ -158,7 +156,7 @@ fn first_step_sft(dev: Device, tol: f64) {
     loss_and_grads("sft", &m, l, &r, dev, tol);
 }
 
-fn five_steps(mode: Mode, dev: Device, tol: f64) -> PathBuf {
+fn five_steps(mode: Mode, dev: Device, tol: f64) -> common::Scratch {
     let out = tmp(&format!("{mode:?}-{dev}"));
     let a = args(mode, dev, &out);
     train(mode, &a).unwrap();

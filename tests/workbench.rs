@@ -3,7 +3,7 @@
 //! evaluation from predictions and from a model, and the streaming detokeniser.
 
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use ponder::model::generate::{generate_steered, SamplingParams, Steer};
@@ -25,14 +25,8 @@ fn ponder(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ponder-wb-{tag}-{}-{:x}",
-        std::process::id(),
-        ponder::util::fresh_seed()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(tag: &str) -> common::Scratch {
+    common::scratch(&format!("wb-{tag}"))
 }
 
 /// A tokenizer trained on synthetic problems, saved to a directory and loaded back.

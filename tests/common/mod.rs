@@ -334,13 +334,49 @@ pub fn ponder_cli(args: &[&str]) -> (bool, String) {
     )
 }
 
-/// A fresh, empty scratch directory under cargo's target tmp dir, unique to this process.
-pub fn scratch(tag: &str) -> std::path::PathBuf {
+/// A fresh, empty scratch directory under cargo's target tmp dir, unique to this process
+/// and call. It is removed when the guard drops, unless the test is failing (its thread
+/// is panicking): then it stays, and its path is printed, for a look at what was written.
+pub fn scratch(tag: &str) -> Scratch {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{tag}-{}", std::process::id()));
+        .join(format!("{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+/// See [`scratch`]. Derefs to its path.
+pub struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("scratch kept for a look: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Read a GGUF file with llama.cpp's own Python reader (models/reference/check_gguf.py;
