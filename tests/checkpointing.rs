@@ -166,8 +166,7 @@ fn a_checkpointed_forward_records_one_node_per_layer() {
 
 #[test]
 fn dpo_with_gradient_checkpointing_logs_the_plain_run() {
-    let dir = std::env::temp_dir().join(format!("ponder-ckpt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::scratch("ckpt");
     let run = |tag: &str, ckpt: bool| -> PathBuf {
         let (m, d, out) = (
             root().join("qwen2-tied"),
@@ -197,5 +196,4 @@ fn dpo_with_gradient_checkpointing_logs_the_plain_run() {
         assert_eq!(a.len(), 3, "{k}");
         assert_eq!(a, b, "{k}: checkpointed run differs");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -180,8 +180,8 @@ fn generate_chat_renders_the_template_and_streams() {
 #[test]
 fn save_round_trips() {
     let src = fixture("qwen2-bf16");
-    let out = std::env::temp_dir().join(format!("ponder-save-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let scratch = common::scratch("save");
+    let out = scratch.join("out");
     let (ok, _, err) = ponder(&[
         "save",
         "--model",

@@ -441,8 +441,7 @@ fn packed_dpo_and_sft_give_the_padded_losses_and_gradients_on_the_gpu() {
 fn padding_free_and_token_budget_runs_log_the_padded_run() {
     use ponder::train::metrics;
     use ponder::train::trainer::{train, Mode, TrainArgs};
-    let dir = std::env::temp_dir().join(format!("ponder-packing-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::scratch("packing");
     let run = |mode: Mode, tag: &str, extra: &[&str]| -> Vec<Vec<f64>> {
         let (m, out) = (root().join("qwen2-tied"), dir.join(tag));
         let d = root().join(match mode {
@@ -515,5 +514,4 @@ fn padding_free_and_token_budget_runs_log_the_padded_run() {
         &run(Mode::Sft, "sft-padded", &[]),
         &run(Mode::Sft, "sft-packed", &["--packing"]),
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
