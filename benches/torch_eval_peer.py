@@ -46,7 +46,8 @@ def main():
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                qs.append(" ".join(str(row[k]) for k in fields))
+                # each column trimmed, then joined with a space, as ponder joins them
+                qs.append(" ".join(str(row[k]).strip() for k in fields))
     if a.limit:
         qs = qs[: a.limit]
     prompts = [
