@@ -38,7 +38,9 @@ const BC: usize = 128;
 /// tokens packed end to end (SmolLM2-135M, 2 threads), attention took 429-515 ms with
 /// 32 against 605-714 ms with 128 throughout and 596-638 ms with 16.
 const BC_SHORT: usize = 32;
+/// The widest key range of a query block that still takes [`BC_SHORT`] tiles.
 const SHORT_SPAN: usize = 2 * BC;
+const _: () = assert!(BC_SHORT.is_multiple_of(NR) && BC_SHORT <= BC);
 
 /// Backward tasks: one per (batch, kv head), or one per query head when there are fewer
 /// (batch, kv head) pairs than this. Measured on 2 threads: one packed row of SmolLM2's
