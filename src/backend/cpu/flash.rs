@@ -701,6 +701,9 @@ mod tests {
             (1, 8, 8, 1, 1, 4, true, None),
             (2, 33, 33, 4, 2, 8, true, None),
             (1, 129, 129, 3, 1, 24, true, None),
+            // long enough that the later query blocks see over SHORT_SPAN keys and take
+            // BC-wide tiles (the earlier ones take BC_SHORT)
+            (1, 300, 300, 2, 1, 16, true, None),
             (2, 100, 170, 2, 1, 16, true, None), // a cached prefix: S > T
             (1, 50, 77, 2, 2, 40, false, None),
             // left padding on row 0, right padding on row 1, a fully masked row 2
