@@ -11,7 +11,19 @@ fn main() {
     for dev in devices {
         for &t in ts {
             for bwd in [false, true] {
-                match ponder::bench::attention(dev, 1, t, 0, 14, 2, 64, bwd, 1, 3) {
+                let case = ponder::bench::AttentionCase {
+                    b: 1,
+                    t,
+                    past: 0,
+                    nh: 14,
+                    nkv: 2,
+                    hd: 64,
+                    backward: bwd,
+                    caches: 1,
+                    shared: 0,
+                    group: 1,
+                };
+                match ponder::bench::attention(dev, &case, 1, 3) {
                     Ok(r) => println!("{r}"),
                     Err(e) => println!("attention T{t} on {dev}: {e}"),
                 }

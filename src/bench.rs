@@ -235,23 +235,38 @@ pub fn matmul(
     })
 }
 
-/// Causal attention forward (and backward when asked) at B x T with NH/NKV heads of HD,
-/// the T queries coming after `past` cached positions (decoding: T = 1 over a cache).
-/// FLOPs count the useful work: forward 4*B*NH*HD*(T*past + T*T/2) (QK^T and PV under a
-/// causal mask), backward 2.5x that (five products).
-#[allow(clippy::too_many_arguments)]
+/// What `bench attention` times: causal attention at B x T with NH/NKV heads of HD, the
+/// T queries coming after `past` cached positions (decoding: T = 1 over a cache).
+#[derive(Clone, Debug)]
+pub struct AttentionCase {
+    pub b: usize,
+    pub t: usize,
+    pub past: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    /// Time the backward pass instead of the forward.
+    pub backward: bool,
+    /// Independent key/value sets, one per call in turn (as a model's layers are), so
+    /// that more than the last level cache holds comes from memory.
+    pub caches: usize,
+    /// Decoding as the sampling engine runs it: rows in groups of `group` (the samples of
+    /// one prompt) hold their first `shared` positions alike and say so
+    /// ([`AttnOpts::kv_shared`]).
+    pub shared: usize,
+    pub group: usize,
+}
+
+/// Times an [`AttentionCase`]. FLOPs count the useful work: forward
+/// 4*B*NH*HD*(T*past + T*T/2) (QK^T and PV under a causal mask), backward 2.5x that
+/// (five products).
 pub fn attention(
     dev: Device,
-    b: usize,
-    t: usize,
-    past: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
-    backward: bool,
+    c: &AttentionCase,
     warmup: usize,
     reps: usize,
 ) -> Result<BenchResult> {
+    let (b, t, past, nh, nkv, hd) = (c.b, c.t, c.past, c.nh, c.nkv, c.hd);
     let rows = b as u128 * t as u128 * hd as u128;
     let s = t.checked_add(past).ok_or_else(|| {
         crate::Error::invalid(
@@ -269,9 +284,13 @@ pub fn attention(
             ("kv-heads", nkv),
             ("head-dim", hd),
             ("reps", reps),
+            ("caches", c.caches),
+            ("group", c.group),
         ],
-        // q, out, dq, dout and k, v, dk, dv (k, v, dk, dv over past + t positions)
-        4 * rows * 4 * nh as u128 + 4 * (b as u128 * s as u128 * hd as u128) * 4 * nkv as u128,
+        // q, out, dq, dout and k, v, dk, dv (k, v, dk, dv over past + t positions), the
+        // keys and values once per cache
+        4 * rows * 4 * nh as u128
+            + 4 * (b as u128 * s as u128 * hd as u128) * 4 * nkv as u128 * c.caches as u128,
     )?;
     if !nh.is_multiple_of(nkv) {
         return Err(crate::Error::invalid(
@@ -279,20 +298,53 @@ pub fn attention(
             format!("--heads {nh} is not a multiple of --kv-heads {nkv}"),
         ));
     }
+    if c.shared > 0 && (t != 1 || c.backward || c.shared > past) {
+        return Err(crate::Error::invalid(
+            "bench attention",
+            format!(
+                "--shared {} is for decoding: it needs --t 1, no --backward, and at most \
+                 --past {past} positions",
+                c.shared
+            ),
+        ));
+    }
     let q = Tensor::randn(&[b, t, nh, hd], 1.0, 1, dev)?;
-    let k = Tensor::randn(&[b, s, nkv, hd], 1.0, 2, dev)?;
-    let v = Tensor::randn(&[b, s, nkv, hd], 1.0, 3, dev)?;
+    // every row of a group holds its leader's first `shared` positions
+    let kv = |seed: u64| -> Result<Tensor> {
+        let w = s * nkv * hd;
+        let mut x = crate::util::randn_vec(b * w, 1.0, seed);
+        for r in (0..b).filter(|r| r % c.group != 0) {
+            let lead = r / c.group * c.group;
+            x.copy_within(lead * w..lead * w + c.shared * nkv * hd, r * w);
+        }
+        Tensor::from_vec(x, &[b, s, nkv, hd], dev)
+    };
+    let sets: Vec<(Tensor, Tensor)> = (0..c.caches as u64)
+        .map(|i| Ok((kv(2 + 2 * i)?, kv(3 + 2 * i)?)))
+        .collect::<Result<_>>()?;
     let opts = AttnOpts {
         causal: true,
+        kv_shared: (c.shared > 0).then(|| {
+            (0..b)
+                .flat_map(|r| [(r / c.group * c.group) as u32, 0, c.shared as u32])
+                .collect()
+        }),
         ..Default::default()
     };
     let fwd = 4.0 * (b * nh) as f64 * hd as f64 * (t as f64 * past as f64 + (t * t) as f64 / 2.0);
-    let over = if past > 0 {
+    let mut over = if past > 0 {
         format!(" past {past}")
     } else {
         String::new()
     };
-    if !backward {
+    if c.shared > 0 {
+        over += &format!(" ({} shared by {})", c.shared, c.group);
+    }
+    if c.caches > 1 {
+        over += &format!(" over {} caches", c.caches);
+    }
+    let mut turn = 0;
+    if !c.backward {
         return time(
             &format!("attention fwd B{b} T{t}{over} NH{nh} NKV{nkv} HD{hd}"),
             dev,
@@ -300,14 +352,23 @@ pub fn attention(
             warmup,
             reps,
             || {
-                Tensor::attention(&q, &k, &v, &opts)?;
+                let (k, v) = &sets[turn % sets.len()];
+                turn += 1;
+                Tensor::attention(&q, k, v, &opts)?;
                 Ok(())
             },
         );
     }
-    let (q, k, v) = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_());
+    let q = q.requires_grad_();
     let g = Tensor::randn(&[b, t, nh, hd], 1.0, 4, dev)?;
-    let y = Tensor::attention(&q, &k, &v, &opts)?;
+    let sets: Vec<_> = sets
+        .into_iter()
+        .map(|(k, v)| {
+            let (k, v) = (k.requires_grad_(), v.requires_grad_());
+            let y = Tensor::attention(&q, &k, &v, &opts)?;
+            Ok((k, v, y))
+        })
+        .collect::<Result<_>>()?;
     time(
         &format!("attention bwd B{b} T{t}{over} NH{nh} NKV{nkv} HD{hd}"),
         dev,
@@ -315,8 +376,10 @@ pub fn attention(
         warmup,
         reps,
         || {
+            let (k, v, y) = &sets[turn % sets.len()];
+            turn += 1;
             y.backward_with(g.clone())?;
-            for p in [&q, &k, &v] {
+            for p in [&q, k, v] {
                 p.zero_grad();
             }
             Ok(())

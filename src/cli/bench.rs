@@ -65,6 +65,17 @@ pub(crate) enum BenchCmd {
         /// Time the backward pass instead of the forward.
         #[arg(long)]
         backward: bool,
+        /// Cycle through this many independent key/value sets, one per call (as a model's
+        /// layers do), so that caches larger than the last level cache come from memory.
+        #[arg(long, default_value_t = 1)]
+        caches: usize,
+        /// Decoding as the sampling engine runs it: rows in groups of --group (the samples
+        /// of one prompt) hold their first --shared cached positions alike, and the
+        /// attention is told so (needs --t 1).
+        #[arg(long, default_value_t = 0)]
+        shared: usize,
+        #[arg(long, default_value_t = 4)]
+        group: usize,
         #[arg(long, default_value_t = 5)]
         reps: usize,
         #[arg(long, default_value_t = 1)]
@@ -246,18 +257,26 @@ pub(crate) fn bench_cmd(what: BenchCmd) -> Result<bool> {
             kv_heads,
             head_dim,
             backward,
+            caches,
+            shared,
+            group,
             reps,
             warmup,
             ..
         } => ponder::bench::attention(
             Device::parse(&d)?,
-            b,
-            t,
-            past,
-            heads,
-            kv_heads,
-            head_dim,
-            backward,
+            &ponder::bench::AttentionCase {
+                b,
+                t,
+                past,
+                nh: heads,
+                nkv: kv_heads,
+                hd: head_dim,
+                backward,
+                caches,
+                shared,
+                group,
+            },
             warmup,
             reps,
         )?,
