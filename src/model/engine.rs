@@ -18,8 +18,9 @@
 //! - The samples of one prompt hold its positions alike, each in its own slot. Every
 //!   step names, for each row, the first live row of its prompt and the prompt's columns
 //!   there ([`Forward::kv_shared`]); the CPU's decoding attention then reads those
-//!   positions from that one slot for all the prompt's rows (once from memory, then from
-//!   the core's cache), with the same results. The GPU reads each row's own copy.
+//!   positions from that one slot for all the prompt's rows, block by block for all of
+//!   them at once (each block from memory once), with the same results. The GPU reads
+//!   each row's own copy.
 //! - Slot per row was chosen over a paged cache: the pool's rows all advance together, so
 //!   one shared write column and contiguous per-row key ranges reuse the attention kernels
 //!   unchanged (CPU and WGSL, forward only), and what the design costs, the moves, was

@@ -97,6 +97,19 @@ fn prefetch<const L2: bool>(x: &[f32], at: usize, n: usize) {
     }
 }
 
+/// Before the eight keys from `i` meet the queries: the keys [`AHEAD`] further on into L2,
+/// and these keys' values, which this pass does not touch, so that the pass over the
+/// values finds them there.
+#[inline(always)]
+fn prefetch_keys(k: &[f32], v: &[f32], ko: &[usize], vo: &[usize], i: usize, kvw: usize) {
+    for ii in i..i + 8 {
+        if let Some(&o) = ko.get(ii + AHEAD) {
+            prefetch::<true>(k, o, kvw);
+        }
+        prefetch::<true>(v, vo[ii], kvw);
+    }
+}
+
 /// `y += a * x`.
 #[inline(always)]
 fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
@@ -111,49 +124,39 @@ fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
 /// positions hold the same values in every slot). See [`attention_decode_shared`].
 type Prefix = (usize, usize, usize);
 
-/// One batch row and the query heads of kv heads `kv`: out `(T, heads, HD)` and lse
-/// `(heads, T)`. Each cached position's keys (then values) of those kv heads are read
-/// together: with all of them, the row's cache is one sequential stream rather than NKV
-/// strided ones. With a [`Prefix`] (a single query), the first positions are read from
-/// the row it names instead: the same values, so the same results.
-#[inline(always)]
-fn task<const FMA: bool>(
-    d: &AttnDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    ranges: Option<&[u32]>,
-    (bi, kv): (usize, std::ops::Range<usize>),
-    prefix: Option<Prefix>,
-) -> (Vec<f32>, Vec<f32>) {
-    let (hd, group) = (d.hd, d.nh / d.nkv);
-    // query heads h0.. of this task, and their offset in the row's cache rows
-    let (h0, nh) = (kv.start * group, kv.len() * group);
-    let scale = d.scale as f32;
-    let mut out = vec![0.0f32; d.t * nh * hd];
-    let mut lse = vec![0.0f32; nh * d.t];
-    let mut s = vec![0.0f32; nh * d.s];
-    let mut w = vec![0.0f32; d.s];
-    let mut inv = vec![0.0f32; nh];
-    let kvw = kv.len() * hd;
-    let (mut ko, mut vo) = (Vec::with_capacity(d.s), Vec::with_capacity(d.s));
-    for t in 0..d.t {
-        let (lo, hi) = attn_key_range(d, ranges, bi, t);
-        if lo == hi {
-            for h in 0..nh {
-                lse[h * d.t + t] = LSE_MASKED;
-            }
-            continue;
-        }
-        let n = hi - lo;
-        // keys lo..split come from the prefix's row (at its start), the rest from this row
-        let (src, split) = match prefix {
-            Some((row, start, len)) if d.t == 1 => ((row, start), lo + len.min(n)),
-            _ => ((bi, lo), lo),
-        };
+/// What one task computes: batch rows that run one after another (all naming one
+/// [`Prefix`], or none), and the kv heads it takes of each.
+type Unit<'a> = (&'a [usize], std::ops::Range<usize>, Option<Prefix>);
+
+/// Where one row's keys are for the query at hand: `n` keys from position `lo`, the first
+/// `pre` of them read from the prefix's row; the offsets of each key in k and in v.
+struct Span {
+    lo: usize,
+    n: usize,
+    pre: usize,
+    ko: Vec<usize>,
+    vo: Vec<usize>,
+}
+
+impl Span {
+    /// Row `bi`'s keys `[lo, hi)` with their first `len` (at most) at `src = (row, start)`;
+    /// panics unless every key's kv heads lie inside k and v.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        d: &AttnDims,
+        (k, v): (usize, usize),
+        bi: usize,
+        (lo, hi): (usize, usize),
+        (src, len): ((usize, usize), usize),
+        kv0: usize,
+        kvw: usize,
+    ) {
+        let split = lo + len.min(hi - lo);
+        (self.lo, self.n, self.pre) = (lo, hi - lo, split - lo);
         // where key i (position lo + i) starts, in k and in v: computed once, so the
         // passes below only index
-        let offsets = |dst: &mut Vec<usize>, str: (usize, usize, usize), len: usize| {
+        for (dst, str, total) in [(&mut self.ko, d.k_str, k), (&mut self.vo, d.v_str, v)] {
             dst.clear();
             dst.extend((lo..hi).map(|j| {
                 let (row, j) = if j < split {
@@ -161,97 +164,251 @@ fn task<const FMA: bool>(
                 } else {
                     (bi, j)
                 };
-                str.2 + row * str.0 + j * str.1 + kv.start * hd
+                str.2 + row * str.0 + j * str.1 + kv0 * d.hd
             }));
             // every later read is inside [offset, offset + kvw)
             assert!(
-                dst.iter().all(|&o| o + kvw <= len),
+                dst.iter().all(|&o| o + kvw <= total),
                 "attention: cache too short"
             );
-        };
-        offsets(&mut ko, d.k_str, k.len());
-        offsets(&mut vo, d.v_str, v.len());
-        let qo = |h: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (h0 + h) * hd;
-        let mut i = 0;
-        #[cfg(target_arch = "x86_64")]
-        if FMA && hd.is_multiple_of(8) {
-            // eight keys at a time: their eight dots end in one vector tree
-            while i + 8 <= n {
-                for ii in i..i + 8 {
-                    // keys ahead into L2, and the values this pass does not touch, so
-                    // that the pass over them finds them there
-                    if let Some(&o) = ko.get(ii + AHEAD) {
-                        prefetch::<true>(k, o, kvw);
-                    }
-                    prefetch::<true>(v, vo[ii], kvw);
-                }
+        }
+    }
+}
+
+/// Batch rows `rows` (one after another) and the query heads of kv heads `kv`: per row,
+/// out `(T, heads, HD)` and lse `(heads, T)`. Each cached position's keys (then values) of
+/// those kv heads are read together: with all of them, the row's cache is one sequential
+/// stream rather than NKV strided ones. With a [`Prefix`] (a single query; all `rows`
+/// name it), the first positions are read from the row it names instead, and on the AVX2
+/// path the positions that every row reads there go through the cache once for all of
+/// them: each block of keys (then of values) meets every row's queries while it is in L1.
+/// Every row's sums are the same, in the same order, as when it runs alone.
+/// [`task`]'s buffers, kept per thread from call to call: per row of the unit, its
+/// results (`out` then `lse`, as [`task`] says), its scores and its keys' offsets.
+#[derive(Default)]
+struct Scratch {
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    s: Vec<f32>,
+    w: Vec<f32>,
+    inv: Vec<f32>,
+    spans: Vec<Span>,
+    live: Vec<usize>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+#[inline(always)]
+fn task<const FMA: bool>(
+    d: &AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ranges: Option<&[u32]>,
+    (rows, kv, prefix): Unit,
+    x: &mut Scratch,
+) {
+    let (hd, group) = (d.hd, d.nh / d.nkv);
+    // query heads h0.. of this task, and their offset in the row's cache rows
+    let (h0, nh) = (kv.start * group, kv.len() * group);
+    let scale = d.scale as f32;
+    let kvw = kv.len() * hd;
+    // row r's out at out[r * ow..] and lse at lse[r * lw..]; the sums over the values
+    // start from zero
+    let (ow, lw) = (d.t * nh * hd, nh * d.t);
+    let Scratch {
+        out,
+        lse,
+        s,
+        w,
+        inv,
+        spans,
+        live,
+    } = x;
+    out.clear();
+    out.resize(rows.len() * ow, 0.0);
+    lse.clear();
+    lse.resize(rows.len() * lw, 0.0);
+    // row r's scores of head h at s[(r * nh + h) * d.s..] (each written before it is
+    // read); row r's 1 / l of head h at inv[r * nh + h], for the scalar pass over the
+    // values
+    s.resize(rows.len() * nh * d.s, 0.0);
+    w.resize(d.s, 0.0);
+    inv.resize(rows.len() * nh, 0.0);
+    while spans.len() < rows.len() {
+        spans.push(Span {
+            lo: 0,
+            n: 0,
+            pre: 0,
+            ko: Vec::new(),
+            vo: Vec::new(),
+        });
+    }
+    // the AVX2 pass over the values (else the scalar one)
+    #[cfg(target_arch = "x86_64")]
+    let simd = FMA && hd.is_multiple_of(avx2::PIECE);
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    for t in 0..d.t {
+        let qo = |bi: usize, h: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (h0 + h) * hd;
+        for (r, &bi) in rows.iter().enumerate() {
+            let (lo, hi) = attn_key_range(d, ranges, bi, t);
+            if lo == hi {
                 for h in 0..nh {
-                    let g = (h / group) * hd;
-                    // SAFETY: every offset + kvw is within k (asserted above), and g + hd
-                    // <= kvw.
-                    let keys: [*const f32; 8] =
-                        std::array::from_fn(|r| unsafe { k.as_ptr().add(ko[i + r] + g) });
-                    let dst = &mut s[h * d.s + i..h * d.s + i + 8];
-                    // SAFETY: FMA is set only inside task_avx2, which runs where
-                    // has_avx2() saw AVX2 and FMA; the keys hold hd floats each.
-                    unsafe { avx2::dots8(&q[qo(h)..qo(h) + hd], keys, scale, dst) };
+                    lse[r * lw + h * d.t + t] = LSE_MASKED;
+                }
+                spans[r].n = 0;
+                continue;
+            }
+            // keys lo..lo + len come from the prefix's row (at its start), the rest from
+            // this row
+            let src = match prefix {
+                Some((row, start, len)) if d.t == 1 => ((row, start), len),
+                _ => ((bi, lo), 0),
+            };
+            spans[r].fill(d, (k.len(), v.len()), bi, (lo, hi), src, kv.start, kvw);
+        }
+        live.clear();
+        live.extend((0..rows.len()).filter(|&r| spans[r].n > 0));
+        // the first `common` keys of every live row are the same positions of one row
+        let common = match (prefix, live.len()) {
+            (Some(_), 2..) if simd && d.t == 1 => {
+                live.iter().map(|&r| spans[r].pre).min().unwrap_or(0)
+            }
+            _ => 0,
+        };
+        // the scores: blocks of eight shared keys for every row, then each row's own
+        let mut from = 0;
+        #[cfg(target_arch = "x86_64")]
+        if common >= 8 {
+            let ko = &spans[live[0]].ko;
+            let mut i = 0;
+            while i + 8 <= common {
+                prefetch_keys(k, v, ko, &spans[live[0]].vo, i, kvw);
+                for &r in live.iter() {
+                    let bi = rows[r];
+                    for h in 0..nh {
+                        let g = (h / group) * hd;
+                        // SAFETY: every offset + kvw is within k (Span::fill asserts it),
+                        // and g + hd <= kvw.
+                        let keys: [*const f32; 8] =
+                            std::array::from_fn(|j| unsafe { k.as_ptr().add(ko[i + j] + g) });
+                        let at = (r * nh + h) * d.s + i;
+                        // SAFETY: `common > 0` only where `simd`, so FMA is set, which
+                        // happens only inside task_avx2, where has_avx2() saw AVX2 and FMA;
+                        // the keys hold hd floats each.
+                        unsafe {
+                            avx2::dots8(
+                                &q[qo(bi, h)..qo(bi, h) + hd],
+                                keys,
+                                scale,
+                                &mut s[at..at + 8],
+                            )
+                        };
+                    }
                 }
                 i += 8;
             }
+            from = i;
         }
-        for i in i..n {
-            prefetch::<false>(k, ko.get(i + AHEAD).copied().unwrap_or(k.len()), kvw);
-            for h in 0..nh {
-                let kh = ko[i] + (h / group) * hd;
-                s[h * d.s + i] = dot::<FMA>(&q[qo(h)..qo(h) + hd], &k[kh..kh + hd]) * scale;
-            }
-        }
-        for h in 0..nh {
-            let sh = &mut s[h * d.s..h * d.s + n];
-            let m = vmath::max(sh);
-            let l = vmath::exp_weights(sh, m, 1.0, Some(&mut w[..n]));
-            sh.copy_from_slice(&w[..n]);
-            lse[h * d.t + t] = (m as f64 + l.ln()) as f32;
-            inv[h] = (1.0 / l) as f32;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if FMA && hd.is_multiple_of(avx2::PIECE) {
-            // the weights p_j = e_j / l first (the same product the loop below forms)
-            for h in 0..nh {
-                for x in &mut s[h * d.s..h * d.s + n] {
-                    *x *= inv[h];
+        for &r in live.iter() {
+            let (bi, sp) = (rows[r], &spans[r]);
+            let sr = &mut s[r * nh * d.s..(r + 1) * nh * d.s];
+            let mut i = from;
+            #[cfg(target_arch = "x86_64")]
+            if FMA && hd.is_multiple_of(8) {
+                // eight keys at a time: their eight dots end in one vector tree
+                while i + 8 <= sp.n {
+                    prefetch_keys(k, v, &sp.ko, &sp.vo, i, kvw);
+                    for h in 0..nh {
+                        let g = (h / group) * hd;
+                        // SAFETY: as above (every offset + kvw is within k).
+                        let keys: [*const f32; 8] =
+                            std::array::from_fn(|j| unsafe { k.as_ptr().add(sp.ko[i + j] + g) });
+                        let dst = &mut sr[h * d.s + i..h * d.s + i + 8];
+                        // SAFETY: FMA is set only inside task_avx2, which runs where
+                        // has_avx2() saw AVX2 and FMA; the keys hold hd floats each.
+                        unsafe { avx2::dots8(&q[qo(bi, h)..qo(bi, h) + hd], keys, scale, dst) };
+                    }
+                    i += 8;
                 }
             }
-            let o = &mut out[t * nh * hd..(t + 1) * nh * hd];
-            // blocks of consecutive rows of one source: the prefix's, then this row's
-            let blocks = (0..split - lo)
-                .step_by(PV_BLOCK)
-                .map(|ib| (ib, (ib + PV_BLOCK).min(split - lo)))
-                .chain(
-                    (split - lo..n)
-                        .step_by(PV_BLOCK)
-                        .map(|ib| (ib, (ib + PV_BLOCK).min(n))),
-                );
-            for (ib, ie) in blocks {
-                let vb = &v[vo[ib]..vo[ie - 1] + kvw];
-                // SAFETY: as above (FMA only inside task_avx2).
-                unsafe { avx2::pv_block(ie - ib, vb, d.v_str.1, hd, group, &s[ib..], d.s, o) };
+            for i in i..sp.n {
+                prefetch::<false>(k, sp.ko.get(i + AHEAD).copied().unwrap_or(k.len()), kvw);
+                for h in 0..nh {
+                    let kh = sp.ko[i] + (h / group) * hd;
+                    sr[h * d.s + i] =
+                        dot::<FMA>(&q[qo(bi, h)..qo(bi, h) + hd], &k[kh..kh + hd]) * scale;
+                }
+            }
+            // the softmax; on the AVX2 path the weights p_j = e_j / l in place (the same
+            // product the scalar loop below forms)
+            for h in 0..nh {
+                let sh = &mut sr[h * d.s..h * d.s + sp.n];
+                let m = vmath::max(sh);
+                let l = vmath::exp_weights(sh, m, 1.0, Some(&mut w[..sp.n]));
+                lse[r * lw + h * d.t + t] = (m as f64 + l.ln()) as f32;
+                inv[r * nh + h] = (1.0 / l) as f32;
+                if simd {
+                    for (x, &e) in sh.iter_mut().zip(&w[..sp.n]) {
+                        *x = e * inv[r * nh + h];
+                    }
+                } else {
+                    sh.copy_from_slice(&w[..sp.n]);
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // blocks of consecutive rows of one source: the prefix's (those every row
+            // shares first, block by block for all rows), then each row's. Each block's
+            // products are added in row order onto the sums so far, so where the blocks
+            // are cut does not change the sums.
+            let blocks = |a: usize, b: usize| {
+                (a..b)
+                    .step_by(PV_BLOCK)
+                    .map(move |ib| (ib, (ib + PV_BLOCK).min(b)))
+            };
+            let vo0 = &spans[live.first().copied().unwrap_or(0)].vo;
+            for (ib, ie) in blocks(0, common) {
+                let vb = &v[vo0[ib]..vo0[ie - 1] + kvw];
+                for &r in live.iter() {
+                    let o = &mut out[r * ow + t * nh * hd..r * ow + (t + 1) * nh * hd];
+                    let sr = &s[r * nh * d.s + ib..];
+                    // SAFETY: as above (FMA only inside task_avx2).
+                    unsafe { avx2::pv_block(ie - ib, vb, d.v_str.1, hd, group, sr, d.s, o) };
+                }
+            }
+            for &r in live.iter() {
+                let sp = &spans[r];
+                let o = &mut out[r * ow + t * nh * hd..r * ow + (t + 1) * nh * hd];
+                for (ib, ie) in blocks(common, sp.pre).chain(blocks(sp.pre, sp.n)) {
+                    let vb = &v[sp.vo[ib]..sp.vo[ie - 1] + kvw];
+                    let sr = &s[r * nh * d.s + ib..];
+                    // SAFETY: as above (FMA only inside task_avx2).
+                    unsafe { avx2::pv_block(ie - ib, vb, d.v_str.1, hd, group, sr, d.s, o) };
+                }
             }
             continue;
         }
-        for (i, &vo) in vo.iter().enumerate() {
-            prefetch::<false>(v, vo.saturating_add(AHEAD * d.v_str.1), kvw);
-            for h in 0..nh {
-                let (o, vh) = ((t * nh + h) * hd, vo + (h / group) * hd);
-                axpy::<FMA>(
-                    &mut out[o..o + hd],
-                    s[h * d.s + i] * inv[h],
-                    &v[vh..vh + hd],
-                );
+        for &r in live.iter() {
+            let sp = &spans[r];
+            let sr = &s[r * nh * d.s..(r + 1) * nh * d.s];
+            for (i, &vo) in sp.vo.iter().enumerate() {
+                prefetch::<false>(v, vo.saturating_add(AHEAD * d.v_str.1), kvw);
+                for h in 0..nh {
+                    let (o, vh) = ((t * nh + h) * hd, vo + (h / group) * hd);
+                    axpy::<FMA>(
+                        &mut out[r * ow + o..r * ow + o + hd],
+                        sr[h * d.s + i] * inv[r * nh + h],
+                        &v[vh..vh + hd],
+                    );
+                }
             }
         }
     }
-    (out, lse)
 }
 
 /// Keys per block of the AVX2 pass over the values: 32 cached rows of three kv heads are
@@ -426,10 +583,10 @@ unsafe fn task_avx2(
     k: &[f32],
     v: &[f32],
     ranges: Option<&[u32]>,
-    unit: (usize, std::ops::Range<usize>),
-    prefix: Option<Prefix>,
-) -> (Vec<f32>, Vec<f32>) {
-    task::<true>(d, q, k, v, ranges, unit, prefix)
+    unit: Unit,
+    x: &mut Scratch,
+) {
+    task::<true>(d, q, k, v, ranges, unit, x)
 }
 
 /// Attention forward for decoding shapes; returns out `(B, T, NH, HD)` and lse `(B, NH, T)`.
@@ -464,9 +621,10 @@ pub fn attention_decode_shared(
     // a task per row (all kv heads: one stream) when rows keep every thread busy, else
     // per (row, kv head)
     let per_row = d.b >= 4 * rayon::current_num_threads();
-    // units: rows that run one after another, each with all kv heads or one
-    type Unit = (Vec<(usize, Option<Prefix>)>, std::ops::Range<usize>);
-    let units: Vec<Unit> = match shared {
+    // units: rows that run one after another (naming one prefix, or none), each with all
+    // kv heads or one
+    type OwnedUnit = (Vec<usize>, Option<Prefix>, std::ops::Range<usize>);
+    let units: Vec<OwnedUnit> = match shared {
         Some(sh) if per_row && d.t == 1 && sh.len() == 3 * d.b => {
             let mut groups: Vec<(Prefix, Vec<usize>)> = Vec::new();
             for bi in 0..d.b {
@@ -488,15 +646,12 @@ pub fn attention_decode_shared(
             }
             groups
                 .into_iter()
-                .map(|(p, rows)| {
-                    let prefix = (p.2 > 0).then_some(p);
-                    (rows.into_iter().map(|bi| (bi, prefix)).collect(), 0..d.nkv)
-                })
+                .map(|(p, rows)| (rows, (p.2 > 0).then_some(p), 0..d.nkv))
                 .collect()
         }
-        _ if per_row => (0..d.b).map(|bi| (vec![(bi, None)], 0..d.nkv)).collect(),
+        _ if per_row => (0..d.b).map(|bi| (vec![bi], None, 0..d.nkv)).collect(),
         _ => (0..d.b * d.nkv)
-            .map(|u| (vec![(u / d.nkv, None)], u % d.nkv..u % d.nkv + 1))
+            .map(|u| (vec![u / d.nkv], None, u % d.nkv..u % d.nkv + 1))
             .collect(),
     };
     // the longest units first, so that the last ones claimed are short and the threads
@@ -512,12 +667,7 @@ pub fn attention_decode_shared(
     let mut order: Vec<(usize, usize)> = units
         .iter()
         .enumerate()
-        .map(|(u, (rows, kv))| {
-            (
-                rows.iter().map(|&(bi, _)| keys(bi)).sum::<usize>() * kv.len(),
-                u,
-            )
-        })
+        .map(|(u, (rows, _, kv))| (rows.iter().map(|&bi| keys(bi)).sum::<usize>() * kv.len(), u))
         .collect();
     order.sort_by_key(|&(cost, u)| (std::cmp::Reverse(cost), u));
     let (hd, group) = (d.hd, d.nh / d.nkv);
@@ -545,27 +695,36 @@ pub fn attention_decode_shared(
         }
     };
     super::threads::par_for(order.len(), |o| {
-        let (rows, kv) = &units[order[o].1];
+        let (rows, prefix, kv) = &units[order[o].1];
         let (h0, nh) = (kv.start * group, kv.len() * group);
-        for &(bi, prefix) in rows {
+        let unit = (&rows[..], kv.clone(), *prefix);
+        SCRATCH.with_borrow_mut(|x| {
             #[cfg(target_arch = "x86_64")]
-            let (o, l) = if simd {
+            if simd {
                 // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
-                unsafe { task_avx2(d, q, k, v, ranges, (bi, kv.clone()), prefix) }
+                unsafe { task_avx2(d, q, k, v, ranges, unit, x) }
             } else {
-                task::<false>(d, q, k, v, ranges, (bi, kv.clone()), prefix)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let (o, l) = {
-                let _ = simd;
-                task::<false>(d, q, k, v, ranges, (bi, kv.clone()), prefix)
-            };
-            for t in 0..d.t {
-                let oo = ((bi * d.t + t) * d.nh + h0) * hd;
-                put(&out_w, out_len, oo, &o[t * nh * hd..(t + 1) * nh * hd]);
+                task::<false>(d, q, k, v, ranges, unit, x)
             }
-            put(&lse_w, lse_len, (bi * d.nh + h0) * d.t, &l);
-        }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = simd;
+                task::<false>(d, q, k, v, ranges, unit, x)
+            }
+            let (ow, lw) = (d.t * nh * hd, nh * d.t);
+            for (r, &bi) in rows.iter().enumerate() {
+                for t in 0..d.t {
+                    let (oo, from) = (((bi * d.t + t) * d.nh + h0) * hd, r * ow + t * nh * hd);
+                    put(&out_w, out_len, oo, &x.out[from..from + nh * hd]);
+                }
+                put(
+                    &lse_w,
+                    lse_len,
+                    (bi * d.nh + h0) * d.t,
+                    &x.lse[r * lw..(r + 1) * lw],
+                );
+            }
+        });
     });
     // SAFETY: written in full above (every row's heads of every kv head, every query).
     unsafe {
@@ -650,7 +809,7 @@ mod tests {
     #[test]
     fn rows_sharing_positions_read_the_named_row() {
         let threads = rayon::current_num_threads().max(1);
-        let (b, s, nh, nkv, hd) = (8 * threads, 40, 9, 3, 64);
+        let (b, s, nh, nkv, hd) = (8 * threads, 80, 9, 3, 64);
         let cap = s + 5;
         let d = AttnDims {
             b,
@@ -668,15 +827,18 @@ mod tests {
         let q = crate::util::randn_vec(b * nh * hd, 1.5, 71);
         let mut k = crate::util::randn_vec(b * cap * nkv * hd, 1.5, 72);
         let mut v = crate::util::randn_vec(b * cap * nkv * hd, 1.0, 73);
-        // groups of 4 rows; row r's keys start at r % 3, its first 9 positions copy the
-        // group's first row's (9: a block of 8 and one more)
-        let (len, kvw) = (9, nkv * hd);
+        // groups of 4 rows; row r's keys start at r % 3, its first 41 positions copy the
+        // group's first row's (41: five blocks of 8 keys and one more, a block of 32
+        // values and 9 more). Row 9 sees only 35 of them, so its group shares 35, and
+        // the other rows read the last 6 on their own.
+        let (len, kvw) = (41, nkv * hd);
         let lo = |r: usize| r % 3;
         let pos = |r: usize, j: usize| (r * cap + j) * kvw;
         let mut ranges = Vec::new();
         let mut shared = Vec::new();
         for r in 0..b {
-            ranges.extend([lo(r) as u32, s as u32]);
+            let hi = if r == 9 { lo(r) + 35 } else { s };
+            ranges.extend([lo(r) as u32, hi as u32]);
             let lead = r / 4 * 4;
             for j in 0..len {
                 let (from, to) = (pos(lead, lo(lead) + j), pos(r, lo(r) + j));
@@ -687,7 +849,7 @@ mod tests {
         }
         // two rows name no usable row: one out of the batch, one past the cache
         shared[3 * 5..3 * 5 + 3].copy_from_slice(&[b as u32, 0, 3]);
-        shared[3 * 6..3 * 6 + 3].copy_from_slice(&[4, 30, 20]);
+        shared[3 * 6..3 * 6 + 3].copy_from_slice(&[4, 70, 20]);
         let (o, l) = attention_decode(&d, &q, &k, &v, Some(&ranges));
         let (mut kp, mut vp) = (k.clone(), v.clone());
         for r in (0..b).filter(|r| r % 4 != 0 && *r != 5 && *r != 6) {
