@@ -127,6 +127,13 @@ pub fn has_avx2() -> bool {
     super::microkernel::Kernel::detect().is_avx2()
 }
 
+/// Whether AVX-512 is there and not turned off (`PONDER_CPU_NO_AVX512`): the loops below
+/// then compile to 16 lanes and 32 registers, where the 8-lane code spills its
+/// constants. The same operations per element in the same order, so the same bits.
+pub fn has_avx512() -> bool {
+    super::microkernel::Kernel::detect().has_wide()
+}
+
 /// Largest element (-inf for an empty slice; NaNs are skipped, as f32::max does).
 pub fn max(x: &[f32]) -> f32 {
     #[inline(always)]
@@ -137,6 +144,16 @@ pub fn max(x: &[f32]) -> f32 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2(x: &[f32]) -> f32 {
         body(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512(x: &[f32]) -> f32 {
+        body(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: has_avx512() saw AVX-512F (and AVX2 and FMA) on this CPU.
+        return unsafe { avx512(x) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -215,6 +232,16 @@ pub fn exp_weights(x: &[f32], sub: f32, mul: f32, out: Option<&mut [f32]>) -> f6
         body(x, sub, mul, out)
     }
     #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512(x: &[f32], sub: f32, mul: f32, out: Option<&mut [f32]>) -> f64 {
+        body(x, sub, mul, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: has_avx512() saw AVX-512F (and AVX2 and FMA) on this CPU.
+        return unsafe { avx512(x, sub, mul, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
         return unsafe { avx2(x, sub, mul, out) };
@@ -251,6 +278,16 @@ pub fn exp_weights_pair(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64,
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64, f64) {
         body(x, sub, mul, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn avx512(x: &[f32], sub: f32, mul: f32, out: &mut [f32]) -> (f64, f64) {
+        body(x, sub, mul, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: has_avx512() saw AVX-512F (and AVX2 and FMA) on this CPU.
+        return unsafe { avx512(x, sub, mul, out) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -352,6 +389,16 @@ mod tests {
                 "n {n}"
             );
             assert!(pair
+                .iter()
+                .zip(&out)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            // whichever vector width ran above (16 lanes with AVX-512, 8 with AVX2), the
+            // weights and the sum are the bits of the plain scalar steps
+            let plain: Vec<f32> = x.iter().map(|&v| exp((v - m) * 0.5)).collect();
+            let mut acc = [0.0f64; 4];
+            add_lanes(&mut acc, &plain);
+            assert_eq!(s.to_bits(), lanes_total(acc).to_bits(), "n {n}");
+            assert!(plain
                 .iter()
                 .zip(&out)
                 .all(|(a, b)| a.to_bits() == b.to_bits()));
