@@ -110,6 +110,36 @@ fn prefetch_keys(k: &[f32], v: &[f32], ko: &[usize], vo: &[usize], i: usize, kvw
     }
 }
 
+/// While keys `[i, i + 8)` of `[from, to)` meet the queries: the matching share of the
+/// keys (and values) of `nx` from `nfrom` on into L2, so that what runs next finds its
+/// cache there rather than in memory; the last block of eight asks for the rest. Spread
+/// so, the next row's bytes come in while this row computes.
+#[inline(always)]
+fn prefetch_share(
+    k: &[f32],
+    v: &[f32],
+    nx: &Span,
+    nfrom: usize,
+    (from, to): (usize, usize),
+    i: usize,
+    kvw: usize,
+) {
+    let (len, nlen) = (to.saturating_sub(from), nx.n.saturating_sub(nfrom));
+    if len == 0 || nlen == 0 {
+        return;
+    }
+    let a = nfrom + (i - from) * nlen / len;
+    let b = if i + 16 > to {
+        nx.n
+    } else {
+        nfrom + (i + 8 - from) * nlen / len
+    };
+    for j in a..b.min(nx.n) {
+        prefetch::<true>(k, nx.ko[j], kvw);
+        prefetch::<true>(v, nx.vo[j], kvw);
+    }
+}
+
 /// `y += a * x`.
 #[inline(always)]
 fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
@@ -125,11 +155,18 @@ fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
 type Prefix = (usize, usize, usize);
 
 /// What one task computes: batch rows that run one after another (all naming one
-/// [`Prefix`], or none), and the kv heads it takes of each.
-type Unit<'a> = (&'a [usize], std::ops::Range<usize>, Option<Prefix>);
+/// [`Prefix`], or none) and the kv heads it takes of each; and the first row (with its
+/// prefix) of the unit its thread takes next, whose keys and values it asks for ahead.
+struct Unit<'a> {
+    rows: &'a [usize],
+    kv: std::ops::Range<usize>,
+    prefix: Option<Prefix>,
+    next: Option<(usize, Option<Prefix>)>,
+}
 
 /// Where one row's keys are for the query at hand: `n` keys from position `lo`, the first
 /// `pre` of them read from the prefix's row; the offsets of each key in k and in v.
+#[derive(Default)]
 struct Span {
     lo: usize,
     n: usize,
@@ -194,6 +231,8 @@ struct Scratch {
     inv: Vec<f32>,
     spans: Vec<Span>,
     live: Vec<usize>,
+    /// The next unit's first row.
+    ahead: Span,
 }
 
 thread_local! {
@@ -207,9 +246,15 @@ fn task<const FMA: bool>(
     k: &[f32],
     v: &[f32],
     ranges: Option<&[u32]>,
-    (rows, kv, prefix): Unit,
+    unit: Unit,
     x: &mut Scratch,
 ) {
+    let Unit {
+        rows,
+        kv,
+        prefix,
+        next,
+    } = unit;
     let (hd, group) = (d.hd, d.nh / d.nkv);
     // query heads h0.. of this task, and their offset in the row's cache rows
     let (h0, nh) = (kv.start * group, kv.len() * group);
@@ -226,6 +271,7 @@ fn task<const FMA: bool>(
         inv,
         spans,
         live,
+        ahead,
     } = x;
     out.clear();
     out.resize(rows.len() * ow, 0.0);
@@ -237,38 +283,40 @@ fn task<const FMA: bool>(
     s.resize(rows.len() * nh * d.s, 0.0);
     w.resize(d.s, 0.0);
     inv.resize(rows.len() * nh, 0.0);
-    while spans.len() < rows.len() {
-        spans.push(Span {
-            lo: 0,
-            n: 0,
-            pre: 0,
-            ko: Vec::new(),
-            vo: Vec::new(),
-        });
-    }
+    spans.resize_with(spans.len().max(rows.len()), Span::default);
     // the AVX2 pass over the values (else the scalar one)
     #[cfg(target_arch = "x86_64")]
     let simd = FMA && hd.is_multiple_of(avx2::PIECE);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
+    // row bi's keys for query t (false: it has none); keys lo..lo + len come from the
+    // prefix's row (at its start), the rest from the row itself
+    let locate = |sp: &mut Span, bi: usize, prefix: Option<Prefix>, t: usize| {
+        let (lo, hi) = attn_key_range(d, ranges, bi, t);
+        if lo == hi {
+            sp.n = 0;
+            return false;
+        }
+        let src = match prefix {
+            Some((row, start, len)) if d.t == 1 => ((row, start), len),
+            _ => ((bi, lo), 0),
+        };
+        sp.fill(d, (k.len(), v.len()), bi, (lo, hi), src, kv.start, kvw);
+        true
+    };
+    // the next unit's first row, asked for while this unit's last row runs
+    let ahead = match next {
+        Some((nb, np)) if d.t == 1 && locate(ahead, nb, np, 0) => Some(&*ahead),
+        _ => None,
+    };
     for t in 0..d.t {
         let qo = |bi: usize, h: usize| d.q_str.2 + bi * d.q_str.0 + t * d.q_str.1 + (h0 + h) * hd;
         for (r, &bi) in rows.iter().enumerate() {
-            let (lo, hi) = attn_key_range(d, ranges, bi, t);
-            if lo == hi {
+            if !locate(&mut spans[r], bi, prefix, t) {
                 for h in 0..nh {
                     lse[r * lw + h * d.t + t] = LSE_MASKED;
                 }
-                spans[r].n = 0;
-                continue;
             }
-            // keys lo..lo + len come from the prefix's row (at its start), the rest from
-            // this row
-            let src = match prefix {
-                Some((row, start, len)) if d.t == 1 => ((row, start), len),
-                _ => ((bi, lo), 0),
-            };
-            spans[r].fill(d, (k.len(), v.len()), bi, (lo, hi), src, kv.start, kvw);
         }
         live.clear();
         live.extend((0..rows.len()).filter(|&r| spans[r].n > 0));
@@ -287,6 +335,8 @@ fn task<const FMA: bool>(
             let mut i = 0;
             while i + 8 <= common {
                 prefetch_keys(k, v, ko, &spans[live[0]].vo, i, kvw);
+                // the first row's own keys come next
+                prefetch_share(k, v, &spans[live[0]], common, (0, common), i, kvw);
                 for &r in live.iter() {
                     let bi = rows[r];
                     for h in 0..nh {
@@ -313,8 +363,14 @@ fn task<const FMA: bool>(
             }
             from = i;
         }
-        for &r in live.iter() {
+        for (li, &r) in live.iter().enumerate() {
             let (bi, sp) = (rows[r], &spans[r]);
+            // what comes after this row: the next row's own keys (its shared ones are in
+            // cache by now), or all of the next unit's first row's
+            let after = match live.get(li + 1) {
+                Some(&x) => Some((&spans[x], from)),
+                None => ahead.map(|a| (a, 0)),
+            };
             let sr = &mut s[r * nh * d.s..(r + 1) * nh * d.s];
             let mut i = from;
             #[cfg(target_arch = "x86_64")]
@@ -322,6 +378,9 @@ fn task<const FMA: bool>(
                 // eight keys at a time: their eight dots end in one vector tree
                 while i + 8 <= sp.n {
                     prefetch_keys(k, v, &sp.ko, &sp.vo, i, kvw);
+                    if let Some((nx, nfrom)) = after {
+                        prefetch_share(k, v, nx, nfrom, (from, sp.n), i, kvw);
+                    }
                     for h in 0..nh {
                         let g = (h / group) * hd;
                         // SAFETY: as above (every offset + kvw is within k).
@@ -654,8 +713,8 @@ pub fn attention_decode_shared(
             .map(|u| (vec![u / d.nkv], None, u % d.nkv..u % d.nkv + 1))
             .collect(),
     };
-    // the longest units first, so that the last ones claimed are short and the threads
-    // finish together (each unit's results do not depend on when it runs)
+    // the longest units first, so that the threads' shares come out even (each unit's
+    // results do not depend on where or when it runs)
     let keys = |bi: usize| {
         (0..d.t)
             .map(|t| {
@@ -694,37 +753,60 @@ pub fn attention_decode_shared(
             x.write(y);
         }
     };
-    super::threads::par_for(order.len(), |o| {
-        let (rows, prefix, kv) = &units[order[o].1];
-        let (h0, nh) = (kv.start * group, kv.len() * group);
-        let unit = (&rows[..], kv.clone(), *prefix);
-        SCRATCH.with_borrow_mut(|x| {
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
-                unsafe { task_avx2(d, q, k, v, ranges, unit, x) }
-            } else {
-                task::<false>(d, q, k, v, ranges, unit, x)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = simd;
-                task::<false>(d, q, k, v, ranges, unit, x)
-            }
-            let (ow, lw) = (d.t * nh * hd, nh * d.t);
-            for (r, &bi) in rows.iter().enumerate() {
-                for t in 0..d.t {
-                    let (oo, from) = (((bi * d.t + t) * d.nh + h0) * hd, r * ow + t * nh * hd);
-                    put(&out_w, out_len, oo, &x.out[from..from + nh * hd]);
+    // each thread's units, dealt longest first to the thread with the least work so
+    // far: a thread knows the unit it runs next, and asks for its cache ahead
+    let threads = rayon::current_num_threads().clamp(1, units.len().max(1));
+    let mut lists: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    for &(cost, u) in &order {
+        if let Some(l) = lists.iter_mut().min_by_key(|l| l.0) {
+            l.0 += cost.max(1);
+            l.1.push(u);
+        }
+    }
+    super::threads::par_for(threads, |th| {
+        let list = &lists[th].1;
+        for (at, &u) in list.iter().enumerate() {
+            let (rows, prefix, kv) = &units[u];
+            let (h0, nh) = (kv.start * group, kv.len() * group);
+            // (its keys are located for these kv heads: only a unit of the same ones)
+            let next = list
+                .get(at + 1)
+                .filter(|&&n| units[n].2 == *kv)
+                .map(|&n| (units[n].0[0], units[n].1));
+            let unit = Unit {
+                rows,
+                kv: kv.clone(),
+                prefix: *prefix,
+                next,
+            };
+            SCRATCH.with_borrow_mut(|x| {
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
+                    unsafe { task_avx2(d, q, k, v, ranges, unit, x) }
+                } else {
+                    task::<false>(d, q, k, v, ranges, unit, x)
                 }
-                put(
-                    &lse_w,
-                    lse_len,
-                    (bi * d.nh + h0) * d.t,
-                    &x.lse[r * lw..(r + 1) * lw],
-                );
-            }
-        });
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = simd;
+                    task::<false>(d, q, k, v, ranges, unit, x)
+                }
+                let (ow, lw) = (d.t * nh * hd, nh * d.t);
+                for (r, &bi) in rows.iter().enumerate() {
+                    for t in 0..d.t {
+                        let (oo, from) = (((bi * d.t + t) * d.nh + h0) * hd, r * ow + t * nh * hd);
+                        put(&out_w, out_len, oo, &x.out[from..from + nh * hd]);
+                    }
+                    put(
+                        &lse_w,
+                        lse_len,
+                        (bi * d.nh + h0) * d.t,
+                        &x.lse[r * lw..(r + 1) * lw],
+                    );
+                }
+            });
+        }
     });
     // SAFETY: written in full above (every row's heads of every kv head, every query).
     unsafe {
