@@ -33,23 +33,55 @@ pub fn unary<T: Real>(op: UnaryOp, x: &[T]) -> Vec<T> {
     map1(x, f)
 }
 
-/// `f` over every element, on rayon's threads for large slices (one thread per element,
-/// fixed order), monomorphised per `f` so that simple maps vectorise.
+/// `f` over every element, in blocks over the threads for large slices (each element
+/// by one thread, the same value either way), monomorphised per `f` so that simple maps
+/// vectorise.
 #[inline(always)]
 fn map1<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     if x.len() >= PAR_MIN {
-        return x.par_iter().map(|&v| f(v)).collect();
+        return par_blocks(x.len(), |at, out| {
+            for (o, &v) in out.iter_mut().zip(&x[at..]) {
+                o.write(f(v));
+            }
+        });
     }
     x.iter().map(|&v| f(v)).collect()
 }
 
-/// `f` over pairs of elements, as [`map1`].
+/// `f` over pairs of elements, as [`map1`] (as long as the shorter slice).
 #[inline(always)]
 fn map2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
-    if a.len() >= PAR_MIN {
-        return a.par_iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    let n = a.len().min(b.len());
+    if n >= PAR_MIN {
+        return par_blocks(n, |at, out| {
+            for ((o, &x), &y) in out.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+                o.write(f(x, y));
+            }
+        });
     }
     a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+}
+
+/// Elements per task of [`par_blocks`]: a decode step's 96 x 576 activations are four.
+const MAP_BLOCK: usize = 1 << 14;
+
+/// A vector of `n` elements filled in blocks of [`MAP_BLOCK`] on the threads (which stay
+/// awake between ops, unlike rayon's joins): `fill(at, part)` must write every element
+/// of `part`, elements `at..at + part.len()`.
+#[inline(always)]
+fn par_blocks<T: Real>(
+    n: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut y = super::gemm::uninit::<T>(n);
+    let out = super::threads::Disjoint::new(&mut y);
+    super::threads::par_for(n.div_ceil(MAP_BLOCK), |i| {
+        let at = i * MAP_BLOCK;
+        // SAFETY: the blocks are disjoint and inside y, which outlives the tasks.
+        fill(at, unsafe { out.part(at, MAP_BLOCK.min(n - at)) });
+    });
+    // SAFETY: every block wrote each of its elements (fill's contract).
+    unsafe { super::gemm::assume_init_vec(y) }
 }
 
 /// `a (op) b` over contiguous slices (`b` of length 1 is a scalar), with one loop per op.
@@ -315,6 +347,27 @@ const PAR_MIN_ROWS: usize = 64 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked maps over the threads give every element, as the plain loops do: on
+    /// both sides of PAR_MIN, with a ragged last block, a scalar operand, and pairs of
+    /// unequal length (cut to the shorter).
+    #[test]
+    fn parallel_maps_match_plain_loops() {
+        for n in [PAR_MIN - 1, PAR_MIN, 3 * MAP_BLOCK + 5] {
+            let a = crate::util::randn_vec(n, 1.0, 11);
+            let b = crate::util::randn_vec(n + 3, 1.0, 12);
+            let sum = binary_dense(BinaryOp::Add, &a, &b[..n]);
+            assert_eq!(sum.len(), n);
+            assert!(sum.iter().zip(a.iter().zip(&b)).all(|(s, (x, y))| *s == x + y));
+            let scaled = binary_dense(BinaryOp::Mul, &a, &b[..1]);
+            assert!(scaled.iter().zip(&a).all(|(s, x)| *s == x * b[0]));
+            let cut = map2(&a, &b, |x, y| x - y);
+            assert_eq!(cut.len(), n);
+            assert!(cut.iter().zip(a.iter().zip(&b)).all(|(s, (x, y))| *s == x - y));
+            let neg = unary(UnaryOp::Neg, &a);
+            assert!(neg.iter().zip(&a).all(|(s, x)| *s == -x));
+        }
+    }
 
     /// Every element of `l`'s view, in row-major order, read plainly.
     fn view(x: &[f32], l: &Layout) -> Vec<f32> {
