@@ -29,8 +29,7 @@ pub fn rope<T: Real>(
         v.write(T::zero());
     }
     let out = super::threads::Disjoint::new(&mut y);
-    // one (row, position) of every head per index: the two halves of each head as
-    // separate loops, so that they vectorise (the same products and sums per element)
+    // one (row, position) of every head
     let one = |r: usize| {
         let (bi, ti) = (r / t, r % t);
         let tab = ((if table_batched { bi } else { 0 }) * t + ti) * hd;
@@ -41,6 +40,45 @@ pub fn rope<T: Real>(
         assert!(base + h * hd <= n, "rope: row {r} out of bounds");
         // SAFETY: in bounds (asserted); rows own disjoint ranges of y, which outlives them.
         let ys = unsafe { out.part(base, h * hd) };
+        rotate::run((xs, ys), hd, (c0, c1, s0, s1), backward);
+    };
+    if x.len() >= PAR_MIN {
+        // blocks of rows: a decode step's 96 rows are twelve tasks
+        let rows = b * t;
+        super::threads::par_for(rows.div_ceil(ROWS_PER_TASK), |i| {
+            (i * ROWS_PER_TASK..rows.min((i + 1) * ROWS_PER_TASK)).for_each(one)
+        });
+    } else {
+        (0..b * t).for_each(one);
+    }
+    // SAFETY: every row r < b*t wrote its h*hd elements (n in all), and the rest was
+    // zeroed above.
+    unsafe { super::gemm::assume_init_vec(y) }
+}
+
+/// Elements from which the rows are split over the threads (a decode step's queries:
+/// 96 rows x 9 heads x 64).
+const PAR_MIN: usize = 16 * 1024;
+/// Rows per task when they are.
+const ROWS_PER_TASK: usize = 8;
+
+/// One (row, position)'s heads rotated: the two halves of each head as separate loops,
+/// so that they vectorise (the same products and sums per element on every path; no
+/// step is fused).
+mod rotate {
+    use super::Real;
+    use std::mem::MaybeUninit;
+
+    type Tables<'a, T> = (&'a [T], &'a [T], &'a [T], &'a [T]);
+
+    #[inline(always)]
+    fn body<T: Real>(
+        (xs, ys): (&[T], &mut [MaybeUninit<T>]),
+        hd: usize,
+        (c0, c1, s0, s1): Tables<T>,
+        backward: bool,
+    ) {
+        let half = hd / 2;
         for (xr, yr) in xs.chunks_exact(hd).zip(ys.chunks_exact_mut(hd)) {
             let (x0, x1) = xr.split_at(half);
             let (y0, y1) = yr.split_at_mut(half);
@@ -60,20 +98,34 @@ pub fn rope<T: Real>(
                 }
             }
         }
-    };
-    if x.len() >= PAR_MIN {
-        super::threads::par_for(b * t, one);
-    } else {
-        (0..b * t).for_each(one);
     }
-    // SAFETY: every row r < b*t wrote its h*hd elements (n in all), and the rest was
-    // zeroed above.
-    unsafe { super::gemm::assume_init_vec(y) }
-}
 
-/// Elements from which the rows are split over the threads (a decode step's queries:
-/// 96 rows x 9 heads x 64).
-const PAR_MIN: usize = 16 * 1024;
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2<T: Real>(
+        io: (&[T], &mut [MaybeUninit<T>]),
+        hd: usize,
+        tabs: Tables<T>,
+        backward: bool,
+    ) {
+        body(io, hd, tabs, backward)
+    }
+
+    /// Writes every element of `ys` (as long as `xs`, whole heads of `hd`).
+    pub fn run<T: Real>(
+        io: (&[T], &mut [MaybeUninit<T>]),
+        hd: usize,
+        tabs: Tables<T>,
+        backward: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::super::vmath::has_avx2() {
+            // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
+            return unsafe { avx2(io, hd, tabs, backward) };
+        }
+        body(io, hd, tabs, backward)
+    }
+}
 
 #[cfg(test)]
 mod tests {
