@@ -16,8 +16,6 @@
 //! `u * total`. The randomness is a function of the seed, the item and the step, never
 //! of the batch a row landed in, so continuous batching is reproducible.
 
-use rayon::prelude::*;
-
 use crate::backend::cpu::vmath;
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
@@ -90,13 +88,19 @@ pub fn sample_rows(
             sample_rows(logits, rule, &u, forced)
         }
         Device::Cpu => {
-            let v = *logits.shape().last().unwrap_or(&1);
-            // read in place (no copy of the logits); rows in parallel
+            let v = *logits.shape().last().unwrap_or(&1).max(&1);
+            // read in place (no copy of the logits); rows in parallel on the threads that
+            // stay awake between ops
             logits.cpu_read("sample", |x: &[f32]| {
-                x.par_chunks(v.max(1))
-                    .zip(u.par_iter().zip(forced))
-                    .map(|(row, (&u, &f))| pick(row, p, u, f))
-                    .collect()
+                let rows = (x.len() / v).min(u.len()).min(forced.len());
+                let mut out = vec![(0u32, 0.0f32); rows];
+                let parts = crate::backend::cpu::threads::Disjoint::new(&mut out);
+                crate::backend::cpu::threads::par_for(rows, |r| {
+                    // SAFETY: row r's own element of `out`, which outlives the tasks.
+                    let slot = unsafe { parts.part(r, 1) };
+                    slot[0] = pick(&x[r * v..(r + 1) * v], p, u[r], forced[r]);
+                });
+                out
             })
         }
     }

@@ -358,12 +358,18 @@ mod tests {
             let b = crate::util::randn_vec(n + 3, 1.0, 12);
             let sum = binary_dense(BinaryOp::Add, &a, &b[..n]);
             assert_eq!(sum.len(), n);
-            assert!(sum.iter().zip(a.iter().zip(&b)).all(|(s, (x, y))| *s == x + y));
+            assert!(sum
+                .iter()
+                .zip(a.iter().zip(&b))
+                .all(|(s, (x, y))| *s == x + y));
             let scaled = binary_dense(BinaryOp::Mul, &a, &b[..1]);
             assert!(scaled.iter().zip(&a).all(|(s, x)| *s == x * b[0]));
             let cut = map2(&a, &b, |x, y| x - y);
             assert_eq!(cut.len(), n);
-            assert!(cut.iter().zip(a.iter().zip(&b)).all(|(s, (x, y))| *s == x - y));
+            assert!(cut
+                .iter()
+                .zip(a.iter().zip(&b))
+                .all(|(s, (x, y))| *s == x - y));
             let neg = unary(UnaryOp::Neg, &a);
             assert!(neg.iter().zip(&a).all(|(s, x)| *s == -x));
         }
