@@ -3,6 +3,9 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// Elements per task of the forward.
+const ROW_BLOCK: usize = 1 << 14;
+
 /// y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), per row of `(rows, c)`.
 /// Returns (y, rstd).
 pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>) {
@@ -16,19 +19,34 @@ pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>
     // both written in full below, so not zeroed first
     let mut y = super::gemm::uninit::<T>(x.len());
     let mut rstd = super::gemm::uninit::<T>(rows);
-    y.par_chunks_mut(c)
-        .zip(rstd.par_iter_mut())
-        .zip(x.par_chunks(c))
-        .for_each(|((yr, rs), xr)| {
-            let ms = super::vmath::sum_squares(xr) / c as f64;
-            let r = T::from_f64(1.0 / (ms + eps).sqrt());
-            rs.write(r);
-            // cut to c first, so that the loop indexes without bounds checks and vectorises
-            let (yr, w) = (&mut yr[..c], &w[..c]);
-            for j in 0..c {
-                yr[j].write(xr[j] * r * w[j]);
-            }
+    let (ys, rs) = (
+        super::threads::Disjoint::new(&mut y),
+        super::threads::Disjoint::new(&mut rstd),
+    );
+    let row = |i: usize| {
+        let xr = &x[i * c..(i + 1) * c];
+        let ms = super::vmath::sum_squares(xr) / c as f64;
+        let r = T::from_f64(1.0 / (ms + eps).sqrt());
+        // SAFETY: row i's c elements of y and its one rstd (i < rows), written by this
+        // task alone; both buffers outlive the tasks.
+        let (yr, rr) = unsafe { (ys.part(i * c, c), rs.part(i, 1)) };
+        rr[0].write(r);
+        // cut to c first, so that the loop indexes without bounds checks and vectorises
+        let (yr, xr, w) = (&mut yr[..c], &xr[..c], &w[..c]);
+        for j in 0..c {
+            yr[j].write(xr[j] * r * w[j]);
+        }
+    };
+    // blocks of rows of about ROW_BLOCK elements on the threads (a decode step's 96 rows
+    // of 576 are four), or all rows here when they are few
+    let per = (ROW_BLOCK / c).max(1);
+    if x.len() >= ROW_BLOCK {
+        super::threads::par_for(rows.div_ceil(per), |b| {
+            (b * per..rows.min((b + 1) * per)).for_each(row)
         });
+    } else {
+        (0..rows).for_each(row);
+    }
     // SAFETY: every row of y (rows x c = all of it) and every rstd was written above.
     unsafe {
         (
@@ -91,6 +109,29 @@ mod tests {
                     assert!(
                         (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
                         "y ({r}, {j}), c {c}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Rows in blocks on the threads give each row's plain steps, bit for bit: few rows
+    /// (serial), a decode step's 96 x 576 and a ragged last block.
+    #[test]
+    fn forward_rows_match_plain_steps() {
+        for (rows, c) in [(3, 40), (96, 576), (61, 300)] {
+            let x = crate::util::randn_vec(rows * c, 2.0, 21);
+            let w = crate::util::randn_vec(c, 1.0, 22);
+            let (y, rstd) = rmsnorm(&x, &w, c, 1e-6);
+            for (i, xr) in x.chunks(c).enumerate() {
+                let r = (1.0 / (vmath::sum_squares(xr) / c as f64 + 1e-6).sqrt()) as f32;
+                assert_eq!(rstd[i].to_bits(), r.to_bits(), "{rows}x{c} row {i}");
+                for (j, &v) in xr.iter().enumerate() {
+                    let want = v * r * w[j];
+                    assert_eq!(
+                        y[i * c + j].to_bits(),
+                        want.to_bits(),
+                        "{rows}x{c} ({i}, {j})"
                     );
                 }
             }
