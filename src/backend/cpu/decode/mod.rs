@@ -164,11 +164,10 @@ struct Unit<'a> {
     next: Option<(usize, Option<Prefix>)>,
 }
 
-/// Where one row's keys are for the query at hand: `n` keys from position `lo`, the first
-/// `pre` of them read from the prefix's row; the offsets of each key in k and in v.
+/// Where one row's keys are for the query at hand: `n` keys, the first `pre` of them
+/// read from the prefix's row; the offset of each key in k and in v.
 #[derive(Default)]
 struct Span {
-    lo: usize,
     n: usize,
     pre: usize,
     ko: Vec<usize>,
@@ -190,7 +189,7 @@ impl Span {
         kvw: usize,
     ) {
         let split = lo + len.min(hi - lo);
-        (self.lo, self.n, self.pre) = (lo, hi - lo, split - lo);
+        (self.n, self.pre) = (hi - lo, split - lo);
         // where key i (position lo + i) starts, in k and in v: computed once, so the
         // passes below only index
         for (dst, str, total) in [(&mut self.ko, d.k_str, k), (&mut self.vo, d.v_str, v)] {
@@ -212,14 +211,6 @@ impl Span {
     }
 }
 
-/// Batch rows `rows` (one after another) and the query heads of kv heads `kv`: per row,
-/// out `(T, heads, HD)` and lse `(heads, T)`. Each cached position's keys (then values) of
-/// those kv heads are read together: with all of them, the row's cache is one sequential
-/// stream rather than NKV strided ones. With a [`Prefix`] (a single query; all `rows`
-/// name it), the first positions are read from the row it names instead, and on the AVX2
-/// path the positions that every row reads there go through the cache once for all of
-/// them: each block of keys (then of values) meets every row's queries while it is in L1.
-/// Every row's sums are the same, in the same order, as when it runs alone.
 /// [`task`]'s buffers, kept per thread from call to call: per row of the unit, its
 /// results (`out` then `lse`, as [`task`] says), its scores and its keys' offsets.
 #[derive(Default)]
@@ -239,6 +230,18 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// Batch rows `rows` (one after another) and the query heads of kv heads `kv`: per row,
+/// out `(T, heads, HD)` and lse `(heads, T)`. Each cached position's keys (then values) of
+/// those kv heads are read together: with all of them, the row's cache is one sequential
+/// stream rather than NKV strided ones. With a [`Prefix`] (a single query; all `rows`
+/// name it), the first positions are read from the row it names instead, and on the AVX2
+/// path the positions that every row reads there go through the cache once for all of
+/// them: each block of keys (then of values) meets every row's queries while it is in L1.
+/// Every row's sums are the same, in the same order, as when it runs alone.
+///
+/// While a row's keys meet its queries, the next row's keys and values (or the next
+/// unit's first row's, `next`) are asked for into L2, so that fetching them overlaps
+/// this row's work.
 #[inline(always)]
 fn task<const FMA: bool>(
     d: &AttnDims,
