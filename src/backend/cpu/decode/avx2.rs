@@ -9,7 +9,7 @@ pub const PIECE: usize = 32;
 /// Lane i of the result is `((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7))` for
 /// x = v[i]: the tree that ends `dot_avx2`, for eight vectors at once.
 #[inline(always)]
-unsafe fn reduce8(v: [__m256; 8]) -> __m256 {
+pub(super) unsafe fn reduce8(v: [__m256; 8]) -> __m256 {
     // halves added ([v.lo + v.hi] per vector), then pairs of lanes, then neighbours;
     // the inputs are taken in the order that brings the sums out as v[0..8]
     let a = [v[0], v[4], v[1], v[5], v[2], v[6], v[3], v[7]];

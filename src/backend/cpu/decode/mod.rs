@@ -243,7 +243,7 @@ thread_local! {
 /// unit's first row's, `next`) are asked for into L2, so that fetching them overlaps
 /// this row's work.
 #[inline(always)]
-fn task<const FMA: bool>(
+fn task<const FMA: bool, const WIDE: bool>(
     d: &AttnDims,
     q: &[f32],
     k: &[f32],
@@ -341,26 +341,10 @@ fn task<const FMA: bool>(
                 // the first row's own keys come next
                 prefetch_share(k, v, &spans[live[0]], common, (0, common), i, kvw);
                 for &r in live.iter() {
-                    let bi = rows[r];
-                    for h in 0..nh {
-                        let g = (h / group) * hd;
-                        // SAFETY: every offset + kvw is within k (Span::fill asserts it),
-                        // and g + hd <= kvw.
-                        let keys: [*const f32; 8] =
-                            std::array::from_fn(|j| unsafe { k.as_ptr().add(ko[i + j] + g) });
-                        let at = (r * nh + h) * d.s + i;
-                        // SAFETY: `common > 0` only where `simd`, so FMA is set, which
-                        // happens only inside task_avx2, where has_avx2() saw AVX2 and FMA;
-                        // the keys hold hd floats each.
-                        unsafe {
-                            avx2::dots8(
-                                &q[qo(bi, h)..qo(bi, h) + hd],
-                                keys,
-                                scale,
-                                &mut s[at..at + 8],
-                            )
-                        };
-                    }
+                    // SAFETY: `common > 0` only where `simd`, so FMA is set, which happens
+                    // only inside task_avx2 or task_avx512, where has_avx2() saw AVX2 and
+                    // FMA (and with WIDE, has_avx512() AVX-512).
+                    unsafe { scores8::<WIDE>(d, q, &qo, k, ko, (r, rows[r], i), (nh, scale), s) };
                 }
                 i += 8;
             }
@@ -374,7 +358,6 @@ fn task<const FMA: bool>(
                 Some(&x) => Some((&spans[x], from)),
                 None => ahead.map(|a| (a, 0)),
             };
-            let sr = &mut s[r * nh * d.s..(r + 1) * nh * d.s];
             let mut i = from;
             #[cfg(target_arch = "x86_64")]
             if FMA && hd.is_multiple_of(8) {
@@ -384,19 +367,12 @@ fn task<const FMA: bool>(
                     if let Some((nx, nfrom)) = after {
                         prefetch_share(k, v, nx, nfrom, (from, sp.n), i, kvw);
                     }
-                    for h in 0..nh {
-                        let g = (h / group) * hd;
-                        // SAFETY: as above (every offset + kvw is within k).
-                        let keys: [*const f32; 8] =
-                            std::array::from_fn(|j| unsafe { k.as_ptr().add(sp.ko[i + j] + g) });
-                        let dst = &mut sr[h * d.s + i..h * d.s + i + 8];
-                        // SAFETY: FMA is set only inside task_avx2, which runs where
-                        // has_avx2() saw AVX2 and FMA; the keys hold hd floats each.
-                        unsafe { avx2::dots8(&q[qo(bi, h)..qo(bi, h) + hd], keys, scale, dst) };
-                    }
+                    // SAFETY: as above (FMA only inside task_avx2 or task_avx512).
+                    unsafe { scores8::<WIDE>(d, q, &qo, k, &sp.ko, (r, bi, i), (nh, scale), s) };
                     i += 8;
                 }
             }
+            let sr = &mut s[r * nh * d.s..(r + 1) * nh * d.s];
             for i in i..sp.n {
                 prefetch::<false>(k, sp.ko.get(i + AHEAD).copied().unwrap_or(k.len()), kvw);
                 for h in 0..nh {
@@ -412,10 +388,11 @@ fn task<const FMA: bool>(
                 let m = vmath::max(sh);
                 let l = vmath::exp_weights(sh, m, 1.0, Some(&mut w[..sp.n]));
                 lse[r * lw + h * d.t + t] = (m as f64 + l.ln()) as f32;
-                inv[r * nh + h] = (1.0 / l) as f32;
+                let il = (1.0 / l) as f32;
+                inv[r * nh + h] = il;
                 if simd {
                     for (x, &e) in sh.iter_mut().zip(&w[..sp.n]) {
-                        *x = e * inv[r * nh + h];
+                        *x = e * il;
                     }
                 } else {
                     sh.copy_from_slice(&w[..sp.n]);
@@ -439,8 +416,8 @@ fn task<const FMA: bool>(
                 for &r in live.iter() {
                     let o = &mut out[r * ow + t * nh * hd..r * ow + (t + 1) * nh * hd];
                     let sr = &s[r * nh * d.s + ib..];
-                    // SAFETY: as above (FMA only inside task_avx2).
-                    unsafe { avx2::pv_block(ie - ib, vb, d.v_str.1, hd, group, sr, d.s, o) };
+                    // SAFETY: as above (FMA only inside task_avx2 or task_avx512).
+                    unsafe { pv::<WIDE>(ie - ib, vb, d.v_str.1, hd, group, sr, d.s, o) };
                 }
             }
             for &r in live.iter() {
@@ -449,8 +426,8 @@ fn task<const FMA: bool>(
                 for (ib, ie) in blocks(common, sp.pre).chain(blocks(sp.pre, sp.n)) {
                     let vb = &v[sp.vo[ib]..sp.vo[ie - 1] + kvw];
                     let sr = &s[r * nh * d.s + ib..];
-                    // SAFETY: as above (FMA only inside task_avx2).
-                    unsafe { avx2::pv_block(ie - ib, vb, d.v_str.1, hd, group, sr, d.s, o) };
+                    // SAFETY: as above (FMA only inside task_avx2 or task_avx512).
+                    unsafe { pv::<WIDE>(ie - ib, vb, d.v_str.1, hd, group, sr, d.s, o) };
                 }
             }
             continue;
@@ -492,7 +469,125 @@ unsafe fn task_avx2(
     unit: Unit,
     x: &mut Scratch,
 ) {
-    task::<true>(d, q, k, v, ranges, unit, x)
+    task::<true, false>(d, q, k, v, ranges, unit, x)
+}
+
+/// [`task_avx2`] with the 512-bit passes (`avx512.rs`) where the head dim allows them.
+/// With AVX-512VL the 256-bit steps reach all 32 registers too: without it, the trees
+/// after the key loop crowded that loop's 24 sums onto the stack.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn task_avx512(
+    d: &AttnDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ranges: Option<&[u32]>,
+    unit: Unit,
+    x: &mut Scratch,
+) {
+    task::<true, true>(d, q, k, v, ranges, unit, x)
+}
+
+/// [`task`]'s 512-bit passes (`avx512.rs`): the avx2 ones' bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// Row `r`'s (batch row `bi`'s) scores of the eight keys at `ko[i..i + 8]` for every
+/// query head of the task, into `s[(r * nh + h) * d.s + i..][..8]`. With `WIDE` (and a
+/// head dim of whole 16-float vectors) each kv head's keys meet its query heads three at
+/// a time in 512-bit registers, else one head at a time in 256-bit ones: the same bits.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA, and with `WIDE` AVX-512F; every `ko[i + j]` + the task's kv
+/// width is within `k` (as [`Span::fill`] asserts).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores8<const WIDE: bool>(
+    d: &AttnDims,
+    q: &[f32],
+    qo: &impl Fn(usize, usize) -> usize,
+    k: &[f32],
+    ko: &[usize],
+    (r, bi, i): (usize, usize, usize),
+    (nh, scale): (usize, f32),
+    s: &mut [f32],
+) {
+    let (hd, group) = (d.hd, d.nh / d.nkv);
+    let at = |h: usize| (r * nh + h) * d.s + i;
+    assert!(nh > 0 && at(nh - 1) + 8 <= s.len() && i + 8 <= ko.len());
+    let sp = s.as_mut_ptr();
+    for kvh in 0..nh / group {
+        // SAFETY: the caller's promise (each key's kv heads lie within k).
+        let keys: [*const f32; 8] =
+            std::array::from_fn(|j| unsafe { k.as_ptr().add(ko[i + j] + kvh * hd) });
+        let heads = kvh * group..(kvh + 1) * group;
+        if WIDE && hd.is_multiple_of(16) {
+            let mut h = heads.start;
+            while h < heads.end {
+                let qp = |x: usize| q[qo(bi, h + x)..][..hd].as_ptr();
+                // SAFETY: at(h) + 8 <= s.len() for every head (asserted above).
+                let dp = |x: usize| unsafe { sp.add(at(h + x)) };
+                let set = 3.min(heads.end - h);
+                // SAFETY: AVX-512 (the caller's promise); the keys and queries hold hd
+                // floats, each destination 8.
+                unsafe {
+                    match set {
+                        1 => avx512::dots8_heads::<1>(hd, [qp(0)], keys, scale, [dp(0)]),
+                        2 => avx512::dots8_heads::<2>(
+                            hd,
+                            [qp(0), qp(1)],
+                            keys,
+                            scale,
+                            [dp(0), dp(1)],
+                        ),
+                        _ => avx512::dots8_heads::<3>(
+                            hd,
+                            [qp(0), qp(1), qp(2)],
+                            keys,
+                            scale,
+                            [dp(0), dp(1), dp(2)],
+                        ),
+                    }
+                }
+                h += set;
+            }
+        } else {
+            for h in heads {
+                // SAFETY: AVX2 and FMA (the caller's promise); hd floats a key.
+                unsafe { avx2::dots8(&q[qo(bi, h)..][..hd], keys, scale, &mut s[at(h)..][..8]) };
+            }
+        }
+    }
+}
+
+/// [`avx2::pv_block`], or with `WIDE` (and a head dim of whole [`avx512::PIECE`]s) its
+/// 512-bit twin: the same bits.
+///
+/// # Safety
+/// As [`scores8`]'s.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv<const WIDE: bool>(
+    n: usize,
+    v: &[f32],
+    stride: usize,
+    hd: usize,
+    group: usize,
+    w: &[f32],
+    ws: usize,
+    o: &mut [f32],
+) {
+    // SAFETY: the caller's promise; the passes assert their bounds.
+    unsafe {
+        if WIDE && hd.is_multiple_of(avx512::PIECE) {
+            avx512::pv_block(n, v, stride, hd, group, w, ws, o)
+        } else {
+            avx2::pv_block(n, v, stride, hd, group, w, ws, o)
+        }
+    }
 }
 
 /// Attention forward for decoding shapes; returns out `(B, T, NH, HD)` and lse `(B, NH, T)`.
@@ -524,6 +619,7 @@ pub fn attention_decode_shared(
     shared: Option<&[u32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     let simd = vmath::has_avx2();
+    let wide = simd && vmath::has_avx512();
     // a task per row (all kv heads: one stream) when rows keep every thread busy, else
     // per (row, kv head)
     let per_row = d.b >= 4 * rayon::current_num_threads();
@@ -628,16 +724,19 @@ pub fn attention_decode_shared(
             };
             SCRATCH.with_borrow_mut(|x| {
                 #[cfg(target_arch = "x86_64")]
-                if simd {
+                if wide {
+                    // SAFETY: has_avx512() saw AVX-512F, AVX2 and FMA on this CPU.
+                    unsafe { task_avx512(d, q, k, v, ranges, unit, x) }
+                } else if simd {
                     // SAFETY: has_avx2() saw AVX2 and FMA on this CPU.
                     unsafe { task_avx2(d, q, k, v, ranges, unit, x) }
                 } else {
-                    task::<false>(d, q, k, v, ranges, unit, x)
+                    task::<false, false>(d, q, k, v, ranges, unit, x)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 {
-                    let _ = simd;
-                    task::<false>(d, q, k, v, ranges, unit, x)
+                    let _ = (simd, wide);
+                    task::<false, false>(d, q, k, v, ranges, unit, x)
                 }
                 let (ow, lw) = (d.t * nh * hd, nh * d.t);
                 for (r, &bi) in rows.iter().enumerate() {
