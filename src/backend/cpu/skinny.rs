@@ -377,7 +377,14 @@ fn wide_rows(
         sets.push((q, n));
         q += n;
     }
-    let step = k.div_ceil(k.div_ceil(KC_WIDE).max(1)).max(1);
+    // one panel (at most NR rows of A) whose whole k fits the L1 cache: no k steps, so
+    // each weight row streams from memory in one sweep rather than in k / KC_WIDE passes
+    let kc_max = if panels == 1 && k * NR * 4 <= KC_ONE_PANEL_BYTES {
+        k
+    } else {
+        KC_WIDE
+    };
+    let step = k.div_ceil(k.div_ceil(kc_max).max(1)).max(1);
     let mut acc = vec![0.0f32; groups * WR * ld];
     for pc in (0..k).step_by(step) {
         let kc = step.min(k - pc);
@@ -434,5 +441,10 @@ fn wide_rows(
 
 /// The k step of [`wide_rows`]: three 16-column panels of 192 steps are 36 KiB.
 const KC_WIDE: usize = 192;
+/// The most bytes of a lone A^T panel that [`wide_rows`] takes in one k step: 576 steps
+/// (36 KiB) of a 576-wide layer. On an EPYC (Zen 4), 8 and 16 rows of A against a
+/// 1536 x 576 weight from memory went from 78 and 136 to 101 and 154 GFLOP/s in one step
+/// instead of three; with 1536 steps (96 KiB) it was slower than in steps of 192.
+const KC_ONE_PANEL_BYTES: usize = 48 << 10;
 /// Weight groups per call of [`wide_rows`]: 96 rows x 192 steps is 72 KiB of L2.
 const WIDE_GROUPS: usize = 4;
