@@ -377,22 +377,16 @@ fn wide_rows(
         sets.push((q, n));
         q += n;
     }
-    // one panel (at most NR rows of A) whose whole k fits the L1 cache: no k steps, so
-    // each weight row streams from memory in one sweep rather than in k / KC_WIDE passes
-    let kc_max = if panels == 1 && k * NR * 4 <= KC_ONE_PANEL_BYTES {
-        k
-    } else {
-        KC_WIDE
-    };
-    let step = k.div_ceil(k.div_ceil(kc_max).max(1)).max(1);
+    let step = k.div_ceil(k.div_ceil(KC_WIDE).max(1)).max(1);
     let mut acc = vec![0.0f32; groups * WR * ld];
-    for pc in (0..k).step_by(step) {
+    // k step `pc` for weight groups `gs`: each set of panels meets every group in turn
+    let mut run = |pc: usize, gs: std::ops::Range<usize>| {
         let kc = step.min(k - pc);
         let panel = |q: usize| &at[q * k * NR + pc * NR..(q + 1) * k * NR];
         // the first pass over this step's weight slices reads them from memory: it asks
         // for each row's stream ahead; the later passes find them in L2
         for (si, &(q, n)) in sets.iter().enumerate() {
-            for g in 0..groups {
+            for g in gs.clone() {
                 for sub in 0..WR * n / 24 {
                     let r0 = g * WR + sub * (24 / n);
                     let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + q * NR..]);
@@ -412,12 +406,27 @@ fn wide_rows(
             }
         }
         if half {
-            for g in 0..groups {
+            for g in gs {
                 let r0 = g * WR;
                 let (rows, o) = (&w[r0 * stride + pc..], &mut acc[r0 * ld + full * NR..]);
                 let wr = (rows, stride, sets.is_empty());
                 kern.rows_tile_wide_half::<WR>(kc, wr, panel(full), o, ld);
             }
+        }
+    };
+    if panels == 1 {
+        // a lone panel (at most NR rows of A, 36 KiB over a 576-wide k) is cheap to
+        // read again: each weight group takes all its k steps before the next, so its
+        // rows stream from memory in one sweep rather than one slice per pass over all
+        // groups. The same steps, so the same sums.
+        for g in 0..groups {
+            for pc in (0..k).step_by(step) {
+                run(pc, g..g + 1);
+            }
+        }
+    } else {
+        for pc in (0..k).step_by(step) {
+            run(pc, 0..groups);
         }
     }
     // C[i][j0 + r] = acc[r][i]: the first and the last element bound the block
@@ -441,10 +450,5 @@ fn wide_rows(
 
 /// The k step of [`wide_rows`]: three 16-column panels of 192 steps are 36 KiB.
 const KC_WIDE: usize = 192;
-/// The most bytes of a lone A^T panel that [`wide_rows`] takes in one k step: 576 steps
-/// (36 KiB) of a 576-wide layer. On an EPYC (Zen 4), 8 and 16 rows of A against a
-/// 1536 x 576 weight from memory went from 78 and 136 to 101 and 154 GFLOP/s in one step
-/// instead of three; with 1536 steps (96 KiB) it was slower than in steps of 192.
-const KC_ONE_PANEL_BYTES: usize = 48 << 10;
 /// Weight groups per call of [`wide_rows`]: 96 rows x 192 steps is 72 KiB of L2.
 const WIDE_GROUPS: usize = 4;
