@@ -452,3 +452,52 @@ fn wide_rows(
 const KC_WIDE: usize = 192;
 /// Weight groups per call of [`wide_rows`]: 96 rows x 192 steps is 72 KiB of L2.
 const WIDE_GROUPS: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the wide kernels, a row of A gets the same bits whatever the number of rows
+    /// beside it (8 to 96: one panel or several, a half-width last panel or not), for
+    /// weights in whole groups of WR rows (every projection of SmolLM2-135M), over a k of
+    /// several steps: a decoding row's logits do not depend on how many rows share its
+    /// step. (The 6-row kernels that take a weight's rows past its last whole group sum a
+    /// half-width panel's even and odd k apart, so there the bits may differ; so do the
+    /// matrix-vector loops below 8 rows.)
+    #[test]
+    fn a_row_gets_the_same_bits_with_any_row_count() {
+        if !Kernel::detect().has_wide() {
+            eprintln!("skipped: no AVX-512 here, so no wide kernels to check");
+            return;
+        }
+        let (k, ns) = (576, [8 * WR, 2 * WR]);
+        let x = crate::util::randn_vec(SKINNY_M * k, 1.0, 91);
+        let ws: Vec<Vec<f32>> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| crate::util::randn_vec(n * k, 0.5, 92 + i as u64))
+            .collect();
+        let rows: Vec<WeightRows> = ws
+            .iter()
+            .zip(ns)
+            .map(|(w, n)| WeightRows {
+                w,
+                off: 0,
+                stride: k,
+                n,
+            })
+            .collect();
+        let want = skinny_many(&x[..8 * k], 8, k, &rows);
+        for m in [12, 16, 17, 24, 40, SKINNY_M] {
+            let got = skinny_many(&x[..m * k], m, k, &rows);
+            for (wi, (g, w)) in got.iter().zip(&want).enumerate() {
+                let diff = (0..8 * ns[wi]).find(|&e| g[e].to_bits() != w[e].to_bits());
+                assert!(
+                    diff.is_none(),
+                    "weight {wi}: element {:?} of the first 8 rows differs with {m} rows",
+                    diff
+                );
+            }
+        }
+    }
+}
