@@ -80,12 +80,75 @@ pub unsafe fn dots8(q: &[f32], keys: [*const f32; 8], scale: f32, dst: &mut [f32
     }
 }
 
+/// One width's pass over a block of values for a set of `H` heads of one kv head and
+/// [`Piece::PIECE`] floats of the head dim: `o[h][..PIECE] += sum_j w[h][j] v_j[..PIECE]`
+/// over rows j < n of `v` (row j at `j * stride`), each element's products added in j
+/// order, one fused multiply-add each, as the scalar `axpy` loop adds them.
+pub(super) trait Piece {
+    const PIECE: usize;
+    /// # Safety
+    /// The CPU has the width's instructions; rows 0..n of `v` hold PIECE floats, each
+    /// `w[h]` n values and each `o[h]` PIECE floats.
+    unsafe fn run<const H: usize>(
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        w: [*const f32; H],
+        o: [*mut f32; H],
+    );
+}
+
 /// `o[h] += sum_j w[h][j] v_j[h / group]` over the `n` cached rows of `v` (row j at
 /// `j * stride`, kv head g's values at `g * hd`), for the heads of `o` (`nh * hd`),
-/// with head h's weights at `w[h * ws..]`. Per element the products are added in j
-/// order, one fused multiply-add each, as the scalar `axpy` loop adds them. Heads go
-/// in sets of up to three and the head dim in pieces of [`PIECE`], so that the sums
-/// stay in twelve registers while a set passes over the rows.
+/// with head h's weights at `w[h * ws..]`, in `P`'s registers. Heads go in sets of up
+/// to three and the head dim in pieces of `P::PIECE`, so that the sums stay in twelve
+/// registers while a set passes over the rows.
+///
+/// # Safety
+/// The CPU has `P`'s instructions.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn pv_sets<P: Piece>(
+    n: usize,
+    v: &[f32],
+    stride: usize,
+    hd: usize,
+    group: usize,
+    w: &[f32],
+    ws: usize,
+    o: &mut [f32],
+) {
+    let nh = o.len() / hd;
+    assert!(n > 0 && hd.is_multiple_of(P::PIECE) && nh.is_multiple_of(group));
+    assert!(v.len() >= (n - 1) * stride + nh / group * hd);
+    assert!(w.len() >= (nh - 1) * ws + n);
+    let ob = o.as_mut_ptr();
+    let mut h0 = 0;
+    while h0 < nh {
+        // a set of heads never spans two kv heads
+        let set = 3.min(group - h0 % group);
+        let kvo = h0 / group * hd;
+        for c in (0..hd).step_by(P::PIECE) {
+            let vp = v[kvo + c..].as_ptr();
+            let wp = |h: usize| w[(h0 + h) * ws..].as_ptr();
+            // SAFETY: (h0 + h) * hd + c + PIECE <= nh * hd <= o.len().
+            let op = |h: usize| unsafe { ob.add((h0 + h) * hd + c) };
+            // SAFETY: the caller's instructions; rows 0..n of vp hold PIECE floats at
+            // j * stride (asserted above), the weights n values, and each head's output
+            // PIECE floats.
+            unsafe {
+                match set {
+                    1 => P::run::<1>(n, vp, stride, [wp(0)], [op(0)]),
+                    2 => P::run::<2>(n, vp, stride, [wp(0), wp(1)], [op(0), op(1)]),
+                    _ => P::run::<3>(n, vp, stride, [wp(0), wp(1), wp(2)], [op(0), op(1), op(2)]),
+                }
+            }
+        }
+        h0 += set;
+    }
+}
+
+/// [`pv_sets`] in 256-bit registers (four per head and piece).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -99,59 +162,41 @@ pub unsafe fn pv_block(
     ws: usize,
     o: &mut [f32],
 ) {
-    let nh = o.len() / hd;
-    assert!(n > 0 && hd.is_multiple_of(PIECE) && nh.is_multiple_of(group));
-    assert!(v.len() >= (n - 1) * stride + nh / group * hd);
-    assert!(w.len() >= (nh - 1) * ws + n);
-    let ob = o.as_mut_ptr();
-    let mut h0 = 0;
-    while h0 < nh {
-        // a set of heads never spans two kv heads
-        let set = 3.min(group - h0 % group);
-        let kvo = h0 / group * hd;
-        for c in (0..hd).step_by(PIECE) {
-            let vp = v[kvo + c..].as_ptr();
-            let wp = |h: usize| w[(h0 + h) * ws..].as_ptr();
-            // SAFETY: (h0 + h) * hd + c + PIECE <= nh * hd <= o.len().
-            let op = |h: usize| unsafe { ob.add((h0 + h) * hd + c) };
-            // SAFETY: rows 0..n of vp hold PIECE floats at j * stride (asserted above),
-            // the weights n values, and each head's output PIECE floats.
-            match set {
-                1 => pv_piece::<1>(n, vp, stride, [wp(0)], [op(0)]),
-                2 => pv_piece::<2>(n, vp, stride, [wp(0), wp(1)], [op(0), op(1)]),
-                _ => pv_piece::<3>(n, vp, stride, [wp(0), wp(1), wp(2)], [op(0), op(1), op(2)]),
-            }
-        }
-        h0 += set;
-    }
+    // SAFETY: this function's features are the width's.
+    unsafe { pv_sets::<Ymm>(n, v, stride, hd, group, w, ws, o) }
 }
 
-/// [`pv_block`] for `H` heads of one kv head and [`PIECE`] floats of the head dim.
-#[inline(always)]
-unsafe fn pv_piece<const H: usize>(
-    n: usize,
-    v: *const f32,
-    stride: usize,
-    w: [*const f32; H],
-    o: [*mut f32; H],
-) {
-    let mut acc: [[__m256; 4]; H] =
-        std::array::from_fn(|h| std::array::from_fn(|c| _mm256_loadu_ps(o[h].add(8 * c))));
-    // the weights in H registers and one vector of the row at a time: with twelve
-    // sums that is all sixteen registers, so no sum is spilled to the stack
-    for j in 0..n {
-        let row = v.add(j * stride);
-        let a: [__m256; H] = std::array::from_fn(|h| _mm256_set1_ps(*w[h].add(j)));
-        for c in 0..4 {
-            let x = _mm256_loadu_ps(row.add(8 * c));
-            for h in 0..H {
-                acc[h][c] = _mm256_fmadd_ps(a[h], x, acc[h][c]);
+struct Ymm;
+
+impl Piece for Ymm {
+    const PIECE: usize = PIECE;
+
+    #[inline(always)]
+    unsafe fn run<const H: usize>(
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        w: [*const f32; H],
+        o: [*mut f32; H],
+    ) {
+        let mut acc: [[__m256; 4]; H] =
+            std::array::from_fn(|h| std::array::from_fn(|c| _mm256_loadu_ps(o[h].add(8 * c))));
+        // the weights in H registers and one vector of the row at a time: with twelve
+        // sums that is all sixteen registers, so no sum is spilled to the stack
+        for j in 0..n {
+            let row = v.add(j * stride);
+            let a: [__m256; H] = std::array::from_fn(|h| _mm256_set1_ps(*w[h].add(j)));
+            for c in 0..4 {
+                let x = _mm256_loadu_ps(row.add(8 * c));
+                for h in 0..H {
+                    acc[h][c] = _mm256_fmadd_ps(a[h], x, acc[h][c]);
+                }
             }
         }
-    }
-    for h in 0..H {
-        for c in 0..4 {
-            _mm256_storeu_ps(o[h].add(8 * c), acc[h][c]);
+        for h in 0..H {
+            for c in 0..4 {
+                _mm256_storeu_ps(o[h].add(8 * c), acc[h][c]);
+            }
         }
     }
 }

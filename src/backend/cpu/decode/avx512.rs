@@ -3,7 +3,7 @@
 //! each key's bytes loaded once for all the query heads that share it, and each value row
 //! once per set of heads.
 
-use super::avx2::reduce8;
+use super::avx2::{reduce8, Piece};
 use std::arch::x86_64::*;
 
 /// Head-dim floats per pass over a block of values: four vectors per head.
@@ -52,7 +52,7 @@ pub unsafe fn dots8_heads<const H: usize>(
     }
 }
 
-/// [`super::avx2::pv_block`] in 512-bit registers, `hd` a multiple of [`PIECE`]: per
+/// [`super::avx2::pv_sets`] in 512-bit registers, `hd` a multiple of [`PIECE`]: per
 /// element the same fused multiply-adds in the same (row) order, so the same bits, with
 /// each row's piece of values loaded once per set of up to three heads.
 #[allow(clippy::too_many_arguments)]
@@ -68,57 +68,39 @@ pub unsafe fn pv_block(
     ws: usize,
     o: &mut [f32],
 ) {
-    let nh = o.len() / hd;
-    assert!(n > 0 && hd.is_multiple_of(PIECE) && nh.is_multiple_of(group));
-    assert!(v.len() >= (n - 1) * stride + nh / group * hd);
-    assert!(w.len() >= (nh - 1) * ws + n);
-    let ob = o.as_mut_ptr();
-    let mut h0 = 0;
-    while h0 < nh {
-        // a set of heads never spans two kv heads
-        let set = 3.min(group - h0 % group);
-        let kvo = h0 / group * hd;
-        for c in (0..hd).step_by(PIECE) {
-            let vp = v[kvo + c..].as_ptr();
-            let wp = |h: usize| w[(h0 + h) * ws..].as_ptr();
-            // SAFETY: (h0 + h) * hd + c + PIECE <= nh * hd <= o.len().
-            let op = |h: usize| unsafe { ob.add((h0 + h) * hd + c) };
-            // SAFETY: as in the avx2 pass (rows 0..n of vp hold PIECE floats at
-            // j * stride, the weights n values, each head's output PIECE floats).
-            match set {
-                1 => pv_piece::<1>(n, vp, stride, [wp(0)], [op(0)]),
-                2 => pv_piece::<2>(n, vp, stride, [wp(0), wp(1)], [op(0), op(1)]),
-                _ => pv_piece::<3>(n, vp, stride, [wp(0), wp(1), wp(2)], [op(0), op(1), op(2)]),
-            }
-        }
-        h0 += set;
-    }
+    // SAFETY: this function's features are the width's.
+    unsafe { super::avx2::pv_sets::<Zmm>(n, v, stride, hd, group, w, ws, o) }
 }
 
-/// [`pv_block`] for `H` heads of one kv head and [`PIECE`] floats of the head dim.
-#[inline(always)]
-unsafe fn pv_piece<const H: usize>(
-    n: usize,
-    v: *const f32,
-    stride: usize,
-    w: [*const f32; H],
-    o: [*mut f32; H],
-) {
-    let mut acc: [[__m512; 4]; H] =
-        std::array::from_fn(|h| std::array::from_fn(|c| _mm512_loadu_ps(o[h].add(16 * c))));
-    for j in 0..n {
-        let row = v.add(j * stride);
-        let x: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(row.add(16 * c)));
-        for h in 0..H {
-            let a = _mm512_set1_ps(*w[h].add(j));
-            for c in 0..4 {
-                acc[h][c] = _mm512_fmadd_ps(a, x[c], acc[h][c]);
+struct Zmm;
+
+impl Piece for Zmm {
+    const PIECE: usize = PIECE;
+
+    #[inline(always)]
+    unsafe fn run<const H: usize>(
+        n: usize,
+        v: *const f32,
+        stride: usize,
+        w: [*const f32; H],
+        o: [*mut f32; H],
+    ) {
+        let mut acc: [[__m512; 4]; H] =
+            std::array::from_fn(|h| std::array::from_fn(|c| _mm512_loadu_ps(o[h].add(16 * c))));
+        for j in 0..n {
+            let row = v.add(j * stride);
+            let x: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(row.add(16 * c)));
+            for h in 0..H {
+                let a = _mm512_set1_ps(*w[h].add(j));
+                for c in 0..4 {
+                    acc[h][c] = _mm512_fmadd_ps(a, x[c], acc[h][c]);
+                }
             }
         }
-    }
-    for h in 0..H {
-        for c in 0..4 {
-            _mm512_storeu_ps(o[h].add(16 * c), acc[h][c]);
+        for h in 0..H {
+            for c in 0..4 {
+                _mm512_storeu_ps(o[h].add(16 * c), acc[h][c]);
+            }
         }
     }
 }
