@@ -132,9 +132,11 @@ mod tests {
                     super::super::avx2::dots8(&q[h * hd..][..hd], keys, 0.125, &mut want[8 * h..])
                 };
             }
-            let mut got = vec![f32::NAN; 24];
             let qp = |h: usize| q[h * hd..].as_ptr();
-            let g = got.as_mut_ptr();
+            // three heads at once, then two and one (each into its own poisoned buffer)
+            let (mut got3, mut got2, mut got1) =
+                (vec![f32::NAN; 24], vec![f32::NAN; 16], vec![f32::NAN; 8]);
+            let (g3, g2, g1) = (got3.as_mut_ptr(), got2.as_mut_ptr(), got1.as_mut_ptr());
             // SAFETY: has_avx512() holds; the pointers read hd floats and write 8.
             unsafe {
                 dots8_heads::<3>(
@@ -142,11 +144,14 @@ mod tests {
                     [qp(0), qp(1), qp(2)],
                     keys,
                     0.125,
-                    [g, g.add(8), g.add(16)],
+                    [g3, g3.add(8), g3.add(16)],
                 );
-                dots8_heads::<1>(hd, [qp(2)], keys, 0.125, [g.add(16)]);
+                dots8_heads::<2>(hd, [qp(1), qp(2)], keys, 0.125, [g2, g2.add(8)]);
+                dots8_heads::<1>(hd, [qp(0)], keys, 0.125, [g1]);
             }
-            assert_eq!(bits(&got), bits(&want), "dots, hd {hd}");
+            assert_eq!(bits(&got3), bits(&want), "dots of 3 heads, hd {hd}");
+            assert_eq!(bits(&got2), bits(&want[8..]), "dots of 2 heads, hd {hd}");
+            assert_eq!(bits(&got1), bits(&want[..8]), "dots of 1 head, hd {hd}");
             if !hd.is_multiple_of(PIECE) {
                 continue;
             }
