@@ -93,14 +93,9 @@ pub fn sample_rows(
             // stay awake between ops
             logits.cpu_read("sample", |x: &[f32]| {
                 let rows = (x.len() / v).min(u.len()).min(forced.len());
-                let mut out = vec![(0u32, 0.0f32); rows];
-                let parts = crate::backend::cpu::threads::Disjoint::new(&mut out);
-                crate::backend::cpu::threads::par_for(rows, |r| {
-                    // SAFETY: row r's own element of `out`, which outlives the tasks.
-                    let slot = unsafe { parts.part(r, 1) };
-                    slot[0] = pick(&x[r * v..(r + 1) * v], p, u[r], forced[r]);
-                });
-                out
+                crate::backend::cpu::threads::par_map(rows, |r| {
+                    pick(&x[r * v..(r + 1) * v], p, u[r], forced[r])
+                })
             })
         }
     }

@@ -75,10 +75,9 @@ fn par_blocks<T: Real>(
 ) -> Vec<T> {
     let mut y = super::gemm::uninit::<T>(n);
     let out = super::threads::Disjoint::new(&mut y);
-    super::threads::par_for(n.div_ceil(MAP_BLOCK), |i| {
-        let at = i * MAP_BLOCK;
-        // SAFETY: the blocks are disjoint and inside y, which outlives the tasks.
-        fill(at, unsafe { out.part(at, MAP_BLOCK.min(n - at)) });
+    super::threads::par_runs(n, MAP_BLOCK, |r| {
+        // SAFETY: the runs are disjoint and inside y, which outlives the tasks.
+        fill(r.start, unsafe { out.part(r.start, r.len()) });
     });
     // SAFETY: every block wrote each of its elements (fill's contract).
     unsafe { super::gemm::assume_init_vec(y) }

@@ -41,9 +41,7 @@ pub fn rmsnorm<T: Real>(x: &[T], w: &[T], c: usize, eps: f64) -> (Vec<T>, Vec<T>
     // of 576 are four), or all rows here when they are few
     let per = (ROW_BLOCK / c).max(1);
     if x.len() >= ROW_BLOCK {
-        super::threads::par_for(rows.div_ceil(per), |b| {
-            (b * per..rows.min((b + 1) * per)).for_each(row)
-        });
+        super::threads::par_runs(rows, per, |r| r.for_each(row));
     } else {
         (0..rows).for_each(row);
     }

@@ -44,10 +44,7 @@ pub fn rope<T: Real>(
     };
     if x.len() >= PAR_MIN {
         // blocks of rows: a decode step's 96 rows are twelve tasks
-        let rows = b * t;
-        super::threads::par_for(rows.div_ceil(ROWS_PER_TASK), |i| {
-            (i * ROWS_PER_TASK..rows.min((i + 1) * ROWS_PER_TASK)).for_each(one)
-        });
+        super::threads::par_runs(b * t, ROWS_PER_TASK, |r| r.for_each(one));
     } else {
         (0..b * t).for_each(one);
     }

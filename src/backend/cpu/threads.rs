@@ -128,6 +128,13 @@ pub fn par_for(n: usize, f: impl Fn(usize) + Sync) {
     });
 }
 
+/// [`par_for`] over `0..n` in runs of `per` consecutive indices (the last one shorter):
+/// `f(run)` per task, for work items too small to be a task each.
+pub fn par_runs(n: usize, per: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let per = per.max(1);
+    par_for(n.div_ceil(per), |i| f(i * per..n.min((i + 1) * per)));
+}
+
 /// [`par_for`] collecting `f(i)` in index order.
 pub fn par_map<R: Send + Sync>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     let slots: Vec<std::sync::OnceLock<R>> = (0..n).map(|_| std::sync::OnceLock::new()).collect();
