@@ -495,6 +495,8 @@ mod tests {
             // even row blocks (4 of 341 rows), and the long-K accumulate
             (1, 341, 50, 70),
             (1, 101, 40, 1100),
+            // past SKINNY_M rows: the skinny path in row blocks (B^T), batched
+            (2, 200, 60, 300),
         ] {
             let a = crate::util::randn_vec(bt * m * k + 3, 1.0, 1);
             let b = crate::util::randn_vec(bt * k * n + 5, 1.0, 2);

@@ -9,19 +9,26 @@ use std::mem::MaybeUninit;
 use super::gemm::{assume_init, assume_init_vec, k_step, uninit, Gemm, SharedOut};
 use super::microkernel::{Kernel, MR, NR, WR};
 
-/// Rows of A for which [`gemm_skinny`] takes f32 products with a transposed B. Below
-/// the lower bound a padded 16-column panel would waste most of its work, and the
-/// matrix-vector loops of the small-M path are faster. Up to MC rows it beats the wide
-/// path, which repacks the weight on every call: 96 x 1536 x 576 at 172-187 against
-/// 90-143 GFLOP/s, the 96-row LM head at 175 against 144-149 (decoding a pool of 96
-/// rows).
+/// Rows of A that [`products`] takes at once: up to MC rows it beats the wide path,
+/// which repacks the weight on every call: 96 x 1536 x 576 at 172-187 against 90-143
+/// GFLOP/s, the 96-row LM head at 175 against 144-149 (decoding a pool of 96 rows).
+/// Below the lower bound a padded 16-column panel would waste most of its work, and the
+/// matrix-vector loops of the small-M path are faster.
 pub(super) const SKINNY_M: usize = 96;
 pub(super) const SKINNY_MIN_M: usize = 8;
+/// Rows of A up to which [`gemm_skinny`] takes f32 products with a transposed B, in
+/// blocks of at most [`SKINNY_M`] rows ([`row_blocks`]). Past SKINNY_M the blocked path
+/// splits few row blocks poorly over the threads: x 1536 x 576 over 30 weights (from
+/// memory) at 97 rows 65 against 160 GFLOP/s here, at 288 rows 115 against 185. From
+/// about 400 rows on the two are even (640 x 576 x 576: 199 against 194), and the
+/// blocked path leads at a prefill's 3468 rows (4.1-4.4 against 4.4-4.7 s over 48
+/// prompts).
+pub(super) const SKINNY_CAP: usize = 4 * SKINNY_M;
 
 /// Whether an `m x k` by `k x n` product with B = W^T (W row-major) takes the skinny
 /// path.
 pub fn applies(m: usize, n: usize, k: usize) -> bool {
-    (SKINNY_MIN_M..=SKINNY_M).contains(&m) && n >= MR && m * n * k >= 16 * 64 * 64
+    (SKINNY_MIN_M..=SKINNY_CAP).contains(&m) && n >= MR && m * n * k >= 16 * 64 * 64
 }
 
 /// One weight of a skinny product: its row `j < n` is `w[off + j * stride..][..k]`.
@@ -35,7 +42,8 @@ pub struct WeightRows<'a> {
 
 /// Few rows of A against B = W^T with W row-major f32 (a linear layer while decoding):
 /// computed as C^T = W A^T, so that the weight is read in place and never packed. A^T is
-/// packed once as NR-column panels (the rows of A, zero-padded to a multiple of NR), and
+/// packed once per block of rows as NR-column panels (the rows of A, zero-padded to a
+/// multiple of NR), and
 /// the micro-kernel takes its MR "A" rows straight from MR rows of W, each a contiguous
 /// stream. Threads split W's rows; each output element is one dot product summed in k
 /// order by one thread.
@@ -44,30 +52,41 @@ pub(super) fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     // C and A^T are written in full below, so neither is zeroed first (at decode sizes
     // the two memsets cost a twentieth of the product)
     let mut c = uninit(g.batch * m * n);
-    let mut at = uninit(m.div_ceil(NR) * k * NR);
+    let mut at = uninit(m.min(SKINNY_M).div_ceil(NR) * k * NR);
     for bi in 0..g.batch {
         let abase = g.a.off + bi * g.a.sb;
-        pack_at(m, k, a, (abase, g.a.sr, g.a.sc), &mut at);
-        // SAFETY: pack_at wrote every element of `at`.
-        let at: &[f32] = unsafe { assume_init(&at) };
-        let cb = &mut c[bi * m * n..(bi + 1) * m * n];
         let rows = WeightRows {
             w,
             off: g.b.off + bi * g.b.sb,
             stride: g.b.sc,
             n,
         };
-        products(
-            m,
-            k,
-            at,
-            &[rows],
-            &[SharedOut(cb.as_mut_ptr().cast(), cb.len())],
-        );
+        for (i0, mb) in row_blocks(m) {
+            let at = &mut at[..mb.div_ceil(NR) * k * NR];
+            pack_at(mb, k, a, (abase + i0 * g.a.sr, g.a.sr, g.a.sc), at);
+            // SAFETY: pack_at wrote every element of `at`.
+            let at: &[f32] = unsafe { assume_init(at) };
+            let cb = &mut c[(bi * m + i0) * n..(bi * m + i0 + mb) * n];
+            products(
+                mb,
+                k,
+                at,
+                &[rows],
+                &[SharedOut(cb.as_mut_ptr().cast(), cb.len())],
+            );
+        }
     }
     // SAFETY: products wrote every element of C (every column of every row of each
-    // batch).
+    // block of each batch).
     unsafe { assume_init_vec(c) }
+}
+
+/// Blocks `(first row, rows)` of A that [`products`] takes one at a time: as few as
+/// keep each within [`SKINNY_M`] rows, of equal size (the last one shorter by less than
+/// one row per block).
+fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let per = m.div_ceil(m.div_ceil(SKINNY_M).max(1)).max(1);
+    (0..m).step_by(per).map(move |i0| (i0, per.min(m - i0)))
 }
 
 /// `x @ W^T` for every weight of `ws` (x row-major `(m, k)`, dense), as one pass: A^T is
@@ -76,26 +95,35 @@ pub(super) fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
 /// the same one dot product, summed in k order). The caller checks [`applies`] for each.
 pub fn skinny_many(x: &[f32], m: usize, k: usize, ws: &[WeightRows]) -> Vec<Vec<f32>> {
     assert_eq!(x.len(), m * k, "skinny_many: x is not (m, k)");
-    let mut at = uninit(m.div_ceil(NR) * k * NR);
-    pack_at(m, k, x, (0, k, 1), &mut at);
-    // SAFETY: pack_at wrote every element of `at`.
-    let at: &[f32] = unsafe { assume_init(&at) };
+    let mut at = uninit(m.min(SKINNY_M).div_ceil(NR) * k * NR);
     let mut outs: Vec<Vec<MaybeUninit<f32>>> = ws.iter().map(|r| uninit(m * r.n)).collect();
-    let shared: Vec<SharedOut> = outs
-        .iter_mut()
-        .map(|c| SharedOut(c.as_mut_ptr().cast(), c.len()))
-        .collect();
-    products(m, k, at, ws, &shared);
-    // SAFETY: products wrote every element of every output.
+    for (i0, mb) in row_blocks(m) {
+        let at = &mut at[..mb.div_ceil(NR) * k * NR];
+        pack_at(mb, k, x, (i0 * k, k, 1), at);
+        // SAFETY: pack_at wrote every element of `at`.
+        let at: &[f32] = unsafe { assume_init(at) };
+        let shared: Vec<SharedOut> = outs
+            .iter_mut()
+            .zip(ws)
+            .map(|(c, r)| {
+                let cb = &mut c[i0 * r.n..(i0 + mb) * r.n];
+                SharedOut(cb.as_mut_ptr().cast(), cb.len())
+            })
+            .collect();
+        products(mb, k, at, ws, &shared);
+    }
+    // SAFETY: products wrote every element of every block of every output.
     outs.into_iter()
         .map(|c| unsafe { assume_init_vec(c) })
         .collect()
 }
 
 /// A^T as NR-column panels: element (p, i) of panel q at `q*k*NR + p*NR + i%NR`, rows
-/// past m zero, from A's element (i, p) at `a[off + i * sr + p * sc]` (serial: a few
-/// thousand values, less than waking the threads twice costs). Rows of A with unit
-/// stride along k are transposed in 8 x 8 blocks in AVX registers where the CPU has them.
+/// past m zero, from A's element (i, p) at `a[off + i * sr + p * sc]`. Rows of A with
+/// unit stride along k are transposed in 8 x 8 blocks in AVX registers where the CPU has
+/// them. The panels are split over the threads: A was written by the op before, on both
+/// threads, and packing it on one left the other waiting for it (1% of a decoding run's
+/// time, on each thread).
 fn pack_at(
     m: usize,
     k: usize,
@@ -109,7 +137,17 @@ fn pack_at(
     } else {
         0
     };
-    for (q, panel) in at.chunks_mut(k * NR).enumerate() {
+    let panels = m.div_ceil(NR);
+    assert_eq!(
+        at.len(),
+        panels * k * NR,
+        "pack_at: A^T is not m x k in panels"
+    );
+    let dst = super::threads::Disjoint::new(at);
+    let pack = |q: usize| {
+        // SAFETY: panel q's own k * NR elements, inside `at` (asserted), for this task
+        // alone.
+        let panel = unsafe { dst.part(q * k * NR, k * NR) };
         #[cfg(target_arch = "x86_64")]
         for half in 0..NR / 8 {
             let i0 = q * NR + half * 8;
@@ -126,7 +164,8 @@ fn pack_at(
                 dst[i % NR] = MaybeUninit::new(at_(i, p));
             }
         }
-    }
+    };
+    super::threads::par_for(panels, pack);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -458,7 +497,8 @@ mod tests {
     use super::*;
 
     /// On the wide kernels, a row of A gets the same bits whatever the number of rows
-    /// beside it (8 to 96: one panel or several, a half-width last panel or not), for
+    /// beside it (8 to SKINNY_CAP: one panel or several, a half-width last panel or not,
+    /// one block of rows or several), for
     /// weights in whole groups of WR rows (every projection of SmolLM2-135M), over a k of
     /// several steps: a decoding row's logits do not depend on how many rows share its
     /// step. (The 6-row kernels that take a weight's rows past its last whole group sum a
@@ -471,7 +511,7 @@ mod tests {
             return;
         }
         let (k, ns) = (576, [8 * WR, 2 * WR]);
-        let x = crate::util::randn_vec(SKINNY_M * k, 1.0, 91);
+        let x = crate::util::randn_vec(SKINNY_CAP * k, 1.0, 91);
         let ws: Vec<Vec<f32>> = ns
             .iter()
             .enumerate()
@@ -488,13 +528,24 @@ mod tests {
             })
             .collect();
         let want = skinny_many(&x[..8 * k], 8, k, &rows);
-        for m in [12, 16, 17, 24, 40, SKINNY_M] {
+        for m in [12, 16, 17, 24, 40, SKINNY_M, SKINNY_M + 1, 200, SKINNY_CAP] {
             let got = skinny_many(&x[..m * k], m, k, &rows);
-            for (wi, (g, w)) in got.iter().zip(&want).enumerate() {
-                let diff = (0..8 * ns[wi]).find(|&e| g[e].to_bits() != w[e].to_bits());
+            // and the last 8 rows (past the first block of rows, from 97 on), against
+            // those 8 alone
+            let last = skinny_many(&x[(m - 8) * k..m * k], 8, k, &rows);
+            for (wi, ((g, w), l)) in got.iter().zip(&want).zip(&last).enumerate() {
+                let n = ns[wi];
+                let diff = (0..8 * n).find(|&e| g[e].to_bits() != w[e].to_bits());
                 assert!(
                     diff.is_none(),
                     "weight {wi}: element {:?} of the first 8 rows differs with {m} rows",
+                    diff
+                );
+                let g = &g[(m - 8) * n..];
+                let diff = (0..8 * n).find(|&e| g[e].to_bits() != l[e].to_bits());
+                assert!(
+                    diff.is_none(),
+                    "weight {wi}: element {:?} of the last 8 rows differs with {m} rows",
                     diff
                 );
             }
