@@ -52,41 +52,18 @@ pub(super) fn gemm_skinny(g: &Gemm, a: &[f32], w: &[f32]) -> Vec<f32> {
     // C and A^T are written in full below, so neither is zeroed first (at decode sizes
     // the two memsets cost a twentieth of the product)
     let mut c = uninit(g.batch * m * n);
-    let mut at = uninit(m.min(SKINNY_M).div_ceil(NR) * k * NR);
-    for bi in 0..g.batch {
-        let abase = g.a.off + bi * g.a.sb;
+    for (bi, cb) in c.chunks_exact_mut(m * n).enumerate() {
         let rows = WeightRows {
             w,
             off: g.b.off + bi * g.b.sb,
             stride: g.b.sc,
             n,
         };
-        for (i0, mb) in row_blocks(m) {
-            let at = &mut at[..mb.div_ceil(NR) * k * NR];
-            pack_at(mb, k, a, (abase + i0 * g.a.sr, g.a.sr, g.a.sc), at);
-            // SAFETY: pack_at wrote every element of `at`.
-            let at: &[f32] = unsafe { assume_init(at) };
-            let cb = &mut c[(bi * m + i0) * n..(bi * m + i0 + mb) * n];
-            products(
-                mb,
-                k,
-                at,
-                &[rows],
-                &[SharedOut(cb.as_mut_ptr().cast(), cb.len())],
-            );
-        }
+        let a = (a, g.a.off + bi * g.a.sb, g.a.sr, g.a.sc);
+        by_blocks(m, k, a, &[rows], &mut [cb]);
     }
-    // SAFETY: products wrote every element of C (every column of every row of each
-    // block of each batch).
+    // SAFETY: by_blocks wrote every element of each batch's C.
     unsafe { assume_init_vec(c) }
-}
-
-/// Blocks `(first row, rows)` of A that [`products`] takes one at a time: as few as
-/// keep each within [`SKINNY_M`] rows, of equal size (the last one shorter by less than
-/// one row per block).
-fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
-    let per = m.div_ceil(m.div_ceil(SKINNY_M).max(1)).max(1);
-    (0..m).step_by(per).map(move |i0| (i0, per.min(m - i0)))
 }
 
 /// `x @ W^T` for every weight of `ws` (x row-major `(m, k)`, dense), as one pass: A^T is
@@ -95,11 +72,29 @@ fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
 /// the same one dot product, summed in k order). The caller checks [`applies`] for each.
 pub fn skinny_many(x: &[f32], m: usize, k: usize, ws: &[WeightRows]) -> Vec<Vec<f32>> {
     assert_eq!(x.len(), m * k, "skinny_many: x is not (m, k)");
-    let mut at = uninit(m.min(SKINNY_M).div_ceil(NR) * k * NR);
     let mut outs: Vec<Vec<MaybeUninit<f32>>> = ws.iter().map(|r| uninit(m * r.n)).collect();
+    let mut views: Vec<&mut [MaybeUninit<f32>]> = outs.iter_mut().map(|c| &mut c[..]).collect();
+    by_blocks(m, k, (x, 0, k, 1), ws, &mut views);
+    // SAFETY: by_blocks wrote every element of every output.
+    outs.into_iter()
+        .map(|c| unsafe { assume_init_vec(c) })
+        .collect()
+}
+
+/// C_i = A W_i^T into `outs[i]` (`(m, n_i)` row-major, every element written), A's
+/// element (i, p) at `a[off + i * sr + p * sc]`: [`products`] over A's rows in
+/// [`row_blocks`], each block's A^T packed in turn.
+fn by_blocks(
+    m: usize,
+    k: usize,
+    (a, off, sr, sc): (&[f32], usize, usize, usize),
+    ws: &[WeightRows],
+    outs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    let mut at = uninit(m.min(SKINNY_M).div_ceil(NR) * k * NR);
     for (i0, mb) in row_blocks(m) {
         let at = &mut at[..mb.div_ceil(NR) * k * NR];
-        pack_at(mb, k, x, (i0 * k, k, 1), at);
+        pack_at(mb, k, a, (off + i0 * sr, sr, sc), at);
         // SAFETY: pack_at wrote every element of `at`.
         let at: &[f32] = unsafe { assume_init(at) };
         let shared: Vec<SharedOut> = outs
@@ -112,10 +107,14 @@ pub fn skinny_many(x: &[f32], m: usize, k: usize, ws: &[WeightRows]) -> Vec<Vec<
             .collect();
         products(mb, k, at, ws, &shared);
     }
-    // SAFETY: products wrote every element of every block of every output.
-    outs.into_iter()
-        .map(|c| unsafe { assume_init_vec(c) })
-        .collect()
+}
+
+/// Blocks `(first row, rows)` of A that [`products`] takes one at a time: as few as
+/// keep each within [`SKINNY_M`] rows, of equal size (the last one shorter by less than
+/// one row per block).
+fn row_blocks(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let per = m.div_ceil(m.div_ceil(SKINNY_M).max(1)).max(1);
+    (0..m).step_by(per).map(move |i0| (i0, per.min(m - i0)))
 }
 
 /// A^T as NR-column panels: element (p, i) of panel q at `q*k*NR + p*NR + i%NR`, rows
