@@ -196,6 +196,38 @@ mod tests {
         }
     }
 
+    /// Runs cover every index once, as consecutive ranges of `per` (a zero `per` taken as
+    /// one) with only the last shorter, for counts and run lengths that divide and do not.
+    #[test]
+    fn par_runs_cover_every_index_once_in_runs_of_per() {
+        for n in [0usize, 1, 5, 64, 1000] {
+            for per in [0usize, 1, 3, 7, 64, 2000] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                let bad = AtomicUsize::new(0);
+                let want = per.max(1);
+                rayon::scope(|_| {
+                    par_runs(n, per, |r| {
+                        // a run starts on a multiple of `per` and is `per` long unless it ends at n
+                        if r.start % want != 0 || (r.len() != want && r.end != n) || r.is_empty() {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                        for i in r {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                });
+                assert_eq!(
+                    bad.load(Ordering::Relaxed),
+                    0,
+                    "n {n} per {per}: a malformed run"
+                );
+                for (i, h) in hits.iter().enumerate() {
+                    assert_eq!(h.load(Ordering::Relaxed), 1, "n {n} per {per}: index {i}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn par_map_keeps_index_order() {
         for n in [0usize, 1, 5, 333] {
