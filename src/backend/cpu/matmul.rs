@@ -457,6 +457,42 @@ mod tests {
         }
     }
 
+    /// The few-row path (1 to 7 rows here) sums each row the same way whatever the row
+    /// count: a row's results hold the same bits as that row alone, for B^T (four rows
+    /// per pass, the last one to three too) and for a row-major B. A decoding pool that
+    /// drains to its last rows then gives each of them the logits it gets alone.
+    #[test]
+    fn few_rows_get_the_same_bits_as_each_row_alone() {
+        let (n, k) = (200, 301);
+        let a = crate::util::randn_vec(7 * k, 1.0, 31);
+        let b = crate::util::randn_vec(k * n, 1.0, 32);
+        for (sr, sc) in [(1, k), (n, 1)] {
+            let prod = |rows: std::ops::Range<usize>| {
+                let g = Gemm {
+                    batch: 1,
+                    m: rows.len(),
+                    n,
+                    k,
+                    a: op(rows.start * k, 0, k, 1),
+                    b: op(0, 0, sr, sc),
+                };
+                gemm_f32(&g, &a, &b)
+            };
+            let alone: Vec<Vec<f32>> = (0..7).map(|i| prod(i..i + 1)).collect();
+            for m in 1..=7 {
+                let c = prod(0..m);
+                for (i, want) in alone.iter().enumerate().take(m) {
+                    let got = &c[i * n..(i + 1) * n];
+                    let diff = (0..n).find(|&j| got[j].to_bits() != want[j].to_bits());
+                    assert!(
+                        diff.is_none(),
+                        "B strides ({sr}, {sc}): row {i} of {m} differs at column {diff:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn row_blocks_cover_every_row_once_within_mc() {
         for m in 1..400usize {

@@ -305,24 +305,6 @@ impl Kernel {
     }
 }
 
-/// sum_i x_i y_i with 8 independent partial sums (vectorisable), in a fixed order.
-#[inline(always)]
-fn dot8(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (a, b) in xr.iter().zip(yr) {
-        s += a * b;
-    }
-    s
-}
-
 /// out[jj * m + i] = rows[i] . widen(b[jj * stride .. + k]) for `width` columns of B.
 #[inline(always)]
 fn col_dots<B: AsF32>(
@@ -354,13 +336,19 @@ fn col_dots<B: AsF32>(
             out[jj * m + i..jj * m + i + 4].copy_from_slice(&d);
             i += 4;
         }
-        for (r, row) in rows.iter().enumerate().skip(i) {
-            out[jj * m + r] = dot8(row, col);
+        // the last one to three rows go through the same four chains, the last row
+        // repeated (its copies discarded): on the FMA path too, every row is summed the
+        // same way whatever m is, and each load of col still feeds four chains
+        if i < m {
+            let x: [&[f32]; 4] = std::array::from_fn(|r| &rows[(i + r).min(m - 1)][..]);
+            let d = dot4(x, col);
+            out[jj * m + i..jj * m + m].copy_from_slice(&d[..m - i]);
         }
     }
 }
 
-/// Four dot products against one vector, each in the fixed order of [`dot8`].
+/// Four dot products against one vector, each with 8 partial sums (vectorisable) added
+/// in a fixed order.
 #[inline(always)]
 fn dot8x4(x: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
     let mut acc = [[0.0f32; 8]; 4];
