@@ -29,8 +29,10 @@
 //!   wildly in length and memory is tight; here each slot holds at most one prompt plus
 //!   `max_new_tokens`, and the pool's memory is known before the first step.
 //! - Randomness is `uniform(seed, item, step)` ([`super::sampling::uniform`]): results do
-//!   not depend on R or on which slot an item landed in, except through the last bits of
-//!   the logits (the matrix products pick their kernel by the batch width).
+//!   not depend on R or on which slot an item landed in. On the CPU they hold to the bit:
+//!   a row's matrix products sum each element the same way whatever the number of rows
+//!   beside it (1 to 384, see `backend::cpu::skinny`), and attention and sampling work
+//!   row by row.
 
 use std::collections::VecDeque;
 use std::time::Instant;

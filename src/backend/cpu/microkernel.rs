@@ -115,9 +115,10 @@ impl Kernel {
 
     /// [`Kernel::rows_tile`] on the first NR / 2 columns of the panel only (a last
     /// panel of A^T with at most 8 live columns): `tile[r][c] += rows[r] . b[:, c]` for
-    /// `c < NR / 2`, the rest of the tile untouched. The products of even and odd k are
-    /// summed in separate registers and added at the end, so that the kernel keeps as
-    /// many independent FMA chains as the full one.
+    /// `c < NR / 2`, the rest of the tile untouched. Each element is summed as the full
+    /// kernel sums it (one chain in k order), so a row of A gets the same bits in a half
+    /// panel as in a whole one; with six chains rather than twelve, at some cost in
+    /// speed on the at most eight rows of a last panel.
     pub(super) fn rows_tile_half(
         self,
         k: usize,
@@ -131,19 +132,19 @@ impl Kernel {
             // SAFETY: detect() checked avx2+fma; the assert above bounds every read.
             Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::rows_kernel_half(k, rows, b, tile) },
             Kernel::Portable => {
-                let mut acc = [[[0.0f32; NR / 2]; MR]; 2];
+                let mut acc = [[0.0f32; NR / 2]; MR];
                 for p in 0..k {
                     let br = &b[p * NR..p * NR + NR / 2];
-                    for (r, t) in acc[p % 2].iter_mut().enumerate() {
+                    for (r, t) in acc.iter_mut().enumerate() {
                         let av = rows[r][p];
                         for (tv, &bv) in t.iter_mut().zip(br) {
                             *tv += av * bv;
                         }
                     }
                 }
-                for (r, t) in tile.iter_mut().enumerate() {
-                    for (c, tv) in t.iter_mut().take(NR / 2).enumerate() {
-                        *tv += acc[0][r][c] + acc[1][r][c];
+                for (t, a) in tile.iter_mut().zip(&acc) {
+                    for (tv, av) in t.iter_mut().zip(a) {
+                        *tv += av;
                     }
                 }
             }
@@ -542,9 +543,8 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// 6x8 accumulation with the six A rows read in place, even and odd k in separate
-    /// accumulators (twelve chains, as in the 6x16 kernel): per two k steps twelve
-    /// broadcasts, two loads of B, twelve FMAs.
+    /// 6x8 accumulation with the six A rows read in place: per k step six broadcasts, one
+    /// load of B, six FMAs, each element in one chain as in the 6x16 kernel.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn rows_kernel_half(
         k: usize,
@@ -552,29 +552,18 @@ mod avx2 {
         b: &[f32],
         tile: &mut [[f32; NR]; MR],
     ) {
-        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        let mut c = [_mm256_setzero_ps(); MR];
         let ptrs: [*const f32; MR] = std::array::from_fn(|r| rows[r].as_ptr());
         let bp = b.as_ptr();
-        let mut p = 0;
-        while p + 2 <= k {
-            let b0 = _mm256_loadu_ps(bp.add(p * NR));
-            let b1 = _mm256_loadu_ps(bp.add((p + 1) * NR));
-            for (r, cr) in c.iter_mut().enumerate() {
-                cr[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p)), b0, cr[0]);
-                cr[1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p + 1)), b1, cr[1]);
-            }
-            p += 2;
-        }
-        if p < k {
+        for p in 0..k {
             let b0 = _mm256_loadu_ps(bp.add(p * NR));
             for (r, cr) in c.iter_mut().enumerate() {
-                cr[0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p)), b0, cr[0]);
+                *cr = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ptrs[r].add(p)), b0, *cr);
             }
         }
         for (r, cr) in c.iter().enumerate() {
             let t = tile[r].as_mut_ptr();
-            let sum = _mm256_add_ps(cr[0], cr[1]);
-            _mm256_storeu_ps(t, _mm256_add_ps(_mm256_loadu_ps(t), sum));
+            _mm256_storeu_ps(t, _mm256_add_ps(_mm256_loadu_ps(t), *cr));
         }
     }
 
@@ -758,8 +747,18 @@ mod tests {
             for kh in [kc, kc - 1] {
                 let mut half = [[0.5f32; NR]; MR];
                 kern.rows_tile_half(kh, rows_ref, &b, &mut half);
+                // and the same bits as the whole panel's kernel in those columns
+                let mut whole = [[0.5f32; NR]; MR];
+                kern.rows_tile(kh, rows_ref, &b, &mut whole);
                 for r in 0..MR {
                     for c in 0..NR {
+                        if c < NR / 2 {
+                            assert_eq!(
+                                half[r][c].to_bits(),
+                                whole[r][c].to_bits(),
+                                "kernel {i} half, k {kh}, ({r}, {c}): not the whole kernel's bits"
+                            );
+                        }
                         let want: f64 = if c < NR / 2 {
                             0.5 + (0..kh)
                                 .map(|p| rows[r][p] as f64 * b[p * NR + c] as f64)
