@@ -46,6 +46,10 @@ pub fn gemm_f32<B: AsF32>(g: &Gemm, a: &[f32], b: &[B]) -> Vec<f32> {
         if let Some(w) = B::f32_slice(b) {
             return skinny::gemm_skinny(g, a, w);
         }
+        // a 16-bit weight: the same sums as an f32 copy's, for few rows
+        if m < skinny::SKINNY_MIN_M {
+            return skinny::gemm_few(g, a, b);
+        }
     }
     if m <= SMALL_M && (g.b.sr == 1 || g.b.sc == 1) && n >= 64 {
         return gemm_small_m(g, a, b);
@@ -490,6 +494,32 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A 16-bit weight (B = W^T) gives few rows of A the bits of its f32 copy: a model
+    /// kept in bf16 and the same model saved in f32 decode alike.
+    #[test]
+    fn few_rows_of_a_16_bit_weight_match_its_f32_copy() {
+        let (n, k) = (100, 301);
+        let a = crate::util::randn_vec(7 * k, 1.0, 41);
+        let w16: Vec<half::bf16> = crate::util::randn_vec(n * k, 1.0, 42)
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect();
+        let w32: Vec<f32> = w16.iter().map(|x| x.to_f32()).collect();
+        for m in 1..skinny::SKINNY_MIN_M {
+            let g = Gemm {
+                batch: 1,
+                m,
+                n,
+                k,
+                a: op(0, 0, k, 1),
+                b: op(0, 0, 1, k),
+            };
+            let (x, y) = (gemm_f32(&g, &a, &w16), gemm_f32(&g, &a, &w32));
+            let diff = (0..m * n).find(|&e| x[e].to_bits() != y[e].to_bits());
+            assert!(diff.is_none(), "{m} rows: element {diff:?} differs");
         }
     }
 
