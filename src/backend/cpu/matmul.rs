@@ -461,10 +461,10 @@ mod tests {
         }
     }
 
-    /// The few-row path (1 to 7 rows here) sums each row the same way whatever the row
-    /// count: a row's results hold the same bits as that row alone, for B^T (four rows
-    /// per pass, the last one to three too) and for a row-major B. A decoding pool that
-    /// drains to its last rows then gives each of them the logits it gets alone.
+    /// 1 to 7 rows of A: a row's results hold the same bits as that row alone, for B^T
+    /// (the skinny path's few-row kernel) and for a row-major B (the small-M loops). A
+    /// decoding pool that drains to its last rows then gives each of them the logits it
+    /// gets alone.
     #[test]
     fn few_rows_get_the_same_bits_as_each_row_alone() {
         let (n, k) = (200, 301);
@@ -543,6 +543,11 @@ mod tests {
         for &(bt, m, n, k) in &[
             (1, 1, 1, 1),
             (2, 7, 33, 129),
+            // the few-row kernel (B^T): two sets of eight weight rows, a short last
+            // block, k in several steps with a tail
+            (1, 1, 70, 37),
+            (2, 3, 45, 200),
+            (1, 4, 300, 600),
             (1, 97, 17, 300),
             (3, 13, 40, 5),
             (1, 130, 2100, 20),

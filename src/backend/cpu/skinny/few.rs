@@ -267,3 +267,45 @@ mod avx2 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both forms of the kernel (the portable one, which CI's x86 machines never take
+    /// otherwise, and the AVX2 one where the CPU has it) against the sums in f64, for
+    /// every row count, with k in several steps and a tail in each.
+    #[test]
+    fn the_kernels_match_f64_sums() {
+        let (k, step) = (37, 16);
+        let a = crate::util::randn_vec(7 * k, 1.0, 51);
+        let w = crate::util::randn_vec(FEW_MAX * k, 1.0, 52);
+        let rows: [&[f32]; FEW_MAX] = std::array::from_fn(|r| &w[r * k..(r + 1) * k]);
+        for m in 1..SKINNY_MIN_M {
+            let mut tiles = vec![[[f32::NAN; FEW_MAX]; SKINNY_MIN_M - 1]];
+            few_rows_portable(m, k, step, &a, rows, &mut tiles[0]);
+            #[cfg(target_arch = "x86_64")]
+            if Kernel::detect().is_avx2() {
+                let mut t = [[f32::NAN; FEW_MAX]; SKINNY_MIN_M - 1];
+                // SAFETY: is_avx2() saw AVX2 and FMA; `a` holds 7 rows of k.
+                unsafe { avx2::few_rows(m, k, step, &a, rows, &mut t) };
+                tiles.push(t);
+            }
+            for (ti, tile) in tiles.iter().enumerate() {
+                // the AVX2 kernel fills the first 8 * few_sets(m) columns
+                let cols = if ti == 0 { FEW_MAX } else { 8 * few_sets(m) };
+                for (i, trow) in tile.iter().enumerate().take(m) {
+                    for (r, &got) in trow.iter().enumerate().take(cols) {
+                        let want: f64 = (0..k)
+                            .map(|p| a[i * k + p] as f64 * w[r * k + p] as f64)
+                            .sum();
+                        assert!(
+                            (got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                            "kernel {ti}, {m} rows: ({i}, {r}) {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
